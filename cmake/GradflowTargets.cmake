@@ -1,0 +1,45 @@
+include(GNUInstallDirs)
+
+function(gradflow_warnings target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter)
+endfunction()
+
+# The torch-free part must stay torch-free: it builds in seconds and its tests run in
+# milliseconds. Fail the configure step if one of its sources includes LibTorch.
+function(gradflow_check_torch_free target)
+  get_target_property(srcs ${target} SOURCES)
+  get_target_property(dir ${target} SOURCE_DIR)
+  foreach(src IN LISTS srcs)
+    if(NOT IS_ABSOLUTE "${src}")
+      set(src "${dir}/${src}")
+    endif()
+    file(STRINGS "${src}" hits REGEX "#include *[<\"](torch|ATen|c10)/")
+    if(hits)
+      message(FATAL_ERROR "${src} includes LibTorch but belongs to the torch-free target ${target}: ${hits}")
+    endif()
+  endforeach()
+  get_target_property(libs ${target} LINK_LIBRARIES)
+  foreach(lib IN LISTS libs)
+    if(lib MATCHES "torch|c10")
+      message(FATAL_ERROR "torch-free target ${target} links ${lib}")
+    endif()
+  endforeach()
+endfunction()
+
+# One precompiled <torch/torch.h>, built once and reused by every target that includes LibTorch
+# (about 14.5 s a translation unit without it, about 7 s with it).
+function(gradflow_torch_pch)
+  if(NOT GRADFLOW_USE_PCH OR TARGET gradflow_pch)
+    return()
+  endif()
+  add_library(gradflow_pch OBJECT ${PROJECT_SOURCE_DIR}/cmake/pch.cpp)
+  target_link_libraries(gradflow_pch PRIVATE ${TORCH_LIBRARIES})
+  target_precompile_headers(gradflow_pch PRIVATE <torch/torch.h>)
+  gradflow_warnings(gradflow_pch)
+endfunction()
+
+function(gradflow_use_torch_pch target)
+  if(GRADFLOW_USE_PCH)
+    target_precompile_headers(${target} REUSE_FROM gradflow_pch)
+  endif()
+endfunction()

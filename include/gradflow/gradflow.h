@@ -1,0 +1,12 @@
+#pragma once
+/// \file
+/// Everything a user of gradflow includes: `#include <gradflow/gradflow.h>`.
+
+#include "gradflow/activation.h"
+#include "gradflow/atomic_file.h"
+#include "gradflow/error.h"
+#include "gradflow/monitor.h"
+#include "gradflow/tensor_stats.h"
+#include "gradflow/threads.h"
+#include "gradflow/trace.h"
+#include "gradflow/trace_io.h"

@@ -1,0 +1,128 @@
+#pragma once
+/// \file
+/// The Monitor: backward hooks that record how the gradient flows through a LibTorch model.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+
+#include "gradflow/activation.h"
+#include "gradflow/trace.h"
+
+namespace torch::nn {
+class Module;
+}
+
+namespace gradflow {
+
+/// Where gradient statistics are computed.
+enum class StatsBackend {
+  automatic,  ///< fused CPU pass for float/double CPU tensors, ATen ops on the device otherwise
+  aten,       ///< ATen reductions on the tensor's device, for every tensor (the CUDA path)
+};
+
+/// Configuration of a Monitor.
+struct MonitorOptions {
+  /// Record every k-th step (steps 0, k, 2k, ...). Steps in between cost one branch per hook.
+  std::int64_t every = 1;
+  /// Hook every trainable parameter (dL/dθ).
+  bool parameters = true;
+  /// In watch(), walk the autograd graph and record dL/d(output) of every parameterised layer.
+  bool activations = true;
+  /// Record each parameter's own L2 norm next to its gradient (and so ||g||/||w||).
+  bool weight_norms = true;
+  /// When true, each watch() (or a parameter's hook firing a second time) begins a new step, so
+  /// a plain training loop needs no step() call. Set it to false for gradient accumulation and
+  /// call step() once per optimizer step.
+  bool auto_step = true;
+  /// An element counts as saturated when its activation's derivative is below this fraction of
+  /// the derivative's maximum (0.25 for the sigmoid); a unit is dead when it is so for every
+  /// example of the batch.
+  double saturation_threshold = 0.1;
+  StatsBackend backend = StatsBackend::automatic;
+
+  MonitorOptions& with_every(std::int64_t k) { every = k; return *this; }
+  MonitorOptions& with_activations(bool on) { activations = on; return *this; }
+  MonitorOptions& with_auto_step(bool on) { auto_step = on; return *this; }
+  MonitorOptions& with_backend(StatsBackend b) { backend = b; return *this; }
+};
+
+/// Options for one tapped tensor.
+struct TapOptions {
+  /// The activation that produced the tensor: enables dead/saturated-unit statistics.
+  Activation activation = Activation::none;
+  /// Its input, needed for the GELU's derivative; ignored otherwise.
+  at::Tensor preactivation;
+  /// The tap's group, stored as the series' layer ("h" for hidden states, "time" for steps).
+  std::string group;
+};
+
+/// Records the gradient flow of a model, step by step, into a Trace.
+///
+/// A *step* is one training step: everything between two step() calls. With
+/// `MonitorOptions::auto_step` (the default) a new step begins at each watch(), so
+///
+/// \code
+/// gradflow::Monitor monitor(*model);           // hooks every parameter
+/// for (...) {
+///   auto loss = criterion(model->forward(x), y);
+///   monitor.watch(loss);                        // optional: also dL/d(layer output)
+///   loss.backward();
+///   optimizer.step();
+/// }
+/// gradflow::write_trace_json(monitor.trace(), "trace.json");
+/// \endcode
+///
+/// Parameter hooks fire once per backward with the summed gradient, also for a parameter used
+/// several times. Statistics are computed while the hooks run; CPU tensors with the fused pass,
+/// other devices with ATen ops whose results are fetched in one transfer per recorded step.
+/// Non-finite gradients are counted, never thrown. Destroying the Monitor (or detach()) removes
+/// every hook; hooks still attached to a live graph become inert.
+class Monitor {
+ public:
+  explicit Monitor(MonitorOptions options = {});
+  /// Attaches to `module` at once (see attach()).
+  explicit Monitor(torch::nn::Module& module, MonitorOptions options = {});
+  ~Monitor();
+  Monitor(const Monitor&) = delete;
+  Monitor& operator=(const Monitor&) = delete;
+
+  /// Hooks every parameter of `module` and its submodules that requires grad (frozen ones are
+  /// skipped). Shared parameters are hooked once, under their first name. Throws gradflow::Error
+  /// if already attached.
+  void attach(torch::nn::Module& module);
+  /// Removes every hook; nothing fires after it. Recorded data stays.
+  void detach();
+  bool attached() const;
+
+  /// Call after the forward, before backward(): records the loss and, when activations are on,
+  /// hooks the graph so that dL/d(output) of every parameterised layer is recorded under the
+  /// layer's name. In auto-step mode it first ends the previous step.
+  void watch(const at::Tensor& loss);
+  /// Records dL/dt for a tensor computed in the forward (a hidden state, a time step). Call it in
+  /// the forward on every step: the hook belongs to this step's tensor. No-op when the step is not
+  /// recorded or `t` does not require grad.
+  void tap(const at::Tensor& t, const std::string& name, const TapOptions& options = {});
+  /// Ends the current step: its statistics are fetched (one host transfer) into the trace.
+  void step();
+
+  /// Whether the current step is recorded (step_index() % every == 0).
+  bool recording() const;
+  std::int64_t step_index() const;
+  const MonitorOptions& options() const;
+
+  /// The recording so far, including the step in progress.
+  const Trace& trace();
+  /// Marks the trace as cut short (a signal) before it is written.
+  void mark_interrupted();
+
+  /// Implementation state, shared with the hooks it installs (opaque to users).
+  struct State;
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace gradflow

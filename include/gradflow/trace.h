@@ -1,0 +1,104 @@
+#pragma once
+/// \file
+/// What a Monitor recorded: plain host data, no LibTorch types.
+
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "gradflow/tensor_stats.h"
+
+namespace gradflow {
+
+/// What a recorded series measures.
+enum class SeriesKind {
+  parameter,   ///< dL/dθ for one named parameter (backward hook on the leaf)
+  activation,  ///< dL/d(layer output), found by walking the autograd graph
+  tap,         ///< dL/dh for a tensor named explicitly with Monitor::tap (hidden states, time steps)
+};
+
+/// Name of a SeriesKind as written to JSON/CSV ("parameter", "activation", "tap").
+const char* to_string(SeriesKind kind);
+/// Inverse of to_string; throws gradflow::Error for an unknown name.
+SeriesKind series_kind_from_string(const std::string& name);
+
+/// One recorded quantity's identity: the same for every step.
+struct SeriesInfo {
+  std::string name;   ///< e.g. "layers.3.weight", "layers.3", "h.7", "time.12"
+  SeriesKind kind = SeriesKind::parameter;
+  std::string layer;  ///< owning module path ("layers.3"); for taps, the tap's group ("h", "time")
+  std::vector<std::int64_t> shape;  ///< shape at first record
+};
+
+/// Forward-pass statistics of a tapped activation, for dead and saturated units.
+struct ActivationStats {
+  double mean = 0.0;                  ///< mean of the activation
+  double std = 0.0;                   ///< its population standard deviation
+  double dead_fraction = 0.0;         ///< units inactive for every example in the batch (ReLU-like)
+  double saturated_fraction = 0.0;    ///< elements whose local derivative is below the threshold
+  double mean_local_derivative = 0.0; ///< mean of the activation's derivative (the chain-rule factor)
+};
+
+/// One series at one recorded step.
+struct Record {
+  int series = 0;   ///< index into Trace::series()
+  TensorStats grad; ///< the gradient's sums
+  /// L2 norm of the parameter itself when the gradient arrived (parameters only; NaN otherwise).
+  double weight_norm = std::numeric_limits<double>::quiet_NaN();
+  std::optional<ActivationStats> forward;  ///< taps with an activation function only
+};
+
+/// Everything recorded at one step.
+struct StepRecord {
+  std::int64_t step = 0;                  ///< the Monitor's step index (0-based)
+  std::optional<double> loss;             ///< the loss given to Monitor::watch, if any
+  std::optional<double> accuracy;         ///< set by trainers that know it
+  int backwards = 0;                      ///< backward passes seen during the step
+  std::vector<Record> records;
+  /// The record of a series at this step, or nullptr when it was not recorded.
+  const Record* find(int series) const;
+};
+
+/// The first place a non-finite value appeared in any gradient.
+struct NonFiniteMark {
+  std::int64_t step = 0;
+  std::string series;
+};
+
+/// The whole recording: series, then steps. Memory grows with steps × series, never with the
+/// size of a tensor.
+class Trace {
+ public:
+  /// Index of the series with this name, adding it (with kind, layer and shape) on first sight.
+  int intern(const std::string& name, SeriesKind kind, const std::string& layer,
+             std::vector<std::int64_t> shape = {});
+  /// Index of a series by name, or -1.
+  int find(const std::string& name) const;
+
+  const std::vector<SeriesInfo>& series() const { return series_; }
+  const std::vector<StepRecord>& steps() const { return steps_; }
+  std::vector<StepRecord>& steps() { return steps_; }
+
+  /// Appends a step; records keep their order. Updates first_nonfinite().
+  void add_step(StepRecord step);
+
+  /// Series of one kind, in the order they were first recorded.
+  std::vector<int> series_of_kind(SeriesKind kind) const;
+
+  /// The first non-finite gradient value seen, if any.
+  const std::optional<NonFiniteMark>& first_nonfinite() const { return first_nonfinite_; }
+
+  std::int64_t every = 1;     ///< the Monitor recorded every k-th step
+  bool interrupted = false;   ///< the run was stopped before it ended (signal)
+
+ private:
+  std::vector<SeriesInfo> series_;
+  std::unordered_map<std::string, int> index_;
+  std::vector<StepRecord> steps_;
+  std::optional<NonFiniteMark> first_nonfinite_;
+};
+
+}  // namespace gradflow

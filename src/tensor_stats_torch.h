@@ -1,0 +1,34 @@
+#pragma once
+// Statistics of LibTorch tensors: the fused CPU pass where it applies, ATen ops elsewhere.
+
+#include <ATen/core/Tensor.h>
+
+#include "gradflow/activation.h"
+#include "gradflow/tensor_stats.h"
+
+namespace gradflow::detail {
+
+// True when the fused host pass can read the tensor as it is (CPU, float or double).
+bool fused_applicable(const at::Tensor& t);
+// The fused pass on a CPU float/double tensor (made contiguous if it is not).
+TensorStats fused_stats(const at::Tensor& t);
+double fused_sum_of_squares(const at::Tensor& t);
+
+// The same sums as ATen ops on the tensor's device, as a double tensor
+// [sum, sum_sq, max_abs, zeros, nonfinite]; no host synchronisation.
+at::Tensor aten_stats(const at::Tensor& t);
+constexpr int kAtenStatsSize = 5;
+TensorStats stats_from_aten(const double* v, std::int64_t numel);
+// Sum of squares of the finite elements, as a 1-element double tensor on the device.
+at::Tensor aten_sum_of_squares(const at::Tensor& t);
+
+// Forward statistics of an activation as [mean, std, dead, saturated, mean_derivative] on its
+// device. `threshold` is relative to the activation's largest derivative.
+at::Tensor aten_activation_stats(const at::Tensor& h, Activation act, const at::Tensor& preact,
+                                 double threshold);
+constexpr int kActivationStatsSize = 5;
+
+// The activation's derivative, computed from its output (and the input for GELU).
+at::Tensor local_derivative(const at::Tensor& h, Activation act, const at::Tensor& preact);
+
+}  // namespace gradflow::detail

@@ -1,0 +1,221 @@
+#include "gradflow/trace_io.h"
+
+#include <cmath>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "gradflow/atomic_file.h"
+#include "gradflow/error.h"
+#include "trace_json.h"
+
+namespace gradflow {
+namespace detail {
+
+namespace {
+
+Json record_json(const Record& r) {
+  const auto& g = r.grad;
+  Json j = {{"series", r.series},        {"norm", num(g.norm())},  {"rms", num(g.rms())},
+            {"max_abs", num(g.max_abs)}, {"mean", num(g.mean())},  {"std", num(g.std())},
+            {"zero_fraction", num(g.zero_fraction())},             {"zeros", g.zeros},
+            {"nonfinite", g.nonfinite},  {"numel", g.numel}};
+  if (!std::isnan(r.weight_norm)) {
+    j["weight_norm"] = num(r.weight_norm);
+    j["ratio"] = num(r.weight_norm > 0 ? g.norm() / r.weight_norm
+                                       : std::numeric_limits<double>::quiet_NaN());
+  }
+  if (r.forward) {
+    const auto& f = *r.forward;
+    j["forward"] = {{"mean", num(f.mean)},
+                    {"std", num(f.std)},
+                    {"dead_fraction", num(f.dead_fraction)},
+                    {"saturated_fraction", num(f.saturated_fraction)},
+                    {"mean_local_derivative", num(f.mean_local_derivative)}};
+  }
+  return j;
+}
+
+Record record_from(const Json& j, int n_series, const std::string& where) {
+  Record r;
+  r.series = static_cast<int>(get_int(j, "series", where));
+  if (r.series < 0 || r.series >= n_series)
+    throw Error(where + ": record names series " + std::to_string(r.series) + " of " +
+                std::to_string(n_series));
+  auto& g = r.grad;
+  g.numel = get_int(j, "numel", where);
+  g.nonfinite = get_int(j, "nonfinite", where);
+  g.zeros = get_int(j, "zeros", where);
+  if (g.numel < 0 || g.nonfinite < 0 || g.zeros < 0 || g.nonfinite > g.numel || g.zeros > g.numel)
+    throw Error(where + ": counts are out of range");
+  const double norm = get_num(j, "norm", where);
+  const double mean = get_num(j, "mean", where);
+  g.sum_sq = norm * norm;
+  g.sum = mean * static_cast<double>(g.finite());
+  g.max_abs = get_num(j, "max_abs", where);
+  r.weight_norm = get_num_or(j, "weight_norm", std::numeric_limits<double>::quiet_NaN());
+  if (auto it = j.find("forward"); it != j.end() && it->is_object()) {
+    ActivationStats f;
+    f.mean = get_num(*it, "mean", where);
+    f.std = get_num(*it, "std", where);
+    f.dead_fraction = get_num(*it, "dead_fraction", where);
+    f.saturated_fraction = get_num(*it, "saturated_fraction", where);
+    f.mean_local_derivative = get_num(*it, "mean_local_derivative", where);
+    r.forward = f;
+  }
+  return r;
+}
+
+}  // namespace
+
+Json trace_to_json_value(const Trace& trace) {
+  Json series = Json::array();
+  for (const auto& s : trace.series())
+    series.push_back({{"name", s.name}, {"kind", to_string(s.kind)}, {"layer", s.layer},
+                      {"shape", s.shape}});
+  Json steps = Json::array();
+  for (const auto& st : trace.steps()) {
+    Json records = Json::array();
+    for (const auto& r : st.records) records.push_back(record_json(r));
+    Json js = {{"step", st.step}, {"backwards", st.backwards}, {"records", std::move(records)}};
+    js["loss"] = st.loss ? num(*st.loss) : Json(nullptr);
+    if (st.accuracy) js["accuracy"] = num(*st.accuracy);
+    steps.push_back(std::move(js));
+  }
+  Json j = {{"schema", kTraceSchema},
+            {"every", trace.every},
+            {"interrupted", trace.interrupted},
+            {"series", std::move(series)},
+            {"steps", std::move(steps)}};
+  if (const auto& nf = trace.first_nonfinite())
+    j["first_nonfinite"] = {{"step", nf->step}, {"series", nf->series}};
+  else
+    j["first_nonfinite"] = nullptr;
+  return j;
+}
+
+Trace trace_from_json_value(const Json& j, const std::string& where) {
+  if (!j.is_object()) throw Error(where + ": expected a JSON object");
+  const std::string schema = get_str(j, "schema", where);
+  if (schema.rfind("gradflow.trace/", 0) != 0)
+    throw Error(where + ": schema '" + schema + "' is not a gradflow trace");
+  if (schema != kTraceSchema)
+    throw Error(where + ": trace schema '" + schema + "' is not supported (this gradflow reads " +
+                kTraceSchema + ")");
+  Trace t;
+  t.every = get_int(j, "every", where);
+  if (t.every < 1) throw Error(where + ": 'every' must be at least 1");
+  if (auto it = j.find("interrupted"); it != j.end() && it->is_boolean())
+    t.interrupted = it->get<bool>();
+  for (const auto& s : get_array(j, "series", where)) {
+    std::vector<std::int64_t> shape;
+    if (auto it = s.find("shape"); it != s.end() && it->is_array())
+      for (const auto& d : *it)
+        if (d.is_number_integer()) shape.push_back(d.get<std::int64_t>());
+    const std::string name = get_str(s, "name", where);
+    if (t.find(name) >= 0) throw Error(where + ": series '" + name + "' appears twice");
+    t.intern(name, series_kind_from_string(get_str(s, "kind", where)), get_str(s, "layer", where),
+             std::move(shape));
+  }
+  const int n_series = static_cast<int>(t.series().size());
+  for (const auto& js : get_array(j, "steps", where)) {
+    StepRecord st;
+    st.step = get_int(js, "step", where);
+    if (auto it = js.find("backwards"); it != js.end() && it->is_number_integer())
+      st.backwards = it->get<int>();
+    if (auto it = js.find("loss"); it != js.end() && !it->is_null()) {
+      if (!it->is_number()) throw Error(where + ": a step's loss is not a number");
+      st.loss = it->get<double>();
+    }
+    if (auto it = js.find("accuracy"); it != js.end() && it->is_number())
+      st.accuracy = it->get<double>();
+    for (const auto& jr : get_array(js, "records", where))
+      st.records.push_back(record_from(jr, n_series, where));
+    t.add_step(std::move(st));
+  }
+  return t;
+}
+
+}  // namespace detail
+
+std::string trace_to_json(const Trace& trace, int indent) {
+  return detail::trace_to_json_value(trace).dump(indent);
+}
+
+Trace trace_from_json(const std::string& text) {
+  return detail::trace_from_json_value(detail::parse_json(text, "trace"), "trace");
+}
+
+namespace {
+
+void csv_row(std::string& out, std::int64_t step, const std::string& name, const char* kind,
+             const char* quantity, double value) {
+  // Names come from module paths and tap names; quote any that could break the format.
+  const bool quote = name.find_first_of(",\"\n") != std::string::npos;
+  std::string n = name;
+  if (quote) {
+    std::string q = "\"";
+    for (char c : name) q += (c == '"') ? std::string("\"\"") : std::string(1, c);
+    n = q + "\"";
+  }
+  fmt::format_to(std::back_inserter(out), "{},{},{},{},", step, n, kind, quantity);
+  if (std::isnan(value))
+    out += "NaN";
+  else if (std::isinf(value))
+    out += value > 0 ? "Inf" : "-Inf";
+  else
+    fmt::format_to(std::back_inserter(out), "{}", value);
+  out += '\n';
+}
+
+}  // namespace
+
+std::string trace_to_csv(const Trace& trace) {
+  std::string out = "step,name,kind,quantity,value\n";
+  for (const auto& st : trace.steps()) {
+    if (st.loss) csv_row(out, st.step, "loss", "step", "loss", *st.loss);
+    if (st.accuracy) csv_row(out, st.step, "accuracy", "step", "accuracy", *st.accuracy);
+    for (const auto& r : st.records) {
+      const auto& s = trace.series()[r.series];
+      const char* kind = to_string(s.kind);
+      const auto& g = r.grad;
+      csv_row(out, st.step, s.name, kind, "norm", g.norm());
+      csv_row(out, st.step, s.name, kind, "rms", g.rms());
+      csv_row(out, st.step, s.name, kind, "max_abs", g.max_abs);
+      csv_row(out, st.step, s.name, kind, "mean", g.mean());
+      csv_row(out, st.step, s.name, kind, "std", g.std());
+      csv_row(out, st.step, s.name, kind, "zero_fraction", g.zero_fraction());
+      csv_row(out, st.step, s.name, kind, "nonfinite", static_cast<double>(g.nonfinite));
+      if (!std::isnan(r.weight_norm)) {
+        csv_row(out, st.step, s.name, kind, "weight_norm", r.weight_norm);
+        csv_row(out, st.step, s.name, kind, "ratio",
+                r.weight_norm > 0 ? g.norm() / r.weight_norm
+                                  : std::numeric_limits<double>::quiet_NaN());
+      }
+      if (r.forward) {
+        csv_row(out, st.step, s.name, kind, "act_mean", r.forward->mean);
+        csv_row(out, st.step, s.name, kind, "act_std", r.forward->std);
+        csv_row(out, st.step, s.name, kind, "dead_fraction", r.forward->dead_fraction);
+        csv_row(out, st.step, s.name, kind, "saturated_fraction", r.forward->saturated_fraction);
+        csv_row(out, st.step, s.name, kind, "mean_local_derivative",
+                r.forward->mean_local_derivative);
+      }
+    }
+  }
+  return out;
+}
+
+void write_trace_json(const Trace& trace, const std::string& path) {
+  write_file_atomic(path, trace_to_json(trace) + "\n");
+}
+
+void write_trace_csv(const Trace& trace, const std::string& path) {
+  write_file_atomic(path, trace_to_csv(trace));
+}
+
+Trace read_trace_json(const std::string& path) {
+  return detail::trace_from_json_value(detail::parse_json(read_file(path), "'" + path + "'"),
+                                       "'" + path + "'");
+}
+
+}  // namespace gradflow
