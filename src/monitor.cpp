@@ -432,7 +432,8 @@ void Monitor::tap(const at::Tensor& t, const std::string& name, const TapOptions
   if (options.activation != Activation::none) {
     s.record_for(series);
     s.slots.push_back(PendingSlot{s.record_index(series), Field::forward, 0});
-    s.pending.push_back(detail::aten_activation_stats(t, options.activation, options.preactivation,
+    const at::Tensor& a = options.activation_output.defined() ? options.activation_output : t;
+    s.pending.push_back(detail::aten_activation_stats(a, options.activation, options.preactivation,
                                                       s.opts.saturation_threshold));
   }
   if (!t.requires_grad()) return;

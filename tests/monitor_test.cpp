@@ -337,8 +337,8 @@ TEST_F(MonitorTest, TapForwardStatisticsFollowTheirDefinitions) {
   // Columns 0-4 are shifted far negative: those five units are dead on every example.
   auto shift = torch::cat({torch::full({5}, 100.0), torch::zeros({5})});
   auto r = torch::relu(zs - shift);
-  mon.tap(h, "sig", TapOptions{Activation::sigmoid, {}, {}});
-  mon.tap(r, "relu", TapOptions{Activation::relu, {}, {}});
+  mon.tap(h, "sig", TapOptions{Activation::sigmoid, {}, {}, {}});
+  mon.tap(r, "relu", TapOptions{Activation::relu, {}, {}, {}});
   auto loss = (h.sum() + r.sum());
   mon.watch(loss);
   loss.backward();

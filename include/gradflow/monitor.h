@@ -56,7 +56,11 @@ struct TapOptions {
   /// Its input, needed for the GELU's derivative; ignored otherwise.
   at::Tensor preactivation;
   /// The tap's group, stored as the series' layer ("h" for hidden states, "time" for steps).
+  /// Empty: the part of the name before its first '.'.
   std::string group;
+  /// The activation's own output when it differs from the tapped tensor (a residual block taps
+  /// h + act(z) but its units are those of act(z)). Empty: the tapped tensor.
+  at::Tensor activation_output;
 };
 
 /// Records the gradient flow of a model, step by step, into a Trace.

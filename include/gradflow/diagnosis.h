@@ -1,0 +1,81 @@
+#pragma once
+/// \file
+/// Findings over a recorded trace: where gradients vanish, explode, die or saturate, and the
+/// remedy from the literature that fits. No LibTorch.
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gradflow/trace.h"
+
+namespace gradflow {
+
+/// What a finding is about.
+enum class FindingKind { vanishing, exploding, dead_units, saturation, non_finite, stalled, unstable_loss };
+/// How bad it is.
+enum class Severity { info, warning, error };
+
+const char* to_string(FindingKind kind);
+const char* to_string(Severity severity);
+/// Parses a kind name; throws gradflow::UsageError listing the valid names.
+FindingKind finding_kind_from_string(const std::string& name);
+/// Every kind, in declaration order.
+const std::vector<FindingKind>& all_finding_kinds();
+
+/// One diagnosis, with the numbers it rests on.
+struct Finding {
+  FindingKind kind = FindingKind::vanishing;
+  Severity severity = Severity::warning;
+  std::string where;    ///< layer, time-step range or step range
+  std::string message;  ///< one sentence with the figure
+  std::vector<std::pair<std::string, double>> evidence;
+  std::string remedy;
+};
+
+/// What is known of the model, to choose a remedy (all optional for users' own models).
+struct ModelTraits {
+  bool recurrent = false;
+  std::string cell;        ///< rnn_tanh, rnn_relu, lstm, gru
+  std::string activation;  ///< sigmoid, tanh, relu, ...
+  std::string init;
+  bool batch_norm = false;
+  bool residual = false;
+  bool clipped = false;    ///< gradient clipping was on
+};
+
+/// Thresholds; every rule is documented in docs/diagnosis.md.
+struct DiagnosisOptions {
+  /// The backward signal dL/dh shrinks from the last hidden layer to the first by more than
+  /// this many orders of magnitude: vanishing (warning; error past twice as many).
+  double vanishing_orders = 2.0;
+  /// ... or grows by more than this many: exploding (info from 1 order, warning from this).
+  double exploding_orders = 2.0;
+  /// Across time, for recurrent nets: dL/dh_1 vs dL/dh_T.
+  double time_vanishing_orders = 2.0;
+  /// A layer with more than this fraction of dead units (inactive for a whole batch).
+  double dead_fraction = 0.5;
+  /// A layer with more than this fraction of saturated elements.
+  double saturated_fraction = 0.5;
+  /// Stalled: the loss improved by less than this fraction of its start (averaged over the
+  /// first and last tenth of the run), with at least `min_steps` steps.
+  double stall_improvement = 0.02;
+  /// Unstable: a finite loss above this multiple of the first one ...
+  double divergence_factor = 10.0;
+  /// ... or, in the second half, more than this fraction of steps raising the loss by 10%.
+  double oscillation_fraction = 0.3;
+  int min_steps = 20;
+  /// The global gradient norm growing by more than this many orders during training: exploding.
+  double norm_growth_orders = 3.0;
+};
+
+/// Runs every rule. `loss` is the per-step loss series (may be empty), `grad_norm` the global
+/// gradient norm per step before clipping (may be empty).
+std::vector<Finding> diagnose(const Trace& trace, const std::vector<double>& loss,
+                              const std::vector<double>& grad_norm, const ModelTraits& traits,
+                              const DiagnosisOptions& options = {});
+
+/// True when any finding is of one of `kinds`.
+bool has_any(const std::vector<Finding>& findings, const std::vector<FindingKind>& kinds);
+
+}  // namespace gradflow

@@ -1,0 +1,64 @@
+#pragma once
+/// \file
+/// One training run as saved in `run.json` (schema in docs/run-schema.md). No LibTorch.
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gradflow/diagnosis.h"
+#include "gradflow/summary.h"
+#include "gradflow/trace.h"
+
+namespace gradflow {
+
+inline constexpr const char* kRunSchema = "gradflow.run/1";
+
+/// A weight layer in forward order.
+struct LayerEntry {
+  std::string name;
+  std::string kind;
+  int depth = 0;
+};
+
+/// Everything one run produced.
+struct RunRecord {
+  std::string spec;     ///< as given on the command line
+  std::string label;    ///< preset name or canonical spec
+  std::string family;   ///< mlp, cnn, rnn (or "torchscript", "user")
+  std::string task;
+  std::string task_description;
+  /// The fully resolved configuration, in order (spec options, task and trainer settings).
+  std::vector<std::pair<std::string, std::string>> config;
+  std::vector<LayerEntry> layers;
+  ModelTraits traits;
+  Trace trace;
+  std::vector<double> loss;      ///< every step
+  std::vector<double> accuracy;  ///< every step, where the task has one
+  std::int64_t steps_requested = 0;
+  std::int64_t steps_done = 0;
+  std::int64_t clipped_steps = 0;  ///< steps where clipping changed the gradient
+  double baseline_loss = 0.0;      ///< the loss of the best constant answer
+  double tiny = 0.0;               ///< smallest positive value of the run's dtype
+  double wall_seconds = 0.0;
+  bool interrupted = false;
+  bool stopped_on_nonfinite = false;
+  RunSummary summary;
+  std::vector<Finding> findings;
+
+  /// Recomputes summary and findings from the trace and the loss series.
+  void analyse(const DiagnosisOptions& options = {});
+  /// The value of a config key, or "" when absent.
+  std::string config_value(const std::string& key) const;
+};
+
+/// run.json text; non-finite numbers become null.
+std::string run_to_json(const RunRecord& run, int indent = 1);
+/// Parses run.json; throws gradflow::Error naming the file part that is wrong.
+RunRecord run_from_json(const std::string& text, const std::string& where = "run.json");
+
+/// Global gradient norm per recorded step, from the parameter records (before any clipping).
+std::vector<double> global_grad_norms(const Trace& trace);
+
+}  // namespace gradflow

@@ -1,0 +1,59 @@
+#pragma once
+/// \file
+/// The headline numbers of a recorded run: how much gradient is lost across depth and time.
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gradflow/trace.h"
+
+namespace gradflow {
+
+/// log10 of a ratio of two gradient norms, honest about underflow.
+///
+/// When the numerator underflowed to 0 (float32 rounds gradients below ~1e-45 to zero), `log10`
+/// holds an upper bound computed from the smallest representable value and `underflow` is set:
+/// the gradient lost *at least* that many orders of magnitude. `overflow` marks an infinite or
+/// non-finite norm; `log10` is then empty. No NaN or infinity is ever stored.
+struct Attenuation {
+  std::optional<double> log10;
+  bool underflow = false;
+  bool overflow = false;
+  int span = 0;        ///< layers (or time steps) between the two norms
+  double from = 0.0;   ///< norm at the far end (first hidden layer, first time step)
+  double to = 0.0;     ///< norm at the near end (last hidden layer, last time step)
+  /// Mean factor per layer (or step): 10^(log10/span); empty with log10 or span 0.
+  std::optional<double> gain() const;
+};
+
+/// The summary block of run.json (docs/run-schema.md documents each field).
+struct RunSummary {
+  std::optional<double> grad_norm_first;        ///< first weight layer's gradient norm, first recorded step
+  std::optional<double> grad_norm_last;         ///< last weight layer's, first recorded step
+  std::optional<double> grad_norm_first_final;  ///< the same at the last recorded step
+  std::optional<double> grad_norm_last_final;
+  std::optional<Attenuation> depth;        ///< first hidden layer vs last, first recorded step
+  std::optional<Attenuation> depth_final;  ///< the same at the last recorded step
+  std::optional<Attenuation> time;         ///< dL/dh_1 vs dL/dh_T, first recorded step
+  std::optional<Attenuation> time_final;
+  std::optional<double> loss_first;
+  std::optional<double> loss_last;
+  int recorded_steps = 0;
+};
+
+/// The hidden-state series across depth: taps of group "h" when the model has them, else the
+/// activation series without the last one (the output layer), in forward order.
+std::vector<int> depth_series(const Trace& trace);
+/// Taps of group `group` ("time", "cell") ordered by their numeric suffix.
+std::vector<int> numbered_series(const Trace& trace, const std::string& group);
+/// Weight series (parameters with 2 or more dimensions) in forward order.
+std::vector<int> weight_series(const Trace& trace);
+
+/// log10(norm(from)/norm(to)); `tiny` is the dtype's smallest positive value (for the bound).
+Attenuation attenuation(double from, double to, std::int64_t numel_from, int span, double tiny);
+
+/// Computes the summary from a trace and the per-step loss series. `tiny`: see attenuation().
+RunSummary summarize(const Trace& trace, const std::vector<double>& loss, double tiny);
+
+}  // namespace gradflow

@@ -1,0 +1,42 @@
+#pragma once
+/// \file
+/// The built-in networks: one base class, built from a resolved spec.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+
+#include "gradflow/monitor.h"
+#include "models/spec.h"
+
+namespace gradflow::models {
+
+/// A weight layer of a built-in network, in forward order.
+struct LayerInfo {
+  std::string name;  ///< module path, as in the trace ("fc3", "conv2")
+  std::string kind;  ///< "linear", "conv", "recurrent", "norm"
+  int depth = 0;     ///< 1-based position among weight layers
+};
+
+/// A built-in network. forward() taps its hidden states into the Monitor when one is given:
+/// `h.1` ... `h.{depth-1}` for feed-forward nets, `time.1` ... `time.T` (and `cell.t` for the
+/// LSTM's cell state) for recurrent ones.
+class Network : public torch::nn::Module {
+ public:
+  virtual torch::Tensor forward(const torch::Tensor& x, Monitor* monitor) = 0;
+  virtual std::vector<LayerInfo> layers() const = 0;
+  virtual bool recurrent() const { return false; }
+};
+
+/// Builds the network a spec describes for inputs of `input_dim` features (channels for the
+/// conv net) and `output_dim` outputs, in the spec's dtype.
+std::shared_ptr<Network> make_network(const ResolvedSpec& spec, std::int64_t input_dim,
+                                      std::int64_t output_dim);
+
+/// Applies an initialisation by name ("he_normal", "normal:0.01", ...) to a weight; biases of
+/// layers initialised this way are set to zero by the caller.
+void init_weight(torch::Tensor& weight, const std::string& init, const std::string& act);
+
+}  // namespace gradflow::models

@@ -1,0 +1,45 @@
+#pragma once
+/// \file
+/// Training a built-in network on a synthetic task, with a Monitor attached.
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "gradflow/run_record.h"
+#include "models/spec.h"
+
+namespace gradflow::models {
+
+/// Trainer settings; -1 / empty means the family's default (see README, "Trainer defaults").
+struct TrainOptions {
+  std::string task;            ///< empty: the family's default task
+  std::int64_t seq_len = 50;   ///< T for sequence tasks
+  std::int64_t steps = 100;
+  std::int64_t batch = 64;
+  double lr = -1;              ///< default: 0.05 for SGD, 1e-3 for Adam
+  std::string optimizer;       ///< sgd | adam; default: sgd for mlp/cnn, adam for rnn
+  double momentum = 0.9;       ///< SGD momentum
+  double clip_norm = 0;        ///< > 0: clip the global gradient norm to this
+  double clip_value = 0;       ///< > 0: clip every gradient element to [-v, v]
+  std::uint64_t seed = 0;
+  std::int64_t every = 1;      ///< record every k-th step
+  bool activations = true;     ///< graph-walk activation gradients (feed-forward nets)
+  bool stop_on_nonfinite = false;
+  std::int64_t inputs = 32;    ///< teacher/mixture input features
+  std::int64_t classes = 10;
+  double noise = 0.1;
+  /// Polled every step: returning true stops training cleanly (marked interrupted).
+  std::function<bool()> should_stop;
+  /// Called after every step with (done, total).
+  std::function<void(std::int64_t, std::int64_t)> progress;
+};
+
+/// Checks the options (throws gradflow::UsageError naming the bad one and its valid range).
+void validate(const TrainOptions& options);
+
+/// Builds the network and task, trains, and returns the record with summary and findings.
+/// Identical options give identical records.
+RunRecord train(const ResolvedSpec& spec, const TrainOptions& options);
+
+}  // namespace gradflow::models

@@ -1,0 +1,268 @@
+#include "gradflow/run_record.h"
+
+#include <cmath>
+#include <cstdlib>
+
+#include "gradflow/error.h"
+#include "json_util.h"
+#include "trace_json.h"
+
+namespace gradflow {
+
+using detail::get_array;
+using detail::get_int;
+using detail::get_num_or;
+using detail::get_str;
+using detail::Json;
+using detail::num;
+
+std::vector<double> global_grad_norms(const Trace& trace) {
+  const auto params = trace.series_of_kind(SeriesKind::parameter);
+  std::vector<double> out;
+  for (const auto& st : trace.steps()) {
+    double ss = 0;
+    bool bad = false;
+    for (const auto& r : st.records) {
+      if (trace.series()[r.series].kind != SeriesKind::parameter) continue;
+      ss += r.grad.sum_sq;
+      bad = bad || r.grad.nonfinite > 0;
+    }
+    out.push_back(bad ? std::numeric_limits<double>::infinity() : std::sqrt(ss));
+  }
+  (void)params;
+  return out;
+}
+
+void RunRecord::analyse(const DiagnosisOptions& options) {
+  summary = summarize(trace, loss, tiny > 0 ? tiny : std::numeric_limits<float>::denorm_min());
+  findings = diagnose(trace, loss, global_grad_norms(trace), traits, options);
+}
+
+std::string RunRecord::config_value(const std::string& key) const {
+  for (const auto& [k, v] : config)
+    if (k == key) return v;
+  return "";
+}
+
+namespace {
+
+Json value_json(const std::string& v) {
+  if (v.empty()) return v;
+  char* end = nullptr;
+  const double d = std::strtod(v.c_str(), &end);
+  if (end == v.c_str() + v.size() && std::isfinite(d) && v.find_first_of("xX") == std::string::npos) {
+    char* iend = nullptr;
+    const long long i = std::strtoll(v.c_str(), &iend, 10);
+    if (iend == v.c_str() + v.size()) return Json(i);
+    return Json(d);
+  }
+  return v;
+}
+
+std::string value_string(const Json& j) {
+  if (j.is_string()) return j.get<std::string>();
+  if (j.is_number_integer()) return std::to_string(j.get<long long>());
+  if (j.is_number()) {
+    std::string s = Json(j.get<double>()).dump();
+    return s;
+  }
+  if (j.is_boolean()) return j.get<bool>() ? "1" : "0";
+  return j.dump();
+}
+
+Json attenuation_json(const std::optional<Attenuation>& a) {
+  if (!a) return nullptr;
+  Json j = {{"log10", a->log10 ? num(*a->log10) : Json(nullptr)},
+            {"underflow", a->underflow},
+            {"overflow", a->overflow},
+            {"span", a->span},
+            {"from", num(a->from)},
+            {"to", num(a->to)}};
+  const auto g = a->gain();
+  j["gain"] = g ? num(*g) : Json(nullptr);
+  return j;
+}
+
+std::optional<Attenuation> attenuation_from(const Json& j) {
+  if (!j.is_object()) return std::nullopt;
+  Attenuation a;
+  if (auto it = j.find("log10"); it != j.end() && it->is_number()) a.log10 = it->get<double>();
+  a.underflow = j.value("underflow", false);
+  a.overflow = j.value("overflow", false);
+  a.span = j.value("span", 0);
+  a.from = get_num_or(j, "from", 0.0);
+  a.to = get_num_or(j, "to", 0.0);
+  return a;
+}
+
+Json opt_num(const std::optional<double>& v) { return v ? num(*v) : Json(nullptr); }
+std::optional<double> opt_from(const Json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number()) return std::nullopt;
+  return it->get<double>();
+}
+
+Json summary_json(const RunSummary& s) {
+  Json j;
+  j["grad_norm_first"] = opt_num(s.grad_norm_first);
+  j["grad_norm_last"] = opt_num(s.grad_norm_last);
+  j["grad_norm_first_final"] = opt_num(s.grad_norm_first_final);
+  j["grad_norm_last_final"] = opt_num(s.grad_norm_last_final);
+  auto put = [&](const char* key, const std::optional<Attenuation>& a) {
+    j[key] = a && a->log10 ? num(*a->log10) : Json(nullptr);
+    j[std::string(key) + "_underflow"] = a ? a->underflow : false;
+    j[std::string(key) + "_overflow"] = a ? a->overflow : false;
+  };
+  put("attenuation_log10", s.depth);
+  put("attenuation_log10_final", s.depth_final);
+  j["gain_per_layer"] = s.depth ? opt_num(s.depth->gain()) : Json(nullptr);
+  if (s.time) {
+    put("time_attenuation_log10", s.time);
+    put("time_attenuation_log10_final", s.time_final);
+    j["gain_per_step"] = opt_num(s.time->gain());
+  }
+  j["loss_first"] = opt_num(s.loss_first);
+  j["loss_last"] = opt_num(s.loss_last);
+  j["recorded_steps"] = s.recorded_steps;
+  j["detail"] = {{"depth", attenuation_json(s.depth)},
+                 {"depth_final", attenuation_json(s.depth_final)},
+                 {"time", attenuation_json(s.time)},
+                 {"time_final", attenuation_json(s.time_final)}};
+  return j;
+}
+
+RunSummary summary_from(const Json& j) {
+  RunSummary s;
+  if (!j.is_object()) return s;
+  s.grad_norm_first = opt_from(j, "grad_norm_first");
+  s.grad_norm_last = opt_from(j, "grad_norm_last");
+  s.grad_norm_first_final = opt_from(j, "grad_norm_first_final");
+  s.grad_norm_last_final = opt_from(j, "grad_norm_last_final");
+  s.loss_first = opt_from(j, "loss_first");
+  s.loss_last = opt_from(j, "loss_last");
+  s.recorded_steps = j.value("recorded_steps", 0);
+  if (auto it = j.find("detail"); it != j.end() && it->is_object()) {
+    if (it->contains("depth")) s.depth = attenuation_from((*it)["depth"]);
+    if (it->contains("depth_final")) s.depth_final = attenuation_from((*it)["depth_final"]);
+    if (it->contains("time")) s.time = attenuation_from((*it)["time"]);
+    if (it->contains("time_final")) s.time_final = attenuation_from((*it)["time_final"]);
+  }
+  return s;
+}
+
+}  // namespace
+
+namespace detail {
+
+Json finding_json(const Finding& f) {
+  Json ev = Json::object();
+  for (const auto& [k, v] : f.evidence) ev[k] = num(v);
+  return {{"kind", to_string(f.kind)}, {"severity", to_string(f.severity)}, {"where", f.where},
+          {"message", f.message},      {"evidence", ev},                    {"remedy", f.remedy}};
+}
+
+Finding finding_from(const Json& j, const std::string& where) {
+  Finding f;
+  f.kind = finding_kind_from_string(get_str(j, "kind", where));
+  const std::string sev = get_str(j, "severity", where);
+  f.severity = sev == "error" ? Severity::error : sev == "warning" ? Severity::warning : Severity::info;
+  f.where = get_str(j, "where", where);
+  f.message = get_str(j, "message", where);
+  f.remedy = get_str(j, "remedy", where);
+  if (auto it = j.find("evidence"); it != j.end() && it->is_object())
+    for (auto e = it->begin(); e != it->end(); ++e)
+      f.evidence.emplace_back(e.key(), e->is_number() ? e->get<double>() : std::numeric_limits<double>::quiet_NaN());
+  return f;
+}
+
+Json summary_to_json(const RunSummary& s) { return summary_json(s); }
+
+}  // namespace detail
+
+std::string run_to_json(const RunRecord& r, int indent) {
+  Json config = Json::object();
+  for (const auto& [k, v] : r.config) config[k] = value_json(v);
+  Json layers = Json::array();
+  for (const auto& l : r.layers) layers.push_back({{"name", l.name}, {"kind", l.kind}, {"depth", l.depth}});
+  Json loss = Json::array();
+  for (double v : r.loss) loss.push_back(num(v));
+  Json acc = Json::array();
+  for (double v : r.accuracy) acc.push_back(num(v));
+  Json findings = Json::array();
+  for (const auto& f : r.findings) findings.push_back(detail::finding_json(f));
+  Json traits = {{"recurrent", r.traits.recurrent}, {"cell", r.traits.cell},         {"activation", r.traits.activation},
+                 {"init", r.traits.init},           {"batch_norm", r.traits.batch_norm}, {"residual", r.traits.residual},
+                 {"clipped", r.traits.clipped}};
+  Json j = {{"schema", kRunSchema},
+            {"spec", r.spec},
+            {"label", r.label},
+            {"family", r.family},
+            {"task", r.task},
+            {"task_description", r.task_description},
+            {"config", config},
+            {"traits", traits},
+            {"layers", layers},
+            {"steps_requested", r.steps_requested},
+            {"steps_done", r.steps_done},
+            {"clipped_steps", r.clipped_steps},
+            {"baseline_loss", num(r.baseline_loss)},
+            {"tiny", num(r.tiny)},
+            {"wall_seconds", num(r.wall_seconds)},
+            {"interrupted", r.interrupted},
+            {"stopped_on_nonfinite", r.stopped_on_nonfinite},
+            {"summary", summary_json(r.summary)},
+            {"findings", findings},
+            {"loss", loss},
+            {"accuracy", acc},
+            {"trace", detail::trace_to_json_value(r.trace)}};
+  return j.dump(indent);
+}
+
+RunRecord run_from_json(const std::string& text, const std::string& where) {
+  const Json j = detail::parse_json(text, where);
+  if (!j.is_object()) throw Error(where + " is not a gradflow run (expected a JSON object)");
+  const std::string schema = get_str(j, "schema", where);
+  if (schema.rfind("gradflow.run/", 0) != 0)
+    throw Error(where + " has schema '" + schema + "', not a gradflow run: give a run.json written by 'gradflow run' or 'gradflow compare'");
+  if (schema != kRunSchema)
+    throw Error(where + ": run schema '" + schema + "' is not supported (this gradflow reads " + kRunSchema + ")");
+  RunRecord r;
+  r.spec = get_str(j, "spec", where);
+  r.label = get_str(j, "label", where);
+  r.family = get_str(j, "family", where);
+  r.task = get_str(j, "task", where);
+  r.task_description = j.value("task_description", "");
+  if (auto it = j.find("config"); it != j.end() && it->is_object())
+    for (auto c = it->begin(); c != it->end(); ++c) r.config.emplace_back(c.key(), value_string(*c));
+  if (auto it = j.find("traits"); it != j.end() && it->is_object()) {
+    r.traits.recurrent = it->value("recurrent", false);
+    r.traits.cell = it->value("cell", "");
+    r.traits.activation = it->value("activation", "");
+    r.traits.init = it->value("init", "");
+    r.traits.batch_norm = it->value("batch_norm", false);
+    r.traits.residual = it->value("residual", false);
+    r.traits.clipped = it->value("clipped", false);
+  }
+  for (const auto& l : get_array(j, "layers", where))
+    r.layers.push_back({get_str(l, "name", where), get_str(l, "kind", where), static_cast<int>(get_int(l, "depth", where))});
+  r.steps_requested = get_int(j, "steps_requested", where);
+  r.steps_done = get_int(j, "steps_done", where);
+  r.clipped_steps = j.value("clipped_steps", 0);
+  r.baseline_loss = get_num_or(j, "baseline_loss", 0.0);
+  r.tiny = get_num_or(j, "tiny", 0.0);
+  r.wall_seconds = get_num_or(j, "wall_seconds", 0.0);
+  r.interrupted = j.value("interrupted", false);
+  r.stopped_on_nonfinite = j.value("stopped_on_nonfinite", false);
+  for (const auto& v : get_array(j, "loss", where))
+    r.loss.push_back(v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN());
+  if (auto it = j.find("accuracy"); it != j.end() && it->is_array())
+    for (const auto& v : *it) r.accuracy.push_back(v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN());
+  auto it = j.find("trace");
+  if (it == j.end()) throw Error(where + ": missing field 'trace'");
+  r.trace = detail::trace_from_json_value(*it, where + " (trace)");
+  if (auto s = j.find("summary"); s != j.end()) r.summary = summary_from(*s);
+  for (const auto& f : get_array(j, "findings", where)) r.findings.push_back(detail::finding_from(f, where));
+  return r;
+}
+
+}  // namespace gradflow

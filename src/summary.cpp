@@ -1,0 +1,118 @@
+#include "gradflow/summary.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+namespace gradflow {
+
+std::optional<double> Attenuation::gain() const {
+  if (!log10 || span <= 0) return std::nullopt;
+  return std::pow(10.0, *log10 / span);
+}
+
+std::vector<int> numbered_series(const Trace& trace, const std::string& group) {
+  std::vector<std::pair<long, int>> v;
+  for (int i = 0; i < static_cast<int>(trace.series().size()); ++i) {
+    const auto& s = trace.series()[i];
+    if (s.kind != SeriesKind::tap || s.layer != group) continue;
+    const auto dot = s.name.rfind('.');
+    if (dot == std::string::npos) continue;
+    char* end = nullptr;
+    const long n = std::strtol(s.name.c_str() + dot + 1, &end, 10);
+    if (end && *end == '\0') v.emplace_back(n, i);
+  }
+  std::sort(v.begin(), v.end());
+  std::vector<int> out;
+  for (const auto& p : v) out.push_back(p.second);
+  return out;
+}
+
+std::vector<int> depth_series(const Trace& trace) {
+  auto h = numbered_series(trace, "h");
+  if (!h.empty()) return h;
+  auto acts = trace.series_of_kind(SeriesKind::activation);
+  if (!acts.empty()) acts.pop_back();
+  return acts;
+}
+
+std::vector<int> weight_series(const Trace& trace) {
+  std::vector<int> out;
+  for (int i : trace.series_of_kind(SeriesKind::parameter))
+    if (trace.series()[i].shape.size() >= 2) out.push_back(i);
+  return out;
+}
+
+Attenuation attenuation(double from, double to, std::int64_t numel_from, int span, double tiny) {
+  Attenuation a;
+  a.from = from;
+  a.to = to;
+  a.span = span;
+  if (!std::isfinite(from) || !std::isfinite(to)) {
+    a.overflow = true;
+    return a;
+  }
+  if (to <= 0.0) return a;  // nothing reached the near end: no ratio to speak of
+  if (from <= 0.0) {
+    // Every element rounded to zero, so each was below `tiny`: the norm was below sqrt(n)*tiny.
+    a.underflow = true;
+    a.log10 = std::log10(std::sqrt(static_cast<double>(std::max<std::int64_t>(numel_from, 1))) * tiny) - std::log10(to);
+    return a;
+  }
+  a.log10 = std::log10(from) - std::log10(to);
+  return a;
+}
+
+namespace {
+
+std::optional<double> norm_at(const StepRecord& st, int series) {
+  if (series < 0) return std::nullopt;
+  const Record* r = st.find(series);
+  if (!r) return std::nullopt;
+  if (r->grad.nonfinite > 0) return std::numeric_limits<double>::infinity();
+  return r->grad.norm();
+}
+
+std::optional<Attenuation> chain_attenuation(const Trace& t, const StepRecord& st, const std::vector<int>& chain,
+                                             double tiny) {
+  if (chain.size() < 2) return std::nullopt;
+  const auto from = norm_at(st, chain.front());
+  const auto to = norm_at(st, chain.back());
+  if (!from || !to) return std::nullopt;
+  const Record* r = st.find(chain.front());
+  return attenuation(*from, *to, r ? r->grad.numel : 1, static_cast<int>(chain.size()) - 1, tiny);
+}
+
+}  // namespace
+
+RunSummary summarize(const Trace& trace, const std::vector<double>& loss, double tiny) {
+  RunSummary s;
+  s.recorded_steps = static_cast<int>(trace.steps().size());
+  if (!loss.empty()) {
+    if (std::isfinite(loss.front())) s.loss_first = loss.front();
+    if (std::isfinite(loss.back())) s.loss_last = loss.back();
+  }
+  if (trace.steps().empty()) return s;
+  const auto& first = trace.steps().front();
+  const auto& last = trace.steps().back();
+  const auto weights = weight_series(trace);
+  auto finite = [](std::optional<double> v) -> std::optional<double> {
+    if (v && std::isfinite(*v)) return v;
+    return std::nullopt;
+  };
+  if (!weights.empty()) {
+    s.grad_norm_first = finite(norm_at(first, weights.front()));
+    s.grad_norm_last = finite(norm_at(first, weights.back()));
+    s.grad_norm_first_final = finite(norm_at(last, weights.front()));
+    s.grad_norm_last_final = finite(norm_at(last, weights.back()));
+  }
+  const auto depth = depth_series(trace);
+  s.depth = chain_attenuation(trace, first, depth, tiny);
+  s.depth_final = chain_attenuation(trace, last, depth, tiny);
+  const auto time = numbered_series(trace, "time");
+  s.time = chain_attenuation(trace, first, time, tiny);
+  s.time_final = chain_attenuation(trace, last, time, tiny);
+  return s;
+}
+
+}  // namespace gradflow

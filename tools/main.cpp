@@ -1,0 +1,63 @@
+// gradflow: shows how gradients flow backward through a network, where they vanish or explode,
+// and which architecture fixes it. main() only wires the subcommands and maps errors to exit codes.
+#include <cstdio>
+#include <exception>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
+
+#include "cmd_models.h"
+#include "cmd_run.h"
+#include "common.h"
+#include "gradflow/error.h"
+
+namespace {
+
+std::string first_line(const std::string& s) {
+  const auto nl = s.find('\n');
+  return nl == std::string::npos ? s : s.substr(0, nl);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace gradflow::cli;
+  CLI::App app{"gradflow: how gradients flow backward through a neural network, where they vanish or explode, "
+               "and which architecture fixes it"};
+  app.require_subcommand(1);
+  setup_models(app);
+  setup_run(app);
+  install_signal_handlers();
+  configure_threads();
+  try {
+    app.parse(argc, argv);
+    return kExitOk;
+  } catch (const CLI::RuntimeError& e) {
+    return e.get_exit_code();  // a subcommand's own exit code
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "gradflow: %s (see 'gradflow --help')\n", first_line(e.what()).c_str());
+    return kExitUsage;
+  } catch (const gradflow::UsageError& e) {
+    std::fprintf(stderr, "gradflow: %s\n", first_line(e.what()).c_str());
+    return kExitUsage;
+  } catch (const gradflow::Error& e) {
+    std::fprintf(stderr, "gradflow: %s\n", first_line(e.what()).c_str());
+    return kExitFailure;
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "gradflow: LibTorch refused: %s\n", first_line(e.what_without_backtrace()).c_str());
+    return kExitFailure;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "gradflow: out of memory: use a smaller model, batch or sequence length\n");
+    return kExitFailure;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gradflow: %s\n", first_line(e.what()).c_str());
+    return kExitFailure;
+  }
+}
