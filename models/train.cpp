@@ -58,13 +58,13 @@ RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
   to.noise = o.noise;
   to.dtype = f64 ? torch::kDouble : torch::kFloat;
   auto task = make_task(to, spec.family);
-  if (spec.get("norm") == "batch" && o.batch < 2)
+  if (spec.family != "rnn" && spec.get("norm") == "batch" && o.batch < 2)
     throw UsageError("batch norm needs --batch 2 or more in training mode");
   auto net = make_network(spec, task->input_dim(), task->output_dim());
 
   const bool rnn = spec.family == "rnn";
   const std::string opt_name = !o.optimizer.empty() ? o.optimizer : (rnn ? "adam" : "sgd");
-  const double lr = o.lr > 0 ? o.lr : (opt_name == "adam" ? 1e-3 : 0.05);
+  const double lr = o.lr > 0 ? o.lr : (opt_name == "adam" ? 3e-3 : 0.05);
   std::unique_ptr<torch::optim::Optimizer> opt;
   if (opt_name == "adam")
     opt = std::make_unique<torch::optim::Adam>(net->parameters(), torch::optim::AdamOptions(lr));

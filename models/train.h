@@ -17,7 +17,7 @@ struct TrainOptions {
   std::int64_t seq_len = 50;   ///< T for sequence tasks
   std::int64_t steps = 100;
   std::int64_t batch = 64;
-  double lr = -1;              ///< default: 0.05 for SGD, 1e-3 for Adam
+  double lr = -1;              ///< default: 0.05 for SGD, 3e-3 for Adam
   std::string optimizer;       ///< sgd | adam; default: sgd for mlp/cnn, adam for rnn
   double momentum = 0.9;       ///< SGD momentum
   double clip_norm = 0;        ///< > 0: clip the global gradient norm to this

@@ -268,11 +268,16 @@ std::vector<Finding> diagnose(const Trace& trace, const std::vector<double>& los
     double worst = 0;
     for (double v : loss)
       if (std::isfinite(v)) worst = std::max(worst, v);
+    // Oscillation is judged on window means: single mini-batch losses rise and fall by 10-30%
+    // from sampling noise alone.
+    const std::size_t win = std::max<std::size_t>(5, n / 20);
+    std::vector<double> means;
+    for (std::size_t b = n / 2; b + win <= n; b += win) means.push_back(mean_of(loss, b, b + win));
     int rises = 0, pairs = 0;
-    for (std::size_t i = n / 2 + 1; i < n; ++i)
-      if (std::isfinite(loss[i]) && std::isfinite(loss[i - 1])) {
+    for (std::size_t i = 1; i < means.size(); ++i)
+      if (std::isfinite(means[i]) && std::isfinite(means[i - 1])) {
         ++pairs;
-        if (loss[i] > 1.1 * loss[i - 1]) ++rises;
+        if (means[i] > 1.25 * means[i - 1]) ++rises;
       }
     const double rise_fraction = pairs ? static_cast<double>(rises) / pairs : 0.0;
     if (std::isfinite(first) && first > 0 && worst > o.divergence_factor * first) {
@@ -289,8 +294,8 @@ std::vector<Finding> diagnose(const Trace& trace, const std::vector<double>& los
       f.kind = FindingKind::unstable_loss;
       f.severity = Severity::warning;
       f.where = fmt::format("steps {} .. {}", n / 2, n - 1);
-      f.message = fmt::format("the loss oscillates: {:.0f}% of steps in the second half raise it by over 10%",
-                              100 * rise_fraction);
+      f.message = fmt::format("the loss oscillates: {:.0f}% of {}-step windows in the second half raise it by over 25%",
+                              100 * rise_fraction, win);
       f.evidence = {{"rise_fraction", rise_fraction}};
       f.remedy = "a smaller learning rate, a larger batch, or gradient clipping";
       out.push_back(std::move(f));

@@ -450,7 +450,14 @@ void Monitor::step() {
   state_->end_step_locked();
 }
 
-bool Monitor::recording() const { return state_->recording; }
+bool Monitor::recording() const {
+  auto& s = *state_;
+  std::lock_guard<std::mutex> lock(s.mu);
+  // In auto-step mode, once the step's backward has run the next forward belongs to the next
+  // step: answer for that one, so that models can skip their taps cheaply and correctly.
+  if (s.opts.auto_step && s.backward_seen) return ((s.step + 1) % s.opts.every) == 0;
+  return s.recording;
+}
 std::int64_t Monitor::step_index() const { return state_->step; }
 const MonitorOptions& Monitor::options() const { return state_->opts; }
 

@@ -62,7 +62,8 @@ struct DiagnosisOptions {
   double stall_improvement = 0.02;
   /// Unstable: a finite loss above this multiple of the first one ...
   double divergence_factor = 10.0;
-  /// ... or, in the second half, more than this fraction of steps raising the loss by 10%.
+  /// ... or, in the second half, more than this fraction of windows (n/20 steps, at least 5)
+  /// whose mean loss is 25% above the previous window's.
   double oscillation_fraction = 0.3;
   int min_steps = 20;
   /// The global gradient norm growing by more than this many orders during training: exploding.

@@ -112,7 +112,8 @@ class Monitor {
   /// Ends the current step: its statistics are fetched (one host transfer) into the trace.
   void step();
 
-  /// Whether the current step is recorded (step_index() % every == 0).
+  /// Whether the step the next forward belongs to is recorded (its index % every == 0). Models
+  /// check it before tapping, so steps in between cost nothing.
   bool recording() const;
   std::int64_t step_index() const;
   const MonitorOptions& options() const;
