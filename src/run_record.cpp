@@ -5,6 +5,7 @@
 
 #include "gradflow/error.h"
 #include "json_util.h"
+#include "run_json.h"
 #include "trace_json.h"
 
 namespace gradflow {

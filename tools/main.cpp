@@ -7,7 +7,9 @@
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 
+#include "cmd_compare.h"
 #include "cmd_models.h"
+#include "cmd_report.h"
 #include "cmd_run.h"
 #include "common.h"
 #include "gradflow/error.h"
@@ -28,6 +30,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   setup_models(app);
   setup_run(app);
+  setup_compare(app);
+  setup_report(app);
   install_signal_handlers();
   configure_threads();
   try {

@@ -1,0 +1,64 @@
+#pragma once
+/// \file
+/// Comparison of several runs: verdicts per remedy, ranking tables, and the report files
+/// (self-contained HTML with SVG charts, Markdown, summary.json). No LibTorch.
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gradflow/run_record.h"
+
+namespace gradflow {
+
+inline constexpr const char* kSummarySchema = "gradflow.summary/1";
+
+/// What one remedy changed, measured on two runs that differ only by it.
+struct Verdict {
+  std::string remedy;         ///< "batch normalisation", "LSTM", "gradient clipping", ...
+  std::string with_label;     ///< the run with the remedy
+  std::string without_label;  ///< the run without it
+  std::string axis;           ///< "depth", "time" or "stability"
+  std::optional<double> with_log10, without_log10;            ///< depth: at init; time: after training
+  std::optional<double> with_init_log10, without_init_log10;  ///< time: at initialization
+  bool confirms = false;      ///< the remedy helped, as the literature says it should
+  std::string text;           ///< one sentence with the figures
+};
+
+/// Attenuation against a swept parameter (depth or sequence length) for one architecture.
+struct SweepFit {
+  std::string label;
+  std::vector<double> x, log10;  ///< sweep values and attenuation at initialization
+  std::optional<double> slope;   ///< least-squares log10 attenuation per layer (per step)
+  std::optional<double> gain() const;
+};
+
+/// Several runs side by side.
+struct Comparison {
+  std::vector<RunRecord> runs;
+  std::vector<std::string> dirs;  ///< each run's folder, as written in summary.json
+  std::vector<Verdict> verdicts;
+  std::string sweep_key;          ///< "depth", "seq_len" or empty
+  std::vector<SweepFit> sweep;
+  bool interrupted = false;       ///< a signal cut the comparison short
+};
+
+/// Pairs up runs that differ by one remedy and fits sweeps. `dirs` may be empty.
+Comparison make_comparison(std::vector<RunRecord> runs, std::vector<std::string> dirs);
+
+/// The report as one HTML file that opens offline: no script, no external URL.
+std::string report_html(const Comparison& comparison);
+std::string report_markdown(const Comparison& comparison);
+std::string summary_to_json(const Comparison& comparison);
+/// The ranking tables and verdicts for a terminal.
+std::string report_text(const Comparison& comparison);
+
+/// Writes report.html, report.md and summary.json into `dir` (atomically, each).
+void write_report(const Comparison& comparison, const std::string& dir);
+
+/// Loads runs for `gradflow report`: each input is a run folder (holding run.json) or a
+/// comparison folder (holding summary.json and the run folders it names). Throws
+/// gradflow::Error naming the input that is missing, corrupt or foreign.
+Comparison load_comparison(const std::vector<std::string>& inputs);
+
+}  // namespace gradflow

@@ -1,0 +1,52 @@
+#pragma once
+// Inline SVG charts for the HTML reports: no scripts, no external resources. Every point and
+// cell carries a <title>, which browsers show on hover.
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace gradflow::detail {
+
+// Okabe & Ito's colour-blind-safe palette, then Paul Tol's, for more series.
+const std::string& palette(std::size_t i);
+std::string html_escape(const std::string& s);
+
+struct LineSeries {
+  std::string label;
+  std::vector<double> x;
+  std::vector<double> y;            // NaN or non-positive (on a log axis) breaks the line
+  std::vector<std::string> tips;    // hover text per point (optional)
+  bool dashed = false;
+  bool markers = true;
+};
+
+struct LineChart {
+  std::string title;
+  std::string x_label;
+  std::string y_label;
+  bool log_y = true;
+  bool log_x = false;
+  int width = 720;
+  int height = 360;
+  std::vector<LineSeries> series;
+  std::string note;  // a line under the chart
+};
+std::string render(const LineChart& chart);
+
+struct Heatmap {
+  std::string title;
+  std::string x_label;  // columns
+  std::string y_label;  // rows
+  std::vector<std::string> rows;
+  std::vector<std::string> cols;
+  std::vector<std::vector<double>> log10_values;  // [row][col]; NaN: no data
+  int width = 720;
+  int row_height = 14;
+};
+std::string render(const Heatmap& map);
+
+// "1e-5" style tick text for a power of ten.
+std::string pow10_label(int k);
+
+}  // namespace gradflow::detail

@@ -1,0 +1,224 @@
+#include "cmd_compare.h"
+
+#include <cctype>
+#include <chrono>
+#include <filesystem>
+#include <cstdio>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "common.h"
+#include "gradflow/error.h"
+#include "gradflow/atomic_file.h"
+#include "gradflow/report.h"
+
+namespace gradflow::cli {
+
+std::vector<std::string> suite_names() { return {"default", "quick", "mlp", "rnn"}; }
+
+std::vector<SuiteEntry> suite(const std::string& name) {
+  // Feed-forward nets: 200 SGD steps on the teacher task. Recurrent nets: the adding problem at
+  // T = 50 for 1200 Adam steps, about where LSTMs start to solve it (measured: GRU by ~500 steps,
+  // LSTM by ~900); a vanilla tanh RNN does not.
+  const std::vector<SuiteEntry> ff = {{"plain"}, {"tanh"}, {"relu"}, {"he"}, {"batchnorm"}, {"residual"},
+                                      {"exploding"}, {"exploding", 1.0}};
+  const std::vector<SuiteEntry> rec = {{"rnn", 0, 1200, 50, 20}, {"lstm", 0, 1200, 50, 20}, {"gru", 0, 1200, 50, 20}};
+  if (name == "default") {
+    auto v = ff;
+    v.insert(v.end(), rec.begin(), rec.end());
+    return v;
+  }
+  if (name == "mlp") return ff;
+  if (name == "rnn") return rec;
+  if (name == "quick") {
+    // Small and fast, for tests: the same contrasts at depth 10 and T = 20.
+    return {{"plain:depth=10,width=32", 0, 60},
+            {"he:depth=10,width=32", 0, 60},
+            {"batchnorm:depth=10,width=32", 0, 60},
+            {"residual:depth=10,width=32", 0, 60},
+            {"exploding:depth=10,width=32,init=normal:0.6", 0, 40},
+            {"exploding:depth=10,width=32,init=normal:0.6", 1.0, 40},
+            {"rnn:hidden=32", 0, 600, 20, 50},
+            {"lstm:hidden=32", 0, 600, 20, 50},
+            {"gru:hidden=32", 0, 600, 20, 50}};
+  }
+  std::string names;
+  for (const auto& n : suite_names()) names += (names.empty() ? "" : ", ") + n;
+  throw UsageError("unknown suite '" + name + "': choose one of " + names);
+}
+
+namespace {
+
+std::string slug(const std::string& label) {
+  std::string s;
+  for (char c : label) s += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.') ? c : '_';
+  return s.substr(0, 80);
+}
+
+struct Sweep {
+  std::string key;  // depth | seq_len
+  std::vector<std::int64_t> values;
+};
+
+Sweep parse_sweep(const std::string& text) {
+  Sweep s;
+  if (text.empty()) return s;
+  const auto eq = text.find('=');
+  const std::string key = text.substr(0, eq);
+  if (eq == std::string::npos || (key != "depth" && key != "seq-len"))
+    throw UsageError("--sweep '" + text + "': write depth=5,10,20 or seq-len=25,50,100");
+  s.key = key == "depth" ? "depth" : "seq_len";
+  std::string rest = text.substr(eq + 1);
+  std::size_t pos = 0;
+  while (pos <= rest.size()) {
+    const auto comma = rest.find(',', pos);
+    const std::string item = rest.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    char* end = nullptr;
+    const long long v = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || v < 2 || v > 100000)
+      throw UsageError("--sweep value '" + item + "' is not a whole number from 2 to 100000");
+    s.values.push_back(v);
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  if (s.values.size() < 2) throw UsageError("--sweep needs at least two values to fit a gain, e.g. depth=5,10,20");
+  return s;
+}
+
+std::string with_option(const std::string& spec, const std::string& key, const std::string& value) {
+  return spec + (spec.find(':') == std::string::npos ? ":" : ",") + key + "=" + value;
+}
+
+}  // namespace
+
+int run_compare(const CompareOptions& o) {
+  const auto fail_on = parse_fail_on(o.fail_on);
+  models::validate(o.flags.train);
+  const Sweep sweep = parse_sweep(o.sweep);
+  std::vector<SuiteEntry> entries;
+  if (!o.specs.empty()) {
+    for (const auto& s : o.specs) entries.push_back({s});
+  } else if (!sweep.key.empty()) {
+    for (const char* s : sweep.key == "depth" ? std::vector<const char*>{"plain", "he", "batchnorm", "residual"}
+                                              : std::vector<const char*>{"rnn", "irnn", "lstm", "gru"})
+      entries.push_back({s});
+  } else {
+    entries = suite(o.suite);
+  }
+  // Expand the sweep and check every spec before anything runs.
+  struct Job {
+    models::ResolvedSpec spec;
+    std::string text, label, base;
+    models::TrainOptions train;
+  };
+  std::vector<Job> jobs;
+  for (const auto& e : entries) {
+    std::vector<std::string> texts = {e.spec};
+    if (sweep.key == "depth") {
+      texts.clear();
+      for (auto v : sweep.values) texts.push_back(with_option(e.spec, "depth", std::to_string(v)));
+    }
+    const std::size_t n = sweep.key == "seq_len" ? sweep.values.size() : texts.size();
+    for (std::size_t k = 0; k < n; ++k) {
+      Job j;
+      j.text = texts[sweep.key == "seq_len" ? 0 : k];
+      j.spec = models::resolve_spec(j.text);
+      j.train = o.flags.train;
+      const bool rnn = j.spec.family == "rnn";
+      if (!o.steps_given) j.train.steps = e.steps > 0 ? e.steps : (!sweep.key.empty() ? 1 : (rnn ? 1200 : 200));
+      if (e.seq_len > 0 && sweep.key != "seq_len") j.train.seq_len = e.seq_len;
+      if (e.every > 0) j.train.every = std::max(j.train.every, e.every);
+      if (e.clip_norm > 0) j.train.clip_norm = e.clip_norm;
+      j.base = models::resolve_spec(e.spec).label();
+      j.label = j.spec.label();
+      if (j.train.clip_norm > 0) j.label += fmt::format(" + clip-norm {:g}", j.train.clip_norm);
+      if (sweep.key == "seq_len") {
+        if (!rnn) throw UsageError("--sweep seq-len applies to recurrent models; '" + e.spec + "' is " + j.spec.family);
+        j.train.seq_len = sweep.values[k];
+        j.label = j.base + " T=" + std::to_string(sweep.values[k]);
+      } else if (sweep.key == "depth") {
+        if (rnn) throw UsageError("--sweep depth applies to mlp and cnn models; '" + e.spec + "' is recurrent");
+        j.label = j.base + " depth=" + std::to_string(sweep.values[k]);
+      }
+      jobs.push_back(std::move(j));
+    }
+  }
+  std::set<std::string> seen;
+  for (auto& j : jobs) {
+    std::string l = j.label;
+    for (int k = 2; seen.count(l); ++k) l = j.label + " #" + std::to_string(k);
+    j.label = l;
+    seen.insert(l);
+  }
+  prepare_out_dir(o.out, o.flags.force, {"summary.json", "report.html", "report.md"});
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::string> dirs;
+  bool stopped = false;
+  try {
+    for (std::size_t i = 0; i < jobs.size() && !stopped; ++i) {
+      auto& j = jobs[i];
+      Progress progress(fmt::format("[{}/{}] {}", i + 1, jobs.size(), j.label));
+      j.train.progress = [&](std::int64_t d, std::int64_t n) { progress.update(d, n); };
+      j.train.should_stop = [] { return interrupted(); };
+      RunRecord r = models::train(j.spec, j.train);
+      progress.finish();
+      r.spec = j.text;
+      r.label = j.label;
+      if (!sweep.key.empty()) {
+        r.config.emplace_back("sweep", sweep.key);
+        r.config.emplace_back("sweep_base", j.base);
+      }
+      const std::string dir = "runs/" + slug(j.label);
+      std::filesystem::create_directories(o.out + "/" + dir);
+      write_run_dir(r, o.out + "/" + dir);
+      dirs.push_back(dir);
+      if (!o.quiet)
+        std::printf("[%zu/%zu] %-28s %5.1f s  %s\n", i + 1, jobs.size(), j.label.c_str(), r.wall_seconds,
+                    r.traits.recurrent ? ("time " + attenuation_text(r.summary.time) + " -> " + attenuation_text(r.summary.time_final)).c_str()
+                                       : ("depth " + attenuation_text(r.summary.depth)).c_str());
+      stopped = r.interrupted;
+    }
+  } catch (...) {
+    cleanup_out_dir(o.out);
+    throw;
+  }
+  // The report is built from the saved runs, exactly as 'gradflow report' rebuilds it later.
+  std::vector<std::string> inputs;
+  std::vector<RunRecord> runs;
+  for (const auto& d : dirs) runs.push_back(run_from_json(read_file(o.out + "/" + d + "/run.json"), d));
+  Comparison c = make_comparison(std::move(runs), dirs);
+  c.interrupted = stopped || interrupted();
+  write_report(c, o.out);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("\n%s\n", report_text(c).c_str());
+  std::printf("%zu runs in %.1f s; wrote %s/report.html, report.md and summary.json\n", c.runs.size(), secs, o.out.c_str());
+  if (c.interrupted) {
+    std::fprintf(stderr, "gradflow: interrupted; the report covers the %zu run(s) recorded so far\n", c.runs.size());
+    return interrupt_exit_code();
+  }
+  for (const auto& r : c.runs)
+    if (has_any(r.findings, fail_on)) {
+      std::fprintf(stderr, "gradflow: failing as asked by --fail-on %s: %s has such a finding\n", o.fail_on.c_str(), r.label.c_str());
+      return kExitFailure;
+    }
+  return kExitOk;
+}
+
+void setup_compare(CLI::App& app) {
+  auto o = std::make_shared<CompareOptions>();
+  auto* sub = app.add_subcommand("compare", "Train several architectures on the same task and seed; write a comparison report");
+  sub->add_option("specs", o->specs, "Model specs or presets (default: the suite)");
+  sub->add_option("--suite", o->suite, "Built-in suite: default, quick, mlp, rnn")->capture_default_str();
+  sub->add_option("--sweep", o->sweep, "Sweep depth=5,10,20,50 or seq-len=25,50,100,200 (attenuation at initialization)");
+  sub->add_option("--out", o->out, "Output folder")->capture_default_str();
+  sub->add_option("--fail-on", o->fail_on, "Exit 1 if any run has a finding of these kinds");
+  sub->add_flag("--quiet", o->quiet, "Print only the final tables");
+  add_train_flags(*sub, o->flags);
+  sub->final_callback([o, sub] {
+    o->steps_given = sub->count("--steps") > 0;
+    throw CLI::RuntimeError(run_compare(*o));
+  });
+}
+
+}  // namespace gradflow::cli

@@ -1,0 +1,38 @@
+#pragma once
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "cmd_run.h"
+
+namespace gradflow::cli {
+
+struct CompareOptions {
+  std::vector<std::string> specs;
+  std::string suite = "default";
+  std::string sweep;  // "depth=5,10,20" or "seq-len=25,50"
+  std::string out = "gradflow-out/compare";
+  std::string fail_on;
+  bool steps_given = false;
+  bool quiet = false;
+  TrainFlags flags;
+};
+
+// `gradflow compare`: run several architectures on the same task and seed, write the report.
+void setup_compare(CLI::App& app);
+int run_compare(const CompareOptions& options);
+
+// One entry of a comparison: a spec and what it changes in the trainer.
+struct SuiteEntry {
+  std::string spec;
+  double clip_norm = 0;
+  std::int64_t steps = -1;    // -1: the suite's default for the family
+  std::int64_t seq_len = -1;
+  std::int64_t every = -1;
+};
+// The built-in suites: default, quick, mlp, rnn.
+std::vector<SuiteEntry> suite(const std::string& name);
+std::vector<std::string> suite_names();
+
+}  // namespace gradflow::cli
