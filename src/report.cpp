@@ -369,6 +369,7 @@ std::string charts(const Comparison& c) {
         detail::LineSeries s;
         s.label = r.label + (which == 0 ? " (init)" : fmt::format(" (step {})", st.step));
         s.dashed = which == 0;
+        s.colour = static_cast<int>(colour_slot);
         s.markers = chain.size() <= 60;
         for (std::size_t k = 0; k < chain.size(); ++k) {
           s.x.push_back(static_cast<double>(k + 1));
@@ -448,6 +449,15 @@ std::string charts(const Comparison& c) {
   return out;
 }
 
+// The figure shown for one side of a verdict: orders of magnitude, or for clipping whether the
+// loss stayed finite.
+std::string cell_with(const Verdict& v, const Comparison& c, bool with) {
+  if (v.axis != "stability") return orders(with ? v.with_log10 : v.without_log10);
+  for (const auto& r : c.runs)
+    if (r.label == (with ? v.with_label : v.without_label)) return diverged(r) ? "non-finite loss" : "finite loss";
+  return "n/a";
+}
+
 std::string verdict_list_html(const Comparison& c) {
   if (c.verdicts.empty()) return "<p>No two runs differ by exactly one remedy, so there is no verdict to draw.</p>\n";
   std::string out = "<table><tr><th class=l>remedy</th><th class=l>with</th><th class=l>without</th><th>with</th><th>without</th><th class=l>verdict</th></tr>\n";
@@ -455,7 +465,7 @@ std::string verdict_list_html(const Comparison& c) {
     out += fmt::format("<tr class=\"{}\"><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=v>{}</td><td class=v>{}</td>"
                        "<td class=l><span class=\"{}\">{}</span> {}</td></tr>\n",
                        v.confirms ? "good" : "bad", html_escape(v.remedy), html_escape(v.with_label), html_escape(v.without_label),
-                       orders(v.with_log10), orders(v.without_log10), v.confirms ? "verdict-yes" : "verdict-no",
+                       cell_with(v, c, true), cell_with(v, c, false), v.confirms ? "verdict-yes" : "verdict-no",
                        v.confirms ? "helps" : "does not help here", html_escape(v.text));
   }
   return out + "</table>\n<p>Figures are log10 of |dL/dh| at the far end over the near end: 0 means the gradient arrives whole, -6 means a millionth of it. Depth: at initialization; time: after training.</p>\n";

@@ -10,8 +10,8 @@ namespace gradflow::detail {
 
 const std::string& palette(std::size_t i) {
   static const std::vector<std::string> colours = {
-      "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442",
-      "#332288", "#117733", "#882255", "#44AA99", "#999933", "#AA4499", "#DDCC77", "#88CCEE"};
+      "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#000000", "#56B4E9", "#E69F00", "#882255",
+      "#332288", "#117733", "#44AA99", "#999933", "#AA4499"};
   return colours[i % colours.size()];
 }
 
@@ -74,7 +74,7 @@ std::string num_label(double v) {
 }  // namespace
 
 std::string render(const LineChart& c) {
-  const int W = c.width, H = c.height, left = 70, right = 170, top = 34, bottom = 46;
+  const int W = c.width, H = c.height, left = 70, right = 250, top = 34, bottom = 46;
   const int pw = W - left - right, ph = H - top - bottom;
   Axis ax, ay;
   ax.log = c.log_x;
@@ -150,7 +150,8 @@ std::string render(const LineChart& c) {
                      top + ph / 2, html_escape(c.y_label));
   for (std::size_t si = 0; si < c.series.size(); ++si) {
     const auto& s = c.series[si];
-    const std::string& col = palette(si);
+    const std::string& col = palette(s.colour >= 0 ? static_cast<std::size_t>(s.colour) : si);
+    const std::string legend = s.label.size() > 38 ? s.label.substr(0, 36) + "..." : s.label;
     std::string path;
     bool pen = false;
     std::string marks;
@@ -176,7 +177,7 @@ std::string render(const LineChart& c) {
     out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"3\"{}/>"
                        "<text x=\"{}\" y=\"{}\" class=\"legend\">{}</text>\n",
                        left + pw + 10, left + pw + 30, ly, ly, col, s.dashed ? " stroke-dasharray=\"6 4\"" : "", left + pw + 36,
-                       ly + 4, html_escape(s.label));
+                       ly + 4, html_escape(legend));
   }
   out += "</svg>";
   if (!c.note.empty()) out += "<figcaption>" + html_escape(c.note) + "</figcaption>";

@@ -8,7 +8,8 @@
 
 namespace gradflow::detail {
 
-// Okabe & Ito's colour-blind-safe palette, then Paul Tol's, for more series.
+// Okabe & Ito's colour-blind-safe palette (without its yellow, too faint on white), then Paul
+// Tol's darker colours for more series.
 const std::string& palette(std::size_t i);
 std::string html_escape(const std::string& s);
 
@@ -19,6 +20,7 @@ struct LineSeries {
   std::vector<std::string> tips;    // hover text per point (optional)
   bool dashed = false;
   bool markers = true;
+  int colour = -1;  // palette slot; -1: the series' position
 };
 
 struct LineChart {
@@ -27,7 +29,7 @@ struct LineChart {
   std::string y_label;
   bool log_y = true;
   bool log_x = false;
-  int width = 720;
+  int width = 800;
   int height = 360;
   std::vector<LineSeries> series;
   std::string note;  // a line under the chart

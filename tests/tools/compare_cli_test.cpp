@@ -1,0 +1,167 @@
+// `gradflow compare` and `gradflow report`, end to end on the quick suite.
+#include <cmath>
+#include <filesystem>
+#include <map>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "cli_harness.h"
+
+namespace gradflow::test {
+namespace {
+
+using Json = nlohmann::json;
+
+class CompareCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(temp_dir("compare"));
+    result_ = new CliResult(run_cli({"compare", "--suite", "quick", "--quiet", "--out", *dir_ + "/cmp"}));
+  }
+  static void TearDownTestSuite() {
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+    delete result_;
+  }
+  static Json summary() { return Json::parse(slurp(*dir_ + "/cmp/summary.json")); }
+  static const Json* run(const Json& s, const std::string& label_prefix) {
+    for (const auto& r : s["runs"])
+      if (r["label"].get<std::string>().rfind(label_prefix, 0) == 0 &&
+          r["label"].get<std::string>().find("clip") == std::string::npos)
+        return &r;
+    return nullptr;
+  }
+  static const Json* verdict(const Json& s, const std::string& remedy, const std::string& without_prefix) {
+    for (const auto& v : s["verdicts"])
+      if (v["remedy"] == remedy && v["without"].get<std::string>().rfind(without_prefix, 0) == 0) return &v;
+    return nullptr;
+  }
+  static std::string* dir_;
+  static CliResult* result_;
+};
+std::string* CompareCli::dir_ = nullptr;
+CliResult* CompareCli::result_ = nullptr;
+
+TEST_F(CompareCli, FinishesAndWritesEveryProduct) {
+  ASSERT_EQ(result_->exit_code, 0) << result_->err;
+  for (const char* f : {"report.html", "report.md", "summary.json"})
+    EXPECT_TRUE(std::filesystem::exists(*dir_ + "/cmp/" + f)) << f;
+  const Json s = summary();
+  EXPECT_EQ(s["schema"], "gradflow.summary/1");
+  EXPECT_EQ(s["runs"].size(), 9u);
+  for (const auto& r : s["runs"]) EXPECT_TRUE(std::filesystem::exists(*dir_ + "/cmp/" + r["dir"].get<std::string>() + "/run.json"));
+}
+
+// The seed's claims, read back from summary.json.
+TEST_F(CompareCli, VerdictsMatchTheSeeds) {
+  const Json s = summary();
+  const Json* plain = run(s, "plain");
+  ASSERT_NE(plain, nullptr);
+  const double p = (*plain)["summary"]["attenuation_log10"].get<double>();
+  EXPECT_LT(p, -4.0);
+  for (const char* remedy : {"residual", "batchnorm", "he"}) {
+    const Json* r = run(s, remedy);
+    ASSERT_NE(r, nullptr) << remedy;
+    const double a = (*r)["summary"]["attenuation_log10"].get<double>();
+    EXPECT_LT(std::abs(a), std::abs(p) - 3) << remedy;
+  }
+  for (const auto& [remedy, without] : std::map<std::string, std::string>{
+           {"residual connections", "plain"}, {"batch normalisation", "plain"}, {"ReLU + He initialisation", "plain"},
+           {"LSTM", "rnn"}, {"GRU", "rnn"}, {"gradient clipping", "exploding"}}) {
+    const Json* v = verdict(s, remedy, without);
+    ASSERT_NE(v, nullptr) << remedy;
+    EXPECT_TRUE((*v)["confirms"].get<bool>()) << remedy << ": " << (*v)["text"];
+  }
+  // At initialization all three recurrent cells vanish across time; after training the gated
+  // ones carry gradient and learn, the vanilla RNN does neither.
+  for (const char* cell : {"rnn", "lstm", "gru"}) {
+    const Json* r = run(s, cell);
+    ASSERT_NE(r, nullptr) << cell;
+    EXPECT_LT((*r)["summary"]["time_attenuation_log10"].get<double>(), -2.0) << cell;
+  }
+  const double vanilla = (*run(s, "rnn"))["summary"]["time_attenuation_log10_final"].get<double>();
+  for (const char* cell : {"lstm", "gru"}) {
+    const Json* r = run(s, cell);
+    EXPECT_GT((*r)["summary"]["time_attenuation_log10_final"].get<double>(), vanilla + 2) << cell;
+    EXPECT_TRUE((*r)["learned"].get<bool>()) << cell;
+  }
+  EXPECT_FALSE((*run(s, "rnn"))["learned"].get<bool>());
+  // Clipping keeps the exploding setup finite.
+  for (const auto& r : s["runs"])
+    if (r["label"].get<std::string>().find("clip") != std::string::npos) {
+      EXPECT_FALSE(r["summary"]["loss_last"].is_null());
+      bool nonfinite = false;
+      for (const auto& f : r["findings"]) nonfinite = nonfinite || f["kind"] == "non_finite";
+      EXPECT_FALSE(nonfinite);
+    }
+}
+
+TEST_F(CompareCli, ReportIsSelfContainedAndHasEveryChart) {
+  const std::string html = slurp(*dir_ + "/cmp/report.html");
+  EXPECT_EQ(html.find("http"), std::string::npos) << "the report must not reference anything outside the file";
+  EXPECT_EQ(html.find("<script"), std::string::npos);
+  EXPECT_EQ(html.find("src="), std::string::npos);
+  for (const char* title : {"Backward signal |dL/dh| per hidden layer", "Weight-gradient norm", "per time step", "Training loss",
+                            "Layer &times; step heatmaps"})
+    EXPECT_NE(html.find(title), std::string::npos) << title;
+  std::size_t svgs = 0;
+  for (auto p = html.find("<svg"); p != std::string::npos; p = html.find("<svg", p + 1)) ++svgs;
+  EXPECT_GE(svgs, 3u + 2u + 9u);  // profiles, time, loss per task, heatmap per run
+  EXPECT_NE(html.find("<title>"), std::string::npos);  // hover values
+  const std::string md = slurp(*dir_ + "/cmp/report.md");
+  EXPECT_NE(md.find("## Ranking across depth"), std::string::npos);
+  EXPECT_NE(md.find("## Ranking across time"), std::string::npos);
+}
+
+TEST_F(CompareCli, ReportRebuiltFromSavedRunsIsIdentical) {
+  const std::string out = *dir_ + "/rebuilt";
+  const auto r = run_cli({"report", *dir_ + "/cmp", "--out", out});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* f : {"report.html", "report.md", "summary.json"})
+    EXPECT_EQ(slurp(out + "/" + f), slurp(*dir_ + "/cmp/" + f)) << f;
+  // From the run folders themselves, the charts and tables are the same too.
+  std::vector<std::string> args = {"report"};
+  const Json s = summary();
+  for (const auto& run : s["runs"]) args.push_back(*dir_ + "/cmp/" + run["dir"].get<std::string>());
+  args.insert(args.end(), {"--out", out + "2"});
+  const auto r2 = run_cli(args);
+  ASSERT_EQ(r2.exit_code, 0) << r2.err;
+  EXPECT_EQ(slurp(out + "2/report.html"), slurp(*dir_ + "/cmp/report.html"));
+}
+
+TEST_F(CompareCli, SecondRunIntoTheSameFolderIsRefusedWithoutForce) {
+  const auto r = run_cli({"compare", "plain:depth=3", "--steps", "1", "--out", *dir_ + "/cmp"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
+  EXPECT_TRUE(std::filesystem::exists(*dir_ + "/cmp/report.html"));
+}
+
+TEST(CompareSweep, FitsAGainPerLayer) {
+  const std::string dir = temp_dir("sweep");
+  const auto r = run_cli({"compare", "plain:width=16", "he:width=16", "--sweep", "depth=4,8,12", "--quiet", "--out", dir + "/s"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json s = Json::parse(slurp(dir + "/s/summary.json"));
+  ASSERT_EQ(s["sweep"]["key"], "depth");
+  ASSERT_EQ(s["sweep"]["fits"].size(), 2u);
+  const auto& plain = s["sweep"]["fits"][0];
+  EXPECT_EQ(plain["x"].size(), 3u);
+  // The fit is the least-squares slope of the points it reports.
+  const auto& x = plain["x"];
+  const auto& y = plain["log10"];
+  double mx = 0, my = 0;
+  for (int i = 0; i < 3; ++i) mx += x[i].get<double>() / 3, my += y[i].get<double>() / 3;
+  double sxy = 0, sxx = 0;
+  for (int i = 0; i < 3; ++i) {
+    sxy += (x[i].get<double>() - mx) * (y[i].get<double>() - my);
+    sxx += (x[i].get<double>() - mx) * (x[i].get<double>() - mx);
+  }
+  EXPECT_NEAR(plain["slope"].get<double>(), sxy / sxx, 1e-9);
+  EXPECT_LT(plain["gain"].get<double>(), 0.5);           // a sigmoid net loses most of dL/dh per layer
+  EXPECT_GT(s["sweep"]["fits"][1]["gain"].get<double>(), 0.8);  // ReLU + He keeps it
+  EXPECT_NE(slurp(dir + "/s/report.html").find("Sweep over depth"), std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace gradflow::test
