@@ -670,9 +670,9 @@ Comparison load_comparison(const std::vector<std::string>& inputs) {
     if (!fs::exists(summary, ec))
       throw UsageError("'" + in + "' holds neither run.json nor summary.json: give folders written by 'gradflow run' or 'gradflow compare'");
     const Json j = detail::parse_json(read_file(summary), "'" + summary + "'");
-    if (!j.is_object() || j.value("schema", "") != kSummarySchema)
+    if (!j.is_object() || !j.contains("schema") || !j["schema"].is_string() || j["schema"].get<std::string>() != kSummarySchema)
       throw Error("'" + summary + "' is not a gradflow summary (schema " + kSummarySchema + " expected)");
-    interrupted = interrupted || j.value("interrupted", false);
+    if (auto it = j.find("interrupted"); it != j.end() && it->is_boolean()) interrupted = interrupted || it->get<bool>();
     for (const auto& r : detail::get_array(j, "runs", "'" + summary + "'")) {
       const std::string d = detail::get_str(r, "dir", "'" + summary + "'");
       const std::string path = (fs::path(in) / d / "run.json").string();

@@ -219,7 +219,21 @@ std::string run_to_json(const RunRecord& r, int indent) {
   return j.dump(indent);
 }
 
+namespace {
+RunRecord run_from_json_unchecked(const std::string& text, const std::string& where);
+}
+
 RunRecord run_from_json(const std::string& text, const std::string& where) {
+  try {
+    return run_from_json_unchecked(text, where);
+  } catch (const Json::exception& e) {
+    // A field of the wrong type: the file was edited or is not ours.
+    throw Error(where + " is corrupt (" + e.what() + "): give a run.json written by gradflow");
+  }
+}
+
+namespace {
+RunRecord run_from_json_unchecked(const std::string& text, const std::string& where) {
   const Json j = detail::parse_json(text, where);
   if (!j.is_object()) throw Error(where + " is not a gradflow run (expected a JSON object)");
   const std::string schema = get_str(j, "schema", where);
@@ -265,5 +279,6 @@ RunRecord run_from_json(const std::string& text, const std::string& where) {
   for (const auto& f : get_array(j, "findings", where)) r.findings.push_back(detail::finding_from(f, where));
   return r;
 }
+}  // namespace
 
 }  // namespace gradflow

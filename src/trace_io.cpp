@@ -94,7 +94,20 @@ Json trace_to_json_value(const Trace& trace) {
   return j;
 }
 
+namespace {
+Trace trace_from_json_unchecked(const Json& j, const std::string& where);
+}
+
 Trace trace_from_json_value(const Json& j, const std::string& where) {
+  try {
+    return trace_from_json_unchecked(j, where);
+  } catch (const Json::exception& e) {
+    throw Error(where + " is corrupt (" + e.what() + "): give a trace written by gradflow");
+  }
+}
+
+namespace {
+Trace trace_from_json_unchecked(const Json& j, const std::string& where) {
   if (!j.is_object()) throw Error(where + ": expected a JSON object");
   const std::string schema = get_str(j, "schema", where);
   if (schema.rfind("gradflow.trace/", 0) != 0)
@@ -135,6 +148,7 @@ Trace trace_from_json_value(const Json& j, const std::string& where) {
   }
   return t;
 }
+}  // namespace
 
 }  // namespace detail
 
