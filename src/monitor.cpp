@@ -335,6 +335,9 @@ void Monitor::State::walk_graph(const at::Tensor& loss) {
       // output unless a consumer right above it uses a *different* parameter of the same module.
       std::vector<int> mods;
       for (int p : w.consumed) add_unique(mods, params[p].module);
+      // A node fed by several modules' parameters (a fused DifferentiableGraphBackward, say) is
+      // no single layer's output: naming it after one of them would record a wrong number.
+      if (mods.size() > 1) mods.clear();
       for (int m : mods) {
         bool inner = false;
         for (int p : w.above)
@@ -349,6 +352,7 @@ void Monitor::State::walk_graph(const at::Tensor& loss) {
       for (int p : pass) add_unique(nodes[c].above, p);
   }
   std::sort(outputs.begin(), outputs.end(), [](const Out& a, const Out& b) { return a.seq < b.seq; });
+
   std::unordered_map<int, int> calls;
   for (const auto& o : outputs) ++calls[o.module];
   std::unordered_map<int, int> nth;
@@ -371,6 +375,12 @@ Monitor::Monitor(torch::nn::Module& module, MonitorOptions options) : Monitor(op
 Monitor::~Monitor() { detach(); }
 
 void Monitor::attach(torch::nn::Module& module) {
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) named.emplace_back(item.key(), item.value());
+  attach(named);
+}
+
+void Monitor::attach(const std::vector<std::pair<std::string, at::Tensor>>& named) {
   auto& s = *state_;
   std::lock_guard<std::mutex> lock(s.mu);
   if (s.attached) throw Error("Monitor is already attached: detach() it first or use a second Monitor");
@@ -378,14 +388,13 @@ void Monitor::attach(torch::nn::Module& module) {
   s.param_index.clear();
   s.modules.clear();
   std::unordered_map<std::string, int> module_ids;
-  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
-    const at::Tensor& t = item.value();
+  for (const auto& [name, t] : named) {
     if (!t.defined() || !t.requires_grad()) continue;
     // A module registered twice lists its parameters twice: hook each tensor once.
     if (s.param_index.count(t.unsafeGetTensorImpl())) continue;
     State::Param p;
     p.tensor = t;
-    p.name = item.key();
+    p.name = name;
     const std::string mod = module_of(p.name);
     auto [mit, fresh] = module_ids.emplace(mod, static_cast<int>(s.modules.size()));
     if (fresh) s.modules.push_back(mod);

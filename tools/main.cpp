@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 
 #include "cmd_compare.h"
+#include "cmd_inspect.h"
 #include "cmd_models.h"
 #include "cmd_report.h"
 #include "cmd_run.h"
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
   setup_run(app);
   setup_compare(app);
   setup_report(app);
+  setup_inspect(app);
   install_signal_handlers();
   configure_threads();
   try {

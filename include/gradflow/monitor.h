@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -97,6 +99,10 @@ class Monitor {
   /// skipped). Shared parameters are hooked once, under their first name. Throws gradflow::Error
   /// if already attached.
   void attach(torch::nn::Module& module);
+  /// Hooks the given named tensors as parameters (for modules that are not torch::nn::Module,
+  /// such as TorchScript's torch::jit::Module: pass its named_parameters()). Module paths are
+  /// the names without their last component.
+  void attach(const std::vector<std::pair<std::string, at::Tensor>>& named_parameters);
   /// Removes every hook; nothing fires after it. Recorded data stays.
   void detach();
   bool attached() const;

@@ -1,0 +1,51 @@
+#pragma once
+/// \file
+/// The last line of a user's training loop: diagnose what the Monitor recorded and write the report.
+
+#include <string>
+#include <vector>
+
+#include "gradflow/diagnosis.h"
+#include "gradflow/error.h"
+#include "gradflow/monitor.h"
+#include "gradflow/run_record.h"
+
+namespace gradflow {
+
+/// How save_report() labels and judges the run.
+struct SaveOptions {
+  std::string label = "model";  ///< the run's name in the report
+  ModelTraits traits;           ///< what is known of the model, to choose remedies
+  DiagnosisOptions diagnosis;
+  bool force = true;            ///< replace an earlier report in the same folder
+};
+
+/// The Monitor's trace as a run record, diagnosed (loss from the recorded steps).
+RunRecord make_run_record(Monitor& monitor, const SaveOptions& options = {});
+
+/// Writes `dir`/run.json, trace.csv, report.html, report.md and summary.json (creating `dir`) and
+/// returns the findings. Every file is written atomically.
+///
+/// \code
+/// gradflow::Monitor monitor(*model);
+/// ...                                    // train, calling monitor.watch(loss) before backward
+/// auto findings = gradflow::save_report(monitor, "gradflow-report");
+/// gradflow::require_healthy(findings, {gradflow::FindingKind::vanishing});
+/// \endcode
+std::vector<Finding> save_report(Monitor& monitor, const std::string& dir, const SaveOptions& options = {});
+
+/// Thrown by require_healthy(): the gradient is not healthy in a way the caller ruled out.
+class GradientHealthError : public Error {
+ public:
+  GradientHealthError(const std::string& what, std::vector<Finding> findings)
+      : Error(what), findings_(std::move(findings)) {}
+  const std::vector<Finding>& findings() const { return findings_; }
+
+ private:
+  std::vector<Finding> findings_;
+};
+
+/// Throws GradientHealthError naming every finding of one of `kinds` (all kinds when empty).
+void require_healthy(const std::vector<Finding>& findings, const std::vector<FindingKind>& kinds = {});
+
+}  // namespace gradflow
