@@ -139,6 +139,16 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
     backward_seen = true;
     cur.backwards = std::max(cur.backwards, p.seen);
     if (!recording || !grad.defined()) return;
+    if (p.seen == 1 && opts.weight_norms && opts.backend == StatsBackend::automatic) {
+      TensorStats st;
+      double wsq = 0;
+      if (detail::fused_stats_with_weight(grad, p.tensor, st, wsq)) {
+        Record& r = record_for(p.series);
+        r.grad = st;
+        r.weight_norm = std::sqrt(wsq);
+        return;
+      }
+    }
     if (p.seen > 1 && p.tensor.grad().defined()) {
       // Gradient accumulation: this backward adds to what .grad() holds; record the sum the
       // optimizer will see. The hook runs before AccumulateGrad adds it.

@@ -25,6 +25,18 @@ double fused_sum_of_squares(const at::Tensor& t) {
   return sum_of_squares(c.data_ptr<double>(), c.numel());
 }
 
+bool fused_stats_with_weight(const at::Tensor& g, const at::Tensor& w, TensorStats& stats, double& weight_sum_sq) {
+  if (!fused_applicable(g) || !fused_applicable(w) || g.scalar_type() != w.scalar_type() || g.numel() != w.numel())
+    return false;
+  const at::Tensor gc = g.is_contiguous() ? g : g.contiguous();
+  const at::Tensor wc = w.is_contiguous() ? w.detach() : w.detach().contiguous();
+  if (gc.scalar_type() == at::kFloat)
+    stats = compute_stats_with_weight(gc.data_ptr<float>(), wc.data_ptr<float>(), gc.numel(), weight_sum_sq);
+  else
+    stats = compute_stats_with_weight(gc.data_ptr<double>(), wc.data_ptr<double>(), gc.numel(), weight_sum_sq);
+  return true;
+}
+
 at::Tensor aten_stats(const at::Tensor& t) {
   torch::NoGradGuard no_grad;
   const auto x = t.detach().reshape({-1}).to(torch::kDouble);

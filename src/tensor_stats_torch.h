@@ -13,6 +13,9 @@ bool fused_applicable(const at::Tensor& t);
 // The fused pass on a CPU float/double tensor (made contiguous if it is not).
 TensorStats fused_stats(const at::Tensor& t);
 double fused_sum_of_squares(const at::Tensor& t);
+// The gradient's statistics and the parameter's sum of squares in one pass, when both are CPU
+// tensors of the same float type and length (returns false otherwise, touching nothing).
+bool fused_stats_with_weight(const at::Tensor& grad, const at::Tensor& weight, TensorStats& stats, double& weight_sum_sq);
 
 // The same sums as ATen ops on the tensor's device, as a double tensor
 // [sum, sum_sq, max_abs, zeros, nonfinite]; no host synchronisation.

@@ -136,3 +136,33 @@ TEST(TensorStats, ReportsTheInstructionSetItDispatchedTo) {
 
 }  // namespace
 }  // namespace gradflow
+
+namespace gradflow {
+namespace {
+
+TEST(TensorStats, GradientAndWeightInOnePassEqualTwoPasses) {
+  for (int n : {0, 5, 16, 17, 1000, 4099}) {
+    std::vector<float> g(n), w(n);
+    for (int i = 0; i < n; ++i) {
+      g[i] = std::sin(0.37f * i) * (i % 5 == 0 ? 0.0f : 1e-3f);
+      w[i] = std::cos(0.11f * i);
+    }
+    if (n > 3) w[3] = std::numeric_limits<float>::quiet_NaN();  // a broken weight element is left out
+    double wsq = -1;
+    const auto s = compute_stats_with_weight(g.data(), w.data(), n, wsq);
+    const auto ref = compute_stats(g.data(), n);
+    EXPECT_EQ(s.numel, ref.numel);
+    EXPECT_EQ(s.zeros, ref.zeros);
+    EXPECT_DOUBLE_EQ(s.max_abs, ref.max_abs);
+    EXPECT_TRUE(test::rel_close(s.sum_sq, ref.sum_sq, 1e-14));
+    EXPECT_TRUE(test::rel_close(wsq, sum_of_squares(w.data(), n), 1e-14));
+    std::vector<double> gd(g.begin(), g.end()), wd(w.begin(), w.end());
+    double wsqd = -1;
+    const auto sd = compute_stats_with_weight(gd.data(), wd.data(), n, wsqd);
+    EXPECT_TRUE(test::rel_close(sd.sum_sq, ref.sum_sq, 1e-12));
+    EXPECT_TRUE(test::rel_close(wsqd, wsq, 1e-12));
+  }
+}
+
+}  // namespace
+}  // namespace gradflow

@@ -1,22 +1,68 @@
 #!/usr/bin/env bash
 # Everything CI checks, after tools/quickstart.sh has built into $1: the test suite, the installed
-# package with a consumer project, the example, the sanitizer build and bounded fuzzing.
+# package with a consumer project and the example, the README snippet, a report rendered in
+# headless Chromium, the ASan+UBSan build and bounded fuzzing.
 set -euo pipefail
 build="${1:-build}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 jobs="${GRADFLOW_JOBS:-2}"
+fuzz_seconds="${GRADFLOW_FUZZ_SECONDS:-60}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
 stage() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
 
-stage "unit tests"
+stage "unit and end-to-end tests"
 ctest --test-dir "$build" -j "$jobs" --output-on-failure --timeout 600
 
-stage "install and find_package consumer"
-prefix="$(mktemp -d)"
+stage "install; find_package consumer and example project"
+prefix="$work/prefix"
 cmake --install "$build" --prefix "$prefix" >/dev/null
-cmake -S tests/consumer -B "$build/consumer" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$build/consumer" -j "$jobs"
-"$build/consumer/consumer"
+cmake -S tests/consumer -B "$work/consumer" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$work/consumer" -j "$jobs" >/dev/null
+"$work/consumer/consumer"
+cmake -S examples/custom_model -B "$work/example" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$work/example" -j "$jobs" >/dev/null
+"$work/example/custom_model" "$work/example-report"
+test -s "$work/example-report/report.html"
 "$prefix/bin/gradflow" models >/dev/null
+
+stage "README shows the example's code"
+python3 - <<'PY'
+import re, sys
+src = open("examples/custom_model/main.cpp").read()
+snippet = re.search(r"// \[readme-snippet\]\n(.*?)  // \[/readme-snippet\]", src, re.S).group(1)
+readme = open("README.md").read()
+body = "\n".join(line[2:] if line.startswith("  ") else line for line in snippet.rstrip("\n").split("\n"))
+if body not in readme:
+    sys.exit("README.md does not contain the example's snippet verbatim (examples/custom_model/main.cpp)")
+print("README snippet matches examples/custom_model/main.cpp")
+PY
+
+stage "report renders in headless Chromium"
+"$build/tools/gradflow" compare --suite quick --quiet --out "$work/report" >/dev/null
+python3 tools/check_report.py "$work/report/report.html" "$work/report/screenshot.png"
+
+stage "AddressSanitizer + UndefinedBehaviorSanitizer"
+cmake -S . -B "$build-asan" -DCMAKE_BUILD_TYPE=Debug -DGRADFLOW_SANITIZE=ON -DGRADFLOW_BUILD_BENCHMARKS=OFF >/dev/null
+cmake --build "$build-asan" -j "$jobs" --target gradflow_core_tests gradflow_tests gradflow_cli gradflow_cli_tests
+# LibTorch itself is not instrumented: its containers would raise false container-overflow reports.
+export ASAN_OPTIONS=detect_leaks=1:detect_container_overflow=0:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+"$build-asan/tests/gradflow_core_tests" --gtest_brief=1
+"$build-asan/tests/gradflow_tests" --gtest_brief=1 --gtest_filter='-TrainTest.TrainedGatedCellsCarryGradientAcrossTimeAndLearn'
+"$build-asan/tests/gradflow_cli_tests" --gtest_brief=1
+unset ASAN_OPTIONS UBSAN_OPTIONS
+
+stage "libFuzzer: spec parser and JSON readers, ${fuzz_seconds}s each"
+CC=clang CXX=clang++ cmake -S . -B "$build-fuzz" -DGRADFLOW_CORE_ONLY=ON -DGRADFLOW_BUILD_FUZZERS=ON \
+  -DGRADFLOW_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER_LAUNCHER= >/dev/null
+cmake --build "$build-fuzz" -j "$jobs" >/dev/null
+for f in spec json; do
+  mkdir -p "$work/corpus-$f"
+  cp fuzz/corpus/$f/* "$work/corpus-$f/"
+  ( cd "$work" && "$root/$build-fuzz/fuzz/${f}_fuzz" -max_total_time="$fuzz_seconds" -max_len=20000 -print_final_stats=0 \
+      "$work/corpus-$f" 2>&1 | tail -n 2 )
+done
 
 stage "all checks passed"

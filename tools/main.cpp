@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 
+#include "cmd_bench.h"
 #include "cmd_compare.h"
 #include "cmd_inspect.h"
 #include "cmd_models.h"
@@ -34,6 +35,7 @@ int main(int argc, char** argv) {
   setup_compare(app);
   setup_report(app);
   setup_inspect(app);
+  setup_bench(app);
   install_signal_handlers();
   configure_threads();
   try {

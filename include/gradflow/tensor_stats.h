@@ -36,12 +36,19 @@ struct TensorStats {
 };
 
 /// One fused pass over `n` contiguous floats: sums, max |x|, zero and non-finite counts.
-/// Vectorised for the CPU it runs on (chosen at run time), exact to double rounding.
+/// AVX-512 or AVX2 code is chosen at run time for the CPU it runs on (the binary itself stays
+/// baseline x86-64); sums are exact to double rounding.
 TensorStats compute_stats(const float* data, std::int64_t n);
 /// \overload
 TensorStats compute_stats(const double* data, std::int64_t n);
 
-/// Sum of squares of the finite elements only: the cheaper pass used for weight norms.
+/// The fused pass over a gradient and, in the same loop, the finite sum of squares of the
+/// parameter it belongs to (same length): one read of each per recorded step.
+TensorStats compute_stats_with_weight(const float* grad, const float* weight, std::int64_t n, double& weight_sum_sq);
+/// \overload
+TensorStats compute_stats_with_weight(const double* grad, const double* weight, std::int64_t n, double& weight_sum_sq);
+
+/// Sum of squares of the finite elements only.
 double sum_of_squares(const float* data, std::int64_t n);
 /// \overload
 double sum_of_squares(const double* data, std::int64_t n);
