@@ -1,11 +1,15 @@
 #include "gradflow/monitor.h"
 
 #include <algorithm>
+#include <condition_variable>
+#include <deque>
 #include <mutex>
+#include <thread>
 #include <typeindex>
 #include <unordered_map>
 #include <unordered_set>
 
+#include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/functions/accumulate_grad.h>
@@ -86,6 +90,98 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
   std::vector<PendingSlot> slots;
   std::vector<at::Tensor> pending;
 
+  // The statistics worker: jobs are queued by hooks during backward and drained by a callback
+  // the engine runs when that backward ends.
+  struct Job {
+    int record;
+    at::Tensor grad, weight;  // weight undefined: gradient only
+    TensorStats stats;
+    double weight_sq = 0;
+  };
+  std::mutex wmu;
+  std::condition_variable wcv, wdone;
+  std::deque<Job*> queue;
+  std::vector<std::unique_ptr<Job>> jobs;  // this backward's jobs, owned here until drained
+  std::size_t finished = 0;
+  bool stop = false;
+  bool drain_queued = false;
+  std::thread worker;
+
+  void worker_loop() {
+    std::unique_lock<std::mutex> lock(wmu);
+    while (true) {
+      wcv.wait(lock, [&] { return stop || !queue.empty(); });
+      if (queue.empty() && stop) return;
+      Job* j = queue.front();
+      queue.pop_front();
+      lock.unlock();
+      if (!j->weight.defined() || !detail::fused_stats_with_weight(j->grad, j->weight, j->stats, j->weight_sq))
+        j->stats = detail::fused_stats(j->grad);
+      lock.lock();
+      ++finished;
+      wdone.notify_all();
+    }
+  }
+
+  // Called with `mu` held, from a hook.
+  void enqueue(int record, const at::Tensor& grad, const at::Tensor& weight) {
+    if (!worker.joinable()) worker = std::thread([this] { worker_loop(); });
+    auto job = std::make_unique<Job>();
+    job->record = record;
+    job->grad = grad;
+    job->weight = weight;
+    {
+      std::lock_guard<std::mutex> wl(wmu);
+      queue.push_back(job.get());
+      jobs.push_back(std::move(job));
+    }
+    wcv.notify_one();
+    if (!drain_queued) {
+      drain_queued = true;
+      // Runs at the end of this backward, before backward() returns to the caller.
+      std::weak_ptr<State> weak = weak_from_this();
+      torch::autograd::Engine::get_default_engine().queue_callback([weak] {
+        if (auto st = weak.lock()) {
+          std::lock_guard<std::mutex> lock(st->mu);
+          st->drain_locked();
+        }
+      });
+    }
+  }
+
+  // Waits for the worker and moves its results into the step's records. `mu` held.
+  void drain_locked() {
+    drain_queued = false;
+    if (jobs.empty()) return;
+    {
+      std::unique_lock<std::mutex> wl(wmu);
+      wdone.wait(wl, [&] { return finished == jobs.size(); });
+    }
+    for (auto& j : jobs) {
+      Record& r = cur.records.at(j->record);
+      r.grad = j->stats;
+      if (j->weight.defined()) r.weight_norm = std::sqrt(j->weight_sq);
+    }
+    std::lock_guard<std::mutex> wl(wmu);
+    jobs.clear();
+    finished = 0;
+  }
+
+  ~State() {
+    {
+      std::lock_guard<std::mutex> wl(wmu);
+      stop = true;
+    }
+    wcv.notify_all();
+    if (worker.joinable()) worker.join();
+  }
+
+  bool use_worker(const at::Tensor& g) const {
+    // hardware_concurrency() reads /sys on glibc: ask once, not in every hook.
+    static const bool several_cores = std::thread::hardware_concurrency() > 1;
+    return opts.async && several_cores && opts.backend == StatsBackend::automatic && detail::fused_applicable(g);
+  }
+
   explicit State(MonitorOptions o) : opts(o) {
     if (opts.every < 1)
       throw UsageError("MonitorOptions::every must be at least 1 (got " + std::to_string(opts.every) +
@@ -108,6 +204,11 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
   void record_grad(int series, const at::Tensor& g) {
     Record& r = record_for(series);
     const int idx = record_index(series);
+    if (use_worker(g)) {
+      r.grad.numel = g.numel();
+      enqueue(idx, g, at::Tensor());
+      return;
+    }
     if (opts.backend == StatsBackend::automatic && detail::fused_applicable(g)) {
       r.grad = detail::fused_stats(g);
       return;
@@ -139,6 +240,13 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
     backward_seen = true;
     cur.backwards = std::max(cur.backwards, p.seen);
     if (!recording || !grad.defined()) return;
+    if (p.seen == 1 && opts.weight_norms && use_worker(grad) && detail::fused_applicable(p.tensor) &&
+        p.tensor.scalar_type() == grad.scalar_type() && p.tensor.numel() == grad.numel()) {
+      Record& r = record_for(p.series);
+      r.grad.numel = grad.numel();
+      enqueue(record_index(p.series), grad, p.tensor.detach());
+      return;
+    }
     if (p.seen == 1 && opts.weight_norms && opts.backend == StatsBackend::automatic) {
       TensorStats st;
       double wsq = 0;
@@ -150,6 +258,7 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
       }
     }
     if (p.seen > 1 && p.tensor.grad().defined()) {
+      drain_locked();
       // Gradient accumulation: this backward adds to what .grad() holds; record the sum the
       // optimizer will see. The hook runs before AccumulateGrad adds it.
       torch::NoGradGuard no_grad;
@@ -185,6 +294,7 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
 
   // Moves the step in progress into the trace: one device-to-host transfer per device used.
   void flush_locked() {
+    drain_locked();
     if (!pending.empty()) {
       std::unordered_map<std::string, std::vector<std::size_t>> by_device;
       for (std::size_t i = 0; i < pending.size(); ++i) by_device[pending[i].device().str()].push_back(i);
@@ -430,6 +540,7 @@ void Monitor::detach() {
   auto& s = *state_;
   std::lock_guard<std::mutex> lock(s.mu);
   if (!s.attached) return;
+  s.drain_locked();
   if (s.opts.parameters)
     for (auto& p : s.params) p.tensor.remove_hook(p.hook);
   s.attached = false;

@@ -409,3 +409,45 @@ TEST_F(MonitorTest, MisuseIsAClearError) {
 
 }  // namespace
 }  // namespace gradflow
+
+namespace gradflow {
+namespace {
+
+// The worker-thread path must give the same numbers, finished before backward() returns.
+TEST_F(MonitorTest, AsyncStatisticsEqualSynchronousOnesAndAreDoneWhenBackwardReturns) {
+  auto run = [](bool async) {
+    torch::manual_seed(5);
+    Mlp model(4, 32);
+    Monitor mon(*model, MonitorOptions{}.with_async(async));
+    torch::optim::SGD opt(model->parameters(), 0.1);
+    std::vector<double> weight_norm_before_update;
+    for (int s = 0; s < 3; ++s) {
+      opt.zero_grad();
+      auto loss = model->forward(torch::randn({16, 8})).pow(2).mean();
+      mon.watch(loss);
+      loss.backward();
+      weight_norm_before_update.push_back(model->layers[0]->weight.detach().to(torch::kDouble).norm().item<double>());
+      opt.step();  // changes weights in place: the recorded norm must predate it
+    }
+    return std::make_pair(mon.trace(), weight_norm_before_update);
+  };
+  const auto [a, wa] = run(false);
+  const auto [b, wb] = run(true);
+  ASSERT_EQ(a.steps().size(), b.steps().size());
+  for (std::size_t i = 0; i < a.steps().size(); ++i) {
+    for (const auto& ra : a.steps()[i].records) {
+      const Record* rb = b.steps()[i].find(b.find(a.series()[ra.series].name));
+      ASSERT_NE(rb, nullptr);
+      EXPECT_EQ(rb->grad.sum_sq, ra.grad.sum_sq);
+      EXPECT_EQ(rb->grad.max_abs, ra.grad.max_abs);
+      if (!std::isnan(ra.weight_norm)) {
+        EXPECT_EQ(rb->weight_norm, ra.weight_norm);
+      }
+    }
+    const Record* w0 = b.steps()[i].find(b.find("fc0.weight"));
+    EXPECT_TRUE(rel_close(w0->weight_norm, wb[i], 1e-6));
+  }
+}
+
+}  // namespace
+}  // namespace gradflow

@@ -49,8 +49,8 @@ void print_run(const RunRecord& run, std::FILE* out);
 void print_findings(const std::vector<Finding>& findings, std::FILE* out, const std::string& indent = "  ");
 std::string attenuation_text(const std::optional<Attenuation>& a);
 
-// The model's threads: 1 for LibTorch and 1 for OpenBLAS unless GRADFLOW_THREADS says otherwise
-// (see README, "Threads").
+// The model's threads: 1 for LibTorch and 2 for OpenBLAS unless GRADFLOW_THREADS="T,B" says
+// otherwise (see README, "Threads").
 void configure_threads();
 
 }  // namespace gradflow::cli
