@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <algorithm>
 #include <set>
 
 #include "gradflow/error.h"
@@ -281,7 +282,8 @@ ResolvedSpec resolve_spec(const std::string& text) {
   if (!fam) {
     std::vector<std::string> names;
     for (const auto& f : families()) names.push_back(f.name);
-    for (const auto& p : presets()) names.push_back(p.name);
+    for (const auto& p : presets())
+      if (std::find(names.begin(), names.end(), p.name) == names.end()) names.push_back(p.name);
     throw UsageError("unknown model '" + s.name + "': choose a family or preset (" + join(names) +
                      "); 'gradflow models' lists them");
   }

@@ -31,8 +31,8 @@ void validate(const TrainOptions& o) {
     throw UsageError("--steps must be between 1 and 10000000 (got " + std::to_string(o.steps) + ")");
   if (o.batch < 1 || o.batch > 1000000)
     throw UsageError("--batch must be between 1 and 1000000 (got " + std::to_string(o.batch) + ")");
-  if (o.lr != -1 && !(o.lr > 0 && o.lr < 1e6))
-    throw UsageError("--lr must be a positive number (got " + fmt_num(o.lr) + ")");
+  if (o.lr && !(*o.lr > 0 && *o.lr < 1e6))
+    throw UsageError("--lr must be a positive number below 1e6 (got " + fmt_num(*o.lr) + ")");
   if (!o.optimizer.empty() && o.optimizer != "sgd" && o.optimizer != "adam")
     throw UsageError("unknown optimizer '" + o.optimizer + "': choose sgd or adam");
   if (!(o.momentum >= 0 && o.momentum < 1)) throw UsageError("--momentum must be in [0, 1)");
@@ -64,7 +64,7 @@ RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
 
   const bool rnn = spec.family == "rnn";
   const std::string opt_name = !o.optimizer.empty() ? o.optimizer : (rnn ? "adam" : "sgd");
-  const double lr = o.lr > 0 ? o.lr : (opt_name == "adam" ? 3e-3 : 0.05);
+  const double lr = o.lr ? *o.lr : (opt_name == "adam" ? 3e-3 : 0.05);
   std::unique_ptr<torch::optim::Optimizer> opt;
   if (opt_name == "adam")
     opt = std::make_unique<torch::optim::Adam>(net->parameters(), torch::optim::AdamOptions(lr));

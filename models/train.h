@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "gradflow/run_record.h"
@@ -11,13 +12,13 @@
 
 namespace gradflow::models {
 
-/// Trainer settings; -1 / empty means the family's default (see README, "Trainer defaults").
+/// Trainer settings; empty means the family's default (see README, "Trainer defaults").
 struct TrainOptions {
   std::string task;            ///< empty: the family's default task
   std::int64_t seq_len = 50;   ///< T for sequence tasks
   std::int64_t steps = 100;
   std::int64_t batch = 64;
-  double lr = -1;              ///< default: 0.05 for SGD, 3e-3 for Adam
+  std::optional<double> lr;    ///< default: 0.05 for SGD, 3e-3 for Adam
   std::string optimizer;       ///< sgd | adam; default: sgd for mlp/cnn, adam for rnn
   double momentum = 0.9;       ///< SGD momentum
   double clip_norm = 0;        ///< > 0: clip the global gradient norm to this

@@ -17,7 +17,7 @@ void add_train_flags(CLI::App& sub, TrainFlags& f, bool with_every) {
   sub.add_option("--seq-len", o.seq_len, "Sequence length T for adding/copy")->capture_default_str();
   sub.add_option("--steps", o.steps, "Training steps")->capture_default_str();
   sub.add_option("--batch", o.batch, "Batch size")->capture_default_str();
-  sub.add_option("--lr", o.lr, "Learning rate (default: 0.05 SGD, 3e-3 Adam)");
+  sub.add_option_function<double>("--lr", [&o](const double& v) { o.lr = v; }, "Learning rate (default: 0.05 SGD, 3e-3 Adam)");
   sub.add_option("--optimizer", o.optimizer, "sgd | adam (default: sgd for mlp/cnn, adam for rnn)");
   sub.add_option("--momentum", o.momentum, "SGD momentum")->capture_default_str();
   sub.add_option("--clip-norm", o.clip_norm, "Clip the global gradient norm to this (0: off)");

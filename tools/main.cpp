@@ -39,6 +39,16 @@ int main(int argc, char** argv) {
   install_signal_handlers();
   configure_threads();
   try {
+    // CLI11 would call an unknown word a missing subcommand; name it instead.
+    std::string names;
+    bool known = false;
+    for (const auto* sub : app.get_subcommands({})) {
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+      known = known || (argc > 1 && sub->get_name() == argv[1]);
+    }
+    if (argc == 1) throw gradflow::UsageError("give a command: one of " + names + " (see 'gradflow --help')");
+    if (argv[1][0] != '-' && !known)
+      throw gradflow::UsageError(std::string("unknown command '") + argv[1] + "': choose one of " + names);
     app.parse(argc, argv);
     return kExitOk;
   } catch (const CLI::RuntimeError& e) {

@@ -1,0 +1,178 @@
+// Every bad input gets one line on stderr naming the problem and the fix, exit code 2 (usage) or
+// 1 (failure), never a crash, and no output left behind. docs/errors.md is generated from this
+// table: run with GRADFLOW_UPDATE_DOCS=1 to rewrite it after changing a case.
+#include <csignal>
+#include <set>
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "cli_harness.h"
+
+namespace gradflow::test {
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+
+struct Case {
+  std::string what;
+  std::vector<std::string> args;  // "@" is replaced by the case's scratch folder
+  int code;
+  std::string says;               // a phrase the message must contain
+};
+
+std::vector<Case> cases() {
+  return {
+      {"no subcommand", {}, 2, "give a command"},
+      {"unknown subcommand", {"frobnicate"}, 2, "frobnicate"},
+      {"unknown option", {"run", "plain", "--bogus", "--out", "@/o"}, 2, "--bogus"},
+      {"non-numeric option value", {"run", "plain", "--steps", "abc", "--out", "@/o"}, 2, "abc"},
+      {"unknown model family", {"run", "transformer", "--out", "@/o"}, 2, "unknown model 'transformer'"},
+      {"unknown spec key", {"run", "mlp:colour=red", "--out", "@/o"}, 2, "valid options are"},
+      {"unknown spec value", {"run", "mlp:act=swish", "--out", "@/o"}, 2, "choose one of"},
+      {"malformed spec", {"run", "mlp:depth", "--out", "@/o"}, 2, "has no value"},
+      {"depth 0", {"run", "mlp:depth=0", "--out", "@/o"}, 2, "out of range"},
+      {"negative width", {"run", "mlp:width=-3", "--out", "@/o"}, 2, "out of range"},
+      {"non-numeric depth", {"run", "mlp:depth=ten", "--out", "@/o"}, 2, "not a whole number"},
+      {"model too large for memory", {"run", "mlp:depth=1000,width=65536", "--out", "@/o"}, 2, "parameters"},
+      {"bad init", {"run", "mlp:init=normal:-1", "--out", "@/o"}, 2, "standard deviation"},
+      {"sequence length 0", {"run", "rnn", "--seq-len", "0", "--out", "@/o"}, 2, "--seq-len"},
+      {"--every 0", {"run", "plain", "--every", "0", "--out", "@/o"}, 2, "--every"},
+      {"negative learning rate", {"run", "plain", "--lr", "-1", "--out", "@/o"}, 2, "--lr"},
+      {"zero steps", {"run", "plain", "--steps", "0", "--out", "@/o"}, 2, "--steps"},
+      {"task for another family", {"run", "plain", "--task", "adding", "--out", "@/o"}, 2, "is for rnn models"},
+      {"unknown task", {"run", "plain", "--task", "imagenet", "--out", "@/o"}, 2, "unknown task"},
+      {"unknown --fail-on kind", {"run", "plain", "--fail-on", "sad", "--out", "@/o"}, 2, "unknown finding kind"},
+      {"--out is a file", {"run", "plain", "--steps", "1", "--out", "@/file"}, 2, "is a file"},
+      {"--out holds a run", {"run", "plain", "--steps", "1", "--out", "@/done"}, 2, "--force"},
+      {"--out not writable", {"run", "plain", "--steps", "1", "--out", "/proc/gradflow-out"}, 1, "cannot create"},
+      {"unknown suite", {"compare", "--suite", "nope", "--out", "@/o"}, 2, "unknown suite"},
+      {"sweep with one value", {"compare", "--sweep", "depth=5", "--out", "@/o"}, 2, "at least two values"},
+      {"malformed sweep", {"compare", "--sweep", "width=5,6", "--out", "@/o"}, 2, "--sweep"},
+      {"report of a missing folder", {"report", "@/missing", "--out", "@/o"}, 2, "is not a folder"},
+      {"report of a folder without runs", {"report", "@/empty", "--out", "@/o"}, 2, "neither run.json nor summary.json"},
+      {"report of a corrupt run.json", {"report", "@/corrupt", "--out", "@/o"}, 1, "not valid JSON"},
+      {"report of a foreign run.json", {"report", "@/foreign", "--out", "@/o"}, 1, "not a gradflow run"},
+      {"report of a run.json with wrong field types", {"report", "@/badtypes", "--out", "@/o"}, 1, "corrupt"},
+      {"summary.json naming a missing run", {"report", "@/dangling", "--out", "@/o"}, 1, "is missing"},
+      {"inspect a missing file", {"inspect", "@/missing.pt", "--input-shape", "2,3", "--out", "@/o"}, 1, "does not exist"},
+      {"inspect a file that is not TorchScript", {"inspect", "@/file", "--input-shape", "2,3", "--out", "@/o"}, 1, "not a TorchScript archive"},
+      {"inspect without an input", {"inspect", "@/file", "--out", "@/o"}, 2, "--input-shape"},
+      {"inspect with a malformed shape", {"inspect", "@/file", "--input-shape", "2,a", "--out", "@/o"}, 2, "--input-shape"},
+      {"inspect with an unknown loss", {"inspect", "@/file", "--input-shape", "2,3", "--loss", "hinge", "--out", "@/o"}, 2, "unknown --loss"},
+  };
+}
+
+std::string scratch() {
+  const std::string d = temp_dir("errors");
+  std::ofstream(d + "/file") << "not a folder and not a model";
+  fs::create_directories(d + "/done");
+  std::ofstream(d + "/done/run.json") << "{}";
+  fs::create_directories(d + "/empty");
+  fs::create_directories(d + "/corrupt");
+  std::ofstream(d + "/corrupt/run.json") << "{\"schema\": \"gradflow.run/1\", \"spec\": ";
+  fs::create_directories(d + "/foreign");
+  std::ofstream(d + "/foreign/run.json") << R"({"schema": "someone.else/2", "hello": 1})";
+  fs::create_directories(d + "/badtypes");
+  std::ofstream(d + "/badtypes/run.json")
+      << R"({"schema":"gradflow.run/1","spec":"x","label":"x","family":"mlp","task":"t","traits":{"cell":true},"layers":[],)"
+      << R"("steps_requested":1,"steps_done":1,"loss":[],"findings":[],"trace":{"schema":"gradflow.trace/1","every":1,"series":[],"steps":[]}})";
+  fs::create_directories(d + "/dangling");
+  std::ofstream(d + "/dangling/summary.json") << R"({"schema":"gradflow.summary/1","runs":[{"dir":"runs/gone"}]})";
+  return d;
+}
+
+TEST(ErrorsCli, EveryBadInputGetsOneClearLineAndTheRightExitCode) {
+  const std::string d = scratch();
+  std::string table =
+      "# What bad input gets\n\nGenerated from `tests/tools/errors_cli_test.cpp`, which runs each case and checks it: one line on stderr, "
+      "the exit code, and no output folder left behind (`@` is a scratch folder).\n\n| case | command | exit | message |\n|---|---|---|---|\n";
+  for (const auto& c : cases()) {
+    std::vector<std::string> args;
+    std::string shown = "gradflow";
+    for (auto a : c.args) {
+      shown += " " + a;
+      for (std::size_t p; (p = a.find('@')) != std::string::npos;) a.replace(p, 1, d);
+      args.push_back(a);
+    }
+    const auto r = run_cli(args);
+    SCOPED_TRACE(c.what + ": " + shown + "\nstderr: " + r.err);
+    EXPECT_EQ(r.exit_code, c.code);
+    ASSERT_FALSE(r.err.empty());
+    EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << "more than one line";
+    EXPECT_EQ(r.err.rfind("gradflow: ", 0), 0u);
+    EXPECT_NE(r.err.find(c.says), std::string::npos);
+    EXPECT_EQ(r.err.find("terminate"), std::string::npos);
+    EXPECT_FALSE(fs::exists(d + "/o")) << "output left behind";
+    std::string msg = r.err.substr(0, r.err.size() - 1);
+    for (std::size_t p; (p = msg.find(d)) != std::string::npos;) msg.replace(p, d.size(), "@");
+    for (std::size_t p = 0; (p = msg.find('|', p)) != std::string::npos; p += 2) msg.replace(p, 1, "\\|");
+    table += "| " + c.what + " | `" + shown + "` | " + std::to_string(r.exit_code) + " | " + msg + " |\n";
+  }
+  fs::remove_all(d);
+  const std::string doc = std::string(GRADFLOW_SOURCE_DIR) + "/docs/errors.md";
+  if (std::getenv("GRADFLOW_UPDATE_DOCS")) std::ofstream(doc) << table;
+  EXPECT_EQ(slurp(doc), table) << "docs/errors.md is out of date: rerun this test with GRADFLOW_UPDATE_DOCS=1";
+}
+
+TEST(ErrorsCli, AnExplodingRunIsDiagnosedToTheEnd) {
+  const std::string d = temp_dir("explode");
+  auto r = run_cli({"run", "exploding", "--steps", "30", "--out", d + "/a"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Json j = Json::parse(slurp(d + "/a/run.json"));
+  EXPECT_EQ(j["steps_done"], 30);
+  ASSERT_FALSE(j["trace"]["first_nonfinite"].is_null());
+  EXPECT_GE(j["trace"]["first_nonfinite"]["step"].get<int>(), 0);
+  EXPECT_FALSE(j["trace"]["first_nonfinite"]["series"].get<std::string>().empty());
+  std::set<std::string> kinds;
+  for (const auto& f : j["findings"]) kinds.insert(f["kind"]);
+  EXPECT_TRUE(kinds.count("exploding"));
+  EXPECT_TRUE(kinds.count("non_finite"));
+  EXPECT_EQ(slurp(d + "/a/run.json").find("NaN"), std::string::npos);
+  // The same run, stopped cleanly at the first non-finite loss.
+  r = run_cli({"run", "exploding", "--steps", "30", "--stop-on-nonfinite", "--out", d + "/b"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  j = Json::parse(slurp(d + "/b/run.json"));
+  EXPECT_TRUE(j["stopped_on_nonfinite"].get<bool>());
+  EXPECT_LT(j["steps_done"].get<int>(), 30);
+  // And --fail-on turns the finding into exit 1, the results still written.
+  r = run_cli({"run", "exploding", "--steps", "5", "--fail-on", "non_finite", "--out", d + "/c"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(fs::exists(d + "/c/run.json"));
+  fs::remove_all(d);
+}
+
+TEST(ErrorsCli, SigintDuringARunSavesWhatWasRecorded) {
+  const std::string d = temp_dir("sigint");
+  // Long enough that it cannot finish before the signal; the signal waits for the first steps.
+  const auto r = run_cli({"run", "lstm", "--steps", "1000000", "--every", "50", "--out", d + "/run"}, 1500, SIGINT);
+  EXPECT_EQ(r.exit_code, 130) << r.err;
+  EXPECT_NE(r.err.find("interrupted"), std::string::npos) << r.err;
+  const Json j = Json::parse(slurp(d + "/run/run.json"));
+  EXPECT_TRUE(j["interrupted"].get<bool>());
+  EXPECT_TRUE(j["trace"]["interrupted"].get<bool>());
+  EXPECT_GT(j["steps_done"].get<int>(), 0);
+  EXPECT_LT(j["steps_done"].get<int>(), 1000000);
+  EXPECT_EQ(j["loss"].size(), j["steps_done"].get<std::size_t>());
+  EXPECT_TRUE(fs::exists(d + "/run/trace.csv"));
+  for (const auto& e : fs::directory_iterator(d + "/run"))
+    EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << "temporary file left: " << e.path();
+  fs::remove_all(d);
+}
+
+TEST(ErrorsCli, SigtermDuringACompareWritesAnInterruptedReport) {
+  const std::string d = temp_dir("sigterm");
+  const auto r = run_cli({"compare", "plain", "he", "lstm", "--steps", "1000000", "--quiet", "--out", d + "/cmp"}, 2000, SIGTERM);
+  EXPECT_EQ(r.exit_code, 143) << r.err;
+  const Json s = Json::parse(slurp(d + "/cmp/summary.json"));
+  EXPECT_TRUE(s["interrupted"].get<bool>());
+  EXPECT_GE(s["runs"].size(), 1u);
+  EXPECT_NE(slurp(d + "/cmp/report.html").find("interrupted"), std::string::npos);
+  fs::remove_all(d);
+}
+
+}  // namespace
+}  // namespace gradflow::test
