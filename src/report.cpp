@@ -515,6 +515,7 @@ std::string report_html(const Comparison& c) {
       }))
     out += "<p>&le;: the far-end gradient underflowed to zero in this dtype; the figure is the bound it implies. Use dtype=float64 to measure it.</p>\n";
   out += charts(c);
+  if (c.flow) out += flow_section_html(*c.flow);
   out += "<h2>Findings per run</h2>\n";
   for (const auto& r : c.runs) {
     out += fmt::format("<details{}><summary><strong>{}</strong> &mdash; {} finding(s)</summary><ul>\n", r.findings.empty() ? "" : " open",
@@ -655,6 +656,7 @@ Comparison load_comparison(const std::vector<std::string>& inputs) {
   std::vector<RunRecord> runs;
   std::vector<std::string> dirs;
   bool interrupted = false;
+  std::optional<FlowResult> flow;
   if (inputs.empty()) throw UsageError("no run folder given: name folders written by 'gradflow run' or 'gradflow compare'");
   for (const auto& in : inputs) {
     std::error_code ec;
@@ -673,6 +675,8 @@ Comparison load_comparison(const std::vector<std::string>& inputs) {
     if (!j.is_object() || !j.contains("schema") || !j["schema"].is_string() || j["schema"].get<std::string>() != kSummarySchema)
       throw Error("'" + summary + "' is not a gradflow summary (schema " + kSummarySchema + " expected)");
     if (auto it = j.find("interrupted"); it != j.end() && it->is_boolean()) interrupted = interrupted || it->get<bool>();
+    const std::string flow_path = (fs::path(in) / "flow" / "flow.json").string();
+    if (fs::exists(flow_path, ec)) flow = flow_from_json(read_file(flow_path), "'" + flow_path + "'");
     for (const auto& r : detail::get_array(j, "runs", "'" + summary + "'")) {
       const std::string d = detail::get_str(r, "dir", "'" + summary + "'");
       const std::string path = (fs::path(in) / d / "run.json").string();
@@ -684,6 +688,7 @@ Comparison load_comparison(const std::vector<std::string>& inputs) {
   for (const auto& r : runs) interrupted = interrupted || r.interrupted;
   Comparison c = make_comparison(std::move(runs), std::move(dirs));
   c.interrupted = interrupted;
+  c.flow = std::move(flow);
   return c;
 }
 

@@ -60,7 +60,7 @@ def png_pixels(path):
 def main():
     html, png = sys.argv[1], sys.argv[2]
     text = open(html, encoding="utf-8").read()
-    external = re.findall(r"(?:https?:|//[a-z]|<script|<link|<img|src=|url\()", text)
+    external = re.findall(r"(?:https?:|//[a-z]|<script|<link|<img|src=|url\((?!#))", text)
     if external:
         raise SystemExit(f"{html} references outside resources: {sorted(set(external))}")
     browser = next((b for b in ("chromium", "chromium-browser") if subprocess.call(["which", b], stdout=subprocess.DEVNULL) == 0), None)

@@ -42,6 +42,8 @@ PY
 stage "report renders in headless Chromium"
 "$build/tools/gradflow" compare --suite quick --quiet --out "$work/report" >/dev/null
 python3 tools/check_report.py "$work/report/report.html" "$work/report/screenshot.png"
+"$build/tools/gradflow" flow mlp:depth=3,width=16,act=tanh --out "$work/flow" >/dev/null
+python3 tools/check_report.py "$work/flow/flow.html" "$work/flow/screenshot.png"
 
 stage "AddressSanitizer + UndefinedBehaviorSanitizer"
 cmake -S . -B "$build-asan" -DCMAKE_BUILD_TYPE=Debug -DGRADFLOW_SANITIZE=ON -DGRADFLOW_BUILD_BENCHMARKS=OFF >/dev/null

@@ -12,6 +12,7 @@
 #include "gradflow/error.h"
 #include "gradflow/atomic_file.h"
 #include "gradflow/report.h"
+#include "models/flow_run.h"
 
 namespace gradflow::cli {
 
@@ -96,6 +97,8 @@ int run_compare(const CompareOptions& o) {
   const auto fail_on = parse_fail_on(o.fail_on);
   models::validate(o.flags.train);
   const Sweep sweep = parse_sweep(o.sweep);
+  std::optional<models::ResolvedSpec> flow_spec;
+  if (!o.flow.empty()) flow_spec = models::resolve_spec(o.flow);
   std::vector<SuiteEntry> entries;
   if (!o.specs.empty()) {
     for (const auto& s : o.specs) entries.push_back({s});
@@ -183,12 +186,23 @@ int run_compare(const CompareOptions& o) {
     cleanup_out_dir(o.out);
     throw;
   }
+  if (flow_spec && !interrupted()) {
+    models::FlowRunOptions fo;
+    fo.seed = o.flags.train.seed;
+    const FlowResult fr = models::run_flow(*flow_spec, fo);
+    std::filesystem::create_directories(o.out + "/flow");
+    write_file_atomic(o.out + "/flow/flow.json", flow_to_json(fr) + "\n");
+    write_file_atomic(o.out + "/flow/flow.html", flow_page_html(fr));
+    if (!o.quiet) std::printf("flow %-30s %5.1f s  fitted order %.2f\n", o.flow.c_str(), fr.wall_seconds, fr.order.value_or(0.0));
+  }
   // The report is built from the saved runs, exactly as 'gradflow report' rebuilds it later.
   std::vector<std::string> inputs;
   std::vector<RunRecord> runs;
   for (const auto& d : dirs) runs.push_back(run_from_json(read_file(o.out + "/" + d + "/run.json"), d));
   Comparison c = make_comparison(std::move(runs), dirs);
   c.interrupted = stopped || interrupted();
+  if (std::filesystem::exists(o.out + "/flow/flow.json"))
+    c.flow = flow_from_json(read_file(o.out + "/flow/flow.json"), o.out + "/flow/flow.json");
   write_report(c, o.out);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("\n%s\n", report_text(c).c_str());
@@ -214,6 +228,7 @@ void setup_compare(CLI::App& app) {
   sub->add_option("--out", o->out, "Output folder")->capture_default_str();
   sub->add_option("--fail-on", o->fail_on, "Exit 1 if any run has a finding of these kinds");
   sub->add_flag("--quiet", o->quiet, "Print only the final tables");
+  sub->add_option("--flow", o->flow, "Add a gradient-flow section for this (small) spec, e.g. mlp:depth=3,width=16,act=tanh");
   add_train_flags(*sub, o->flags);
   sub->final_callback([o, sub] {
     o->steps_given = sub->count("--steps") > 0;

@@ -14,6 +14,7 @@ struct CompareOptions {
   std::string sweep;  // "depth=5,10,20" or "seq-len=25,50"
   std::string out = "gradflow-out/compare";
   std::string fail_on;
+  std::string flow;   // a spec: add a gradient-flow section for it
   bool steps_given = false;
   bool quiet = false;
   TrainFlags flags;

@@ -9,6 +9,7 @@
 
 #include "cmd_bench.h"
 #include "cmd_compare.h"
+#include "cmd_flow.h"
 #include "cmd_inspect.h"
 #include "cmd_models.h"
 #include "cmd_report.h"
@@ -36,6 +37,7 @@ int main(int argc, char** argv) {
   setup_report(app);
   setup_inspect(app);
   setup_bench(app);
+  setup_flow(app);
   install_signal_handlers();
   configure_threads();
   try {

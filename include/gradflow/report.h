@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "gradflow/flow.h"
 #include "gradflow/run_record.h"
 
 namespace gradflow {
@@ -41,6 +42,7 @@ struct Comparison {
   std::string sweep_key;          ///< "depth", "seq_len" or empty
   std::vector<SweepFit> sweep;
   bool interrupted = false;       ///< a signal cut the comparison short
+  std::optional<FlowResult> flow; ///< `compare --flow`: saved as flow/flow.json beside the report
 };
 
 /// Pairs up runs that differ by one remedy and fits sweeps. `dirs` may be empty.
@@ -57,7 +59,8 @@ std::string report_text(const Comparison& comparison);
 void write_report(const Comparison& comparison, const std::string& dir);
 
 /// Loads runs for `gradflow report`: each input is a run folder (holding run.json) or a
-/// comparison folder (holding summary.json and the run folders it names). Throws
+/// comparison folder (holding summary.json, the run folders it names and, if it has one, its
+/// flow/flow.json). Throws
 /// gradflow::Error naming the input that is missing, corrupt or foreign.
 Comparison load_comparison(const std::vector<std::string>& inputs);
 

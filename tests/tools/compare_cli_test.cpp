@@ -137,6 +137,28 @@ TEST_F(CompareCli, SecondRunIntoTheSameFolderIsRefusedWithoutForce) {
   EXPECT_TRUE(std::filesystem::exists(*dir_ + "/cmp/report.html"));
 }
 
+TEST(CompareFlow, ReportHasAFlowSectionThatReportRebuilds) {
+  const std::string dir = temp_dir("cflow");
+  const auto r = run_cli({"compare", "plain:depth=4,width=8", "--steps", "2", "--flow", "mlp:depth=3,width=8,act=tanh", "--quiet",
+                          "--out", dir + "/c"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json f = Json::parse(slurp(dir + "/c/flow/flow.json"));
+  EXPECT_EQ(f["schema"], "gradflow.flow/1");
+  ASSERT_EQ(f["runs"].size(), 4u);
+  for (const auto& run : f["runs"]) {
+    EXPECT_TRUE(run.contains("max_distance"));
+    EXPECT_TRUE(run.contains("final_distance"));
+  }
+  EXPECT_TRUE(f["order"].is_number());
+  const std::string html = slurp(dir + "/c/report.html");
+  EXPECT_NE(html.find("Gradient flow: gradient descent as a discretisation"), std::string::npos);
+  EXPECT_EQ(html.find("http"), std::string::npos);
+  const auto rb = run_cli({"report", dir + "/c", "--out", dir + "/r"});
+  ASSERT_EQ(rb.exit_code, 0) << rb.err;
+  EXPECT_EQ(slurp(dir + "/r/report.html"), html);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(CompareSweep, FitsAGainPerLayer) {
   const std::string dir = temp_dir("sweep");
   const auto r = run_cli({"compare", "plain:width=16", "he:width=16", "--sweep", "depth=4,8,12", "--quiet", "--out", dir + "/s"});

@@ -1,0 +1,65 @@
+#include "models/flow_run.h"
+
+#include <cmath>
+
+#include "gradflow/error.h"
+#include "torch_test_util.h"
+
+namespace gradflow::models {
+namespace {
+
+class FlowRunTest : public test::TorchTest {};
+
+TEST_F(FlowRunTest, TheFlowsLossNeverIncreasesOnASmallMlp) {
+  FlowRunOptions o;
+  o.time = 5;
+  o.lrs = {0.05, 0.1, 0.2, 0.4};
+  o.grid = 5;
+  const auto r = run_flow(resolve_spec("mlp:depth=3,width=8,act=tanh"), o);
+  ASSERT_GT(r.flow_loss.size(), 10u);
+  for (std::size_t i = 1; i < r.flow_loss.size(); ++i)
+    EXPECT_LE(r.flow_loss[i], r.flow_loss[i - 1] * (1 + 1e-12)) << "t=" << r.flow_t[i];
+  EXPECT_LT(r.flow_loss.back(), r.flow_loss.front());
+  // Small steps: first order, every run recorded with its distances.
+  ASSERT_TRUE(r.order.has_value());
+  EXPECT_NEAR(*r.order, 1.0, 0.15);
+  ASSERT_EQ(r.runs.size(), 4u);
+  for (const auto& d : r.runs) {
+    EXPECT_EQ(d.steps, static_cast<std::int64_t>(std::llround(5 / d.lr)));
+    EXPECT_EQ(d.distance.size(), static_cast<std::size_t>(d.steps + 1));
+    EXPECT_EQ(d.final_distance, d.distance.back());
+    EXPECT_FALSE(d.path.empty());
+  }
+  EXPECT_EQ(r.plane.loss.size(), 25u);
+  // The flow file round-trips.
+  const auto back = flow_from_json(flow_to_json(r));
+  EXPECT_EQ(back.runs.size(), r.runs.size());
+  EXPECT_DOUBLE_EQ(back.runs[2].max_distance, r.runs[2].max_distance);
+  EXPECT_DOUBLE_EQ(*back.order, *r.order);
+}
+
+TEST_F(FlowRunTest, ItsGradientIsTheModelsGradient) {
+  // The flow's right-hand side at t = 0 must be autograd's full-batch gradient: one Euler step
+  // of size lr from θ(0) is exactly GD's first step, whose distance to the flow at t = lr is
+  // O(lr^2); halving lr must divide it by about 4.
+  FlowRunOptions o;
+  o.time = 0.02;
+  o.lrs = {0.02, 0.01};
+  o.grid = 0;
+  const auto r = run_flow(resolve_spec("mlp:depth=3,width=8"), o);
+  const double one_step_big = r.runs[0].distance[1], one_step_small = r.runs[1].distance[1];
+  EXPECT_GT(one_step_big / one_step_small, 3.5);
+  EXPECT_LT(one_step_big / one_step_small, 4.5);
+}
+
+TEST_F(FlowRunTest, BadOptionsAreUsageErrors) {
+  FlowRunOptions o;
+  o.samples = 1;
+  EXPECT_THROW(run_flow(resolve_spec("mlp:depth=3"), o), UsageError);
+  o = FlowRunOptions{};
+  o.lrs = {};
+  EXPECT_THROW(run_flow(resolve_spec("mlp:depth=3"), o), UsageError);
+}
+
+}  // namespace
+}  // namespace gradflow::models
