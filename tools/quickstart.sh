@@ -31,7 +31,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DGRADFLOW_BUILD_BENCHMARKS=ON >/dev/null
 cmake --build "$build" -j "$jobs"
 
 case "$mode" in

@@ -62,6 +62,8 @@ std::vector<Case> cases() {
       {"inspect a file that is not TorchScript", {"inspect", "@/file", "--input-shape", "2,3", "--out", "@/o"}, 1, "not a TorchScript archive"},
       {"inspect without an input", {"inspect", "@/file", "--out", "@/o"}, 2, "--input-shape"},
       {"inspect with a malformed shape", {"inspect", "@/file", "--input-shape", "2,a", "--out", "@/o"}, 2, "--input-shape"},
+      {"flow with a non-positive learning rate", {"flow", "mlp:depth=3", "--lr", "0,1", "--out", "@/o"}, 2, "--lr"},
+      {"flow with a step longer than the time", {"flow", "mlp:depth=3", "--time", "1", "--lr", "5", "--out", "@/o"}, 2, "larger than the flow time"},
       {"inspect with an unknown loss", {"inspect", "@/file", "--input-shape", "2,3", "--loss", "hinge", "--out", "@/o"}, 2, "unknown --loss"},
   };
 }
