@@ -42,6 +42,18 @@ void tap_hidden(Monitor* mon, const torch::Tensor& h, int index, Activation act,
   mon->tap(h, "h." + std::to_string(index), o);
 }
 
+// One hidden block of a feed-forward net: z = layer(h), normalised, activated, with an identity
+// skip when asked; its output is tapped as h.index.
+torch::Tensor hidden_block(torch::nn::AnyModule& layer, torch::nn::AnyModule* norm, Activation act, bool skip,
+                           const torch::Tensor& h, int index, Monitor* mon) {
+  torch::Tensor z = layer.forward(h);
+  if (norm) z = norm->forward(z);
+  torch::Tensor a = apply_act(z, act);
+  torch::Tensor next = skip ? h + a : a;
+  tap_hidden(mon, next, index, act, z, a);
+  return next;
+}
+
 class MlpNet : public Network {
  public:
   MlpNet(const ResolvedSpec& s, std::int64_t in, std::int64_t out) : act_(act_of(s)) {
@@ -57,6 +69,7 @@ class MlpNet : public Network {
         fc->bias.zero_();
       }
       fcs_.push_back(fc);
+      layers_.emplace_back(fc);
       if (i + 1 < depth && norm == "batch")
         norms_.emplace_back(torch::nn::AnyModule(register_module("bn" + std::to_string(i), torch::nn::BatchNorm1d(width))));
       else if (i + 1 < depth && norm == "layer")
@@ -67,15 +80,8 @@ class MlpNet : public Network {
   }
   torch::Tensor forward(const torch::Tensor& x, Monitor* mon) override {
     torch::Tensor h = x;
-    const auto n = fcs_.size();
-    for (std::size_t i = 0; i + 1 < n; ++i) {
-      torch::Tensor z = fcs_[i]->forward(h);
-      if (!norms_.empty()) z = norms_[i].forward(z);
-      torch::Tensor a = apply_act(z, act_);
-      torch::Tensor next = (residual_ && i > 0) ? h + a : a;
-      tap_hidden(mon, next, static_cast<int>(i) + 1, act_, z, a);
-      h = next;
-    }
+    for (std::size_t i = 0; i + 1 < fcs_.size(); ++i)
+      h = hidden_block(layers_[i], norms_.empty() ? nullptr : &norms_[i], act_, residual_ && i > 0, h, static_cast<int>(i) + 1, mon);
     return fcs_.back()->forward(h);
   }
   std::vector<LayerInfo> layers() const override {
@@ -88,7 +94,7 @@ class MlpNet : public Network {
   Activation act_;
   bool residual_ = false;
   std::vector<torch::nn::Linear> fcs_;
-  std::vector<torch::nn::AnyModule> norms_;
+  std::vector<torch::nn::AnyModule> layers_, norms_;
 };
 
 class CnnNet : public Network {
@@ -106,6 +112,7 @@ class CnnNet : public Network {
         conv->bias.zero_();
       }
       convs_.push_back(conv);
+      layers_.emplace_back(conv);
       if (norm == "batch")
         norms_.emplace_back(torch::nn::AnyModule(register_module("bn" + std::to_string(i), torch::nn::BatchNorm2d(c))));
       else if (norm == "layer")
@@ -121,14 +128,8 @@ class CnnNet : public Network {
   }
   torch::Tensor forward(const torch::Tensor& x, Monitor* mon) override {
     torch::Tensor h = x;
-    for (std::size_t i = 0; i < convs_.size(); ++i) {
-      torch::Tensor z = convs_[i]->forward(h);
-      if (!norms_.empty()) z = norms_[i].forward(z);
-      torch::Tensor a = apply_act(z, act_);
-      torch::Tensor next = (residual_ && i > 0) ? h + a : a;
-      tap_hidden(mon, next, static_cast<int>(i) + 1, act_, z, a);
-      h = next;
-    }
+    for (std::size_t i = 0; i < convs_.size(); ++i)
+      h = hidden_block(layers_[i], norms_.empty() ? nullptr : &norms_[i], act_, residual_ && i > 0, h, static_cast<int>(i) + 1, mon);
     return head_->forward(h.mean({2, 3}));
   }
   std::vector<LayerInfo> layers() const override {
@@ -142,7 +143,7 @@ class CnnNet : public Network {
   Activation act_;
   bool residual_ = false;
   std::vector<torch::nn::Conv2d> convs_;
-  std::vector<torch::nn::AnyModule> norms_;
+  std::vector<torch::nn::AnyModule> layers_, norms_;
   torch::nn::Linear head_{nullptr};
 };
 

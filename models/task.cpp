@@ -14,16 +14,30 @@ torch::Tensor class_accuracy(const torch::Tensor& out, const torch::Tensor& y) {
   return out.argmax(-1).eq(y).to(torch::kDouble).mean();
 }
 
-// Labels from a fixed random two-layer tanh network: a smooth boundary a deep net can learn.
-class TeacherTask : public Task {
+// Cross-entropy over K classes; the best constant answer scores ln K.
+class ClassificationTask : public Task {
  public:
-  explicit TeacherTask(const TaskOptions& o) : o_(o) {
+  explicit ClassificationTask(const TaskOptions& o) : o_(o) {}
+  std::int64_t output_dim() const override { return o_.classes; }
+  torch::Tensor loss(const torch::Tensor& out, const Batch& b) const override {
+    return torch::nn::functional::cross_entropy(out, b.y);
+  }
+  torch::Tensor accuracy(const torch::Tensor& out, const Batch& b) const override { return class_accuracy(out, b.y); }
+  double baseline_loss() const override { return std::log(static_cast<double>(o_.classes)); }
+
+ protected:
+  TaskOptions o_;
+};
+
+// Labels from a fixed random two-layer tanh network: a smooth boundary a deep net can learn.
+class TeacherTask : public ClassificationTask {
+ public:
+  explicit TeacherTask(const TaskOptions& o) : ClassificationTask(o) {
     w1_ = torch::randn({o.inputs, 64}, torch::kDouble) / std::sqrt(static_cast<double>(o.inputs));
     w2_ = torch::randn({64, o.classes}, torch::kDouble) / 8.0;
   }
   std::string name() const override { return "teacher"; }
   std::int64_t input_dim() const override { return o_.inputs; }
-  std::int64_t output_dim() const override { return o_.classes; }
   Batch sample(std::int64_t b) override {
     auto x = torch::randn({b, o_.inputs}, torch::kDouble);
     auto y = torch::tanh(x.mm(w1_) * 2).mm(w2_).argmax(1);
@@ -33,71 +47,51 @@ class TeacherTask : public Task {
     }
     return {x.to(o_.dtype), y};
   }
-  torch::Tensor loss(const torch::Tensor& out, const Batch& b) const override {
-    return torch::nn::functional::cross_entropy(out, b.y);
-  }
-  torch::Tensor accuracy(const torch::Tensor& out, const Batch& b) const override { return class_accuracy(out, b.y); }
-  double baseline_loss() const override { return std::log(static_cast<double>(o_.classes)); }
   std::string describe() const override {
     return "teacher: " + std::to_string(o_.inputs) + " Gaussian inputs, " + std::to_string(o_.classes) +
            " classes from a random 2-layer tanh teacher, label noise " + std::to_string(o_.noise);
   }
 
  private:
-  TaskOptions o_;
   torch::Tensor w1_, w2_;
 };
 
-class MixtureTask : public Task {
+class MixtureTask : public ClassificationTask {
  public:
-  explicit MixtureTask(const TaskOptions& o) : o_(o) {
+  explicit MixtureTask(const TaskOptions& o) : ClassificationTask(o) {
     centres_ = torch::randn({o.classes, o.inputs}, torch::kDouble);
   }
   std::string name() const override { return "mixture"; }
   std::int64_t input_dim() const override { return o_.inputs; }
-  std::int64_t output_dim() const override { return o_.classes; }
   Batch sample(std::int64_t b) override {
     auto y = torch::randint(0, o_.classes, {b}, torch::kLong);
     auto x = centres_.index_select(0, y) + torch::randn({b, o_.inputs}, torch::kDouble) * (o_.noise * 10);
     return {x.to(o_.dtype), y};
   }
-  torch::Tensor loss(const torch::Tensor& out, const Batch& b) const override {
-    return torch::nn::functional::cross_entropy(out, b.y);
-  }
-  torch::Tensor accuracy(const torch::Tensor& out, const Batch& b) const override { return class_accuracy(out, b.y); }
-  double baseline_loss() const override { return std::log(static_cast<double>(o_.classes)); }
   std::string describe() const override {
     return "mixture: " + std::to_string(o_.classes) + " Gaussian clusters in " + std::to_string(o_.inputs) + " dimensions";
   }
 
  private:
-  TaskOptions o_;
   torch::Tensor centres_;
 };
 
 // 3x8x8 images: a class template plus noise.
-class ImagesTask : public Task {
+class ImagesTask : public ClassificationTask {
  public:
-  explicit ImagesTask(const TaskOptions& o) : o_(o) { templates_ = torch::randn({o.classes, 3, 8, 8}, torch::kDouble); }
+  explicit ImagesTask(const TaskOptions& o) : ClassificationTask(o) { templates_ = torch::randn({o.classes, 3, 8, 8}, torch::kDouble); }
   std::string name() const override { return "images"; }
   std::int64_t input_dim() const override { return 3; }
-  std::int64_t output_dim() const override { return o_.classes; }
   Batch sample(std::int64_t b) override {
     auto y = torch::randint(0, o_.classes, {b}, torch::kLong);
     auto x = templates_.index_select(0, y) + torch::randn({b, 3, 8, 8}, torch::kDouble) * (o_.noise * 10);
     return {x.to(o_.dtype), y};
   }
-  torch::Tensor loss(const torch::Tensor& out, const Batch& b) const override {
-    return torch::nn::functional::cross_entropy(out, b.y);
-  }
-  torch::Tensor accuracy(const torch::Tensor& out, const Batch& b) const override { return class_accuracy(out, b.y); }
-  double baseline_loss() const override { return std::log(static_cast<double>(o_.classes)); }
   std::string describe() const override {
     return "images: 3x8x8 class templates plus Gaussian noise, " + std::to_string(o_.classes) + " classes";
   }
 
  private:
-  TaskOptions o_;
   torch::Tensor templates_;
 };
 
