@@ -81,6 +81,11 @@ RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
   r.steps_requested = o.steps;
   for (const auto& [k, v] : spec.values) r.config.emplace_back(k, v);
   r.config.emplace_back("task", r.task);
+  if (!task->sequential()) {
+    r.config.emplace_back("classes", std::to_string(o.classes));
+    r.config.emplace_back("noise", fmt_num(o.noise));
+    if (r.task != "images") r.config.emplace_back("inputs", std::to_string(o.inputs));
+  }
   if (task->sequential()) r.config.emplace_back("seq_len", std::to_string(o.seq_len));
   r.config.emplace_back("steps", std::to_string(o.steps));
   r.config.emplace_back("batch", std::to_string(o.batch));

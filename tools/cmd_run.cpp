@@ -26,6 +26,7 @@ void add_train_flags(CLI::App& sub, TrainFlags& f, bool with_every) {
   if (with_every) sub.add_option("--every", o.every, "Record every K-th step")->capture_default_str();
   sub.add_option("--inputs", o.inputs, "Input features of the teacher/mixture tasks")->capture_default_str();
   sub.add_option("--classes", o.classes, "Classes of the classification tasks")->capture_default_str();
+  sub.add_option("--noise", o.noise, "Label noise (teacher) or input noise scale (mixture, images), 0 to 1")->capture_default_str();
   sub.add_flag("--stop-on-nonfinite", o.stop_on_nonfinite, "Stop at the first non-finite loss (default: go on)");
   sub.add_flag("--force", f.force, "Replace results already in --out");
 }

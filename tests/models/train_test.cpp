@@ -86,6 +86,20 @@ TEST_F(TrainTest, EveryTaskTrainsWithItsFamily) {
   EXPECT_THROW(train(resolve_spec("mlp:depth=3"), o), UsageError);
 }
 
+TEST_F(TrainTest, TaskInputsClassesAndNoiseAreConfigurable) {
+  TrainOptions o = quick(3);
+  o.inputs = 7;
+  o.classes = 4;
+  o.noise = 0.0;
+  const auto r = train(resolve_spec("mlp:depth=3,width=8"), o);
+  EXPECT_EQ(r.trace.series()[r.trace.find("fc0.weight")].shape, (std::vector<std::int64_t>{8, 7}));
+  EXPECT_EQ(r.trace.series()[r.trace.find("fc2.weight")].shape, (std::vector<std::int64_t>{4, 8}));
+  EXPECT_NEAR(r.baseline_loss, std::log(4.0), 1e-12);
+  EXPECT_EQ(r.config_value("noise"), "0");
+  o.noise = 2;
+  EXPECT_THROW(train(resolve_spec("mlp:depth=3,width=8"), o), UsageError);
+}
+
 TEST_F(TrainTest, OneSeedGivesIdenticalTraces) {
   for (const char* spec : {"mlp:depth=4,width=16,norm=batch", "cnn:depth=3,channels=4", "lstm:hidden=8"}) {
     TrainOptions o = quick(5);
