@@ -313,3 +313,29 @@ TEST_F(TrainTest, DiagnosisJudgesTheBackwardSignalNotTheWeightRatio) {
 
 }  // namespace
 }  // namespace gradflow::models
+
+namespace gradflow::models {
+namespace {
+
+// A 60-layer sigmoid net loses more orders than float32 can hold: the attenuation becomes an
+// upper bound with the underflow flag, while float64 measures the real figure below that bound.
+TEST_F(TrainTest, Float32UnderflowIsABoundAndFloat64MeasuresIt) {
+  TrainOptions o;
+  o.steps = 1;
+  const auto f32 = train(resolve_spec("mlp:depth=60,width=32,act=sigmoid"), o);
+  ASSERT_TRUE(f32.summary.depth.has_value());
+  EXPECT_TRUE(f32.summary.depth->underflow);
+  ASSERT_TRUE(f32.summary.depth->log10.has_value());
+  EXPECT_TRUE(std::isfinite(*f32.summary.depth->log10));
+  const std::string json = run_to_json(f32);
+  EXPECT_NE(json.find("\"attenuation_log10_underflow\": true"), std::string::npos);
+  EXPECT_EQ(json.find("NaN"), std::string::npos);
+  EXPECT_EQ(json.find("Infinity"), std::string::npos);
+  const auto f64 = train(resolve_spec("mlp:depth=60,width=32,act=sigmoid,dtype=float64"), o);
+  ASSERT_TRUE(f64.summary.depth && f64.summary.depth->log10);
+  EXPECT_FALSE(f64.summary.depth->underflow);
+  EXPECT_LT(*f64.summary.depth->log10, *f32.summary.depth->log10);
+}
+
+}  // namespace
+}  // namespace gradflow::models

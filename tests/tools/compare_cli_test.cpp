@@ -187,3 +187,23 @@ TEST(CompareSweep, FitsAGainPerLayer) {
 
 }  // namespace
 }  // namespace gradflow::test
+
+namespace gradflow::test {
+namespace {
+
+TEST(CompareSweep, SequenceLengthSweepFitsAGainPerStep) {
+  const std::string dir = temp_dir("sweepT");
+  const auto r = run_cli({"compare", "rnn:hidden=8", "--sweep", "seq-len=5,10,20", "--quiet", "--out", dir + "/s"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto s = nlohmann::json::parse(slurp(dir + "/s/summary.json"));
+  ASSERT_EQ(s["sweep"]["key"], "seq_len");
+  const auto& fit = s["sweep"]["fits"][0];
+  EXPECT_EQ(fit["x"], nlohmann::json({5.0, 10.0, 20.0}));
+  // Longer sequences lose more: the attenuation falls with T, so the fitted gain is below 1.
+  EXPECT_GT(fit["log10"][0].get<double>(), fit["log10"][2].get<double>());
+  EXPECT_LT(fit["gain"].get<double>(), 1.0);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace gradflow::test
