@@ -59,6 +59,19 @@ void BM_AtenPathAndOneTransfer(benchmark::State& state) {
 }
 BENCHMARK(BM_AtenPathAndOneTransfer)->Unit(benchmark::kMillisecond);
 
+// Forward statistics of one hidden state (a tap with an activation): 128 x 256 ReLU outputs.
+void BM_ActivationStats(benchmark::State& state) {
+  auto h = torch::relu(torch::randn({128, 256}));
+  for (auto _ : state) benchmark::DoNotOptimize(gradflow::detail::aten_activation_stats(h, gradflow::Activation::relu, {}, 0.1));
+}
+BENCHMARK(BM_ActivationStats)->Unit(benchmark::kMicrosecond);
+
+void BM_ActivationStatsAten(benchmark::State& state) {
+  auto h = torch::relu(torch::randn({128, 256}));
+  for (auto _ : state) benchmark::DoNotOptimize(gradflow::detail::device_activation_stats(h, gradflow::Activation::relu, {}, 0.1));
+}
+BENCHMARK(BM_ActivationStatsAten)->Unit(benchmark::kMicrosecond);
+
 // Walking the autograd graph of a 50-layer MLP and hooking each layer's output node.
 void BM_GraphWalk(benchmark::State& state) {
   torch::nn::Sequential net;

@@ -1,6 +1,7 @@
 #include "tensor_stats_torch.h"
 
 #include <cmath>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -93,8 +94,98 @@ at::Tensor local_derivative(const at::Tensor& h, Activation act, const at::Tenso
   return torch::ones_like(h);
 }
 
+namespace {
+
+// The activation's derivative from its output, element by element (GELU needs its input: not here).
+template <Activation act, typename T>
+inline double derivative_of(T h) {
+  constexpr double lambda = 1.0507009873554805, alpha = 1.6732632423543772;
+  switch (act) {
+    case Activation::sigmoid: return static_cast<double>(h) * (1.0 - static_cast<double>(h));
+    case Activation::tanh: return 1.0 - static_cast<double>(h) * static_cast<double>(h);
+    case Activation::relu: return h > 0 ? 1.0 : 0.0;
+    case Activation::leaky_relu: return h > 0 ? 1.0 : 0.01;
+    case Activation::elu: return h > 0 ? 1.0 : static_cast<double>(h) + 1.0;
+    case Activation::selu: return h > 0 ? lambda : static_cast<double>(h) + lambda * alpha;
+    case Activation::softsign: {
+      const double m = 1.0 - std::fabs(static_cast<double>(h));
+      return m * m;
+    }
+    default: return 1.0;
+  }
+}
+
+// One host pass: [mean, std, dead fraction, saturated fraction, mean derivative], as the ATen
+// version below computes them. Units are the elements of one example (dimension 0 is the batch).
+template <Activation act, typename T>
+at::Tensor host_activation_stats(const at::Tensor& h, double threshold) {
+  const T* p = h.data_ptr<T>();
+  const std::int64_t n = h.numel();
+  const std::int64_t rows = h.dim() >= 2 ? h.size(0) : 1;
+  const std::int64_t cols = rows > 0 ? n / rows : 0;
+  const double thr = threshold * max_derivative(act);
+  // Per unit: "active on some example so far", updated row by row; the inner loop is branch-free
+  // and `omp simd` lets the compiler vectorise its double sums without -ffast-math.
+  // Every lane is a double (counts too): mixing byte or integer lanes with doubles costs packing.
+  std::vector<double> active(static_cast<std::size_t>(cols), 0.0);
+  double* ac = active.data();
+  double sum = 0, sum_sq = 0, dsum = 0, low = 0;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const T* row = p + r * cols;
+#pragma omp simd reduction(+ : sum, sum_sq, dsum, low)
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const double x = static_cast<double>(row[c]);
+      const double d = derivative_of<act>(x);
+      sum += x;
+      sum_sq += x * x;
+      dsum += d;
+      const double hi = std::fabs(d) < thr ? 0.0 : 1.0;
+      low += 1.0 - hi;
+      ac[c] = std::max(ac[c], hi);
+    }
+  }
+  const double nd = static_cast<double>(std::max<std::int64_t>(n, 1));
+  const double mean = sum / nd;
+  std::int64_t dead = 0;
+  for (double a : active) dead += a == 0.0;
+  at::Tensor out = at::empty({kActivationStatsSize}, at::kDouble);
+  double* o = out.data_ptr<double>();
+  o[0] = mean;
+  o[1] = std::sqrt(std::max(0.0, sum_sq / nd - mean * mean));
+  o[2] = cols ? static_cast<double>(dead) / static_cast<double>(cols) : 0.0;
+  o[3] = low / nd;
+  o[4] = dsum / nd;
+  return out;
+}
+
+}  // namespace
+
 at::Tensor aten_activation_stats(const at::Tensor& h_in, Activation act, const at::Tensor& preact,
                                  double threshold) {
+  if (act != Activation::gelu && act != Activation::none && h_in.device().is_cpu() && h_in.numel() > 0 &&
+      (h_in.scalar_type() == at::kFloat || h_in.scalar_type() == at::kDouble)) {
+    const at::Tensor h = h_in.detach().contiguous();
+    // The activation is a template parameter so that its derivative is not a branch per element.
+    auto run = [&](auto tag) {
+      using T = decltype(tag);
+      switch (act) {
+        case Activation::sigmoid: return host_activation_stats<Activation::sigmoid, T>(h, threshold);
+        case Activation::tanh: return host_activation_stats<Activation::tanh, T>(h, threshold);
+        case Activation::relu: return host_activation_stats<Activation::relu, T>(h, threshold);
+        case Activation::leaky_relu: return host_activation_stats<Activation::leaky_relu, T>(h, threshold);
+        case Activation::elu: return host_activation_stats<Activation::elu, T>(h, threshold);
+        case Activation::selu: return host_activation_stats<Activation::selu, T>(h, threshold);
+        case Activation::softsign: return host_activation_stats<Activation::softsign, T>(h, threshold);
+        default: return host_activation_stats<Activation::identity, T>(h, threshold);
+      }
+    };
+    return h.scalar_type() == at::kFloat ? run(float{}) : run(double{});
+  }
+  return device_activation_stats(h_in, act, preact, threshold);
+}
+
+at::Tensor device_activation_stats(const at::Tensor& h_in, Activation act, const at::Tensor& preact,
+                                   double threshold) {
   torch::NoGradGuard no_grad;
   const auto h = h_in.detach().to(torch::kDouble);
   const auto d = local_derivative(h, act, preact);

@@ -25,10 +25,15 @@ TensorStats stats_from_aten(const double* v, std::int64_t numel);
 // Sum of squares of the finite elements, as a 1-element double tensor on the device.
 at::Tensor aten_sum_of_squares(const at::Tensor& t);
 
-// Forward statistics of an activation as [mean, std, dead, saturated, mean_derivative] on its
-// device. `threshold` is relative to the activation's largest derivative.
+// Forward statistics of an activation as [mean, std, dead, saturated, mean_derivative].
+// `threshold` is relative to the activation's largest derivative. CPU float/double tensors take
+// one host pass; other devices (and GELU, whose derivative needs its input) take ATen ops on the
+// tensor's device, without a host synchronisation.
 at::Tensor aten_activation_stats(const at::Tensor& h, Activation act, const at::Tensor& preact,
                                  double threshold);
+// The ATen version, for any device.
+at::Tensor device_activation_stats(const at::Tensor& h, Activation act, const at::Tensor& preact,
+                                   double threshold);
 constexpr int kActivationStatsSize = 5;
 
 // The activation's derivative, computed from its output (and the input for GELU).

@@ -61,3 +61,35 @@ TEST_F(TensorStatsTorchTest, SumOfSquaresMatchesNorm) {
 
 }  // namespace
 }  // namespace gradflow
+
+namespace gradflow {
+namespace {
+
+TEST_F(TensorStatsTorchTest, HostActivationStatisticsEqualTheAtenOnes) {
+  const auto z = torch::randn({32, 6, 5}) * 3;
+  for (Activation act : all_activations()) {
+    if (act == Activation::gelu) continue;
+    torch::Tensor h;
+    switch (act) {
+      case Activation::sigmoid: h = torch::sigmoid(z); break;
+      case Activation::tanh: h = torch::tanh(z); break;
+      case Activation::relu: h = torch::relu(z - 2); break;
+      case Activation::leaky_relu: h = torch::leaky_relu(z, 0.01); break;
+      case Activation::elu: h = torch::elu(z); break;
+      case Activation::selu: h = torch::selu(z); break;
+      case Activation::softsign: h = z / (1 + z.abs()); break;
+      default: h = z; break;
+    }
+    for (auto dtype : {torch::kFloat, torch::kDouble}) {
+      const auto x = h.to(dtype);
+      const auto host = detail::aten_activation_stats(x, act, {}, 0.1);
+      const auto dev = detail::device_activation_stats(x, act, {}, 0.1);
+      for (int k = 0; k < detail::kActivationStatsSize; ++k)
+        EXPECT_TRUE(test::rel_close(host[k].item<double>(), dev[k].item<double>(), 1e-9, 1e-12))
+            << to_string(act) << " field " << k;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace gradflow
