@@ -193,12 +193,9 @@ Comparison make_comparison(std::vector<RunRecord> runs, std::vector<std::string>
       auto& f = fits[label];
       f.label = label;
       const auto a = c.sweep_key == "seq_len" ? log10_of(r.summary.time) : log10_of(r.summary.depth);
-      const auto span = c.sweep_key == "seq_len" ? (r.summary.time ? r.summary.time->span : 0)
-                                                 : (r.summary.depth ? r.summary.depth->span : 0);
       if (a) {
         f.x.push_back(as_double(r.config_value(c.sweep_key == "seq_len" ? "seq_len" : "depth")));
         f.log10.push_back(*a);
-        (void)span;
       }
     }
     for (const auto& label : order) {

@@ -18,7 +18,6 @@ using detail::Json;
 using detail::num;
 
 std::vector<double> global_grad_norms(const Trace& trace) {
-  const auto params = trace.series_of_kind(SeriesKind::parameter);
   std::vector<double> out;
   for (const auto& st : trace.steps()) {
     double ss = 0;
@@ -30,7 +29,6 @@ std::vector<double> global_grad_norms(const Trace& trace) {
     }
     out.push_back(bad ? std::numeric_limits<double>::infinity() : std::sqrt(ss));
   }
-  (void)params;
   return out;
 }
 
