@@ -124,14 +124,15 @@ at::Tensor host_activation_stats(const at::Tensor& h, double threshold) {
   const std::int64_t rows = h.dim() >= 2 ? h.size(0) : 1;
   const std::int64_t cols = rows > 0 ? n / rows : 0;
   const double thr = threshold * max_derivative(act);
-  // Per unit: "active on some example so far", updated row by row; the inner loop is branch-free
-  // and `omp simd` lets the compiler vectorise its double sums without -ffast-math.
-  // Every lane is a double (counts too): mixing byte or integer lanes with doubles costs packing.
+  // `omp simd` lets the compiler vectorise the double sums without -ffast-math.
+  // Examples on which each unit is active; every lane is a double, like the sums.
   std::vector<double> active(static_cast<std::size_t>(cols), 0.0);
   double* ac = active.data();
   double sum = 0, sum_sq = 0, dsum = 0, low = 0;
   for (std::int64_t r = 0; r < rows; ++r) {
     const T* row = p + r * cols;
+    // Two loops: GCC does not vectorise an `omp simd` reduction loop that also stores to an
+    // array (measured: 109 us against 10.5 us for 128 x 256).
 #pragma omp simd reduction(+ : sum, sum_sq, dsum, low)
     for (std::int64_t c = 0; c < cols; ++c) {
       const double x = static_cast<double>(row[c]);
@@ -139,10 +140,9 @@ at::Tensor host_activation_stats(const at::Tensor& h, double threshold) {
       sum += x;
       sum_sq += x * x;
       dsum += d;
-      const double hi = std::fabs(d) < thr ? 0.0 : 1.0;
-      low += 1.0 - hi;
-      ac[c] = std::max(ac[c], hi);
+      low += std::fabs(d) < thr ? 1.0 : 0.0;
     }
+    for (std::int64_t c = 0; c < cols; ++c) ac[c] += std::fabs(derivative_of<act>(static_cast<double>(row[c]))) < thr ? 0.0 : 1.0;
   }
   const double nd = static_cast<double>(std::max<std::int64_t>(n, 1));
   const double mean = sum / nd;
