@@ -128,18 +128,28 @@ RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
       const double total = torch::nn::utils::clip_grad_norm_(params, o.clip_norm);
       if (total > o.clip_norm) ++r.clipped_steps;
     }
+    torch::Tensor clip_peak;  // largest |g| before value clipping, still on the device
     if (o.clip_value > 0) {
-      bool clipped = false;
+      std::vector<torch::Tensor> peaks;
       for (const auto& p : params)
-        if (p.grad().defined() && p.grad().abs().max().item<double>() > o.clip_value) clipped = true;
+        if (p.grad().defined()) peaks.push_back(p.grad().abs().max());
+      if (!peaks.empty()) clip_peak = torch::stack(peaks).max();
       torch::nn::utils::clip_grad_value_(params, o.clip_value);
-      if (clipped && !(o.clip_norm > 0)) ++r.clipped_steps;
     }
     opt->step();
-    const double lv = loss.item<double>();
-    r.loss.push_back(lv);
+    // One host transfer for what the step reports, not one per parameter.
     const torch::Tensor acc = task->accuracy(out, b);
-    if (acc.defined()) r.accuracy.push_back(acc.item<double>());
+    // Built by push_back: GCC 12 warns (wrongly) inside c10 on a one-element initializer list.
+    std::vector<torch::Tensor> parts;
+    parts.push_back(loss.detach().to(torch::kDouble).reshape({1}));
+    if (acc.defined()) parts.push_back(acc.detach().to(torch::kDouble).reshape({1}));
+    if (clip_peak.defined()) parts.push_back(clip_peak.to(torch::kDouble).reshape({1}));
+    const torch::Tensor host = torch::cat(parts).to(torch::kCPU).contiguous();
+    const double* v = host.data_ptr<double>();
+    const double lv = v[0];
+    r.loss.push_back(lv);
+    if (acc.defined()) r.accuracy.push_back(v[1]);
+    if (clip_peak.defined() && v[parts.size() - 1] > o.clip_value && !(o.clip_norm > 0)) ++r.clipped_steps;
     ++r.steps_done;
     if (o.progress) o.progress(step + 1, o.steps);
     if (!std::isfinite(lv) && o.stop_on_nonfinite) {

@@ -135,8 +135,13 @@ void attenuation_findings(std::vector<Finding>& out, const std::optional<Attenua
 std::vector<Finding> diagnose(const Trace& trace, const std::vector<double>& loss,
                               const std::vector<double>& grad_norm, const ModelTraits& traits,
                               const DiagnosisOptions& o) {
+  return diagnose(trace, summarize(trace, loss, std::numeric_limits<float>::denorm_min()), loss, grad_norm, traits, o);
+}
+
+std::vector<Finding> diagnose(const Trace& trace, const RunSummary& s, const std::vector<double>& loss,
+                              const std::vector<double>& grad_norm, const ModelTraits& traits,
+                              const DiagnosisOptions& o) {
   std::vector<Finding> out;
-  const RunSummary s = summarize(trace, loss, std::numeric_limits<float>::denorm_min());
   const auto depth = depth_series(trace);
   const std::string depth_where =
       depth.size() >= 2 ? trace.series()[depth.front()].name + " .. " + trace.series()[depth.back()].name : "";

@@ -121,10 +121,12 @@ InspectResult inspect_torchscript(const std::string& path, const InspectOptions&
   torch::optim::SGD opt(params, torch::optim::SGDOptions(o.lr));
   torch::manual_seed(o.seed);
   std::vector<double> losses;
+  // The file is read once: later steps draw fresh random inputs of its shape.
+  const at::Tensor file_input = o.input_file.empty() ? at::Tensor() : load_input(o.input_file);
   for (std::int64_t step = 0; step <= o.steps; ++step) {
-    at::Tensor x = !o.input_file.empty() && step == 0 ? load_input(o.input_file)
-                   : o.input_shape.empty()            ? torch::randn_like(load_input(o.input_file))
-                                                      : torch::randn(o.input_shape);
+    at::Tensor x = file_input.defined() && step == 0 ? file_input
+                   : o.input_shape.empty()          ? torch::randn_like(file_input)
+                                                    : torch::randn(o.input_shape);
     c10::IValue out;
     try {
       out = m.forward({x});

@@ -34,7 +34,7 @@ std::vector<double> global_grad_norms(const Trace& trace) {
 
 void RunRecord::analyse(const DiagnosisOptions& options) {
   summary = summarize(trace, loss, tiny > 0 ? tiny : std::numeric_limits<float>::denorm_min());
-  findings = diagnose(trace, loss, global_grad_norms(trace), traits, options);
+  findings = diagnose(trace, summary, loss, global_grad_norms(trace), traits, options);
 }
 
 std::string RunRecord::config_value(const std::string& key) const {

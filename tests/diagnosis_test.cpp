@@ -234,3 +234,30 @@ TEST(Summary, UnderflowIsABoundNeverNaN) {
 
 }  // namespace
 }  // namespace gradflow
+
+#include "gradflow/run_record.h"
+
+namespace gradflow {
+namespace {
+
+// A float64 run whose first hidden gradient is exactly zero: the finding must quote the bound the
+// summary computed with the run's own dtype, not a float32 one (they differ by ~280 orders).
+TEST(Diagnosis, FindingsQuoteTheRunSummaryFigures) {
+  TraceBuilder b(5, 6);
+  b.step(0, {0.0, 1e-3, 1e-2, 1e-1, 1.0}, std::vector<double>(6, 1.0));
+  RunRecord r;
+  r.trace = b.t;
+  r.tiny = std::numeric_limits<double>::denorm_min();
+  r.analyse();
+  ASSERT_TRUE(r.summary.depth && r.summary.depth->underflow && r.summary.depth->log10);
+  EXPECT_LT(*r.summary.depth->log10, -300.0);
+  const Finding* v = nullptr;
+  for (const auto& f : r.findings)
+    if (f.kind == FindingKind::vanishing) v = &f;
+  ASSERT_NE(v, nullptr);
+  EXPECT_EQ(v->evidence[0].first, "attenuation_log10");
+  EXPECT_DOUBLE_EQ(v->evidence[0].second, *r.summary.depth->log10);
+}
+
+}  // namespace
+}  // namespace gradflow

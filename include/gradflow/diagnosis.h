@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "gradflow/summary.h"
 #include "gradflow/trace.h"
 
 namespace gradflow {
@@ -71,8 +72,14 @@ struct DiagnosisOptions {
 };
 
 /// Runs every rule. `loss` is the per-step loss series (may be empty), `grad_norm` the global
-/// gradient norm per step before clipping (may be empty).
+/// gradient norm per step before clipping (may be empty). Underflow bounds assume float32.
 std::vector<Finding> diagnose(const Trace& trace, const std::vector<double>& loss,
+                              const std::vector<double>& grad_norm, const ModelTraits& traits,
+                              const DiagnosisOptions& options = {});
+
+/// The same, judged on a summary already computed from the trace (with the run's own dtype for
+/// underflow bounds): the findings then quote exactly the summary's figures.
+std::vector<Finding> diagnose(const Trace& trace, const RunSummary& summary, const std::vector<double>& loss,
                               const std::vector<double>& grad_norm, const ModelTraits& traits,
                               const DiagnosisOptions& options = {});
 

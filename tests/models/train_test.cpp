@@ -238,6 +238,22 @@ TEST_F(TrainTest, ClippingIsCountedAndKeepsAnExplodingSetupFinite) {
   for (double l : clipped.loss) EXPECT_TRUE(std::isfinite(l));
 }
 
+TEST_F(TrainTest, ValueClippingIsCountedAndBoundsEveryGradient) {
+  TrainOptions o = quick(6);
+  o.clip_value = 1e-7;  // every step has a larger gradient element
+  auto r = train(resolve_spec("mlp:depth=3,width=8"), o);
+  EXPECT_EQ(r.clipped_steps, 6);
+  o.clip_value = 1e6;  // none has
+  r = train(resolve_spec("mlp:depth=3,width=8"), o);
+  EXPECT_EQ(r.clipped_steps, 0);
+  // The recorded gradients are those before clipping: the trace's max |g| exceeds the bound.
+  o.clip_value = 1e-7;
+  r = train(resolve_spec("mlp:depth=3,width=8"), o);
+  EXPECT_GT(r.trace.steps().front().find(r.trace.find("fc0.weight"))->grad.max_abs, 1e-7);
+  ASSERT_EQ(r.accuracy.size(), 6u);
+  for (double a : r.accuracy) EXPECT_TRUE(a >= 0 && a <= 1);
+}
+
 TEST_F(TrainTest, NetworksTapEveryHiddenStateAndEveryTimeStep) {
   TrainOptions o = quick(1);
   const auto mlp = train(resolve_spec("mlp:depth=6,width=8"), o);
