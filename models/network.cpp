@@ -58,21 +58,23 @@ class MlpNet : public Network {
  public:
   MlpNet(const ResolvedSpec& s, std::int64_t in, std::int64_t out) : act_(act_of(s)) {
     const auto depth = s.get_int("depth"), width = s.get_int("width");
-    const std::string norm = s.get("norm"), init = s.get("init");
-    residual_ = s.get("residual") == "1";
+    const ModelTraits traits = s.traits();
+    const Norm norm = traits.norm;
+    const InitSpec init = traits.init;
+    residual_ = traits.residual;
     for (std::int64_t i = 0; i < depth; ++i) {
       const auto fi = i == 0 ? in : width, fo = i + 1 == depth ? out : width;
       auto fc = register_module("fc" + std::to_string(i), torch::nn::Linear(fi, fo));
-      if (init != "default") {
+      if (init.kind != Init::default_init) {
         torch::NoGradGuard g;
-        init_weight(fc->weight, init, s.get("act"));
+        init_weight(fc->weight, init, act_);
         fc->bias.zero_();
       }
       fcs_.push_back(fc);
       layers_.emplace_back(fc);
-      if (i + 1 < depth && norm == "batch")
+      if (i + 1 < depth && norm == Norm::batch)
         norms_.emplace_back(torch::nn::AnyModule(register_module("bn" + std::to_string(i), torch::nn::BatchNorm1d(width))));
-      else if (i + 1 < depth && norm == "layer")
+      else if (i + 1 < depth && norm == Norm::layer)
         norms_.emplace_back(torch::nn::AnyModule(register_module(
             "ln" + std::to_string(i), torch::nn::LayerNorm(torch::nn::LayerNormOptions({width})))));
     }
@@ -101,27 +103,29 @@ class CnnNet : public Network {
  public:
   CnnNet(const ResolvedSpec& s, std::int64_t in_channels, std::int64_t out) : act_(act_of(s)) {
     const auto depth = s.get_int("depth"), c = s.get_int("channels");
-    const std::string norm = s.get("norm"), init = s.get("init");
-    residual_ = s.get("residual") == "1";
+    const ModelTraits traits = s.traits();
+    const Norm norm = traits.norm;
+    const InitSpec init = traits.init;
+    residual_ = traits.residual;
     for (std::int64_t i = 0; i + 1 < depth; ++i) {
       auto conv = register_module("conv" + std::to_string(i),
                                   torch::nn::Conv2d(torch::nn::Conv2dOptions(i == 0 ? in_channels : c, c, 3).padding(1)));
-      if (init != "default") {
+      if (init.kind != Init::default_init) {
         torch::NoGradGuard g;
-        init_weight(conv->weight, init, s.get("act"));
+        init_weight(conv->weight, init, act_);
         conv->bias.zero_();
       }
       convs_.push_back(conv);
       layers_.emplace_back(conv);
-      if (norm == "batch")
+      if (norm == Norm::batch)
         norms_.emplace_back(torch::nn::AnyModule(register_module("bn" + std::to_string(i), torch::nn::BatchNorm2d(c))));
-      else if (norm == "layer")
+      else if (norm == Norm::layer)
         norms_.emplace_back(torch::nn::AnyModule(register_module("gn" + std::to_string(i), torch::nn::GroupNorm(1, c))));
     }
     head_ = register_module("head", torch::nn::Linear(c, out));
-    if (init != "default") {
+    if (init.kind != Init::default_init) {
       torch::NoGradGuard g;
-      init_weight(head_->weight, init, "identity");
+      init_weight(head_->weight, init, Activation::identity);
       head_->bias.zero_();
     }
     to(dtype_of(s));
@@ -234,7 +238,7 @@ class RnnNet : public Network {
  private:
   void init_recurrent(const ResolvedSpec& s) {
     torch::NoGradGuard g;
-    const std::string init = s.get("init");
+    const Init init = s.traits().init.kind;
     const auto H = hidden_;
     auto each_cell = [&](auto&& fn) {
       for (auto& m : lstm_) fn(m->weight_ih, m->weight_hh, m->bias_ih, m->bias_hh);
@@ -243,16 +247,16 @@ class RnnNet : public Network {
     };
     each_cell([&](torch::Tensor& wih, torch::Tensor& whh, torch::Tensor& bih, torch::Tensor& bhh) {
       const auto gates = whh.size(0) / H;
-      if (init == "orthogonal") {
+      if (init == Init::orthogonal) {
         for (std::int64_t k = 0; k < gates; ++k) {
           auto block = whh.narrow(0, k * H, H);
           torch::nn::init::orthogonal_(block);
         }
-      } else if (init == "identity") {
+      } else if (init == Init::identity) {
         for (std::int64_t k = 0; k < gates; ++k) whh.narrow(0, k * H, H).copy_(torch::eye(H));
         bih.zero_();
         bhh.zero_();
-      } else if (init == "xavier_uniform") {
+      } else if (init == Init::xavier_uniform) {
         torch::nn::init::xavier_uniform_(wih);
         torch::nn::init::xavier_uniform_(whh);
         bih.zero_();
@@ -287,17 +291,22 @@ class RnnNet : public Network {
 
 }  // namespace
 
-void init_weight(torch::Tensor& w, const std::string& init, const std::string& act) {
+void init_weight(torch::Tensor& w, const InitSpec& init, Activation act) {
   namespace I = torch::nn::init;
-  const bool leaky = act == "leaky_relu";
-  if (init == "default") return;
-  if (init == "xavier_uniform") I::xavier_uniform_(w);
-  else if (init == "xavier_normal") I::xavier_normal_(w);
-  else if (init == "he_uniform") I::kaiming_uniform_(w, leaky ? 0.01 : 0.0, torch::kFanIn, leaky ? torch::nn::init::NonlinearityType(torch::kLeakyReLU) : torch::kReLU);
-  else if (init == "he_normal") I::kaiming_normal_(w, leaky ? 0.01 : 0.0, torch::kFanIn, leaky ? torch::nn::init::NonlinearityType(torch::kLeakyReLU) : torch::kReLU);
-  else if (init == "orthogonal") I::orthogonal_(w.view({w.size(0), -1}));
-  else if (init.rfind("normal:", 0) == 0) I::normal_(w, 0.0, std::stod(init.substr(7)));
-  else throw UsageError("unknown init '" + init + "'");
+  const bool leaky = act == Activation::leaky_relu;
+  const auto nonlinearity = leaky ? I::NonlinearityType(torch::kLeakyReLU) : I::NonlinearityType(torch::kReLU);
+  switch (init.kind) {
+    case Init::unknown:
+    case Init::default_init: return;
+    case Init::xavier_uniform: I::xavier_uniform_(w); return;
+    case Init::xavier_normal: I::xavier_normal_(w); return;
+    case Init::he_uniform: I::kaiming_uniform_(w, leaky ? 0.01 : 0.0, torch::kFanIn, nonlinearity); return;
+    case Init::he_normal: I::kaiming_normal_(w, leaky ? 0.01 : 0.0, torch::kFanIn, nonlinearity); return;
+    case Init::orthogonal: I::orthogonal_(w.view({w.size(0), -1})); return;
+    case Init::normal: I::normal_(w, 0.0, init.std); return;
+    case Init::identity: break;
+  }
+  throw UsageError("init '" + to_string(init) + "' applies to recurrent weights only");
 }
 
 std::shared_ptr<Network> make_network(const ResolvedSpec& spec, std::int64_t input_dim, std::int64_t output_dim) {

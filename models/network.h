@@ -35,8 +35,8 @@ class Network : public torch::nn::Module {
 std::shared_ptr<Network> make_network(const ResolvedSpec& spec, std::int64_t input_dim,
                                       std::int64_t output_dim);
 
-/// Applies an initialisation by name ("he_normal", "normal:0.01", ...) to a weight; biases of
-/// layers initialised this way are set to zero by the caller.
-void init_weight(torch::Tensor& weight, const std::string& init, const std::string& act);
+/// Applies an initialisation to a weight; biases of layers initialised this way are set to zero
+/// by the caller.
+void init_weight(torch::Tensor& weight, const InitSpec& init, Activation act);
 
 }  // namespace gradflow::models

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "gradflow/error.h"
+#include "text.h"
 
 namespace gradflow::models {
 
@@ -17,12 +18,6 @@ std::string trim(const std::string& s) {
   if (b == std::string::npos) return "";
   const auto e = s.find_last_not_of(" \t");
   return s.substr(b, e - b + 1);
-}
-
-std::string join(const std::vector<std::string>& v) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
-  return out;
 }
 
 bool parse_double(const std::string& s, double& out) {
@@ -46,7 +41,7 @@ bool parse_int(const std::string& s, std::int64_t& out) {
 const std::vector<std::string> kActs = {"sigmoid", "tanh",  "relu",  "leaky_relu", "elu",
                                         "selu",    "gelu",  "softsign", "identity"};
 const std::vector<std::string> kInits = {"default",   "xavier_uniform", "xavier_normal", "he_uniform",
-                                         "he_normal", "orthogonal",     "normal:<std>"};
+                                         "he_normal", "orthogonal",     kNormalChoice};
 const std::vector<std::string> kDtypes = {"float32", "float64"};
 
 OptionDef choice(std::string key, std::string def, std::vector<std::string> choices, std::string help) {
@@ -67,6 +62,11 @@ OptionDef integer(std::string key, std::string def, double min, double max, std:
   o.min = min;
   o.max = max;
   o.help = std::move(help);
+  return o;
+}
+
+OptionDef remedy(OptionDef o) {
+  o.remedy = true;
   return o;
 }
 
@@ -101,15 +101,19 @@ void check_value(const FamilyDef& fam, const OptionDef& o, const std::string& va
     case OptionType::choice: {
       for (const auto& c : o.choices) {
         if (c == value) return;
-        if (c == "normal:<std>" && value.rfind("normal:", 0) == 0) {
+        if (c == kNormalChoice && value.rfind("normal:", 0) == 0) {
           double sd = 0;
-          if (!parse_double(value.substr(7), sd) || sd <= 0 || sd > 100)
+          try {
+            sd = init_from_string(value).std;
+          } catch (const Error&) {
+          }
+          if (!(sd > 0 && sd <= 100))
             throw UsageError("value '" + value + "' for " + where +
                              ": the standard deviation must be a number in (0, 100], e.g. normal:0.01");
           return;
         }
       }
-      throw UsageError("unknown value '" + value + "' for " + where + ": choose one of " + join(o.choices));
+      throw UsageError("unknown value '" + value + "' for " + where + ": choose one of " + detail::join(o.choices));
     }
   }
 }
@@ -156,10 +160,10 @@ const std::vector<FamilyDef>& families() {
     mlp.options = {
         integer("depth", "20", 2, 1000, "weight layers, output layer included"),
         integer("width", "128", 1, 65536, "units per hidden layer"),
-        choice("act", "sigmoid", kActs, "hidden activation"),
-        choice("init", "default", kInits, "weight initialisation (default: LibTorch's)"),
-        choice("norm", "none", {"none", "batch", "layer"}, "normalisation before each activation"),
-        choice("residual", "0", {"0", "1"}, "identity skip around each hidden block"),
+        remedy(choice("act", "sigmoid", kActs, "hidden activation")),
+        remedy(choice("init", "default", kInits, "weight initialisation (default: LibTorch's)")),
+        remedy(choice("norm", "none", {"none", "batch", "layer"}, "normalisation before each activation")),
+        remedy(choice("residual", "0", {"0", "1"}, "identity skip around each hidden block")),
         choice("dtype", "float32", kDtypes, "parameter and data type"),
     };
     v.push_back(mlp);
@@ -167,22 +171,22 @@ const std::vector<FamilyDef>& families() {
     cnn.options = {
         integer("depth", "10", 2, 200, "weight layers: depth-1 3x3 convs and the head"),
         integer("channels", "16", 1, 1024, "channels per conv"),
-        choice("act", "relu", kActs, "activation after each conv"),
-        choice("init", "default", kInits, "weight initialisation"),
-        choice("norm", "none", {"none", "batch", "layer"}, "normalisation after each conv (layer = GroupNorm with 1 group)"),
-        choice("residual", "0", {"0", "1"}, "identity skip around each conv block"),
+        remedy(choice("act", "relu", kActs, "activation after each conv")),
+        remedy(choice("init", "default", kInits, "weight initialisation")),
+        remedy(choice("norm", "none", {"none", "batch", "layer"}, "normalisation after each conv (layer = GroupNorm with 1 group)")),
+        remedy(choice("residual", "0", {"0", "1"}, "identity skip around each conv block")),
         choice("dtype", "float32", kDtypes, "parameter and data type"),
     };
     v.push_back(cnn);
     FamilyDef rnn{"rnn", "recurrent net unrolled one step at a time; linear readout", "adding", {}};
     rnn.options = {
-        choice("cell", "rnn_tanh", {"rnn_tanh", "rnn_relu", "lstm", "gru"}, "recurrent cell"),
+        remedy(choice("cell", "rnn_tanh", {"rnn_tanh", "rnn_relu", "lstm", "gru"}, "recurrent cell")),
         integer("hidden", "64", 1, 8192, "hidden units"),
         integer("layers", "1", 1, 16, "stacked recurrent layers"),
-        choice("init", "default", {"default", "orthogonal", "identity", "xavier_uniform"},
-               "recurrent weight initialisation (identity: the IRNN of Le et al. 2015)"),
-        real("forget_bias", "default", -100, 100, "LSTM forget-gate bias (default: LibTorch's init; 1 per Gers, Jozefowicz)"),
-        real("scale", "0", 0, 100, "if > 0, rescale each recurrent matrix to this largest singular value"),
+        remedy(choice("init", "default", {"default", "orthogonal", "identity", "xavier_uniform"},
+               "recurrent weight initialisation (identity: the IRNN of Le et al. 2015)")),
+        remedy(real("forget_bias", "default", -100, 100, "LSTM forget-gate bias (default: LibTorch's init; 1 per Gers, Jozefowicz)")),
+        remedy(real("scale", "0", 0, 100, "if > 0, rescale each recurrent matrix to this largest singular value")),
         choice("dtype", "float32", kDtypes, "parameter and data type"),
     };
     v.push_back(rnn);
@@ -244,6 +248,30 @@ std::string ResolvedSpec::canonical() const {
 
 std::string ResolvedSpec::label() const { return preset.empty() ? canonical() : preset; }
 
+ModelTraits ResolvedSpec::traits() const {
+  ModelTraits t;
+  t.recurrent = family == "rnn";
+  t.init = init_from_string(get("init"));
+  if (t.recurrent) {
+    t.cell = cell_from_string(get("cell"));
+    if (get("forget_bias") != "default") t.forget_bias = get_real("forget_bias");
+    t.recurrent_scale = get_real("scale");
+  } else {
+    t.activation = activation_from_string(get("act"));
+    t.norm = norm_from_string(get("norm"));
+    t.residual = get("residual") == "1";
+  }
+  return t;
+}
+
+bool ResolvedSpec::is_remedy(const std::string& key) const {
+  for (const auto& f : families())
+    if (f.name == family)
+      for (const auto& o : f.options)
+        if (o.key == key) return o.remedy;
+  return false;
+}
+
 ResolvedSpec resolve_spec(const std::string& text) {
   Spec s = parse_spec(text);
   ResolvedSpec r;
@@ -284,7 +312,7 @@ ResolvedSpec resolve_spec(const std::string& text) {
     for (const auto& f : families()) names.push_back(f.name);
     for (const auto& p : presets())
       if (std::find(names.begin(), names.end(), p.name) == names.end()) names.push_back(p.name);
-    throw UsageError("unknown model '" + s.name + "': choose a family or preset (" + join(names) +
+    throw UsageError("unknown model '" + s.name + "': choose a family or preset (" + detail::join(names) +
                      "); 'gradflow models' lists them");
   }
   r.family = fam->name;
@@ -296,7 +324,7 @@ ResolvedSpec resolve_spec(const std::string& text) {
     if (!def) {
       std::vector<std::string> keys;
       for (const auto& o : fam->options) keys.push_back(o.key);
-      throw UsageError("unknown option '" + k + "' for " + fam->name + ": valid options are " + join(keys));
+      throw UsageError("unknown option '" + k + "' for " + fam->name + ": valid options are " + detail::join(keys));
     }
     check_value(*fam, *def, v);
     r.values[k] = v;

@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "gradflow/model_traits.h"
+
 namespace gradflow::models {
 
 /// A spec as written, split but not yet checked against a family.
@@ -20,6 +22,9 @@ struct Spec {
 /// an option without '=', an empty key, a key given twice).
 Spec parse_spec(const std::string& text);
 
+/// The choice that stands for normal:NUMBER in OptionDef::choices.
+inline constexpr const char* kNormalChoice = "normal:<std>";
+
 /// How an option's value is checked.
 enum class OptionType { integer, real, choice };
 
@@ -31,6 +36,9 @@ struct OptionDef {
   OptionType type = OptionType::choice;
   std::vector<std::string> choices;  ///< for choice; "normal:<std>" stands for normal:NUMBER
   double min = 0, max = 0;           ///< inclusive range for integer and real
+  /// The option chooses one of the remedies a comparison names (activation, init, norm, ...):
+  /// runs that differ only in such options are paired.
+  bool remedy = false;
 };
 
 /// A family of built-in networks.
@@ -64,6 +72,10 @@ struct ResolvedSpec {
   std::string canonical() const;
   /// The preset's name when there is one, else the canonical spec.
   std::string label() const;
+  /// The architecture's facts, parsed from the options (clipping is the trainer's to add).
+  ModelTraits traits() const;
+  /// Whether the option is one of the family's remedies (OptionDef::remedy).
+  bool is_remedy(const std::string& key) const;
 };
 
 /// Expands presets (`plain`, `plain:depth=10`), checks every key and value, fills defaults.

@@ -58,7 +58,7 @@ RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
   to.noise = o.noise;
   to.dtype = f64 ? torch::kDouble : torch::kFloat;
   auto task = make_task(to, spec.family);
-  if (spec.family != "rnn" && spec.get("norm") == "batch" && o.batch < 2)
+  if (spec.traits().norm == Norm::batch && o.batch < 2)
     throw UsageError("batch norm needs --batch 2 or more in training mode");
   auto net = make_network(spec, task->input_dim(), task->output_dim());
 
@@ -79,31 +79,31 @@ RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
   r.baseline_loss = task->baseline_loss();
   r.tiny = f64 ? std::numeric_limits<double>::denorm_min() : std::numeric_limits<float>::denorm_min();
   r.steps_requested = o.steps;
-  for (const auto& [k, v] : spec.values) r.config.emplace_back(k, v);
-  r.config.emplace_back("task", r.task);
+  for (const auto& [k, v] : spec.values)
+    r.config.push_back({k, v, spec.is_remedy(k) ? ConfigRole::remedy : ConfigRole::setting});
+  auto setting = [&](std::string key, std::string value, ConfigRole role = ConfigRole::setting) {
+    r.config.push_back({std::move(key), std::move(value), role});
+  };
+  setting("task", r.task);
   if (!task->sequential()) {
-    r.config.emplace_back("classes", std::to_string(o.classes));
-    r.config.emplace_back("noise", fmt_num(o.noise));
-    if (r.task != "images") r.config.emplace_back("inputs", std::to_string(o.inputs));
+    setting("classes", std::to_string(o.classes));
+    setting("noise", fmt_num(o.noise));
+    if (r.task != "images") setting("inputs", std::to_string(o.inputs));
   }
-  if (task->sequential()) r.config.emplace_back("seq_len", std::to_string(o.seq_len));
-  r.config.emplace_back("steps", std::to_string(o.steps));
-  r.config.emplace_back("batch", std::to_string(o.batch));
-  r.config.emplace_back("optimizer", opt_name);
-  r.config.emplace_back("lr", fmt_num(lr));
-  if (opt_name == "sgd") r.config.emplace_back("momentum", fmt_num(o.momentum));
-  r.config.emplace_back("clip_norm", fmt_num(o.clip_norm));
-  r.config.emplace_back("clip_value", fmt_num(o.clip_value));
-  r.config.emplace_back("seed", std::to_string(o.seed));
-  r.config.emplace_back("every", std::to_string(o.every));
+  if (task->sequential()) setting("seq_len", std::to_string(o.seq_len));
+  setting("steps", std::to_string(o.steps));
+  setting("batch", std::to_string(o.batch));
+  setting("optimizer", opt_name);
+  setting("lr", fmt_num(lr));
+  if (opt_name == "sgd") setting("momentum", fmt_num(o.momentum));
+  setting("clip_norm", fmt_num(o.clip_norm), ConfigRole::remedy);
+  setting("clip_value", fmt_num(o.clip_value), ConfigRole::remedy);
+  setting("seed", std::to_string(o.seed));
+  setting("every", std::to_string(o.every), ConfigRole::recording);
   for (const auto& l : net->layers()) r.layers.push_back({l.name, l.kind, l.depth});
-  r.traits.recurrent = rnn;
-  r.traits.cell = rnn ? spec.get("cell") : "";
-  r.traits.activation = rnn ? "" : spec.get("act");
-  r.traits.init = spec.get("init");
-  r.traits.batch_norm = !rnn && spec.get("norm") == "batch";
-  r.traits.residual = !rnn && spec.get("residual") == "1";
-  r.traits.clipped = o.clip_norm > 0 || o.clip_value > 0;
+  r.traits = spec.traits();
+  r.traits.clip_norm = o.clip_norm;
+  r.traits.clip_value = o.clip_value;
 
   MonitorOptions mo;
   mo.every = o.every;

@@ -1,6 +1,7 @@
 #include "gradflow/activation.h"
 
 #include "gradflow/error.h"
+#include "text.h"
 
 namespace gradflow {
 
@@ -29,10 +30,14 @@ const char* to_string(Activation act) {
 Activation activation_from_string(const std::string& name) {
   for (const auto& e : kTable)
     if (name == e.name && e.act != Activation::none) return e.act;
-  std::string valid;
+  std::vector<std::string> valid;
   for (const auto& e : kTable)
-    if (e.act != Activation::none) valid += std::string(valid.empty() ? "" : ", ") + e.name;
-  throw UsageError("unknown activation '" + name + "': choose one of " + valid);
+    if (e.act != Activation::none) valid.emplace_back(e.name);
+  throw UsageError("unknown activation '" + name + "': choose one of " + detail::join(valid));
+}
+
+bool is_squashing(Activation act) {
+  return act == Activation::sigmoid || act == Activation::tanh || act == Activation::softsign;
 }
 
 const std::vector<Activation>& all_activations() {

@@ -31,7 +31,7 @@ void write_file_atomic(const std::string& path, const std::string& content) {
       const std::string why = std::strerror(errno);
       ::close(fd);
       ::unlink(tmpl.c_str());
-      throw Error("cannot write '" + path + "': " + why + " (free some space or choose another --out)");
+      throw Error("cannot write '" + path + "': " + why + " (free some space or write to another folder)");
     }
     p += n;
     left -= static_cast<std::size_t>(n);

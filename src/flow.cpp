@@ -4,7 +4,10 @@
 #include <cmath>
 #include <limits>
 
+#include <fmt/format.h>
+
 #include "gradflow/error.h"
+#include "line_fit.h"
 
 namespace gradflow {
 
@@ -116,8 +119,10 @@ std::vector<DescentVsFlow> compare_descent_with_flow(const LossGradient& f, cons
   for (double lr : lrs) {
     if (!(lr > 0)) throw UsageError("learning rates must be positive");
     const auto k = static_cast<std::int64_t>(std::llround(time / lr));
-    if (k < 1) throw UsageError("learning rate " + std::to_string(lr) + " is larger than the flow time: use --time above it");
-    if (k > 1000000) throw UsageError("learning rate " + std::to_string(lr) + " needs over a million steps to reach the flow time");
+    if (k < 1)
+      throw UsageError(fmt::format("learning rate {:g} is larger than the flow time {:g}: a gradient-descent step must fit in it", lr, time));
+    if (k > 1000000)
+      throw UsageError(fmt::format("learning rate {:g} needs over a million steps to reach the flow time {:g}", lr, time));
     steps.push_back(k);
     for (std::int64_t i = 1; i <= k; ++i) times.push_back(static_cast<double>(i) * lr);
   }
@@ -178,15 +183,7 @@ std::optional<double> fitted_order(const std::vector<DescentVsFlow>& runs) {
       x.push_back(std::log(r.lr));
       y.push_back(std::log(r.max_distance));
     }
-  if (x.size() < 2) return std::nullopt;
-  double mx = 0, my = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) mx += x[i], my += y[i];
-  mx /= x.size();
-  my /= x.size();
-  double sxy = 0, sxx = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) sxy += (x[i] - mx) * (y[i] - my), sxx += (x[i] - mx) * (x[i] - mx);
-  if (sxx <= 0) return std::nullopt;
-  return sxy / sxx;
+  return detail::least_squares_slope(x, y);
 }
 
 }  // namespace gradflow

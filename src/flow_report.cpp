@@ -129,97 +129,116 @@ namespace {
 // Gradient-descent runs take palette slots 1, 2, 3, 5, ...: slot 4 is black, the flow's colour.
 int gd_slot(std::size_t k) { return static_cast<int>(k + 1 >= 4 ? k + 2 : k + 1); }
 
-// The plane: loss as colour, −∇L streamlines in grey, the flow in black, GD in colours.
-std::string plane_svg(const FlowResult& r) {
-  const auto& p = r.plane;
-  const int n = p.grid;
-  if (n < 2) return "";
-  const int size = 520, left = 50, top = 40, legend = 230;
-  const double ext = p.extent;
-  auto X = [&](double a) { return left + (a + ext) / (2 * ext) * size; };
-  auto Y = [&](double b) { return top + (ext - b) / (2 * ext) * size; };
-  double lo = 1e300, hi = -1e300;
-  for (double v : p.loss)
-    if (std::isfinite(v) && v > 0) lo = std::min(lo, std::log10(v)), hi = std::max(hi, std::log10(v));
-  if (hi <= lo) hi = lo + 1;
-  static const int ramp[][3] = {{68, 1, 84}, {59, 82, 139}, {33, 145, 140}, {94, 201, 98}, {253, 231, 37}};
-  auto colour = [&](double v) {
-    if (!(v > 0) || !std::isfinite(v)) return std::string("#dddddd");
+// Where the plane's points land in the picture, and the loss colour scale.
+struct PlaneFrame {
+  static constexpr int size = 520, left = 50, top = 40, legend = 230;
+  int n = 0;
+  double ext = 0, step = 0, cell = 0;
+  double lo = 1e300, hi = -1e300;  // log10 loss range
+  explicit PlaneFrame(const FlowPlane& p) : n(p.grid), ext(p.extent) {
+    for (double v : p.loss)
+      if (std::isfinite(v) && v > 0) lo = std::min(lo, std::log10(v)), hi = std::max(hi, std::log10(v));
+    if (hi <= lo) hi = lo + 1;
+    step = 2 * ext / (n - 1);
+    cell = size / static_cast<double>(n - 1);
+  }
+  double X(double a) const { return left + (a + ext) / (2 * ext) * size; }
+  double Y(double b) const { return top + (ext - b) / (2 * ext) * size; }
+  std::string colour(double v) const {
+    static const int ramp[][3] = {{68, 1, 84}, {59, 82, 139}, {33, 145, 140}, {94, 201, 98}, {253, 231, 37}};
+    if (!(v > 0) || !std::isfinite(v)) return "#dddddd";
     const double t = std::clamp((std::log10(v) - lo) / (hi - lo), 0.0, 1.0) * 4;
     const int i = std::min(3, static_cast<int>(t));
     const double f = t - i;
     return fmt::format("#{:02x}{:02x}{:02x}", static_cast<int>(ramp[i][0] + f * (ramp[i + 1][0] - ramp[i][0])),
                        static_cast<int>(ramp[i][1] + f * (ramp[i + 1][1] - ramp[i][1])),
                        static_cast<int>(ramp[i][2] + f * (ramp[i + 1][2] - ramp[i][2])));
-  };
-  const double step = 2 * ext / (n - 1), cell = size / static_cast<double>(n - 1);
-  std::string out = fmt::format("<figure class=\"chart\"><svg viewBox=\"0 0 {} {}\" width=\"{}\" height=\"{}\" role=\"img\" aria-label=\"loss plane\">\n",
-                                left + size + legend, top + size + 50, left + size + legend, top + size + 50);
-  out += fmt::format("<text x=\"{}\" y=\"22\" class=\"title\">Loss on a plane through &theta;(0), &minus;&nabla;L streamlines, and the trajectories</text>\n", left);
-  for (int j = 0; j < n; ++j)
-    for (int i = 0; i < n; ++i) {
-      const double a = -ext + i * step, b = -ext + j * step;
-      const double v = p.loss[static_cast<std::size_t>(j * n + i)];
+  }
+};
+
+std::string plane_cells(const FlowPlane& p, const PlaneFrame& f) {
+  std::string out;
+  for (int j = 0; j < f.n; ++j)
+    for (int i = 0; i < f.n; ++i) {
+      const double a = -f.ext + i * f.step, b = -f.ext + j * f.step;
+      const double v = p.loss[static_cast<std::size_t>(j * f.n + i)];
       out += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"{}\"><title>a={:.2f}, b={:.2f}: L={:.4g}</title></rect>",
-                         X(a) - cell / 2, Y(b) - cell / 2, cell + 0.5, cell + 0.5, colour(v), a, b, v);
+                         f.X(a) - f.cell / 2, f.Y(b) - f.cell / 2, f.cell + 0.5, f.cell + 0.5, f.colour(v), a, b, v);
     }
-  out += "\n";
-  // Streamlines of the projected field, from a regular set of seeds, bilinear interpolation.
-  auto field = [&](double a, double b, double& u, double& w) {
-    const double fi = (a + ext) / step, fj = (b + ext) / step;
-    const int i = std::clamp(static_cast<int>(fi), 0, n - 2), j = std::clamp(static_cast<int>(fj), 0, n - 2);
-    const double s = fi - i, t = fj - j;
-    auto at = [&](const std::vector<double>& v, int ii, int jj) { return v[static_cast<std::size_t>(jj * n + ii)]; };
-    u = (1 - s) * (1 - t) * at(p.da, i, j) + s * (1 - t) * at(p.da, i + 1, j) + (1 - s) * t * at(p.da, i, j + 1) + s * t * at(p.da, i + 1, j + 1);
-    w = (1 - s) * (1 - t) * at(p.db, i, j) + s * (1 - t) * at(p.db, i + 1, j) + (1 - s) * t * at(p.db, i, j + 1) + s * t * at(p.db, i + 1, j + 1);
-  };
+  return out + "\n";
+}
+
+// The projected field −∇L at (a, b), bilinearly interpolated between grid points.
+void plane_field(const FlowPlane& p, const PlaneFrame& f, double a, double b, double& u, double& w) {
+  const int n = f.n;
+  const double fi = (a + f.ext) / f.step, fj = (b + f.ext) / f.step;
+  const int i = std::clamp(static_cast<int>(fi), 0, n - 2), j = std::clamp(static_cast<int>(fj), 0, n - 2);
+  const double s = fi - i, t = fj - j;
+  auto at = [&](const std::vector<double>& v, int ii, int jj) { return v[static_cast<std::size_t>(jj * n + ii)]; };
+  u = (1 - s) * (1 - t) * at(p.da, i, j) + s * (1 - t) * at(p.da, i + 1, j) + (1 - s) * t * at(p.da, i, j + 1) + s * t * at(p.da, i + 1, j + 1);
+  w = (1 - s) * (1 - t) * at(p.db, i, j) + s * (1 - t) * at(p.db, i + 1, j) + (1 - s) * t * at(p.db, i, j + 1) + s * t * at(p.db, i + 1, j + 1);
+}
+
+// Streamlines of the projected field from a regular set of seeds (midpoint steps of fixed length).
+std::string streamlines(const FlowPlane& p, const PlaneFrame& f) {
+  std::string out;
   const int seeds = 7;
+  const double ext = f.ext;
   for (int sj = 0; sj < seeds; ++sj)
     for (int si = 0; si < seeds; ++si) {
       double a = -ext + (si + 0.5) * 2 * ext / seeds, b = -ext + (sj + 0.5) * 2 * ext / seeds;
-      std::string path = fmt::format("M{:.1f},{:.1f}", X(a), Y(b));
+      std::string path = fmt::format("M{:.1f},{:.1f}", f.X(a), f.Y(b));
       int pts = 0;
       for (int k = 0; k < 80; ++k) {
         double u, w;
-        field(a, b, u, w);
+        plane_field(p, f, a, b, u, w);
         const double m = std::hypot(u, w);
         if (!(m > 1e-12) || !std::isfinite(m)) break;
         const double h = ext / 40;
         double u2, w2;
-        field(a + 0.5 * h * u / m, b + 0.5 * h * w / m, u2, w2);
+        plane_field(p, f, a + 0.5 * h * u / m, b + 0.5 * h * w / m, u2, w2);
         const double m2 = std::hypot(u2, w2);
         if (!(m2 > 1e-12) || !std::isfinite(m2)) break;
         a += h * u2 / m2;
         b += h * w2 / m2;
         if (std::fabs(a) > ext || std::fabs(b) > ext) break;
-        path += fmt::format(" L{:.1f},{:.1f}", X(a), Y(b));
+        path += fmt::format(" L{:.1f},{:.1f}", f.X(a), f.Y(b));
         ++pts;
       }
       if (pts > 2) out += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"#ffffff\" stroke-opacity=\"0.55\" stroke-width=\"1\"/>", path);
     }
-  out += "\n";
-  auto polyline = [&](const std::vector<std::pair<double, double>>& path, const std::string& colour, double width, const std::string& tip,
-                      bool dashed) {
-    std::string d;
-    for (const auto& [a, b] : path) {
-      if (!std::isfinite(a) || !std::isfinite(b)) break;
-      d += fmt::format("{}{:.1f},{:.1f}", d.empty() ? "M" : " L", X(std::clamp(a, -3 * ext, 3 * ext)), Y(std::clamp(b, -3 * ext, 3 * ext)));
-    }
-    if (d.empty()) return std::string();
-    return fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{}\"{}><title>{}</title></path>\n", d, colour, width,
-                       dashed ? " stroke-dasharray=\"5 3\"" : "", html_escape(tip));
-  };
-  out += fmt::format("<clipPath id=\"plane\"><rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"/></clipPath><g clip-path=\"url(#plane)\">", left - cell / 2,
-                     top - cell / 2, size + cell, size + cell);
+  return out + "\n";
+}
+
+std::string trajectory(const PlaneFrame& f, const std::vector<std::pair<double, double>>& path, const std::string& colour,
+                       double width, const std::string& tip, bool dashed) {
+  std::string d;
+  for (const auto& [a, b] : path) {
+    if (!std::isfinite(a) || !std::isfinite(b)) break;
+    d += fmt::format("{}{:.1f},{:.1f}", d.empty() ? "M" : " L", f.X(std::clamp(a, -3 * f.ext, 3 * f.ext)),
+                     f.Y(std::clamp(b, -3 * f.ext, 3 * f.ext)));
+  }
+  if (d.empty()) return std::string();
+  return fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{}\"{}><title>{}</title></path>\n", d, colour, width,
+                     dashed ? " stroke-dasharray=\"5 3\"" : "", html_escape(tip));
+}
+
+std::string trajectories(const FlowResult& r, const PlaneFrame& f) {
+  std::string out = fmt::format("<clipPath id=\"plane\"><rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"/></clipPath><g clip-path=\"url(#plane)\">",
+                                f.left - f.cell / 2, f.top - f.cell / 2, f.size + f.cell, f.size + f.cell);
   for (std::size_t k = 0; k < r.runs.size(); ++k)
-    out += polyline(r.runs[k].path, detail::palette(static_cast<std::size_t>(gd_slot(k))), 2, fmt::format("gradient descent, lr = {:g}", r.runs[k].lr), true);
-  out += polyline(r.flow_path, "#000000", 3, "gradient flow dθ/dt = −∇L(θ)", false);
-  out += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"4\" fill=\"#ffffff\" stroke=\"#000\"><title>θ(0)</title></circle></g>\n", X(0), Y(0));
-  // Legend and axes.
-  const int lx = left + size + 20;
-  int ly = top + 10;
-  out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#000\" stroke-width=\"3\"/><text x=\"{}\" y=\"{}\" class=\"legend\">gradient flow</text>\n",
-                     lx, lx + 24, ly, ly, lx + 30, ly + 4);
+    out += trajectory(f, r.runs[k].path, detail::palette(static_cast<std::size_t>(gd_slot(k))), 2,
+                      fmt::format("gradient descent, lr = {:g}", r.runs[k].lr), true);
+  out += trajectory(f, r.flow_path, "#000000", 3, "gradient flow dθ/dt = −∇L(θ)", false);
+  out += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"4\" fill=\"#ffffff\" stroke=\"#000\"><title>θ(0)</title></circle></g>\n", f.X(0), f.Y(0));
+  return out;
+}
+
+std::string plane_legend(const FlowResult& r, const PlaneFrame& f) {
+  const int lx = f.left + f.size + 20;
+  int ly = f.top + 10;
+  std::string out = fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#000\" stroke-width=\"3\"/><text x=\"{}\" y=\"{}\" class=\"legend\">gradient flow</text>\n",
+                                lx, lx + 24, ly, ly, lx + 30, ly + 4);
   for (std::size_t k = 0; k < r.runs.size(); ++k) {
     ly += 18;
     out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"2\" stroke-dasharray=\"5 3\"/><text x=\"{}\" y=\"{}\" class=\"legend\">GD, lr = {:g}</text>\n",
@@ -228,9 +247,21 @@ std::string plane_svg(const FlowResult& r) {
   ly += 22;
   out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"legend\">white: &minus;&nabla;L streamlines</text>\n", lx, ly);
   ly += 16;
-  out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"legend\">colour: log10 loss, {:.4g} to {:.4g}</text>\n", lx, ly, lo, hi);
-  out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"axis\" text-anchor=\"middle\">direction 1 (a)</text>", left + size / 2, top + size + 30);
-  out += fmt::format("<text transform=\"translate(18,{}) rotate(-90)\" class=\"axis\" text-anchor=\"middle\">direction 2 (b)</text>\n", top + size / 2);
+  out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"legend\">colour: log10 loss, {:.4g} to {:.4g}</text>\n", lx, ly, f.lo, f.hi);
+  out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"axis\" text-anchor=\"middle\">direction 1 (a)</text>", f.left + f.size / 2, f.top + f.size + 30);
+  out += fmt::format("<text transform=\"translate(18,{}) rotate(-90)\" class=\"axis\" text-anchor=\"middle\">direction 2 (b)</text>\n", f.top + f.size / 2);
+  return out;
+}
+
+// The plane: loss as colour, −∇L streamlines in white, the flow in black, GD in colours.
+std::string plane_svg(const FlowResult& r) {
+  if (r.plane.grid < 2) return "";
+  const PlaneFrame f(r.plane);
+  const int w = f.left + f.size + f.legend, h = f.top + f.size + 50;
+  std::string out = fmt::format("<figure class=\"chart\"><svg viewBox=\"0 0 {} {}\" width=\"{}\" height=\"{}\" role=\"img\" aria-label=\"loss plane\">\n",
+                                w, h, w, h);
+  out += fmt::format("<text x=\"{}\" y=\"22\" class=\"title\">Loss on a plane through &theta;(0), &minus;&nabla;L streamlines, and the trajectories</text>\n", f.left);
+  out += plane_cells(r.plane, f) + streamlines(r.plane, f) + trajectories(r, f) + plane_legend(r, f);
   out += "</svg><figcaption>Directions are random, scaled per layer to the layer's weights (so the scale means the same in every layer); "
          "trajectories are projected onto the plane by least squares, so a path can leave the plane while its shadow stays in it.</figcaption></figure>\n";
   return out;

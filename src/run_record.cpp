@@ -38,10 +38,39 @@ void RunRecord::analyse(const DiagnosisOptions& options) {
 }
 
 std::string RunRecord::config_value(const std::string& key) const {
-  for (const auto& [k, v] : config)
-    if (k == key) return v;
+  for (const auto& e : config)
+    if (e.key == key) return e.value;
   return "";
 }
+
+namespace {
+template <class E>
+struct Named {
+  E value;
+  const char* name;
+};
+constexpr Named<ConfigRole> kRoles[] = {
+    {ConfigRole::setting, "setting"}, {ConfigRole::remedy, "remedy"}, {ConfigRole::recording, "recording"}};
+constexpr Named<SweepAxis> kAxes[] = {{SweepAxis::none, ""}, {SweepAxis::depth, "depth"}, {SweepAxis::seq_len, "seq_len"}};
+
+template <class E, std::size_t N>
+const char* name_in(const Named<E> (&table)[N], E value) {
+  for (const auto& e : table)
+    if (e.value == value) return e.name;
+  return "";
+}
+template <class E, std::size_t N>
+E value_in(const Named<E> (&table)[N], const std::string& name, const char* what) {
+  for (const auto& e : table)
+    if (name == e.name) return e.value;
+  throw Error("unknown " + std::string(what) + " '" + name + "'");
+}
+}  // namespace
+
+const char* to_string(ConfigRole role) { return name_in(kRoles, role); }
+ConfigRole config_role_from_string(const std::string& name) { return value_in(kRoles, name, "config role"); }
+const char* to_string(SweepAxis axis) { return name_in(kAxes, axis); }
+SweepAxis sweep_axis_from_string(const std::string& name) { return value_in(kAxes, name, "sweep axis"); }
 
 namespace {
 
@@ -130,6 +159,22 @@ Json summary_json(const RunSummary& s) {
   return j;
 }
 
+ModelTraits traits_from(const Json& j) {
+  ModelTraits t;
+  t.recurrent = j.value("recurrent", false);
+  t.cell = cell_from_string(j.value("cell", ""));
+  const std::string act = j.value("activation", "none");
+  t.activation = act.empty() || act == "none" ? Activation::none : activation_from_string(act);
+  t.init = init_from_string(j.value("init", ""));
+  t.norm = norm_from_string(j.value("norm", "none"));
+  t.residual = j.value("residual", false);
+  t.clip_norm = get_num_or(j, "clip_norm", 0.0);
+  t.clip_value = get_num_or(j, "clip_value", 0.0);
+  t.recurrent_scale = get_num_or(j, "recurrent_scale", 0.0);
+  if (auto it = j.find("forget_bias"); it != j.end() && it->is_number()) t.forget_bias = it->get<double>();
+  return t;
+}
+
 RunSummary summary_from(const Json& j) {
   RunSummary s;
   if (!j.is_object()) return s;
@@ -179,8 +224,11 @@ Json summary_to_json(const RunSummary& s) { return summary_json(s); }
 }  // namespace detail
 
 std::string run_to_json(const RunRecord& r, int indent) {
-  Json config = Json::object();
-  for (const auto& [k, v] : r.config) config[k] = value_json(v);
+  Json config = Json::object(), roles = Json::object();
+  for (const auto& e : r.config) {
+    config[e.key] = value_json(e.value);
+    if (e.role != ConfigRole::setting) roles[e.key] = to_string(e.role);
+  }
   Json layers = Json::array();
   for (const auto& l : r.layers) layers.push_back({{"name", l.name}, {"kind", l.kind}, {"depth", l.depth}});
   Json loss = Json::array();
@@ -189,9 +237,11 @@ std::string run_to_json(const RunRecord& r, int indent) {
   for (double v : r.accuracy) acc.push_back(num(v));
   Json findings = Json::array();
   for (const auto& f : r.findings) findings.push_back(detail::finding_json(f));
-  Json traits = {{"recurrent", r.traits.recurrent}, {"cell", r.traits.cell},         {"activation", r.traits.activation},
-                 {"init", r.traits.init},           {"batch_norm", r.traits.batch_norm}, {"residual", r.traits.residual},
-                 {"clipped", r.traits.clipped}};
+  const ModelTraits& t = r.traits;
+  Json traits = {{"recurrent", t.recurrent},   {"cell", to_string(t.cell)},       {"activation", to_string(t.activation)},
+                 {"init", to_string(t.init)},  {"norm", to_string(t.norm)},       {"residual", t.residual},
+                 {"clip_norm", num(t.clip_norm)}, {"clip_value", num(t.clip_value)}, {"recurrent_scale", num(t.recurrent_scale)},
+                 {"forget_bias", t.forget_bias ? num(*t.forget_bias) : Json(nullptr)}};
   Json j = {{"schema", kRunSchema},
             {"spec", r.spec},
             {"label", r.label},
@@ -199,6 +249,7 @@ std::string run_to_json(const RunRecord& r, int indent) {
             {"task", r.task},
             {"task_description", r.task_description},
             {"config", config},
+            {"config_roles", roles},
             {"traits", traits},
             {"layers", layers},
             {"steps_requested", r.steps_requested},
@@ -211,6 +262,8 @@ std::string run_to_json(const RunRecord& r, int indent) {
             {"stopped_on_nonfinite", r.stopped_on_nonfinite},
             {"summary", summary_json(r.summary)},
             {"findings", findings},
+            {"sweep", r.sweep.axis == SweepAxis::none ? Json(nullptr)
+                                                     : Json{{"axis", to_string(r.sweep.axis)}, {"base", r.sweep.base}, {"value", num(r.sweep.value)}}},
             {"loss", loss},
             {"accuracy", acc},
             {"trace", detail::trace_to_json_value(r.trace)}};
@@ -226,6 +279,9 @@ RunRecord run_from_json(const std::string& text, const std::string& where) {
     return run_from_json_unchecked(text, where);
   } catch (const Json::exception& e) {
     // A field of the wrong type: the file was edited or is not ours.
+    throw Error(where + " is corrupt (" + e.what() + "): give a run.json written by gradflow");
+  } catch (const UsageError& e) {
+    // An unknown name (finding kind, activation, init) is the file's fault, not the caller's.
     throw Error(where + " is corrupt (" + e.what() + "): give a run.json written by gradflow");
   }
 }
@@ -246,16 +302,13 @@ RunRecord run_from_json_unchecked(const std::string& text, const std::string& wh
   r.task = get_str(j, "task", where);
   r.task_description = j.value("task_description", "");
   if (auto it = j.find("config"); it != j.end() && it->is_object())
-    for (auto c = it->begin(); c != it->end(); ++c) r.config.emplace_back(c.key(), value_string(*c));
-  if (auto it = j.find("traits"); it != j.end() && it->is_object()) {
-    r.traits.recurrent = it->value("recurrent", false);
-    r.traits.cell = it->value("cell", "");
-    r.traits.activation = it->value("activation", "");
-    r.traits.init = it->value("init", "");
-    r.traits.batch_norm = it->value("batch_norm", false);
-    r.traits.residual = it->value("residual", false);
-    r.traits.clipped = it->value("clipped", false);
-  }
+    for (auto c = it->begin(); c != it->end(); ++c) r.config.push_back({c.key(), value_string(*c), ConfigRole::setting});
+  if (auto it = j.find("config_roles"); it != j.end() && it->is_object())
+    for (auto& e : r.config)
+      if (auto role = it->find(e.key); role != it->end()) e.role = config_role_from_string(role->get<std::string>());
+  if (auto it = j.find("traits"); it != j.end() && it->is_object()) r.traits = traits_from(*it);
+  if (auto it = j.find("sweep"); it != j.end() && it->is_object())
+    r.sweep = {sweep_axis_from_string(get_str(*it, "axis", where)), get_str(*it, "base", where), get_num_or(*it, "value", 0.0)};
   for (const auto& l : get_array(j, "layers", where))
     r.layers.push_back({get_str(l, "name", where), get_str(l, "kind", where), static_cast<int>(get_int(l, "depth", where))});
   r.steps_requested = get_int(j, "steps_requested", where);

@@ -22,7 +22,7 @@ RunRecord make_run_record(Monitor& monitor, const SaveOptions& o) {
   for (const auto& st : r.trace.steps()) r.loss.push_back(st.loss ? *st.loss : std::numeric_limits<double>::quiet_NaN());
   r.steps_done = r.steps_requested = monitor.step_index() + 1;
   r.tiny = std::numeric_limits<float>::denorm_min();
-  r.config = {{"every", std::to_string(monitor.options().every)}};
+  r.config = {{"every", std::to_string(monitor.options().every), ConfigRole::recording}};
   r.analyse(o.diagnosis);
   // The loss series holds recorded steps only: a trend rule over them would misjudge sparse traces.
   return r;

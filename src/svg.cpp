@@ -73,33 +73,34 @@ std::string num_label(double v) {
 
 }  // namespace
 
-std::string render(const LineChart& c) {
-  const int W = c.width, H = c.height, left = 70, right = 250, top = 34, bottom = 46;
-  const int pw = W - left - right, ph = H - top - bottom;
+namespace {
+
+// A line chart's plot area and axes, fitted to its data.
+struct Frame {
+  int W = 0, H = 0, left = 70, right = 250, top = 34, bottom = 46, pw = 0, ph = 0;
   Axis ax, ay;
-  ax.log = c.log_x;
-  ay.log = c.log_y;
+  double X(double v) const { return ax.map(v, left, left + pw); }
+  double Y(double v) const { return ay.map(v, top + ph, top); }
+};
+
+// The axes' ranges from the finite points (decades on a log axis); false when there is none.
+bool fit_axes(const LineChart& c, Frame& f) {
+  f.ax.log = c.log_x;
+  f.ay.log = c.log_y;
   double xmin = std::numeric_limits<double>::infinity(), xmax = -xmin, ymin = xmin, ymax = -xmin;
   for (const auto& s : c.series)
     for (std::size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
-      if (!ax.valid(s.x[i]) || !ay.valid(s.y[i])) continue;
-      const double xv = ax.log ? std::log10(s.x[i]) : s.x[i];
-      const double yv = ay.log ? std::log10(s.y[i]) : s.y[i];
+      if (!f.ax.valid(s.x[i]) || !f.ay.valid(s.y[i])) continue;
+      const double xv = f.ax.log ? std::log10(s.x[i]) : s.x[i];
+      const double yv = f.ay.log ? std::log10(s.y[i]) : s.y[i];
       xmin = std::min(xmin, xv);
       xmax = std::max(xmax, xv);
       ymin = std::min(ymin, yv);
       ymax = std::max(ymax, yv);
     }
-  std::string out = fmt::format(
-      "<figure class=\"chart\"><svg viewBox=\"0 0 {} {}\" width=\"{}\" height=\"{}\" role=\"img\" aria-label=\"{}\">\n",
-      W, H, W, H, html_escape(c.title));
-  out += fmt::format("<text x=\"{}\" y=\"20\" class=\"title\">{}</text>\n", left, html_escape(c.title));
-  if (!std::isfinite(xmin)) {
-    out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"empty\">no data to plot</text></svg></figure>\n", left + 20, top + ph / 2);
-    return out;
-  }
+  if (!std::isfinite(xmin)) return false;
   if (xmax - xmin < 1e-12) xmin -= 0.5, xmax += 0.5;
-  if (ay.log) {
+  if (f.ay.log) {
     ymin = std::floor(ymin);
     ymax = std::ceil(ymax);
     if (ymax - ymin < 1) ymax = ymin + 1;
@@ -108,77 +109,100 @@ std::string render(const LineChart& c) {
     ymin -= pad;
     ymax += pad;
   }
-  ax.lo = xmin, ax.hi = xmax, ay.lo = ymin, ay.hi = ymax;
-  auto X = [&](double v) { return ax.map(v, left, left + pw); };
-  auto Y = [&](double v) { return ay.map(v, top + ph, top); };
-  out += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" class=\"plot\"/>\n", left, top, pw, ph);
-  // y ticks
-  if (ay.log) {
-    const int span = static_cast<int>(ymax - ymin);
+  f.ax.lo = xmin, f.ax.hi = xmax, f.ay.lo = ymin, f.ay.hi = ymax;
+  return true;
+}
+
+std::string y_ticks(const Frame& f) {
+  std::string out;
+  auto tick = [&](double y, const std::string& label) {
+    out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{:.1f}\" y2=\"{:.1f}\" class=\"grid\"/>"
+                       "<text x=\"{}\" y=\"{:.1f}\" class=\"tick\" text-anchor=\"end\">{}</text>\n",
+                       f.left, f.left + f.pw, y, y, f.left - 6, y + 4, label);
+  };
+  if (f.ay.log) {
+    const int span = static_cast<int>(f.ay.hi - f.ay.lo);
     const int step = std::max(1, (span + 7) / 8);
-    for (int k = static_cast<int>(ymin); k <= static_cast<int>(ymax); k += step) {
-      const double y = Y(std::pow(10.0, k));
-      out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{:.1f}\" y2=\"{:.1f}\" class=\"grid\"/>"
-                         "<text x=\"{}\" y=\"{:.1f}\" class=\"tick\" text-anchor=\"end\">{}</text>\n",
-                         left, left + pw, y, y, left - 6, y + 4, pow10_label(k));
-    }
+    for (int k = static_cast<int>(f.ay.lo); k <= static_cast<int>(f.ay.hi); k += step) tick(f.Y(std::pow(10.0, k)), pow10_label(k));
   } else {
-    for (double v : linear_ticks(ymin, ymax, 6)) {
-      const double y = Y(v);
-      out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{:.1f}\" y2=\"{:.1f}\" class=\"grid\"/>"
-                         "<text x=\"{}\" y=\"{:.1f}\" class=\"tick\" text-anchor=\"end\">{}</text>\n",
-                         left, left + pw, y, y, left - 6, y + 4, num_label(v));
-    }
+    for (double v : linear_ticks(f.ay.lo, f.ay.hi, 6)) tick(f.Y(v), num_label(v));
   }
-  // x ticks
-  if (ax.log) {
-    for (int k = static_cast<int>(std::ceil(xmin)); k <= static_cast<int>(std::floor(xmax)); ++k) {
-      const double x = X(std::pow(10.0, k));
-      out += fmt::format("<text x=\"{:.1f}\" y=\"{}\" class=\"tick\" text-anchor=\"middle\">{}</text>\n", x, top + ph + 16, pow10_label(k));
+  return out;
+}
+
+std::string x_ticks(const Frame& f) {
+  std::string out;
+  if (f.ax.log) {
+    for (int k = static_cast<int>(std::ceil(f.ax.lo)); k <= static_cast<int>(std::floor(f.ax.hi)); ++k) {
+      const double x = f.X(std::pow(10.0, k));
+      out += fmt::format("<text x=\"{:.1f}\" y=\"{}\" class=\"tick\" text-anchor=\"middle\">{}</text>\n", x, f.top + f.ph + 16, pow10_label(k));
     }
   } else {
-    for (double v : linear_ticks(xmin, xmax, 8)) {
-      const double x = X(v);
+    for (double v : linear_ticks(f.ax.lo, f.ax.hi, 8)) {
+      const double x = f.X(v);
       out += fmt::format("<line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{}\" y2=\"{}\" class=\"grid\"/>"
                          "<text x=\"{:.1f}\" y=\"{}\" class=\"tick\" text-anchor=\"middle\">{}</text>\n",
-                         x, x, top, top + ph, x, top + ph + 16, num_label(v));
+                         x, x, f.top, f.top + f.ph, x, f.top + f.ph + 16, num_label(v));
     }
   }
-  out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"axis\" text-anchor=\"middle\">{}</text>\n", left + pw / 2, H - 8,
+  return out;
+}
+
+// One series: its path (broken at invalid points), its markers with hover titles, its legend entry.
+std::string series_svg(const Frame& f, const LineSeries& s, std::size_t si) {
+  const std::string& col = palette(s.colour >= 0 ? static_cast<std::size_t>(s.colour) : si);
+  const std::string legend = s.label.size() > 38 ? s.label.substr(0, 36) + "..." : s.label;
+  std::string path, marks, out;
+  bool pen = false;
+  for (std::size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
+    if (!f.ax.valid(s.x[i]) || !f.ay.valid(s.y[i])) {
+      pen = false;
+      continue;
+    }
+    const double x = f.X(s.x[i]), y = f.Y(s.y[i]);
+    path += fmt::format("{}{:.1f},{:.1f} ", pen ? "L" : "M", x, y);
+    pen = true;
+    if (s.markers) {
+      const std::string tip = i < s.tips.size() ? s.tips[i] : fmt::format("{}: x={:g}, y={:.4g}", s.label, s.x[i], s.y[i]);
+      marks += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"><title>{}</title></circle>", x, y, col,
+                           html_escape(tip));
+    }
+  }
+  const char* dash = s.dashed ? " stroke-dasharray=\"6 4\"" : "";
+  if (!path.empty())
+    out += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"{}><title>{}</title></path>\n", path, col,
+                       dash, html_escape(s.label));
+  out += marks + "\n";
+  const int ly = f.top + 8 + static_cast<int>(si) * 16;
+  out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"3\"{}/>"
+                     "<text x=\"{}\" y=\"{}\" class=\"legend\">{}</text>\n",
+                     f.left + f.pw + 10, f.left + f.pw + 30, ly, ly, col, dash, f.left + f.pw + 36, ly + 4, html_escape(legend));
+  return out;
+}
+
+}  // namespace
+
+std::string render(const LineChart& c) {
+  Frame f;
+  f.W = c.width;
+  f.H = c.height;
+  f.pw = f.W - f.left - f.right;
+  f.ph = f.H - f.top - f.bottom;
+  std::string out = fmt::format(
+      "<figure class=\"chart\"><svg viewBox=\"0 0 {} {}\" width=\"{}\" height=\"{}\" role=\"img\" aria-label=\"{}\">\n",
+      f.W, f.H, f.W, f.H, html_escape(c.title));
+  out += fmt::format("<text x=\"{}\" y=\"20\" class=\"title\">{}</text>\n", f.left, html_escape(c.title));
+  if (!fit_axes(c, f)) {
+    out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"empty\">no data to plot</text></svg></figure>\n", f.left + 20, f.top + f.ph / 2);
+    return out;
+  }
+  out += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" class=\"plot\"/>\n", f.left, f.top, f.pw, f.ph);
+  out += y_ticks(f) + x_ticks(f);
+  out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"axis\" text-anchor=\"middle\">{}</text>\n", f.left + f.pw / 2, f.H - 8,
                      html_escape(c.x_label));
   out += fmt::format("<text transform=\"translate(16,{}) rotate(-90)\" class=\"axis\" text-anchor=\"middle\">{}</text>\n",
-                     top + ph / 2, html_escape(c.y_label));
-  for (std::size_t si = 0; si < c.series.size(); ++si) {
-    const auto& s = c.series[si];
-    const std::string& col = palette(s.colour >= 0 ? static_cast<std::size_t>(s.colour) : si);
-    const std::string legend = s.label.size() > 38 ? s.label.substr(0, 36) + "..." : s.label;
-    std::string path;
-    bool pen = false;
-    std::string marks;
-    for (std::size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
-      if (!ax.valid(s.x[i]) || !ay.valid(s.y[i])) {
-        pen = false;
-        continue;
-      }
-      const double x = X(s.x[i]), y = Y(s.y[i]);
-      path += fmt::format("{}{:.1f},{:.1f} ", pen ? "L" : "M", x, y);
-      pen = true;
-      if (s.markers) {
-        const std::string tip = i < s.tips.size() ? s.tips[i] : fmt::format("{}: x={:g}, y={:.4g}", s.label, s.x[i], s.y[i]);
-        marks += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"><title>{}</title></circle>", x, y, col,
-                             html_escape(tip));
-      }
-    }
-    if (!path.empty())
-      out += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"{}><title>{}</title></path>\n", path, col,
-                         s.dashed ? " stroke-dasharray=\"6 4\"" : "", html_escape(s.label));
-    out += marks + "\n";
-    const int ly = top + 8 + static_cast<int>(si) * 16;
-    out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"3\"{}/>"
-                       "<text x=\"{}\" y=\"{}\" class=\"legend\">{}</text>\n",
-                       left + pw + 10, left + pw + 30, ly, ly, col, s.dashed ? " stroke-dasharray=\"6 4\"" : "", left + pw + 36,
-                       ly + 4, html_escape(legend));
-  }
+                     f.top + f.ph / 2, html_escape(c.y_label));
+  for (std::size_t si = 0; si < c.series.size(); ++si) out += series_svg(f, c.series[si], si);
   out += "</svg>";
   if (!c.note.empty()) out += "<figcaption>" + html_escape(c.note) + "</figcaption>";
   out += "</figure>\n";

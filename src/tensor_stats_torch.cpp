@@ -150,11 +150,11 @@ at::Tensor host_activation_stats(const at::Tensor& h, double threshold) {
   for (double a : active) dead += a == 0.0;
   at::Tensor out = at::empty({kActivationStatsSize}, at::kDouble);
   double* o = out.data_ptr<double>();
-  o[0] = mean;
-  o[1] = std::sqrt(std::max(0.0, sum_sq / nd - mean * mean));
-  o[2] = cols ? static_cast<double>(dead) / static_cast<double>(cols) : 0.0;
-  o[3] = low / nd;
-  o[4] = dsum / nd;
+  o[kActMean] = mean;
+  o[kActStd] = std::sqrt(std::max(0.0, sum_sq / nd - mean * mean));
+  o[kActDead] = cols ? static_cast<double>(dead) / static_cast<double>(cols) : 0.0;
+  o[kActSaturated] = low / nd;
+  o[kActMeanDerivative] = dsum / nd;
   return out;
 }
 
@@ -194,8 +194,19 @@ at::Tensor device_activation_stats(const at::Tensor& h_in, Activation act, const
   const auto dead = h.dim() >= 2 ? low.all(0) : low;
   const auto mean = h.mean();
   const auto std = (h - mean).square().mean().sqrt();
+  // Stacked in ActivationStatsIndex order.
   return torch::stack({mean, std, dead.to(torch::kDouble).mean(), low.to(torch::kDouble).mean(),
                        d.mean()});
+}
+
+ActivationStats activation_stats_from(const double* v) {
+  ActivationStats a;
+  a.mean = v[kActMean];
+  a.std = v[kActStd];
+  a.dead_fraction = v[kActDead];
+  a.saturated_fraction = v[kActSaturated];
+  a.mean_local_derivative = v[kActMeanDerivative];
+  return a;
 }
 
 }  // namespace gradflow::detail

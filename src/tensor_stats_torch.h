@@ -5,6 +5,7 @@
 
 #include "gradflow/activation.h"
 #include "gradflow/tensor_stats.h"
+#include "gradflow/trace.h"
 
 namespace gradflow::detail {
 
@@ -25,7 +26,12 @@ TensorStats stats_from_aten(const double* v, std::int64_t numel);
 // Sum of squares of the finite elements, as a 1-element double tensor on the device.
 at::Tensor aten_sum_of_squares(const at::Tensor& t);
 
-// Forward statistics of an activation as [mean, std, dead, saturated, mean_derivative].
+// Where each forward statistic sits in the tensors below.
+enum ActivationStatsIndex : int { kActMean, kActStd, kActDead, kActSaturated, kActMeanDerivative, kActivationStatsSize };
+// The statistics as a struct, from the values in ActivationStatsIndex order.
+ActivationStats activation_stats_from(const double* values);
+
+// Forward statistics of an activation, in ActivationStatsIndex order.
 // `threshold` is relative to the activation's largest derivative. CPU float/double tensors take
 // one host pass; other devices (and GELU, whose derivative needs its input) take ATen ops on the
 // tensor's device, without a host synchronisation.
@@ -34,7 +40,6 @@ at::Tensor aten_activation_stats(const at::Tensor& h, Activation act, const at::
 // The ATen version, for any device.
 at::Tensor device_activation_stats(const at::Tensor& h, Activation act, const at::Tensor& preact,
                                    double threshold);
-constexpr int kActivationStatsSize = 5;
 
 // The activation's derivative, computed from its output (and the input for GELU).
 at::Tensor local_derivative(const at::Tensor& h, Activation act, const at::Tensor& preact);

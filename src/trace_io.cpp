@@ -85,6 +85,7 @@ Json trace_to_json_value(const Trace& trace) {
   Json j = {{"schema", kTraceSchema},
             {"every", trace.every},
             {"interrupted", trace.interrupted},
+            {"saturation_threshold", trace.saturation_threshold},
             {"series", std::move(series)},
             {"steps", std::move(steps)}};
   if (const auto& nf = trace.first_nonfinite())
@@ -120,6 +121,8 @@ Trace trace_from_json_unchecked(const Json& j, const std::string& where) {
   if (t.every < 1) throw Error(where + ": 'every' must be at least 1");
   if (auto it = j.find("interrupted"); it != j.end() && it->is_boolean())
     t.interrupted = it->get<bool>();
+  if (auto it = j.find("saturation_threshold"); it != j.end() && it->is_number())
+    t.saturation_threshold = it->get<double>();
   for (const auto& s : get_array(j, "series", where)) {
     std::vector<std::int64_t> shape;
     if (auto it = s.find("shape"); it != s.end() && it->is_array())

@@ -62,7 +62,7 @@ TEST(Diagnosis, VanishingIsJudgedOnTheBackwardSignal) {
   TraceBuilder b(19, 20);
   b.step(0, geometric(19, 1e-6, std::pow(1e6, 1.0 / 18)), std::vector<double>(20, 1.0));
   ModelTraits sig;
-  sig.activation = "sigmoid";
+  sig.activation = Activation::sigmoid;
   const auto f = diagnose(b.t, {}, {}, sig);
   const Finding* v = get(f, FindingKind::vanishing);
   ASSERT_NE(v, nullptr);
@@ -87,8 +87,8 @@ TEST(Diagnosis, WeightGradientRatioDoesNotDecide) {
   TraceBuilder xavier(19, 20);
   xavier.step(0, geometric(19, 1.0 / 500, std::pow(500.0, 1.0 / 18)), std::vector<double>(20, 1.0));
   ModelTraits relu;
-  relu.activation = "relu";
-  relu.init = "xavier_normal";
+  relu.activation = Activation::relu;
+  relu.init = InitSpec{Init::xavier_normal};
   const auto f = diagnose(xavier.t, {}, {}, relu);
   ASSERT_TRUE(has(f, FindingKind::vanishing));
   EXPECT_NE(get(f, FindingKind::vanishing)->remedy.find("He initialisation"), std::string::npos);
@@ -98,8 +98,8 @@ TEST(Diagnosis, GrowthTowardTheInputIsReportedHonestly) {
   TraceBuilder bn(19, 20);
   bn.step(0, geometric(19, 30.0, std::pow(1 / 30.0, 1.0 / 18)), std::vector<double>(20, 1.0));  // 30x growth
   ModelTraits t;
-  t.batch_norm = true;
-  t.activation = "relu";
+  t.norm = Norm::batch;
+  t.activation = Activation::relu;
   const auto f = diagnose(bn.t, {}, {}, t);
   const Finding* e = get(f, FindingKind::exploding);
   ASSERT_NE(e, nullptr);
@@ -123,7 +123,7 @@ TEST(Diagnosis, TimeVanishingForRecurrentNets) {
   add(0, 0.6);   // 0.6^49 ~ 1e-11
   ModelTraits rnn;
   rnn.recurrent = true;
-  rnn.cell = "rnn_tanh";
+  rnn.cell = Cell::rnn_tanh;
   auto f = diagnose(t, {}, {}, rnn);
   ASSERT_TRUE(has(f, FindingKind::vanishing));
   EXPECT_NE(get(f, FindingKind::vanishing)->remedy.find("LSTM"), std::string::npos);
@@ -140,13 +140,13 @@ TEST(Diagnosis, DeadUnitsForReluAndSaturationForSigmoid) {
   TraceBuilder b(3, 4);
   b.step(0, {1, 1, 1}, {1, 1, 1, 1}, dead);
   ModelTraits relu;
-  relu.activation = "relu";
+  relu.activation = Activation::relu;
   auto f = diagnose(b.t, {}, {}, relu);
   ASSERT_TRUE(has(f, FindingKind::dead_units));
   EXPECT_FALSE(has(f, FindingKind::saturation));  // inactive ReLUs are not "saturated"
   EXPECT_NE(get(f, FindingKind::dead_units)->where.find("3 layers"), std::string::npos);
   ModelTraits sig;
-  sig.activation = "sigmoid";
+  sig.activation = Activation::sigmoid;
   f = diagnose(b.t, {}, {}, sig);
   EXPECT_TRUE(has(f, FindingKind::saturation));
   EXPECT_FALSE(has(f, FindingKind::dead_units));

@@ -111,7 +111,8 @@ TEST_F(InspectTest, LossKindsAndInputFile) {
   InspectOptions o;
   o.input_shape = {4, 6};
   for (const char* l : {"sum", "mean", "mse", "ce"}) {
-    o.loss = l;
+    o.loss = inspect_loss_from_string(l);
+    EXPECT_STREQ(to_string(o.loss), l);
     EXPECT_NO_THROW(inspect_torchscript(path, o)) << l;
   }
   // A tensor saved in torch.save's zip format.
@@ -148,9 +149,7 @@ TEST_F(InspectTest, BadInputsAreClearErrors) {
   } catch (const UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("rejected an input of shape [4,7]"), std::string::npos) << e.what();
   }
-  InspectOptions bad_loss = o;
-  bad_loss.loss = "hinge";
-  EXPECT_THROW(inspect_torchscript(path, bad_loss), UsageError);
+  EXPECT_THROW(inspect_loss_from_string("hinge"), UsageError);
   EXPECT_THROW(inspect_torchscript(path, InspectOptions{}), UsageError);  // no input
   // No trainable parameter.
   torch::jit::Module frozen("Frozen");

@@ -2,11 +2,13 @@
 
 #include <cmath>
 #include <limits>
+#include <thread>
 
 #include <torch/torch.h>
 
 #include "gradflow/error.h"
 #include "gradflow/trace_io.h"
+#include "stats_path.h"
 #include "torch_test_util.h"
 
 namespace gradflow {
@@ -415,6 +417,10 @@ namespace {
 
 // The worker-thread path must give the same numbers, finished before backward() returns.
 TEST_F(MonitorTest, AsyncStatisticsEqualSynchronousOnesAndAreDoneWhenBackwardReturns) {
+  if (std::thread::hardware_concurrency() < 2) GTEST_SKIP() << "one core: the worker is never used";
+  // The comparison below is worker against caller only if the Monitor picks the worker.
+  const auto probe = torch::randn({4, 4});
+  ASSERT_EQ(detail::plan_stats(MonitorOptions{}.with_async(true), probe, probe).grad, detail::StatsPath::worker);
   auto run = [](bool async) {
     torch::manual_seed(5);
     Mlp model(4, 32);

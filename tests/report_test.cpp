@@ -11,13 +11,20 @@ namespace gradflow {
 namespace {
 
 // A feed-forward run whose dL/dh falls by `orders` across 3 hidden layers.
-RunRecord ff_run(const std::string& label, const std::vector<std::pair<std::string, std::string>>& config, double orders) {
+// The spec options of a feed-forward run: the remedies typed, and as they show in its config.
+struct Arch {
+  ModelTraits traits;
+  std::vector<ConfigEntry> config;
+};
+
+RunRecord ff_run(const std::string& label, const Arch& arch, double orders) {
   RunRecord r;
   r.label = r.spec = label;
   r.family = "mlp";
   r.task = "teacher";
-  r.config = config;
-  r.config.emplace_back("steps", "1");
+  r.traits = arch.traits;
+  r.config = arch.config;
+  r.config.push_back({"steps", "1"});
   r.tiny = 1e-45;
   r.baseline_loss = 2.3;
   for (int i = 1; i <= 3; ++i) r.trace.intern("h." + std::to_string(i), SeriesKind::tap, "h");
@@ -37,9 +44,15 @@ RunRecord ff_run(const std::string& label, const std::vector<std::pair<std::stri
   return r;
 }
 
-std::vector<std::pair<std::string, std::string>> cfg(const std::string& act, const std::string& init, const std::string& norm,
-                                                     const std::string& residual) {
-  return {{"depth", "4"}, {"act", act}, {"init", init}, {"norm", norm}, {"residual", residual}};
+Arch cfg(const std::string& act, const std::string& init, const std::string& norm, const std::string& residual) {
+  Arch a;
+  a.traits.activation = activation_from_string(act);
+  a.traits.init = init_from_string(init);
+  a.traits.norm = norm_from_string(norm);
+  a.traits.residual = residual == "1";
+  const auto remedy = ConfigRole::remedy;
+  a.config = {{"depth", "4"}, {"act", act, remedy}, {"init", init, remedy}, {"norm", norm, remedy}, {"residual", residual, remedy}};
+  return a;
 }
 
 TEST(Report, PairsRunsThatDifferByOneRemedy) {
@@ -67,8 +80,8 @@ TEST(Report, PairsRunsThatDifferByOneRemedy) {
 TEST(Report, RunsWithOtherTrainerSettingsAreNotPaired) {
   auto a = ff_run("plain", cfg("sigmoid", "default", "none", "0"), -6);
   auto b = ff_run("bn", cfg("sigmoid", "default", "batch", "0"), 0.0);
-  b.config.emplace_back("lr", "0.5");
-  a.config.emplace_back("lr", "0.05");
+  b.config.push_back({"lr", "0.5"});
+  a.config.push_back({"lr", "0.05"});
   EXPECT_TRUE(make_comparison({a, b}, {}).verdicts.empty());
 }
 

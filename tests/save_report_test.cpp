@@ -30,7 +30,7 @@ TEST_F(SaveReportTest, WritesEveryFileAndDiagnosesAUserModel) {
   const auto dir = (std::filesystem::temp_directory_path() / ("gradflow_save_" + std::to_string(::getpid()))).string();
   SaveOptions o;
   o.label = "deep sigmoid";
-  o.traits.activation = "sigmoid";
+  o.traits.activation = Activation::sigmoid;
   const auto findings = save_report(mon, dir, o);
   for (const char* f : {"run.json", "trace.csv", "report.html", "report.md", "summary.json"})
     EXPECT_TRUE(std::filesystem::exists(dir + "/" + f)) << f;
@@ -39,10 +39,16 @@ TEST_F(SaveReportTest, WritesEveryFileAndDiagnosesAUserModel) {
   EXPECT_NO_THROW(require_healthy(findings, {FindingKind::non_finite}));
   try {
     require_healthy(findings);
+    ADD_FAILURE() << "require_healthy accepted a run with a vanishing gradient";
   } catch (const GradientHealthError& e) {
     EXPECT_FALSE(e.findings().empty());
     EXPECT_NE(std::string(e.what()).find("vanishing"), std::string::npos);
   }
+  // A second report into the same folder needs force, as the CLI's --force.
+  EXPECT_THROW(save_report(mon, dir, o), Error);
+  SaveOptions again = o;
+  again.force = true;
+  EXPECT_NO_THROW(save_report(mon, dir, again));
   // The saved run loads back as a report input.
   const auto c = load_comparison({dir});
   ASSERT_EQ(c.runs.size(), 1u);

@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "gradflow/error.h"
+#include "text.h"
 #include "gradflow/atomic_file.h"
 #include "gradflow/report.h"
 #include "models/flow_run.h"
@@ -44,9 +45,7 @@ std::vector<SuiteEntry> suite(const std::string& name) {
             {"lstm:hidden=32", 0, 600, 20, 50},
             {"gru:hidden=32", 0, 600, 20, 50}};
   }
-  std::string names;
-  for (const auto& n : suite_names()) names += (names.empty() ? "" : ", ") + n;
-  throw UsageError("unknown suite '" + name + "': choose one of " + names);
+  throw UsageError("unknown suite '" + name + "': choose one of " + detail::join(suite_names()));
 }
 
 namespace {
@@ -58,7 +57,7 @@ std::string slug(const std::string& label) {
 }
 
 struct Sweep {
-  std::string key;  // depth | seq_len
+  SweepAxis axis = SweepAxis::none;
   std::vector<std::int64_t> values;
 };
 
@@ -69,19 +68,13 @@ Sweep parse_sweep(const std::string& text) {
   const std::string key = text.substr(0, eq);
   if (eq == std::string::npos || (key != "depth" && key != "seq-len"))
     throw UsageError("--sweep '" + text + "': write depth=5,10,20 or seq-len=25,50,100");
-  s.key = key == "depth" ? "depth" : "seq_len";
-  std::string rest = text.substr(eq + 1);
-  std::size_t pos = 0;
-  while (pos <= rest.size()) {
-    const auto comma = rest.find(',', pos);
-    const std::string item = rest.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+  s.axis = key == "depth" ? SweepAxis::depth : SweepAxis::seq_len;
+  for (const auto& item : detail::split(text.substr(eq + 1))) {
     char* end = nullptr;
     const long long v = std::strtoll(item.c_str(), &end, 10);
     if (item.empty() || *end != '\0' || v < 2 || v > 100000)
       throw UsageError("--sweep value '" + item + "' is not a whole number from 2 to 100000");
     s.values.push_back(v);
-    if (comma == std::string::npos) break;
-    pos = comma + 1;
   }
   if (s.values.size() < 2) throw UsageError("--sweep needs at least two values to fit a gain, e.g. depth=5,10,20");
   return s;
@@ -102,8 +95,8 @@ int run_compare(const CompareOptions& o) {
   std::vector<SuiteEntry> entries;
   if (!o.specs.empty()) {
     for (const auto& s : o.specs) entries.push_back({s});
-  } else if (!sweep.key.empty()) {
-    for (const char* s : sweep.key == "depth" ? std::vector<const char*>{"plain", "he", "batchnorm", "residual"}
+  } else if (sweep.axis != SweepAxis::none) {
+    for (const char* s : sweep.axis == SweepAxis::depth ? std::vector<const char*>{"plain", "he", "batchnorm", "residual"}
                                               : std::vector<const char*>{"rnn", "irnn", "lstm", "gru"})
       entries.push_back({s});
   } else {
@@ -118,29 +111,29 @@ int run_compare(const CompareOptions& o) {
   std::vector<Job> jobs;
   for (const auto& e : entries) {
     std::vector<std::string> texts = {e.spec};
-    if (sweep.key == "depth") {
+    if (sweep.axis == SweepAxis::depth) {
       texts.clear();
       for (auto v : sweep.values) texts.push_back(with_option(e.spec, "depth", std::to_string(v)));
     }
-    const std::size_t n = sweep.key == "seq_len" ? sweep.values.size() : texts.size();
+    const std::size_t n = sweep.axis == SweepAxis::seq_len ? sweep.values.size() : texts.size();
     for (std::size_t k = 0; k < n; ++k) {
       Job j;
-      j.text = texts[sweep.key == "seq_len" ? 0 : k];
+      j.text = texts[sweep.axis == SweepAxis::seq_len ? 0 : k];
       j.spec = models::resolve_spec(j.text);
       j.train = o.flags.train;
       const bool rnn = j.spec.family == "rnn";
-      if (!o.steps_given) j.train.steps = e.steps > 0 ? e.steps : (!sweep.key.empty() ? 1 : (rnn ? 1200 : 200));
-      if (e.seq_len > 0 && sweep.key != "seq_len") j.train.seq_len = e.seq_len;
+      if (!o.steps_given) j.train.steps = e.steps > 0 ? e.steps : (sweep.axis != SweepAxis::none ? 1 : (rnn ? 1200 : 200));
+      if (e.seq_len > 0 && sweep.axis != SweepAxis::seq_len) j.train.seq_len = e.seq_len;
       if (e.every > 0) j.train.every = std::max(j.train.every, e.every);
       if (e.clip_norm > 0) j.train.clip_norm = e.clip_norm;
       j.base = models::resolve_spec(e.spec).label();
       j.label = j.spec.label();
       if (j.train.clip_norm > 0) j.label += fmt::format(" + clip-norm {:g}", j.train.clip_norm);
-      if (sweep.key == "seq_len") {
+      if (sweep.axis == SweepAxis::seq_len) {
         if (!rnn) throw UsageError("--sweep seq-len applies to recurrent models; '" + e.spec + "' is " + j.spec.family);
         j.train.seq_len = sweep.values[k];
         j.label = j.base + " T=" + std::to_string(sweep.values[k]);
-      } else if (sweep.key == "depth") {
+      } else if (sweep.axis == SweepAxis::depth) {
         if (rnn) throw UsageError("--sweep depth applies to mlp and cnn models; '" + e.spec + "' is recurrent");
         j.label = j.base + " depth=" + std::to_string(sweep.values[k]);
       }
@@ -168,9 +161,9 @@ int run_compare(const CompareOptions& o) {
       progress.finish();
       r.spec = j.text;
       r.label = j.label;
-      if (!sweep.key.empty()) {
-        r.config.emplace_back("sweep", sweep.key);
-        r.config.emplace_back("sweep_base", j.base);
+      if (sweep.axis != SweepAxis::none) {
+        const bool time = sweep.axis == SweepAxis::seq_len;
+        r.sweep = {sweep.axis, j.base, static_cast<double>(time ? j.train.seq_len : j.spec.get_int("depth"))};
       }
       const std::string dir = "runs/" + slug(j.label);
       std::filesystem::create_directories(o.out + "/" + dir);

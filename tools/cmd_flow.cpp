@@ -7,22 +7,18 @@
 #include "common.h"
 #include "gradflow/atomic_file.h"
 #include "gradflow/error.h"
+#include "text.h"
 
 namespace gradflow::cli {
 
 std::vector<double> parse_lrs(const std::string& text) {
   std::vector<double> v;
-  std::size_t pos = 0;
-  while (pos <= text.size()) {
-    const auto comma = text.find(',', pos);
-    const std::string item = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+  for (const auto& item : detail::split(text)) {
     char* end = nullptr;
     const double x = std::strtod(item.c_str(), &end);
     if (item.empty() || *end != '\0' || !(x > 0) || !std::isfinite(x))
       throw UsageError("--lr '" + text + "': write positive learning rates separated by commas, e.g. 0.01,0.05,0.2");
     v.push_back(x);
-    if (comma == std::string::npos) break;
-    pos = comma + 1;
   }
   return v;
 }

@@ -7,6 +7,7 @@
 #include "cmd_run.h"
 #include "common.h"
 #include "gradflow/atomic_file.h"
+#include "gradflow/error.h"
 #include "gradflow/report.h"
 #include "gradflow/trace_io.h"
 
@@ -14,7 +15,10 @@ namespace gradflow::cli {
 
 int run_inspect(const InspectCliOptions& in) {
   InspectOptions o = in.inspect;
+  if (in.input_shape.empty() && o.input_file.empty())
+    throw UsageError("give --input-shape N,C,... (random input) or --input FILE (a tensor saved by torch.save)");
   if (!in.input_shape.empty()) o.input_shape = parse_shape(in.input_shape);
+  o.loss = inspect_loss_from_string(in.loss);
   const auto fail_on = parse_fail_on(in.fail_on);
   // Run first, write after: a model that fails to load leaves no folder behind.
   const InspectResult res = inspect_torchscript(in.model, o);
@@ -23,7 +27,7 @@ int run_inspect(const InspectCliOptions& in) {
   write_trace_csv(res.run.trace, in.out + "/trace.csv");
   write_report(make_comparison({res.run}, {"."}), in.out);
 
-  std::printf("%s  (%s mode, loss %s = %.6g)\n\n", res.model.c_str(), res.training_mode ? "train" : "eval", o.loss.c_str(), res.loss);
+  std::printf("%s  (%s mode, loss %s = %.6g)\n\n", res.model.c_str(), res.training_mode ? "train" : "eval", to_string(o.loss), res.loss);
   double lo = 1e300, hi = -1e300;
   for (const auto& p : res.parameters)
     if (p.grad_norm > 0) lo = std::min(lo, std::log10(p.grad_norm)), hi = std::max(hi, std::log10(p.grad_norm));
@@ -59,7 +63,7 @@ void setup_inspect(CLI::App& app) {
   sub->add_option("model", o->model, "TorchScript file (torch.jit.save)")->required();
   sub->add_option("--input-shape", o->input_shape, "Random input shape N,C,...: torch.manual_seed(S); torch.randn(shape)");
   sub->add_option("--input", o->inspect.input_file, "Input tensor saved by Python's torch.save");
-  sub->add_option("--loss", o->inspect.loss, "sum | mean | mse | ce")->capture_default_str();
+  sub->add_option("--loss", o->loss, "sum | mean | mse | ce")->capture_default_str();
   sub->add_option("--classes", o->inspect.classes, "Classes for --loss ce (default: the output's columns)");
   sub->add_option("--steps", o->inspect.steps, "SGD steps on fresh random inputs after the first measurement")->capture_default_str();
   sub->add_option("--lr", o->inspect.lr, "Learning rate for --steps")->capture_default_str();

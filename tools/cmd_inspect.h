@@ -10,6 +10,7 @@ namespace gradflow::cli {
 struct InspectCliOptions {
   std::string model;
   std::string input_shape;
+  std::string loss = "sum";
   std::string out = "gradflow-out/inspect";
   std::string fail_on;
   bool force = false;

@@ -7,6 +7,7 @@
 #include "common.h"
 #include "gradflow/atomic_file.h"
 #include "gradflow/error.h"
+#include "text.h"
 #include "gradflow/trace_io.h"
 
 namespace gradflow::cli {
@@ -35,14 +36,7 @@ std::vector<FindingKind> parse_fail_on(const std::string& text) {
   std::vector<FindingKind> kinds;
   if (text.empty()) return kinds;
   if (text == "any") return all_finding_kinds();
-  std::size_t pos = 0;
-  while (pos <= text.size()) {
-    const auto comma = text.find(',', pos);
-    const std::string item = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
-    kinds.push_back(finding_kind_from_string(item));
-    if (comma == std::string::npos) break;
-    pos = comma + 1;
-  }
+  for (const auto& item : detail::split(text)) kinds.push_back(finding_kind_from_string(item));
   return kinds;
 }
 

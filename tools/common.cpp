@@ -1,5 +1,7 @@
 #include "common.h"
 
+#include "figures.h"
+
 #include <atomic>
 #include <cmath>
 #include <csignal>
@@ -97,11 +99,7 @@ std::string log_bar(double v, double lo, double hi, int width) {
 }
 
 std::string attenuation_text(const std::optional<Attenuation>& a) {
-  if (!a) return "-";
-  if (a->overflow) return "non-finite";
-  if (!a->log10) return "no gradient";
-  std::string s = fmt::format("{}{:+.1f}", a->underflow ? "<= " : "", *a->log10);
-  return s;
+  return detail::attenuation_text(a, detail::Markup::plain, "-");
 }
 
 void print_findings(const std::vector<Finding>& findings, std::FILE* out, const std::string& indent) {

@@ -16,15 +16,7 @@
 #include "cmd_run.h"
 #include "common.h"
 #include "gradflow/error.h"
-
-namespace {
-
-std::string first_line(const std::string& s) {
-  const auto nl = s.find('\n');
-  return nl == std::string::npos ? s : s.substr(0, nl);
-}
-
-}  // namespace
+#include "text.h"
 
 int main(int argc, char** argv) {
   using namespace gradflow::cli;
@@ -62,22 +54,22 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "gradflow: %s (see 'gradflow --help')\n", first_line(e.what()).c_str());
+    std::fprintf(stderr, "gradflow: %s (see 'gradflow --help')\n", gradflow::detail::first_line(e.what()).c_str());
     return kExitUsage;
   } catch (const gradflow::UsageError& e) {
-    std::fprintf(stderr, "gradflow: %s\n", first_line(e.what()).c_str());
+    std::fprintf(stderr, "gradflow: %s\n", gradflow::detail::first_line(e.what()).c_str());
     return kExitUsage;
   } catch (const gradflow::Error& e) {
-    std::fprintf(stderr, "gradflow: %s\n", first_line(e.what()).c_str());
+    std::fprintf(stderr, "gradflow: %s\n", gradflow::detail::first_line(e.what()).c_str());
     return kExitFailure;
   } catch (const c10::Error& e) {
-    std::fprintf(stderr, "gradflow: LibTorch refused: %s\n", first_line(e.what_without_backtrace()).c_str());
+    std::fprintf(stderr, "gradflow: LibTorch refused: %s\n", gradflow::detail::first_line(e.what_without_backtrace()).c_str());
     return kExitFailure;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "gradflow: out of memory: use a smaller model, batch or sequence length\n");
     return kExitFailure;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "gradflow: %s\n", first_line(e.what()).c_str());
+    std::fprintf(stderr, "gradflow: %s\n", gradflow::detail::first_line(e.what()).c_str());
     return kExitFailure;
   }
 }

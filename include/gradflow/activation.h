@@ -27,6 +27,8 @@ const char* to_string(Activation act);
 Activation activation_from_string(const std::string& name);
 /// Every activation except `none`, in declaration order.
 const std::vector<Activation>& all_activations();
+/// Sigmoid, tanh and softsign: bounded functions whose derivative vanishes for large inputs.
+bool is_squashing(Activation act);
 /// Largest value the activation's derivative takes (0.25 for the sigmoid, 1 for tanh and ReLU,
 /// about 1.0507 for SELU, about 1.129 for GELU).
 double max_derivative(Activation act);

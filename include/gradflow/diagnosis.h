@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "gradflow/model_traits.h"
 #include "gradflow/summary.h"
 #include "gradflow/trace.h"
 
@@ -34,41 +35,44 @@ struct Finding {
   std::string remedy;
 };
 
-/// What is known of the model, to choose a remedy (all optional for users' own models).
-struct ModelTraits {
-  bool recurrent = false;
-  std::string cell;        ///< rnn_tanh, rnn_relu, lstm, gru
-  std::string activation;  ///< sigmoid, tanh, relu, ...
-  std::string init;
-  bool batch_norm = false;
-  bool residual = false;
-  bool clipped = false;    ///< gradient clipping was on
-};
-
 /// Thresholds; every rule is documented in docs/diagnosis.md.
 struct DiagnosisOptions {
   /// The backward signal dL/dh shrinks from the last hidden layer to the first by more than
   /// this many orders of magnitude: vanishing (warning; error past twice as many).
   double vanishing_orders = 2.0;
-  /// ... or grows by more than this many: exploding (info from 1 order, warning from this).
+  /// ... or grows by more than this many: exploding (warning; error past twice as many).
   double exploding_orders = 2.0;
+  /// Growth toward the input above this many orders is reported as information already.
+  double exploding_info_orders = 1.0;
   /// Across time, for recurrent nets: dL/dh_1 vs dL/dh_T.
   double time_vanishing_orders = 2.0;
   /// A layer with more than this fraction of dead units (inactive for a whole batch).
   double dead_fraction = 0.5;
   /// A layer with more than this fraction of saturated elements.
   double saturated_fraction = 0.5;
+  /// Dead or saturated findings are errors when the worst layer is past this fraction.
+  double severe_unit_fraction = 0.9;
   /// Stalled: the loss improved by less than this fraction of its start (averaged over the
   /// first and last tenth of the run), with at least `min_steps` steps.
   double stall_improvement = 0.02;
   /// Unstable: a finite loss above this multiple of the first one ...
   double divergence_factor = 10.0;
   /// ... or, in the second half, more than this fraction of windows (n/20 steps, at least 5)
-  /// whose mean loss is 25% above the previous window's.
+  /// whose mean loss is `oscillation_rise` above the previous window's.
   double oscillation_fraction = 0.3;
+  double oscillation_rise = 0.25;
   int min_steps = 20;
   /// The global gradient norm growing by more than this many orders during training: exploding.
   double norm_growth_orders = 3.0;
+};
+
+/// Everything the rules judge: the recording, its summary and the per-step series.
+struct DiagnosisInput {
+  const Trace& trace;
+  const RunSummary& summary;
+  const std::vector<double>& loss;       ///< per-step loss (may be empty)
+  const std::vector<double>& grad_norm;  ///< global gradient norm per recorded step, before clipping
+  const ModelTraits& traits;
 };
 
 /// Runs every rule. `loss` is the per-step loss series (may be empty), `grad_norm` the global

@@ -12,11 +12,22 @@ namespace gradflow {
 
 inline constexpr const char* kInspectSchema = "gradflow.inspect/1";
 
+/// How the model's output becomes a loss.
+enum class InspectLoss {
+  sum,   ///< y.sum()
+  mean,  ///< y.mean()
+  mse,   ///< mean squared error against seeded randn
+  ce,    ///< cross-entropy against seeded labels
+};
+const char* to_string(InspectLoss loss);
+/// Inverse of to_string; throws gradflow::UsageError listing the valid names.
+InspectLoss inspect_loss_from_string(const std::string& name);
+
 /// What to feed the model and how to turn its output into a loss.
 struct InspectOptions {
   std::vector<std::int64_t> input_shape;  ///< used with torch::manual_seed(seed); torch::randn(shape)
   std::string input_file;                 ///< or a tensor saved by Python's torch.save (zip format)
-  std::string loss = "sum";               ///< sum | mean | mse (against seeded randn) | ce (against seeded labels)
+  InspectLoss loss = InspectLoss::sum;
   std::int64_t classes = 0;               ///< for ce: number of classes (default: the output's size(1))
   std::int64_t steps = 0;                 ///< SGD steps on fresh random inputs after the first measurement
   double lr = 0.01;

@@ -14,12 +14,20 @@ namespace gradflow {
 
 inline constexpr const char* kSummarySchema = "gradflow.summary/1";
 
+/// What a verdict is judged on.
+enum class VerdictAxis {
+  depth,      ///< dL/dh across layers, at initialization
+  time,       ///< dL/dh across time steps, after training
+  stability,  ///< whether the loss stayed finite (gradient clipping)
+};
+const char* to_string(VerdictAxis axis);
+
 /// What one remedy changed, measured on two runs that differ only by it.
 struct Verdict {
   std::string remedy;         ///< "batch normalisation", "LSTM", "gradient clipping", ...
   std::string with_label;     ///< the run with the remedy
   std::string without_label;  ///< the run without it
-  std::string axis;           ///< "depth", "time" or "stability"
+  VerdictAxis axis = VerdictAxis::depth;
   std::optional<double> with_log10, without_log10;            ///< depth: at init; time: after training
   std::optional<double> with_init_log10, without_init_log10;  ///< time: at initialization
   bool confirms = false;      ///< the remedy helped, as the literature says it should
@@ -39,7 +47,7 @@ struct Comparison {
   std::vector<RunRecord> runs;
   std::vector<std::string> dirs;  ///< each run's folder, as written in summary.json
   std::vector<Verdict> verdicts;
-  std::string sweep_key;          ///< "depth", "seq_len" or empty
+  SweepAxis sweep_axis = SweepAxis::none;
   std::vector<SweepFit> sweep;
   bool interrupted = false;       ///< a signal cut the comparison short
   std::optional<FlowResult> flow; ///< `compare --flow`: saved as flow/flow.json beside the report

@@ -8,12 +8,40 @@
 #include <vector>
 
 #include "gradflow/diagnosis.h"
+#include "gradflow/model_traits.h"
 #include "gradflow/summary.h"
 #include "gradflow/trace.h"
 
 namespace gradflow {
 
 inline constexpr const char* kRunSchema = "gradflow.run/1";
+
+/// What a configuration entry is for, when two runs are compared.
+enum class ConfigRole {
+  setting,    ///< must be equal for two runs to be compared (depth, task, learning rate, ...)
+  remedy,     ///< one of the remedies a comparison names (ModelTraits holds it typed)
+  recording,  ///< how the run was recorded, not trained (every): ignored by comparisons
+};
+const char* to_string(ConfigRole role);
+/// Inverse of to_string; throws gradflow::Error for an unknown name.
+ConfigRole config_role_from_string(const std::string& name);
+
+/// One resolved setting, as text for display.
+struct ConfigEntry {
+  std::string key;
+  std::string value;
+  ConfigRole role = ConfigRole::setting;
+};
+
+/// Which axis `gradflow compare --sweep` varied, and where this run sits on it.
+enum class SweepAxis { none, depth, seq_len };
+const char* to_string(SweepAxis axis);
+SweepAxis sweep_axis_from_string(const std::string& name);
+struct SweepPoint {
+  SweepAxis axis = SweepAxis::none;
+  std::string base;  ///< the architecture's label without the swept value
+  double value = 0;  ///< the depth or sequence length of this run
+};
 
 /// A weight layer in forward order.
 struct LayerEntry {
@@ -30,7 +58,8 @@ struct RunRecord {
   std::string task;
   std::string task_description;
   /// The fully resolved configuration, in order (spec options, task and trainer settings).
-  std::vector<std::pair<std::string, std::string>> config;
+  std::vector<ConfigEntry> config;
+  SweepPoint sweep;  ///< set by `gradflow compare --sweep`
   std::vector<LayerEntry> layers;
   ModelTraits traits;
   Trace trace;

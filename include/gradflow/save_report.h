@@ -17,7 +17,7 @@ struct SaveOptions {
   std::string label = "model";  ///< the run's name in the report
   ModelTraits traits;           ///< what is known of the model, to choose remedies
   DiagnosisOptions diagnosis;
-  bool force = true;            ///< replace an earlier report in the same folder
+  bool force = false;           ///< replace an earlier report in the same folder (as the CLI's --force)
 };
 
 /// The Monitor's trace as a run record, diagnosed (loss from the recorded steps).

@@ -93,6 +93,8 @@ class Trace {
 
   std::int64_t every = 1;     ///< the Monitor recorded every k-th step
   bool interrupted = false;   ///< the run was stopped before it ended (signal)
+  /// MonitorOptions::saturation_threshold the forward statistics were computed with.
+  double saturation_threshold = 0.1;
 
  private:
   std::vector<SeriesInfo> series_;

@@ -38,7 +38,7 @@ TEST_F(TrainTest, EveryFamilyAndEveryOptionValueBuildsAndTrains) {
     for (const auto& opt : fam.options) {
       std::vector<std::string> values;
       if (opt.type == OptionType::choice) {
-        for (const auto& c : opt.choices) values.push_back(c == "normal:<std>" ? "normal:0.05" : c);
+        for (const auto& c : opt.choices) values.push_back(c == models::kNormalChoice ? "normal:0.05" : c);
       } else if (opt.key == "forget_bias") {
         values = {"default", "0", "1"};
       } else if (opt.key == "scale") {

@@ -57,14 +57,15 @@ std::vector<Case> cases() {
       {"report of a corrupt run.json", {"report", "@/corrupt", "--out", "@/o"}, 1, "not valid JSON"},
       {"report of a foreign run.json", {"report", "@/foreign", "--out", "@/o"}, 1, "not a gradflow run"},
       {"report of a run.json with wrong field types", {"report", "@/badtypes", "--out", "@/o"}, 1, "corrupt"},
+      {"report of a run.json with an unknown finding kind", {"report", "@/badkind", "--out", "@/o"}, 1, "corrupt"},
       {"summary.json naming a missing run", {"report", "@/dangling", "--out", "@/o"}, 1, "is missing"},
       {"inspect a missing file", {"inspect", "@/missing.pt", "--input-shape", "2,3", "--out", "@/o"}, 1, "does not exist"},
       {"inspect a file that is not TorchScript", {"inspect", "@/file", "--input-shape", "2,3", "--out", "@/o"}, 1, "not a TorchScript archive"},
       {"inspect without an input", {"inspect", "@/file", "--out", "@/o"}, 2, "--input-shape"},
-      {"inspect with a malformed shape", {"inspect", "@/file", "--input-shape", "2,a", "--out", "@/o"}, 2, "--input-shape"},
+      {"inspect with a malformed shape", {"inspect", "@/file", "--input-shape", "2,a", "--out", "@/o"}, 2, "write positive sizes"},
       {"flow with a non-positive learning rate", {"flow", "mlp:depth=3", "--lr", "0,1", "--out", "@/o"}, 2, "--lr"},
       {"flow with a step longer than the time", {"flow", "mlp:depth=3", "--time", "1", "--lr", "5", "--out", "@/o"}, 2, "larger than the flow time"},
-      {"inspect with an unknown loss", {"inspect", "@/file", "--input-shape", "2,3", "--loss", "hinge", "--out", "@/o"}, 2, "unknown --loss"},
+      {"inspect with an unknown loss", {"inspect", "@/file", "--input-shape", "2,3", "--loss", "hinge", "--out", "@/o"}, 2, "unknown loss"},
   };
 }
 
@@ -82,6 +83,11 @@ std::string scratch() {
   std::ofstream(d + "/badtypes/run.json")
       << R"({"schema":"gradflow.run/1","spec":"x","label":"x","family":"mlp","task":"t","traits":{"cell":true},"layers":[],)"
       << R"("steps_requested":1,"steps_done":1,"loss":[],"findings":[],"trace":{"schema":"gradflow.trace/1","every":1,"series":[],"steps":[]}})";
+  fs::create_directories(d + "/badkind");
+  std::ofstream(d + "/badkind/run.json")
+      << R"({"schema":"gradflow.run/1","spec":"x","label":"x","family":"mlp","task":"t","layers":[],"steps_requested":1,)"
+      << R"("steps_done":1,"loss":[],"findings":[{"kind":"gloomy","severity":"error","where":"","message":"","remedy":""}],)"
+      << R"("trace":{"schema":"gradflow.trace/1","every":1,"series":[],"steps":[]}})";
   fs::create_directories(d + "/dangling");
   std::ofstream(d + "/dangling/summary.json") << R"({"schema":"gradflow.summary/1","runs":[{"dir":"runs/gone"}]})";
   return d;
@@ -149,16 +155,19 @@ TEST(ErrorsCli, AnExplodingRunIsDiagnosedToTheEnd) {
 
 TEST(ErrorsCli, SigintDuringARunSavesWhatWasRecorded) {
   const std::string d = temp_dir("sigint");
-  // Long enough that it cannot finish before the signal; the signal waits for the first steps.
-  const auto r = run_cli({"run", "lstm", "--steps", "1000000", "--every", "50", "--out", d + "/run"}, 1500, SIGINT);
+  // Long enough that it cannot finish before the signal, which is sent once the run has made its
+  // output folder (after every check, before the first step).
+  const auto r = run_cli({"run", "lstm", "--steps", "1000000", "--every", "50", "--out", d + "/run"}, 1, SIGINT, d + "/run");
   EXPECT_EQ(r.exit_code, 130) << r.err;
   EXPECT_NE(r.err.find("interrupted"), std::string::npos) << r.err;
   const Json j = Json::parse(slurp(d + "/run/run.json"));
   EXPECT_TRUE(j["interrupted"].get<bool>());
   EXPECT_TRUE(j["trace"]["interrupted"].get<bool>());
-  EXPECT_GT(j["steps_done"].get<int>(), 0);
-  EXPECT_LT(j["steps_done"].get<int>(), 1000000);
-  EXPECT_EQ(j["loss"].size(), j["steps_done"].get<std::size_t>());
+  const auto done = j["steps_done"].get<std::size_t>();
+  EXPECT_LT(done, 1000000u);
+  EXPECT_EQ(j["loss"].size(), done);
+  // Every 50th step of those done is in the trace, no more and no fewer.
+  EXPECT_EQ(j["trace"]["steps"].size(), (done + 49) / 50);
   EXPECT_TRUE(fs::exists(d + "/run/trace.csv"));
   for (const auto& e : fs::directory_iterator(d + "/run"))
     EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << "temporary file left: " << e.path();
@@ -167,7 +176,8 @@ TEST(ErrorsCli, SigintDuringARunSavesWhatWasRecorded) {
 
 TEST(ErrorsCli, SigtermDuringACompareWritesAnInterruptedReport) {
   const std::string d = temp_dir("sigterm");
-  const auto r = run_cli({"compare", "plain", "he", "lstm", "--steps", "1000000", "--quiet", "--out", d + "/cmp"}, 2000, SIGTERM);
+  const auto r = run_cli({"compare", "plain", "he", "lstm", "--steps", "1000000", "--quiet", "--out", d + "/cmp"}, 1, SIGTERM,
+                         d + "/cmp");
   EXPECT_EQ(r.exit_code, 143) << r.err;
   const Json s = Json::parse(slurp(d + "/cmp/summary.json"));
   EXPECT_TRUE(s["interrupted"].get<bool>());

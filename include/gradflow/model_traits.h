@@ -1,0 +1,70 @@
+#pragma once
+/// \file
+/// What is known of a model's architecture, typed: what the diagnosis chooses remedies from and
+/// what a comparison pairs runs by. No LibTorch.
+
+#include <optional>
+#include <string>
+
+#include "gradflow/activation.h"
+
+namespace gradflow {
+
+/// Weight initialisation schemes.
+enum class Init {
+  unknown,         ///< not said (a user's own model)
+  default_init,    ///< LibTorch's own (Kaiming uniform with a = sqrt(5))
+  xavier_uniform,
+  xavier_normal,
+  he_uniform,
+  he_normal,
+  orthogonal,
+  identity,        ///< identity recurrent matrix (IRNN)
+  normal,          ///< N(0, std²), `InitSpec::std`
+};
+
+/// An initialisation with its parameter: parsed once from its name ("he_normal", "normal:0.01").
+struct InitSpec {
+  Init kind = Init::unknown;
+  double std = 0.0;  ///< for Init::normal
+  bool operator==(const InitSpec& o) const { return kind == o.kind && std == o.std; }
+  bool operator!=(const InitSpec& o) const { return !(*this == o); }
+};
+
+/// Normalisation layers.
+enum class Norm { none, batch, layer };
+/// Recurrent cells.
+enum class Cell { none, rnn_tanh, rnn_relu, lstm, gru };
+
+/// Names as used in specs and JSON ("he_normal", "normal:0.01", "batch", "lstm", ...).
+std::string to_string(const InitSpec& init);
+const char* to_string(Norm norm);
+const char* to_string(Cell cell);
+/// Inverses of to_string; throw gradflow::Error naming the text and the valid names.
+InitSpec init_from_string(const std::string& name);
+Norm norm_from_string(const std::string& name);
+Cell cell_from_string(const std::string& name);
+
+/// Scale-preserving initialisations: He for ReLU-like units, Xavier for squashing ones.
+bool is_he(const InitSpec& init);
+bool is_xavier(const InitSpec& init);
+/// LibTorch's default or a fixed-scale normal: no variance-preserving scheme.
+bool is_plain(const InitSpec& init);
+
+/// What is known of the model, to choose a remedy (all optional for users' own models).
+struct ModelTraits {
+  bool recurrent = false;
+  Cell cell = Cell::none;
+  Activation activation = Activation::none;  ///< hidden activation (feed-forward nets)
+  InitSpec init;
+  Norm norm = Norm::none;
+  bool residual = false;
+  double clip_norm = 0.0;   ///< gradient clipping by global norm (0: off)
+  double clip_value = 0.0;  ///< gradient clipping by value (0: off)
+  std::optional<double> forget_bias;  ///< LSTM forget-gate bias; unset: LibTorch's default
+  double recurrent_scale = 0.0;       ///< largest singular value the recurrent matrix was set to (0: untouched)
+
+  bool clipped() const { return clip_norm > 0 || clip_value > 0; }
+};
+
+}  // namespace gradflow

@@ -1,0 +1,37 @@
+#pragma once
+// Statistics computed on a device, fetched into the step's records in one transfer per device.
+
+#include <cstdint>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "gradflow/trace.h"
+
+namespace gradflow::detail {
+
+// Which part of a record (or of the step) a deferred result fills.
+enum class ResultField { grad, weight, forward, loss };
+
+class DeferredResults {
+ public:
+  // `values` is a double tensor on any device: aten_stats for grad, a sum of squares for weight,
+  // aten_activation_stats for forward, the loss itself for loss (`record` is ignored then).
+  void add(int record, ResultField field, std::int64_t numel, const at::Tensor& values);
+  bool empty() const { return values_.empty(); }
+  // Copies every pending value to the host, one transfer per device, into `step`, and forgets them.
+  void fetch_into(StepRecord& step);
+
+ private:
+  struct Slot {
+    int record;
+    ResultField field;
+    std::int64_t numel;
+  };
+  void fill(StepRecord& step, const Slot& slot, const double* values) const;
+
+  std::vector<Slot> slots_;
+  std::vector<at::Tensor> values_;
+};
+
+}  // namespace gradflow::detail

@@ -1,0 +1,42 @@
+#pragma once
+// Finds the layer outputs of a model in the autograd graph of one forward pass.
+
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+namespace c10 {
+struct TensorImpl;
+}
+namespace torch::autograd {
+struct Node;
+}
+
+namespace gradflow::detail {
+
+// What the walk needs to know of the model's parameters.
+struct ParamLookup {
+  std::unordered_map<const c10::TensorImpl*, int> index;  // a parameter's tensor -> its index
+  std::vector<int> module;                                 // parameter index -> module index
+};
+
+// The node whose input gradient is dL/d(output) of one call of a parameterised module.
+struct LayerOutput {
+  torch::autograd::Node* node = nullptr;
+  int module = 0;
+  std::uint64_t sequence_nr = 0;
+  // 0 when the module is called once in the graph; 1..n in forward order when it is called n times.
+  int call = 0;
+};
+
+// Walks the graph below `root` and returns each parameterised module's output nodes in forward
+// order. AccumulateGrad nodes map back to parameters; view-like nodes (TBackward0, ...) are
+// looked through; a node that consumes a module's parameters is that module's output unless a
+// node right above it consumes a different parameter of the same module (one call split in two
+// ops); a node fed by several modules is named after none of them.
+std::vector<LayerOutput> find_layer_outputs(torch::autograd::Node* root, const ParamLookup& params);
+
+// Nodes that only reshape, transpose or convert a tensor on its way to the op that uses it.
+bool is_view_like(const torch::autograd::Node& node);
+
+}  // namespace gradflow::detail

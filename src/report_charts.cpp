@@ -1,0 +1,186 @@
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "figures.h"
+#include "report_model.h"
+#include "svg.h"
+
+namespace gradflow::detail {
+
+namespace {
+
+std::vector<double> smooth(const std::vector<double>& v, std::vector<double>& xs) {
+  const std::size_t n = v.size();
+  const std::size_t w = std::max<std::size_t>(1, n / 100);
+  std::vector<double> out;
+  xs.clear();
+  for (std::size_t b = 0; b < n; b += w) {
+    double s = 0;
+    std::size_t k = 0;
+    bool bad = false;
+    for (std::size_t i = b; i < std::min(n, b + w); ++i) {
+      if (!std::isfinite(v[i])) bad = true;
+      s += v[i];
+      ++k;
+    }
+    out.push_back(bad ? std::numeric_limits<double>::quiet_NaN() : s / static_cast<double>(k));
+    xs.push_back(static_cast<double>(b + (std::min(n, b + w) - b) / 2));
+  }
+  return out;
+}
+
+// |dL/dh| per hidden layer and |dL/dW| per weight layer at the first recorded step.
+std::string depth_profiles(const std::vector<RankingRow>& rows) {
+  LineChart prof;
+  prof.title = "Backward signal |dL/dh| per hidden layer at initialization";
+  prof.x_label = "hidden layer (1 = next to the input)";
+  prof.y_label = "|dL/dh| (log scale)";
+  prof.note = "A line that falls toward layer 1 is a vanishing gradient: the early layers receive almost nothing.";
+  LineChart wprof = prof;
+  wprof.title = "Weight-gradient norm |dL/dW| per layer at initialization";
+  wprof.x_label = "weight layer (1 = next to the input)";
+  wprof.y_label = "|dL/dW| (log scale)";
+  wprof.note = "The weight gradient alone can mislead (a residual net's first layers receive small |dL/dW| while dL/dh does not vanish); judge by the backward signal above.";
+  for (const auto& row : rows) {
+    const auto& r = *row.run;
+    if (r.trace.steps().empty()) continue;
+    const auto& st = r.trace.steps().front();
+    LineSeries s, w;
+    s.label = w.label = r.label;
+    const auto chain = depth_series(r.trace);
+    for (std::size_t k = 0; k < chain.size(); ++k) {
+      s.x.push_back(static_cast<double>(k + 1));
+      s.y.push_back(norm_at(st, chain[k]));
+      s.tips.push_back(fmt::format("{} {}: |dL/dh| = {:.4g}", r.label, r.trace.series()[chain[k]].name, s.y.back()));
+    }
+    const auto ws = weight_series(r.trace);
+    for (std::size_t k = 0; k < ws.size(); ++k) {
+      w.x.push_back(static_cast<double>(k + 1));
+      w.y.push_back(norm_at(st, ws[k]));
+      w.tips.push_back(fmt::format("{} {}: |dL/dW| = {:.4g}", r.label, r.trace.series()[ws[k]].name, w.y.back()));
+    }
+    prof.series.push_back(s);
+    wprof.series.push_back(w);
+  }
+  return "<h2>Gradient across depth</h2>\n" + render(prof) + render(wprof);
+}
+
+// |dL/dh_t| per time step at the first and the last recorded step.
+std::string time_profiles(const std::vector<RankingRow>& rows) {
+  LineChart tc;
+  tc.title = "|dL/dh_t| per time step: at initialization (dashed) and after training (solid)";
+  tc.x_label = "time step t";
+  tc.y_label = "|dL/dh_t| (log scale)";
+  tc.note = "The loss reads the last step only, so everything that reaches early steps travels back through the recurrence.";
+  std::size_t colour_slot = 0;
+  for (const auto& row : rows) {
+    const auto& r = *row.run;
+    if (r.trace.steps().empty()) continue;
+    const auto chain = numbered_series(r.trace, "time");
+    for (int which = 0; which < 2; ++which) {
+      const auto& st = which == 0 ? r.trace.steps().front() : r.trace.steps().back();
+      if (which == 1 && r.trace.steps().size() < 2) continue;
+      LineSeries s;
+      s.label = r.label + (which == 0 ? " (init)" : fmt::format(" (step {})", st.step));
+      s.dashed = which == 0;
+      s.colour = static_cast<int>(colour_slot);
+      s.markers = chain.size() <= 60;
+      for (std::size_t k = 0; k < chain.size(); ++k) {
+        s.x.push_back(static_cast<double>(k + 1));
+        s.y.push_back(norm_at(st, chain[k]));
+        s.tips.push_back(fmt::format("{} t={}: {:.4g}", s.label, k + 1, s.y.back()));
+      }
+      tc.series.push_back(s);
+    }
+    ++colour_slot;
+  }
+  return "<h2>Gradient across time</h2>\n" + render(tc);
+}
+
+// Loss curves, one chart per task (their scales differ).
+std::string loss_curves(const Comparison& c) {
+  std::vector<std::string> task_order;
+  for (const auto& r : c.runs)
+    if (std::find(task_order.begin(), task_order.end(), r.task) == task_order.end()) task_order.push_back(r.task);
+  std::string out = "<h2>Does it learn?</h2>\n";
+  for (const auto& task : task_order) {
+    LineChart lc;
+    lc.title = "Training loss, task " + task;
+    lc.x_label = "step";
+    lc.y_label = "loss (log scale)";
+    double baseline = 0;
+    for (const auto& r : c.runs) {
+      if (r.task != task) continue;
+      baseline = r.baseline_loss;
+      LineSeries s;
+      s.label = r.label;
+      s.markers = false;
+      s.y = smooth(r.loss, s.x);
+      lc.series.push_back(s);
+    }
+    lc.note = fmt::format("Window means of the per-step loss. A constant answer scores {:.3g}; a run that stays there learned nothing.", baseline);
+    out += render(lc);
+  }
+  return out;
+}
+
+std::string sweep_chart(const Comparison& c) {
+  LineChart sc;
+  const bool time = c.sweep_axis == SweepAxis::seq_len;
+  sc.title = time ? "Attenuation across time against sequence length" : "Attenuation across depth against depth";
+  sc.x_label = time ? "sequence length T" : "depth (weight layers)";
+  sc.y_label = "log10 |dL/dh_first| / |dL/dh_last|";
+  sc.log_y = false;
+  std::string note = "Fitted gain per " + std::string(time ? "step" : "layer") + ": ";
+  for (const auto& f : c.sweep) {
+    LineSeries s;
+    s.label = f.label;
+    s.x = f.x;
+    s.y = f.log10;
+    for (std::size_t k = 0; k < f.x.size(); ++k) s.tips.push_back(fmt::format("{} at {:g}: {:+.2f} orders", f.label, f.x[k], f.log10[k]));
+    sc.series.push_back(s);
+    note += fmt::format("{} {}; ", f.label, gain_text(f.gain()));
+  }
+  sc.note = note;
+  return "<h2>Sweep over " + html_escape(to_string(c.sweep_axis)) + "</h2>\n" + render(sc);
+}
+
+std::string heatmap(const RunRecord& r) {
+  const auto chain = r.traits.recurrent ? numbered_series(r.trace, "time") : depth_series(r.trace);
+  Heatmap h;
+  h.title = r.label;
+  h.x_label = "training step";
+  h.y_label = r.traits.recurrent ? "time step" : "hidden layer";
+  for (const auto& st : r.trace.steps()) h.cols.push_back(std::to_string(st.step));
+  // Rows from the output side down to the input side, like the backward pass.
+  for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+    h.rows.push_back(r.trace.series()[*it].name);
+    std::vector<double> row;
+    for (const auto& st : r.trace.steps()) {
+      const double v = norm_at(st, *it);
+      row.push_back(v > 0 && std::isfinite(v) ? std::log10(v) : std::numeric_limits<double>::quiet_NaN());
+    }
+    h.log10_values.push_back(row);
+  }
+  h.row_height = chain.size() > 40 ? 6 : 12;
+  return render(h);
+}
+
+}  // namespace
+
+std::string charts_html(const Comparison& c) {
+  std::string out;
+  const auto depth = depth_ranking(c);
+  if (!depth.empty()) out += depth_profiles(depth);
+  const auto time = time_ranking(c);
+  if (!time.empty()) out += time_profiles(time);
+  out += loss_curves(c);
+  if (!c.sweep.empty()) out += sweep_chart(c);
+  out += "<h2>Layer &times; step heatmaps</h2>\n<p>log10 of the gradient norm at each recorded step: rows are hidden layers (feed-forward) or time steps (recurrent). Dark is little gradient.</p>\n";
+  for (const auto& r : c.runs) out += heatmap(r);
+  return out;
+}
+
+}  // namespace gradflow::detail

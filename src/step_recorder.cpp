@@ -1,0 +1,209 @@
+#include "step_recorder.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <torch/torch.h>
+
+#include "gradflow/error.h"
+#include "tensor_stats_torch.h"
+
+namespace gradflow::detail {
+
+namespace {
+
+std::string module_of(const std::string& param_name) {
+  const auto dot = param_name.rfind('.');
+  return dot == std::string::npos ? std::string("(root)") : param_name.substr(0, dot);
+}
+
+std::vector<std::int64_t> shape_of(const at::Tensor& t) { return {t.sizes().begin(), t.sizes().end()}; }
+
+}  // namespace
+
+StepRecorder::StepRecorder(MonitorOptions options, std::function<void()> schedule_collect)
+    : opts_(options), schedule_collect_(std::move(schedule_collect)) {
+  if (opts_.every < 1)
+    throw UsageError("MonitorOptions::every must be at least 1 (got " + std::to_string(opts_.every) +
+                     "): record every k-th step with k >= 1");
+  trace_.every = opts_.every;
+  trace_.saturation_threshold = opts_.saturation_threshold;
+}
+
+void StepRecorder::set_params(const std::vector<std::pair<std::string, at::Tensor>>& named) {
+  params_.clear();
+  modules_.clear();
+  lookup_ = ParamLookup{};
+  std::unordered_map<std::string, int> module_ids;
+  for (const auto& [name, t] : named) {
+    if (!t.defined() || !t.requires_grad()) continue;
+    // A module registered twice lists its parameters twice: hook each tensor once.
+    if (lookup_.index.count(t.unsafeGetTensorImpl())) continue;
+    const std::string mod = module_of(name);
+    auto [mit, fresh] = module_ids.emplace(mod, static_cast<int>(modules_.size()));
+    if (fresh) modules_.push_back(mod);
+    HookedParam p;
+    p.tensor = t;
+    p.name = name;
+    p.series = trace_.intern(name, SeriesKind::parameter, mod, shape_of(t));
+    lookup_.index.emplace(t.unsafeGetTensorImpl(), static_cast<int>(params_.size()));
+    lookup_.module.push_back(mit->second);
+    params_.push_back(std::move(p));
+  }
+}
+
+int StepRecorder::record_index(int series) {
+  auto [it, fresh] = record_of_.emplace(series, static_cast<int>(cur_.records.size()));
+  if (fresh) {
+    cur_.records.push_back(Record{});
+    cur_.records.back().series = series;
+  }
+  return it->second;
+}
+
+void StepRecorder::record(int series, const at::Tensor& grad, const at::Tensor& weight) {
+  const StatsPlan plan = plan_stats(opts_, grad, weight);
+  const int index = record_index(series);
+  Record& r = cur_.records[index];
+  switch (plan.grad) {
+    case StatsPath::worker:
+      r.grad.numel = grad.numel();
+      worker_.submit(index, grad, plan.weight_in_same_pass ? weight.detach() : at::Tensor());
+      if (!collect_scheduled_) {
+        collect_scheduled_ = true;
+        schedule_collect_();
+      }
+      break;
+    case StatsPath::fused:
+      if (plan.weight_in_same_pass) {
+        double weight_sq = 0;
+        fused_stats_with_weight(grad, weight, r.grad, weight_sq);
+        r.weight_norm = std::sqrt(weight_sq);
+      } else {
+        r.grad = fused_stats(grad);
+      }
+      break;
+    case StatsPath::device:
+      // The count now; the sums arrive with the step's single transfer.
+      r.grad = TensorStats{};
+      r.grad.numel = grad.numel();
+      deferred_.add(index, ResultField::grad, grad.numel(), aten_stats(grad));
+      break;
+  }
+  if (weight.defined() && !plan.weight_in_same_pass) record_weight(index, plan.weight, weight);
+}
+
+void StepRecorder::record_weight(int index, StatsPath path, const at::Tensor& weight) {
+  if (path == StatsPath::device)
+    deferred_.add(index, ResultField::weight, weight.numel(), aten_sum_of_squares(weight));
+  else
+    cur_.records[index].weight_norm = std::sqrt(fused_sum_of_squares(weight.detach()));
+}
+
+void StepRecorder::on_param_grad(int param, const at::Tensor& grad) {
+  if (!attached) return;
+  HookedParam& p = params_[param];
+  if (opts_.auto_step && p.seen > 0) end_step();
+  ++p.seen;
+  cur_active_ = true;
+  backward_seen_ = true;
+  cur_.backwards = std::max(cur_.backwards, p.seen);
+  if (!recording_ || !grad.defined()) return;
+  if (p.seen > 1 && p.tensor.grad().defined()) {
+    collect_worker();
+    // Gradient accumulation: this backward adds to what .grad() holds; record the sum the
+    // optimizer will see. The hook runs before AccumulateGrad adds it.
+    torch::NoGradGuard no_grad;
+    record(p.series, p.tensor.grad() + grad, at::Tensor());
+    return;
+  }
+  record(p.series, grad, opts_.weight_norms && p.seen == 1 ? p.tensor : at::Tensor());
+}
+
+void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad) {
+  if (!attached || hooked_at != step_ || !recording_ || !grad.defined()) return;
+  cur_active_ = true;
+  backward_seen_ = true;
+  // With several backwards in one step, a tensor's first gradient is the one recorded.
+  auto it = record_of_.find(series);
+  if (it != record_of_.end() && cur_.records[it->second].grad.numel > 0) return;
+  record(series, grad, at::Tensor());
+}
+
+void StepRecorder::begin_forward() {
+  if (opts_.auto_step && backward_seen_) end_step();
+}
+
+bool StepRecorder::record_loss(const at::Tensor& loss) {
+  cur_active_ = true;
+  if (!recording_) return false;
+  if (loss.defined() && loss.numel() == 1) {
+    if (loss.device().is_cpu())
+      cur_.loss = loss.detach().to(torch::kDouble).item<double>();
+    else
+      deferred_.add(-1, ResultField::loss, 1, loss.detach().reshape({1}));
+  }
+  return true;
+}
+
+std::vector<std::pair<torch::autograd::Node*, int>> StepRecorder::layer_output_series(torch::autograd::Node* root) {
+  std::vector<std::pair<torch::autograd::Node*, int>> out;
+  for (const auto& o : find_layer_outputs(root, lookup_)) {
+    const std::string& module = modules_[o.module];
+    const std::string name = o.call > 0 ? module + "#" + std::to_string(o.call) : module;
+    out.emplace_back(o.node, trace_.intern(name, SeriesKind::activation, module));
+  }
+  return out;
+}
+
+int StepRecorder::tap_series(const at::Tensor& t, const std::string& name, const TapOptions& options) {
+  if (!recording_ || !t.defined()) return -1;
+  const std::string group = options.group.empty() ? name.substr(0, name.find('.')) : options.group;
+  const int series = trace_.intern(name, SeriesKind::tap, group, shape_of(t));
+  if (options.activation != Activation::none) {
+    const at::Tensor& a = options.activation_output.defined() ? options.activation_output : t;
+    deferred_.add(record_index(series), ResultField::forward, 0,
+                  aten_activation_stats(a, options.activation, options.preactivation, opts_.saturation_threshold));
+  }
+  return series;
+}
+
+void StepRecorder::end_step() {
+  flush();
+  ++step_;
+  recording_ = (step_ % opts_.every) == 0;
+  cur_ = StepRecord{};
+  cur_.step = step_;
+  cur_active_ = false;
+  backward_seen_ = false;
+  record_of_.clear();
+  for (auto& p : params_) p.seen = 0;
+}
+
+void StepRecorder::flush() {
+  collect_worker();
+  deferred_.fetch_into(cur_);
+  if (cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss)) trace_.add_step(cur_);
+  // What was flushed must not be added twice if the step goes on after a trace() call.
+  cur_.records.clear();
+  cur_.loss.reset();
+  record_of_.clear();
+}
+
+void StepRecorder::collect_worker() {
+  collect_scheduled_ = false;
+  for (const auto& res : worker_.collect()) {
+    Record& r = cur_.records.at(res.record);
+    r.grad = res.grad;
+    if (res.weight_sum_sq) r.weight_norm = std::sqrt(*res.weight_sum_sq);
+  }
+}
+
+bool StepRecorder::next_forward_recorded() const {
+  // In auto-step mode, once the step's backward has run the next forward belongs to the next
+  // step: answer for that one, so that models can skip their taps cheaply and correctly.
+  if (opts_.auto_step && backward_seen_) return ((step_ + 1) % opts_.every) == 0;
+  return recording_;
+}
+
+}  // namespace gradflow::detail

@@ -1,0 +1,91 @@
+#pragma once
+// The Monitor's step state machine: which step is open, what it has recorded, and when it goes
+// into the trace. Every member is reached under the Monitor's lock (see Guarded).
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "deferred_results.h"
+#include "gradflow/monitor.h"
+#include "graph_walk.h"
+#include "stats_path.h"
+#include "stats_worker.h"
+
+namespace gradflow::detail {
+
+struct HookedParam {
+  at::Tensor tensor;
+  std::string name;
+  int series = -1;
+  unsigned hook = 0;
+  int seen = 0;  // hook firings in the current step
+};
+
+class StepRecorder {
+ public:
+  // `schedule_collect` arranges for collect_worker() to run, under the lock, when the current
+  // backward ends (the engine's callback): the worker's results must be in before backward returns.
+  StepRecorder(MonitorOptions options, std::function<void()> schedule_collect);
+
+  const MonitorOptions& options() const { return opts_; }
+
+  // Attachment: the parameters to hook, and the lookup the graph walk needs.
+  void set_params(const std::vector<std::pair<std::string, at::Tensor>>& named);
+  std::vector<HookedParam>& params() { return params_; }
+  const ParamLookup& lookup() const { return lookup_; }
+  bool attached = false;
+
+  // A parameter's hook fired with the gradient of one backward.
+  void on_param_grad(int param, const at::Tensor& grad);
+  // A layer output's or a tap's hook fired; `hooked_at` is the step it was registered in.
+  void on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad);
+
+  // A forward begins (watch, tap): in auto-step mode, after a backward it opens the next step.
+  void begin_forward();
+  // Records the loss of the current step; false when the step is not recorded.
+  bool record_loss(const at::Tensor& loss);
+  // The layer outputs found below the loss, as (node, series) pairs for hooking.
+  std::vector<std::pair<torch::autograd::Node*, int>> layer_output_series(torch::autograd::Node* root);
+  // The tap's series, with its forward statistics queued when it names an activation; -1 when
+  // the step is not recorded.
+  int tap_series(const at::Tensor& t, const std::string& name, const TapOptions& options);
+
+  void end_step();
+  // Moves what the open step has recorded into the trace.
+  void flush();
+  void collect_worker();
+
+  bool next_forward_recorded() const;
+  std::int64_t step() const { return step_; }
+  Trace& trace() { return trace_; }
+
+ private:
+  int record_index(int series);
+  void record(int series, const at::Tensor& grad, const at::Tensor& weight);
+  void record_weight(int index, StatsPath path, const at::Tensor& weight);
+
+  MonitorOptions opts_;
+  std::function<void()> schedule_collect_;
+  bool collect_scheduled_ = false;
+  Trace trace_;
+  std::vector<HookedParam> params_;
+  std::vector<std::string> modules_;
+  ParamLookup lookup_;
+
+  std::int64_t step_ = 0;
+  bool recording_ = true;
+  StepRecord cur_;
+  bool cur_active_ = false;     // anything happened in this step
+  bool backward_seen_ = false;  // a gradient arrived in this step
+  std::unordered_map<int, int> record_of_;  // series -> index in cur_.records
+  DeferredResults deferred_;
+  StatsWorker worker_;
+};
+
+}  // namespace gradflow::detail

@@ -1,0 +1,19 @@
+#pragma once
+// Small text helpers shared by the library, the built-in models and the CLI.
+
+#include <string>
+#include <vector>
+
+namespace gradflow::detail {
+
+// "a,b,,c" -> {"a", "b", "", "c"}; an empty text gives one empty item, so callers that check
+// each item reject it with their own message.
+std::vector<std::string> split(const std::string& text, char separator = ',');
+// {"a", "b"} -> "a, b".
+std::string join(const std::vector<std::string>& items, const std::string& separator = ", ");
+// {"a", "b", "c"} -> "a, b or c".
+std::string join_alternatives(const std::vector<std::string>& items);
+// The text up to its first newline (LibTorch's messages carry a stack trace after it).
+std::string first_line(const std::string& text);
+
+}  // namespace gradflow::detail

@@ -1,0 +1,104 @@
+#include "graph_walk.h"
+
+#include <torch/torch.h>
+
+#include "stats_path.h"
+#include "torch_test_util.h"
+
+namespace gradflow::detail {
+namespace {
+
+// Parameters of `named`, with each parameter's module given as the name up to its last '.'.
+struct Lookup {
+  ParamLookup params;
+  std::vector<std::string> modules;
+  explicit Lookup(const torch::nn::Module& m) {
+    for (const auto& item : m.named_parameters()) {
+      const std::string module = item.key().substr(0, item.key().rfind('.'));
+      auto it = std::find(modules.begin(), modules.end(), module);
+      if (it == modules.end()) it = modules.insert(modules.end(), module);
+      params.index.emplace(item.value().unsafeGetTensorImpl(), static_cast<int>(params.module.size()));
+      params.module.push_back(static_cast<int>(it - modules.begin()));
+    }
+  }
+  std::vector<std::string> names(const std::vector<LayerOutput>& outs) const {
+    std::vector<std::string> v;
+    for (const auto& o : outs) v.push_back(modules[o.module] + (o.call ? "#" + std::to_string(o.call) : ""));
+    return v;
+  }
+};
+
+class GraphWalkTest : public test::TorchTest {};
+
+TEST_F(GraphWalkTest, FindsEachLinearLayersOutputInForwardOrder) {
+  torch::nn::Linear l0(4, 8), l1(8, 8), l2(8, 2);
+  torch::nn::Sequential net(l0, l1, l2);
+  const Lookup lookup(*net);
+  const auto h0 = l0->forward(torch::randn({5, 4}));
+  const auto h1 = l1->forward(torch::tanh(h0));
+  const auto h2 = l2->forward(torch::tanh(h1));
+  const auto outs = find_layer_outputs(h2.pow(2).sum().grad_fn().get(), lookup.params);
+  EXPECT_EQ(lookup.names(outs), (std::vector<std::string>{"0", "1", "2"}));
+  // Each node found is the one that produced the layer's output: its input gradient is dL/d(output).
+  ASSERT_EQ(outs.size(), 3u);
+  EXPECT_EQ(outs[0].node, h0.grad_fn().get());
+  EXPECT_EQ(outs[1].node, h1.grad_fn().get());
+  EXPECT_EQ(outs[2].node, h2.grad_fn().get());
+}
+
+TEST_F(GraphWalkTest, AModuleCalledTwiceIsNumberedPerCall) {
+  torch::nn::Linear shared(6, 6), head(6, 1);
+  torch::nn::Sequential holder;
+  holder->push_back("shared", shared);
+  holder->push_back("head", head);
+  const Lookup lookup(*holder);
+  const auto y = head->forward(torch::relu(shared->forward(torch::relu(shared->forward(torch::randn({3, 6}))))));
+  const auto outs = find_layer_outputs(y.sum().grad_fn().get(), lookup.params);
+  EXPECT_EQ(lookup.names(outs), (std::vector<std::string>{"shared#1", "shared#2", "head"}));
+}
+
+TEST_F(GraphWalkTest, ANodeFedByTwoModulesIsNamedAfterNeither) {
+  torch::nn::Linear a(3, 3), b(3, 3);
+  torch::nn::Sequential holder;
+  holder->push_back("a", a);
+  holder->push_back("b", b);
+  const Lookup lookup(*holder);
+  const auto x = torch::randn({2, 3});
+  // One op reads both modules' weights: x @ (Wa + Wb)^T is no single layer's output.
+  const auto y = torch::matmul(x, (a->weight + b->weight).t());
+  const auto outs = find_layer_outputs(y.sum().grad_fn().get(), lookup.params);
+  for (const auto& name : lookup.names(outs)) EXPECT_TRUE(name != "a" && name != "b") << name;
+  EXPECT_TRUE(outs.empty());
+}
+
+TEST_F(GraphWalkTest, ViewNodesAreLookedThrough) {
+  torch::nn::Linear fc(4, 4);
+  EXPECT_TRUE(fc->weight.t().grad_fn() != nullptr && is_view_like(*fc->weight.t().grad_fn()));
+  const auto y = fc->forward(torch::randn({2, 4}));
+  EXPECT_FALSE(is_view_like(*y.grad_fn()));
+}
+
+TEST(StatsPath, OnePlaceDecidesWhereEachStatisticIsComputed) {
+  const auto g = torch::randn({4, 4}), w = torch::randn({4, 4});
+  MonitorOptions o;
+  auto plan = plan_stats(o, g, w);
+  EXPECT_EQ(plan.grad, StatsPath::fused);
+  EXPECT_TRUE(plan.weight_in_same_pass);
+  plan = plan_stats(o, g, w.to(torch::kDouble));  // different types: two passes
+  EXPECT_FALSE(plan.weight_in_same_pass);
+  EXPECT_EQ(plan.weight, StatsPath::fused);
+  plan = plan_stats(o, g, torch::Tensor());
+  EXPECT_FALSE(plan.weight_in_same_pass);
+  EXPECT_EQ(plan_stats(o, g.to(torch::kHalf), w).grad, StatsPath::device);  // the fused pass reads float and double
+  o.backend = StatsBackend::aten;
+  plan = plan_stats(o, g, w);
+  EXPECT_EQ(plan.grad, StatsPath::device);
+  EXPECT_EQ(plan.weight, StatsPath::device);
+  EXPECT_FALSE(plan.weight_in_same_pass);
+  o.backend = StatsBackend::automatic;
+  o.async = true;
+  EXPECT_EQ(plan_stats(o, g, w).grad, std::thread::hardware_concurrency() > 1 ? StatsPath::worker : StatsPath::fused);
+}
+
+}  // namespace
+}  // namespace gradflow::detail
