@@ -54,6 +54,14 @@ torch::Tensor hidden_block(torch::nn::AnyModule& layer, torch::nn::AnyModule* no
   return next;
 }
 
+// Applies a chosen initialisation and zeroes the bias; LibTorch's default leaves both as built.
+void init_layer(torch::Tensor& weight, torch::Tensor& bias, const InitSpec& init, Activation act) {
+  if (init.kind == Init::default_init) return;
+  torch::NoGradGuard g;
+  init_weight(weight, init, act);
+  bias.zero_();
+}
+
 class MlpNet : public Network {
  public:
   MlpNet(const ResolvedSpec& s, std::int64_t in, std::int64_t out) : act_(act_of(s)) {
@@ -65,11 +73,7 @@ class MlpNet : public Network {
     for (std::int64_t i = 0; i < depth; ++i) {
       const auto fi = i == 0 ? in : width, fo = i + 1 == depth ? out : width;
       auto fc = register_module("fc" + std::to_string(i), torch::nn::Linear(fi, fo));
-      if (init.kind != Init::default_init) {
-        torch::NoGradGuard g;
-        init_weight(fc->weight, init, act_);
-        fc->bias.zero_();
-      }
+      init_layer(fc->weight, fc->bias, init, act_);
       fcs_.push_back(fc);
       layers_.emplace_back(fc);
       if (i + 1 < depth && norm == Norm::batch)
@@ -110,11 +114,7 @@ class CnnNet : public Network {
     for (std::int64_t i = 0; i + 1 < depth; ++i) {
       auto conv = register_module("conv" + std::to_string(i),
                                   torch::nn::Conv2d(torch::nn::Conv2dOptions(i == 0 ? in_channels : c, c, 3).padding(1)));
-      if (init.kind != Init::default_init) {
-        torch::NoGradGuard g;
-        init_weight(conv->weight, init, act_);
-        conv->bias.zero_();
-      }
+      init_layer(conv->weight, conv->bias, init, act_);
       convs_.push_back(conv);
       layers_.emplace_back(conv);
       if (norm == Norm::batch)
@@ -123,11 +123,7 @@ class CnnNet : public Network {
         norms_.emplace_back(torch::nn::AnyModule(register_module("gn" + std::to_string(i), torch::nn::GroupNorm(1, c))));
     }
     head_ = register_module("head", torch::nn::Linear(c, out));
-    if (init.kind != Init::default_init) {
-      torch::NoGradGuard g;
-      init_weight(head_->weight, init, Activation::identity);
-      head_->bias.zero_();
-    }
+    init_layer(head_->weight, head_->bias, init, Activation::identity);
     to(dtype_of(s));
   }
   torch::Tensor forward(const torch::Tensor& x, Monitor* mon) override {

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "gradflow/report.h"
+#include "enum_names.h"
 #include "figures.h"
 #include "line_fit.h"
 #include "report_model.h"
@@ -18,14 +19,12 @@ using detail::log10_of;
 using detail::orders_text;
 using detail::tail_loss;
 
-const char* to_string(VerdictAxis axis) {
-  switch (axis) {
-    case VerdictAxis::depth: return "depth";
-    case VerdictAxis::time: return "time";
-    case VerdictAxis::stability: return "stability";
-  }
-  return "depth";
-}
+namespace {
+constexpr detail::Named<VerdictAxis> kAxes[] = {
+    {VerdictAxis::depth, "depth"}, {VerdictAxis::time, "time"}, {VerdictAxis::stability, "stability"}};
+}  // namespace
+
+const char* to_string(VerdictAxis axis) { return detail::name_of(kAxes, axis); }
 
 std::optional<double> SweepFit::gain() const {
   if (!slope) return std::nullopt;

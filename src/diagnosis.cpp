@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "diagnosis_rules.h"
+#include "enum_names.h"
 #include "gradflow/error.h"
 #include "gradflow/summary.h"
 #include "text.h"
@@ -11,11 +12,7 @@
 namespace gradflow {
 
 namespace {
-struct KindName {
-  FindingKind kind;
-  const char* name;
-};
-constexpr KindName kKinds[] = {
+constexpr detail::Named<FindingKind> kKinds[] = {
     {FindingKind::vanishing, "vanishing"},   {FindingKind::exploding, "exploding"},
     {FindingKind::dead_units, "dead_units"}, {FindingKind::saturation, "saturation"},
     {FindingKind::non_finite, "non_finite"}, {FindingKind::stalled, "stalled"},
@@ -23,34 +20,29 @@ constexpr KindName kKinds[] = {
 };
 }  // namespace
 
-const char* to_string(FindingKind kind) {
-  for (const auto& k : kKinds)
-    if (k.kind == kind) return k.name;
-  return "vanishing";
-}
+const char* to_string(FindingKind kind) { return detail::name_of(kKinds, kind); }
 
-const char* to_string(Severity s) {
-  switch (s) {
-    case Severity::info: return "info";
-    case Severity::warning: return "warning";
-    case Severity::error: return "error";
-  }
-  return "info";
+namespace {
+constexpr detail::Named<Severity> kSeverities[] = {
+    {Severity::info, "info"}, {Severity::warning, "warning"}, {Severity::error, "error"}};
+}  // namespace
+
+const char* to_string(Severity s) { return detail::name_of(kSeverities, s); }
+
+Severity severity_from_string(const std::string& name) {
+  if (auto s = detail::value_of(kSeverities, name)) return *s;
+  throw UsageError("unknown severity '" + name + "': choose from " + detail::join(detail::names_of(kSeverities)));
 }
 
 FindingKind finding_kind_from_string(const std::string& name) {
-  std::vector<std::string> valid;
-  for (const auto& k : kKinds) {
-    if (name == k.name) return k.kind;
-    valid.emplace_back(k.name);
-  }
-  throw UsageError("unknown finding kind '" + name + "': choose from " + detail::join(valid));
+  if (auto kind = detail::value_of(kKinds, name)) return *kind;
+  throw UsageError("unknown finding kind '" + name + "': choose from " + detail::join(detail::names_of(kKinds)));
 }
 
 const std::vector<FindingKind>& all_finding_kinds() {
   static const std::vector<FindingKind> v = [] {
     std::vector<FindingKind> out;
-    for (const auto& k : kKinds) out.push_back(k.kind);
+    for (const auto& k : kKinds) out.push_back(k.value);
     return out;
   }();
   return v;

@@ -6,17 +6,17 @@
 #include <fmt/format.h>
 
 #include "gradflow/error.h"
+#include "enum_names.h"
 #include "text.h"
 
 namespace gradflow {
 
 namespace {
 
-template <class E>
-struct Named {
-  E value;
-  const char* name;
-};
+using detail::Named;
+using detail::name_of;
+using detail::names_of;
+using detail::value_of;
 
 constexpr Named<Init> kInits[] = {
     {Init::unknown, ""},           {Init::default_init, "default"},    {Init::xavier_uniform, "xavier_uniform"},
@@ -29,19 +29,9 @@ constexpr Named<Cell> kCells[] = {
 constexpr const char* kNormalPrefix = "normal:";
 
 template <class E, std::size_t N>
-const char* name_of(const Named<E> (&table)[N], E value) {
-  for (const auto& e : table)
-    if (e.value == value) return e.name;
-  return "";
-}
-
-template <class E, std::size_t N>
-E parse(const Named<E> (&table)[N], const std::string& name, const char* what, std::vector<std::string> extra = {}) {
-  for (const auto& e : table)
-    if (name == e.name) return e.value;
-  std::vector<std::string> valid;
-  for (const auto& e : table)
-    if (*e.name) valid.emplace_back(e.name);
+E parse(const Named<E> (&table)[N], const std::string& name, const char* what, const std::vector<std::string>& extra = {}) {
+  if (auto v = value_of(table, name)) return *v;
+  std::vector<std::string> valid = names_of(table);
   valid.insert(valid.end(), extra.begin(), extra.end());
   throw UsageError(fmt::format("unknown {} '{}': valid ones are {}", what, name, detail::join(valid)));
 }

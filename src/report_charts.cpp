@@ -31,49 +31,51 @@ std::vector<double> smooth(const std::vector<double>& v, std::vector<double>& xs
   return out;
 }
 
+LineChart chart(std::string title, std::string x_label, std::string y_label, std::string note = "") {
+  LineChart c;
+  c.title = std::move(title);
+  c.x_label = std::move(x_label);
+  c.y_label = std::move(y_label);
+  c.note = std::move(note);
+  return c;
+}
+
+// The gradient norm of each series of `chain` at one step, against its position 1, 2, ...
+LineSeries profile(const RunRecord& r, const StepRecord& st, const std::vector<int>& chain, const char* what) {
+  LineSeries s;
+  s.label = r.label;
+  for (std::size_t k = 0; k < chain.size(); ++k) {
+    s.x.push_back(static_cast<double>(k + 1));
+    s.y.push_back(norm_at(st, chain[k]));
+    s.tips.push_back(fmt::format("{} {}: {} = {:.4g}", r.label, r.trace.series()[chain[k]].name, what, s.y.back()));
+  }
+  return s;
+}
+
 // |dL/dh| per hidden layer and |dL/dW| per weight layer at the first recorded step.
 std::string depth_profiles(const std::vector<RankingRow>& rows) {
-  LineChart prof;
-  prof.title = "Backward signal |dL/dh| per hidden layer at initialization";
-  prof.x_label = "hidden layer (1 = next to the input)";
-  prof.y_label = "|dL/dh| (log scale)";
-  prof.note = "A line that falls toward layer 1 is a vanishing gradient: the early layers receive almost nothing.";
-  LineChart wprof = prof;
-  wprof.title = "Weight-gradient norm |dL/dW| per layer at initialization";
-  wprof.x_label = "weight layer (1 = next to the input)";
-  wprof.y_label = "|dL/dW| (log scale)";
-  wprof.note = "The weight gradient alone can mislead (a residual net's first layers receive small |dL/dW| while dL/dh does not vanish); judge by the backward signal above.";
+  LineChart prof = chart("Backward signal |dL/dh| per hidden layer at initialization", "hidden layer (1 = next to the input)",
+                         "|dL/dh| (log scale)",
+                         "A line that falls toward layer 1 is a vanishing gradient: the early layers receive almost nothing.");
+  LineChart wprof = chart("Weight-gradient norm |dL/dW| per layer at initialization", "weight layer (1 = next to the input)",
+                          "|dL/dW| (log scale)",
+                          "The weight gradient alone can mislead (a residual net's first layers receive small |dL/dW| while dL/dh "
+                          "does not vanish); judge by the backward signal above.");
   for (const auto& row : rows) {
     const auto& r = *row.run;
     if (r.trace.steps().empty()) continue;
     const auto& st = r.trace.steps().front();
-    LineSeries s, w;
-    s.label = w.label = r.label;
-    const auto chain = depth_series(r.trace);
-    for (std::size_t k = 0; k < chain.size(); ++k) {
-      s.x.push_back(static_cast<double>(k + 1));
-      s.y.push_back(norm_at(st, chain[k]));
-      s.tips.push_back(fmt::format("{} {}: |dL/dh| = {:.4g}", r.label, r.trace.series()[chain[k]].name, s.y.back()));
-    }
-    const auto ws = weight_series(r.trace);
-    for (std::size_t k = 0; k < ws.size(); ++k) {
-      w.x.push_back(static_cast<double>(k + 1));
-      w.y.push_back(norm_at(st, ws[k]));
-      w.tips.push_back(fmt::format("{} {}: |dL/dW| = {:.4g}", r.label, r.trace.series()[ws[k]].name, w.y.back()));
-    }
-    prof.series.push_back(s);
-    wprof.series.push_back(w);
+    prof.series.push_back(profile(r, st, depth_series(r.trace), "|dL/dh|"));
+    wprof.series.push_back(profile(r, st, weight_series(r.trace), "|dL/dW|"));
   }
   return "<h2>Gradient across depth</h2>\n" + render(prof) + render(wprof);
 }
 
 // |dL/dh_t| per time step at the first and the last recorded step.
 std::string time_profiles(const std::vector<RankingRow>& rows) {
-  LineChart tc;
-  tc.title = "|dL/dh_t| per time step: at initialization (dashed) and after training (solid)";
-  tc.x_label = "time step t";
-  tc.y_label = "|dL/dh_t| (log scale)";
-  tc.note = "The loss reads the last step only, so everything that reaches early steps travels back through the recurrence.";
+  LineChart tc = chart("|dL/dh_t| per time step: at initialization (dashed) and after training (solid)", "time step t",
+                       "|dL/dh_t| (log scale)",
+                       "The loss reads the last step only, so everything that reaches early steps travels back through the recurrence.");
   std::size_t colour_slot = 0;
   for (const auto& row : rows) {
     const auto& r = *row.run;
@@ -106,10 +108,7 @@ std::string loss_curves(const Comparison& c) {
     if (std::find(task_order.begin(), task_order.end(), r.task) == task_order.end()) task_order.push_back(r.task);
   std::string out = "<h2>Does it learn?</h2>\n";
   for (const auto& task : task_order) {
-    LineChart lc;
-    lc.title = "Training loss, task " + task;
-    lc.x_label = "step";
-    lc.y_label = "loss (log scale)";
+    LineChart lc = chart("Training loss, task " + task, "step", "loss (log scale)");
     double baseline = 0;
     for (const auto& r : c.runs) {
       if (r.task != task) continue;

@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "gradflow/error.h"
+#include "enum_names.h"
 #include "json_util.h"
 #include "run_json.h"
 #include "trace_json.h"
@@ -44,32 +45,21 @@ std::string RunRecord::config_value(const std::string& key) const {
 }
 
 namespace {
-template <class E>
-struct Named {
-  E value;
-  const char* name;
-};
+using detail::Named;
 constexpr Named<ConfigRole> kRoles[] = {
     {ConfigRole::setting, "setting"}, {ConfigRole::remedy, "remedy"}, {ConfigRole::recording, "recording"}};
 constexpr Named<SweepAxis> kAxes[] = {{SweepAxis::none, ""}, {SweepAxis::depth, "depth"}, {SweepAxis::seq_len, "seq_len"}};
 
 template <class E, std::size_t N>
-const char* name_in(const Named<E> (&table)[N], E value) {
-  for (const auto& e : table)
-    if (e.value == value) return e.name;
-  return "";
-}
-template <class E, std::size_t N>
 E value_in(const Named<E> (&table)[N], const std::string& name, const char* what) {
-  for (const auto& e : table)
-    if (name == e.name) return e.value;
+  if (auto v = detail::value_of(table, name)) return *v;
   throw Error("unknown " + std::string(what) + " '" + name + "'");
 }
 }  // namespace
 
-const char* to_string(ConfigRole role) { return name_in(kRoles, role); }
+const char* to_string(ConfigRole role) { return detail::name_of(kRoles, role); }
 ConfigRole config_role_from_string(const std::string& name) { return value_in(kRoles, name, "config role"); }
-const char* to_string(SweepAxis axis) { return name_in(kAxes, axis); }
+const char* to_string(SweepAxis axis) { return detail::name_of(kAxes, axis); }
 SweepAxis sweep_axis_from_string(const std::string& name) { return value_in(kAxes, name, "sweep axis"); }
 
 namespace {
@@ -208,8 +198,7 @@ Json finding_json(const Finding& f) {
 Finding finding_from(const Json& j, const std::string& where) {
   Finding f;
   f.kind = finding_kind_from_string(get_str(j, "kind", where));
-  const std::string sev = get_str(j, "severity", where);
-  f.severity = sev == "error" ? Severity::error : sev == "warning" ? Severity::warning : Severity::info;
+  f.severity = severity_from_string(get_str(j, "severity", where));
   f.where = get_str(j, "where", where);
   f.message = get_str(j, "message", where);
   f.remedy = get_str(j, "remedy", where);

@@ -2,23 +2,20 @@
 
 #include <algorithm>
 
+#include "enum_names.h"
 #include "gradflow/error.h"
 
 namespace gradflow {
 
-const char* to_string(SeriesKind kind) {
-  switch (kind) {
-    case SeriesKind::parameter: return "parameter";
-    case SeriesKind::activation: return "activation";
-    case SeriesKind::tap: return "tap";
-  }
-  return "parameter";
-}
+namespace {
+constexpr detail::Named<SeriesKind> kKinds[] = {
+    {SeriesKind::parameter, "parameter"}, {SeriesKind::activation, "activation"}, {SeriesKind::tap, "tap"}};
+}  // namespace
+
+const char* to_string(SeriesKind kind) { return detail::name_of(kKinds, kind); }
 
 SeriesKind series_kind_from_string(const std::string& name) {
-  if (name == "parameter") return SeriesKind::parameter;
-  if (name == "activation") return SeriesKind::activation;
-  if (name == "tap") return SeriesKind::tap;
+  if (auto kind = detail::value_of(kKinds, name)) return *kind;
   throw Error("unknown series kind '" + name + "': expected parameter, activation or tap");
 }
 

@@ -28,6 +28,13 @@ struct Lookup {
   }
 };
 
+// Linear layers under the given names, as one module to look parameters up in.
+torch::nn::Sequential named(const std::vector<std::pair<std::string, torch::nn::Linear>>& layers) {
+  torch::nn::Sequential holder;
+  for (const auto& [name, layer] : layers) holder->push_back(std::string(name), layer);
+  return holder;
+}
+
 class GraphWalkTest : public test::TorchTest {};
 
 TEST_F(GraphWalkTest, FindsEachLinearLayersOutputInForwardOrder) {
@@ -48,10 +55,7 @@ TEST_F(GraphWalkTest, FindsEachLinearLayersOutputInForwardOrder) {
 
 TEST_F(GraphWalkTest, AModuleCalledTwiceIsNumberedPerCall) {
   torch::nn::Linear shared(6, 6), head(6, 1);
-  torch::nn::Sequential holder;
-  holder->push_back("shared", shared);
-  holder->push_back("head", head);
-  const Lookup lookup(*holder);
+  const Lookup lookup(*named({{"shared", shared}, {"head", head}}));
   const auto y = head->forward(torch::relu(shared->forward(torch::relu(shared->forward(torch::randn({3, 6}))))));
   const auto outs = find_layer_outputs(y.sum().grad_fn().get(), lookup.params);
   EXPECT_EQ(lookup.names(outs), (std::vector<std::string>{"shared#1", "shared#2", "head"}));
@@ -59,10 +63,7 @@ TEST_F(GraphWalkTest, AModuleCalledTwiceIsNumberedPerCall) {
 
 TEST_F(GraphWalkTest, ANodeFedByTwoModulesIsNamedAfterNeither) {
   torch::nn::Linear a(3, 3), b(3, 3);
-  torch::nn::Sequential holder;
-  holder->push_back("a", a);
-  holder->push_back("b", b);
-  const Lookup lookup(*holder);
+  const Lookup lookup(*named({{"a", a}, {"b", b}}));
   const auto x = torch::randn({2, 3});
   // One op reads both modules' weights: x @ (Wa + Wb)^T is no single layer's output.
   const auto y = torch::matmul(x, (a->weight + b->weight).t());

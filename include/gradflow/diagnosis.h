@@ -20,6 +20,8 @@ enum class Severity { info, warning, error };
 
 const char* to_string(FindingKind kind);
 const char* to_string(Severity severity);
+/// Parses a severity name; throws gradflow::UsageError listing the valid names.
+Severity severity_from_string(const std::string& name);
 /// Parses a kind name; throws gradflow::UsageError listing the valid names.
 FindingKind finding_kind_from_string(const std::string& name);
 /// Every kind, in declaration order.
