@@ -157,6 +157,24 @@ TEST(Diagnosis, DeadUnitsForReluAndSaturationForSigmoid) {
   EXPECT_FALSE(has(diagnose(ok.t, {}, {}, sig), FindingKind::saturation));
 }
 
+TEST(Diagnosis, SaturationQuotesTheThresholdTheMonitorUsed) {
+  ActivationStats sat{0.5, 0.4, 0.0, 0.8, 0.05};
+  TraceBuilder b(2, 2);
+  b.t.saturation_threshold = 0.3;
+  b.step(0, {1, 1}, {1, 1}, sat);
+  ModelTraits sig;
+  sig.activation = Activation::sigmoid;
+  const auto f = diagnose(b.t, {}, {}, sig);
+  ASSERT_TRUE(has(f, FindingKind::saturation));
+  EXPECT_NE(get(f, FindingKind::saturation)->message.find("under 30% of its maximum"), std::string::npos)
+      << get(f, FindingKind::saturation)->message;
+  // The severity follows DiagnosisOptions::severe_unit_fraction.
+  EXPECT_EQ(get(f, FindingKind::saturation)->severity, Severity::warning);
+  DiagnosisOptions strict;
+  strict.severe_unit_fraction = 0.7;
+  EXPECT_EQ(get(diagnose(b.t, {}, {}, sig, strict), FindingKind::saturation)->severity, Severity::error);
+}
+
 TEST(Diagnosis, NonFiniteGradientOrLoss) {
   TraceBuilder b(2, 2);
   b.step(0, {1, 1}, {1, 1});

@@ -415,6 +415,15 @@ TEST_F(MonitorTest, MisuseIsAClearError) {
 namespace gradflow {
 namespace {
 
+// The diagnosis quotes the saturation threshold the forward statistics were computed with.
+TEST_F(MonitorTest, TheTraceKeepsTheSaturationThreshold) {
+  MonitorOptions o;
+  o.saturation_threshold = 0.3;
+  Monitor mon(o);
+  EXPECT_EQ(mon.trace().saturation_threshold, 0.3);
+  EXPECT_EQ(Monitor().trace().saturation_threshold, 0.1);
+}
+
 // The worker-thread path must give the same numbers, finished before backward() returns.
 TEST_F(MonitorTest, AsyncStatisticsEqualSynchronousOnesAndAreDoneWhenBackwardReturns) {
   if (std::thread::hardware_concurrency() < 2) GTEST_SKIP() << "one core: the worker is never used";
