@@ -40,12 +40,13 @@ void DeferredResults::fetch_into(StepRecord& step) {
 
 void DeferredResults::fill(StepRecord& step, const Slot& slot, const double* v) const {
   if (slot.field == ResultField::loss) {
-    step.loss = v[0];
+    step.add_loss(v[0]);
     return;
   }
   Record& r = step.records.at(slot.record);
   switch (slot.field) {
     case ResultField::grad: r.grad = stats_from_aten(v, slot.numel); break;
+    case ResultField::grad_merge: r.grad.merge(stats_from_aten(v, slot.numel)); break;
     case ResultField::weight: r.weight_norm = std::sqrt(v[0]); break;
     case ResultField::forward: r.forward = activation_stats_from(v); break;
     case ResultField::loss: break;

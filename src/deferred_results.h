@@ -11,7 +11,13 @@
 namespace gradflow::detail {
 
 // Which part of a record (or of the step) a deferred result fills.
-enum class ResultField { grad, weight, forward, loss };
+enum class ResultField {
+  grad,        // a gradient's statistics, replacing the record's
+  grad_merge,  // a further gradient of the same series in the step, merged into the record's
+  weight,
+  forward,
+  loss,        // one watched loss, added to the step's
+};
 
 class DeferredResults {
  public:

@@ -247,12 +247,39 @@ std::pair<double, std::size_t> rising_windows(const std::vector<double>& loss, d
   return {pairs ? static_cast<double>(rises) / pairs : 0.0, win};
 }
 
+// The mean loss of the first and of the last tenth of the run.
+std::pair<double, double> loss_ends(const std::vector<double>& loss) {
+  const std::size_t n = loss.size();
+  const std::size_t tenth = std::max<std::size_t>(n / 10, 1);
+  return {mean_of(loss, 0, tenth), mean_of(loss, n - tenth, n)};
+}
+
+// The loss-trend rules judge an objective that training minimises: not an adversarial one,
+// and not a run too short to have a trend.
+bool trend_applies(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  return !in.traits.adversarial && in.loss.size() >= static_cast<std::size_t>(o.min_steps);
+}
+
+std::optional<Finding> rising_finding(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  const auto [start, end] = loss_ends(in.loss);
+  if (!(std::isfinite(start) && std::isfinite(end) && start > 0 && end > o.rising_factor * start)) return std::nullopt;
+  Finding f;
+  f.kind = FindingKind::unstable_loss;
+  f.severity = Severity::warning;
+  f.where = fmt::format("steps 0 .. {}", in.loss.size() - 1);
+  f.message = fmt::format("the loss rose: {:.4g} -> {:.4g} ({:+.0f}%) from the first to the last tenth of the run", start, end,
+                          100 * (end - start) / start);
+  f.evidence = {{"loss_start", start}, {"loss_end", end}};
+  f.remedy = "a smaller learning rate; check that the loss is the one to minimise";
+  return f;
+}
+
 }  // namespace
 
 std::optional<Finding> unstable_loss_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
   const auto& loss = in.loss;
   const std::size_t n = loss.size();
-  if (n < static_cast<std::size_t>(o.min_steps)) return std::nullopt;
+  if (!trend_applies(in, o)) return std::nullopt;
   const double first = loss.front();
   double worst = 0;
   for (double v : loss)
@@ -268,7 +295,7 @@ std::optional<Finding> unstable_loss_rule(const DiagnosisInput& in, const Diagno
     return f;
   }
   const auto [rise_fraction, win] = rising_windows(loss, o.oscillation_rise);
-  if (!(rise_fraction > o.oscillation_fraction)) return std::nullopt;
+  if (!(rise_fraction > o.oscillation_fraction)) return rising_finding(in, o);
   f.severity = Severity::warning;
   f.where = fmt::format("steps {} .. {}", n / 2, n - 1);
   f.message = fmt::format("the loss oscillates: {:.0f}% of {}-step windows in the second half raise it by over {:.0f}%",
@@ -279,11 +306,11 @@ std::optional<Finding> unstable_loss_rule(const DiagnosisInput& in, const Diagno
 }
 
 std::optional<Finding> stalled_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  if (!trend_applies(in, o)) return std::nullopt;
   const std::size_t n = in.loss.size();
-  if (n < static_cast<std::size_t>(o.min_steps)) return std::nullopt;
-  const std::size_t tenth = std::max<std::size_t>(n / 10, 1);
-  const double start = mean_of(in.loss, 0, tenth), end = mean_of(in.loss, n - tenth, n);
-  if (!(std::isfinite(start) && std::isfinite(end) && start > 0 && (start - end) / start < o.stall_improvement))
+  const auto [start, end] = loss_ends(in.loss);
+  // Barely moved, either way: a loss that rises a lot is not stalled (the rising rule says so).
+  if (!(std::isfinite(start) && std::isfinite(end) && start > 0 && std::abs(end - start) / start < o.stall_improvement))
     return std::nullopt;
   Finding f;
   f.kind = FindingKind::stalled;

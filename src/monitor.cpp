@@ -119,12 +119,8 @@ bool Monitor::recording() const { return state_->recorder.lock()->next_forward_r
 std::int64_t Monitor::step_index() const { return state_->recorder.lock()->step(); }
 const MonitorOptions& Monitor::options() const { return state_->opts; }
 
-const Trace& Monitor::trace() {
-  auto rec = state_->recorder.lock();
-  rec->flush();
-  return rec->trace();
-}
+const Trace& Monitor::trace() { return state_->recorder.lock()->snapshot(); }
 
-void Monitor::mark_interrupted() { state_->recorder.lock()->trace().interrupted = true; }
+void Monitor::mark_interrupted() { state_->recorder.lock()->mark_interrupted(); }
 
 }  // namespace gradflow

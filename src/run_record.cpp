@@ -34,8 +34,10 @@ std::vector<double> global_grad_norms(const Trace& trace) {
 }
 
 void RunRecord::analyse(const DiagnosisOptions& options) {
-  summary = summarize(trace, loss, tiny > 0 ? tiny : std::numeric_limits<float>::denorm_min());
-  findings = diagnose(trace, summary, loss, global_grad_norms(trace), traits, options);
+  // A partial step's numbers are incomplete: no summary figure or finding is drawn from them.
+  const Trace judged = trace.complete_steps();
+  summary = summarize(judged, loss, tiny > 0 ? tiny : std::numeric_limits<float>::denorm_min());
+  findings = diagnose(judged, summary, loss, global_grad_norms(judged), traits, options);
 }
 
 std::string RunRecord::config_value(const std::string& key) const {
@@ -162,6 +164,7 @@ ModelTraits traits_from(const Json& j) {
   t.clip_value = get_num_or(j, "clip_value", 0.0);
   t.recurrent_scale = get_num_or(j, "recurrent_scale", 0.0);
   if (auto it = j.find("forget_bias"); it != j.end() && it->is_number()) t.forget_bias = it->get<double>();
+  t.adversarial = j.value("adversarial", false);
   return t;
 }
 
@@ -230,7 +233,7 @@ std::string run_to_json(const RunRecord& r, int indent) {
   Json traits = {{"recurrent", t.recurrent},   {"cell", to_string(t.cell)},       {"activation", to_string(t.activation)},
                  {"init", to_string(t.init)},  {"norm", to_string(t.norm)},       {"residual", t.residual},
                  {"clip_norm", num(t.clip_norm)}, {"clip_value", num(t.clip_value)}, {"recurrent_scale", num(t.recurrent_scale)},
-                 {"forget_bias", t.forget_bias ? num(*t.forget_bias) : Json(nullptr)}};
+                 {"forget_bias", t.forget_bias ? num(*t.forget_bias) : Json(nullptr)}, {"adversarial", t.adversarial}};
   Json j = {{"schema", kRunSchema},
             {"spec", r.spec},
             {"label", r.label},

@@ -61,10 +61,17 @@ int StepRecorder::record_index(int series) {
   return it->second;
 }
 
-void StepRecorder::record(int series, const at::Tensor& grad, const at::Tensor& weight) {
-  const StatsPlan plan = plan_stats(opts_, grad, weight);
+void StepRecorder::record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge) {
+  StatsPlan plan = plan_stats(opts_, grad, weight);
+  // The worker replaces what a record holds: a merge is computed here instead.
+  if (merge && plan.grad == StatsPath::worker) plan.grad = StatsPath::fused;
   const int index = record_index(series);
   Record& r = cur_.records[index];
+  if (merge) {
+    if (plan.grad == StatsPath::fused) r.grad.merge(fused_stats(grad));
+    else deferred_.add(index, ResultField::grad_merge, grad.numel(), aten_stats(grad));
+    return;
+  }
   switch (plan.grad) {
     case StatsPath::worker:
       r.grad.numel = grad.numel();
@@ -124,10 +131,12 @@ void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::
   if (!attached || hooked_at != step_ || !recording_ || !grad.defined()) return;
   cur_active_ = true;
   backward_seen_ = true;
-  // With several backwards in one step, a tensor's first gradient is the one recorded.
+  // A further gradient of the same layer output or tap in this step (another backward, or a
+  // tap name given twice): the record becomes the statistics of all of them taken together.
   auto it = record_of_.find(series);
-  if (it != record_of_.end() && cur_.records[it->second].grad.numel > 0) return;
-  record(series, grad, at::Tensor());
+  const bool merge = it != record_of_.end() && cur_.records[it->second].grad.numel > 0;
+  if (merge) collect_worker();
+  record(series, grad, at::Tensor(), merge);
 }
 
 void StepRecorder::begin_forward() {
@@ -139,7 +148,7 @@ bool StepRecorder::record_loss(const at::Tensor& loss) {
   if (!recording_) return false;
   if (loss.defined() && loss.numel() == 1) {
     if (loss.device().is_cpu())
-      cur_.loss = loss.detach().to(torch::kDouble).item<double>();
+      cur_.add_loss(loss.detach().to(torch::kDouble).item<double>());
     else
       deferred_.add(-1, ResultField::loss, 1, loss.detach().reshape({1}));
   }
@@ -168,8 +177,14 @@ int StepRecorder::tap_series(const at::Tensor& t, const std::string& name, const
   return series;
 }
 
+void StepRecorder::gather() {
+  collect_worker();
+  deferred_.fetch_into(cur_);
+}
+
 void StepRecorder::end_step() {
-  flush();
+  gather();
+  if (cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss)) trace_.add_step(cur_);
   ++step_;
   recording_ = (step_ % opts_.every) == 0;
   cur_ = StepRecord{};
@@ -180,14 +195,15 @@ void StepRecorder::end_step() {
   for (auto& p : params_) p.seen = 0;
 }
 
-void StepRecorder::flush() {
-  collect_worker();
-  deferred_.fetch_into(cur_);
-  if (cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss)) trace_.add_step(cur_);
-  // What was flushed must not be added twice if the step goes on after a trace() call.
-  cur_.records.clear();
-  cur_.loss.reset();
-  record_of_.clear();
+const Trace& StepRecorder::snapshot() {
+  gather();
+  view_ = trace_;
+  if (cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss)) {
+    StepRecord open = cur_;
+    open.partial = !opts_.auto_step || !backward_seen_;
+    view_.add_step(std::move(open));
+  }
+  return view_;
 }
 
 void StepRecorder::collect_worker() {

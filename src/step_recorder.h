@@ -56,24 +56,31 @@ class StepRecorder {
   // the step is not recorded.
   int tap_series(const at::Tensor& t, const std::string& name, const TapOptions& options);
 
+  // Closes the open step: what it recorded enters the trace.
   void end_step();
-  // Moves what the open step has recorded into the trace.
-  void flush();
+  // The closed steps, and the open one marked partial when it is incomplete (no backward yet,
+  // or a manual-step Monitor whose step() has not closed it).
+  const Trace& snapshot();
   void collect_worker();
 
   bool next_forward_recorded() const;
   std::int64_t step() const { return step_; }
-  Trace& trace() { return trace_; }
+  void mark_interrupted() { trace_.interrupted = true; }
 
  private:
   int record_index(int series);
-  void record(int series, const at::Tensor& grad, const at::Tensor& weight);
+  // Computes the gradient's statistics into the record of `series`; with `merge`, they are
+  // merged into what the record already holds (a second gradient of the same series in a step).
+  void record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge = false);
+  // Moves device and worker results into the open step.
+  void gather();
   void record_weight(int index, StatsPath path, const at::Tensor& weight);
 
   MonitorOptions opts_;
   std::function<void()> schedule_collect_;
   bool collect_scheduled_ = false;
   Trace trace_;
+  Trace view_;  // what snapshot() returns
   std::vector<HookedParam> params_;
   std::vector<std::string> modules_;
   ParamLookup lookup_;

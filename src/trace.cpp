@@ -66,6 +66,20 @@ void Trace::add_step(StepRecord step) {
   steps_.push_back(std::move(step));
 }
 
+void StepRecord::add_loss(double value) {
+  losses.push_back(value);
+  loss = loss.value_or(0.0) + value;
+}
+
+Trace Trace::complete_steps() const {
+  Trace t = *this;
+  t.steps_.clear();
+  t.first_nonfinite_.reset();
+  for (const auto& st : steps_)
+    if (!st.partial) t.add_step(st);
+  return t;
+}
+
 std::vector<int> Trace::series_of_kind(SeriesKind kind) const {
   std::vector<int> out;
   for (int i = 0; i < static_cast<int>(series_.size()); ++i)

@@ -1,6 +1,7 @@
 #include "gradflow/trace_io.h"
 
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include <fmt/format.h>
@@ -79,6 +80,12 @@ Json trace_to_json_value(const Trace& trace) {
     for (const auto& r : st.records) records.push_back(record_json(r));
     Json js = {{"step", st.step}, {"backwards", st.backwards}, {"records", std::move(records)}};
     js["loss"] = st.loss ? num(*st.loss) : Json(nullptr);
+    if (st.losses.size() > 1) {
+      Json losses = Json::array();
+      for (double v : st.losses) losses.push_back(num(v));
+      js["losses"] = std::move(losses);
+    }
+    if (st.partial) js["partial"] = true;
     if (st.accuracy) js["accuracy"] = num(*st.accuracy);
     steps.push_back(std::move(js));
   }
@@ -143,6 +150,11 @@ Trace trace_from_json_unchecked(const Json& j, const std::string& where) {
       if (!it->is_number()) throw Error(where + ": a step's loss is not a number");
       st.loss = it->get<double>();
     }
+    if (auto it = js.find("losses"); it != js.end() && it->is_array())
+      for (const auto& v : *it) st.losses.push_back(v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN());
+    else if (st.loss)
+      st.losses.push_back(*st.loss);
+    if (auto it = js.find("partial"); it != js.end() && it->is_boolean()) st.partial = it->get<bool>();
     if (auto it = js.find("accuracy"); it != js.end() && it->is_number())
       st.accuracy = it->get<double>();
     for (const auto& jr : get_array(js, "records", where))
@@ -191,6 +203,10 @@ std::string trace_to_csv(const Trace& trace) {
   std::string out = "step,name,kind,quantity,value\n";
   for (const auto& st : trace.steps()) {
     if (st.loss) csv_row(out, st.step, "loss", "step", "loss", *st.loss);
+    if (st.losses.size() > 1)
+      for (std::size_t k = 0; k < st.losses.size(); ++k)
+        csv_row(out, st.step, "loss." + std::to_string(k + 1), "step", "loss", st.losses[k]);
+    if (st.partial) csv_row(out, st.step, "partial", "step", "partial", 1.0);
     if (st.accuracy) csv_row(out, st.step, "accuracy", "step", "accuracy", *st.accuracy);
     for (const auto& r : st.records) {
       const auto& s = trace.series()[r.series];

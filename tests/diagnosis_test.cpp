@@ -6,7 +6,10 @@
 #include <gtest/gtest.h>
 
 #include "gradflow/error.h"
+#include "gradflow/run_record.h"
 #include "gradflow/summary.h"
+
+#include <fmt/format.h>
 
 namespace gradflow {
 namespace {
@@ -219,6 +222,53 @@ TEST(Diagnosis, StalledAndUnstableLoss) {
   EXPECT_FALSE(has(diagnose(b.t, noisy, {}, ModelTraits{}), FindingKind::unstable_loss));
   // Too few steps to judge a trend.
   EXPECT_FALSE(has(diagnose(b.t, std::vector<double>(10, 2.3), {}, ModelTraits{}), FindingKind::stalled));
+}
+
+// Each loss rule tested on a run where its premise is false.
+TEST(Diagnosis, ARisingLossIsNotStalledAndAnAdversarialOneIsNotJudgedOnItsTrend) {
+  TraceBuilder b(1, 1);
+  b.step(0, {1}, {1});
+  std::vector<double> rising;
+  for (int i = 0; i < 100; ++i) rising.push_back(1.78 + 4.91 * i / 99.0);  // 1.78 -> 6.69, a GAN generator's
+  const auto f = diagnose(b.t, rising, {}, ModelTraits{});
+  EXPECT_FALSE(has(f, FindingKind::stalled));
+  ASSERT_TRUE(has(f, FindingKind::unstable_loss));
+  const Finding& rose = *get(f, FindingKind::unstable_loss);
+  EXPECT_NE(rose.message.find("the loss rose"), std::string::npos) << rose.message;
+  // The message quotes the numbers it was judged on: the means of the first and last tenth.
+  double head = 0, tail = 0;
+  for (int i = 0; i < 10; ++i) head += rising[i] / 10, tail += rising[90 + i] / 10;
+  EXPECT_NE(rose.message.find(fmt::format("{:.4g} -> {:.4g}", head, tail)), std::string::npos) << rose.message;
+  ModelTraits gan;
+  gan.adversarial = true;
+  const auto g = diagnose(b.t, rising, {}, gan);
+  EXPECT_FALSE(has(g, FindingKind::unstable_loss));
+  EXPECT_FALSE(has(g, FindingKind::stalled));
+  EXPECT_FALSE(has(diagnose(b.t, std::vector<double>(100, 0.7), {}, gan), FindingKind::stalled));
+  // A loss that falls 1% is stalled; one that rises 1% too (it barely moved either way).
+  std::vector<double> up1;
+  for (int i = 0; i < 100; ++i) up1.push_back(2.0 * (1 + 0.01 * i / 99.0));
+  EXPECT_TRUE(has(diagnose(b.t, up1, {}, ModelTraits{}), FindingKind::stalled));
+  EXPECT_FALSE(has(diagnose(b.t, up1, {}, ModelTraits{}), FindingKind::unstable_loss));
+}
+
+TEST(Diagnosis, APartialStepIsNeverJudged) {
+  TraceBuilder b(2, 2);
+  b.step(0, {1, 1}, {1, 1});
+  StepRecord open;  // still open when the trace was read: one backward of a step nobody closed
+  open.step = 1;
+  open.partial = true;
+  open.records.push_back(TraceBuilder::rec(b.w[0], 1.0, /*nonfinite=*/4));
+  b.t.add_step(open);
+  RunRecord r;
+  r.trace = b.t;
+  r.loss = {1.0};
+  r.analyse();
+  EXPECT_FALSE(has(r.findings, FindingKind::non_finite));
+  EXPECT_EQ(r.summary.recorded_steps, 1);
+  ASSERT_EQ(r.trace.steps().size(), 2u);  // kept, marked
+  EXPECT_TRUE(r.trace.steps().back().partial);
+  EXPECT_EQ(r.trace.complete_steps().steps().size(), 1u);
 }
 
 TEST(Diagnosis, ThresholdsAreConfigurable) {

@@ -54,9 +54,11 @@ struct DiagnosisOptions {
   double saturated_fraction = 0.5;
   /// Dead or saturated findings are errors when the worst layer is past this fraction.
   double severe_unit_fraction = 0.9;
-  /// Stalled: the loss improved by less than this fraction of its start (averaged over the
-  /// first and last tenth of the run), with at least `min_steps` steps.
+  /// Stalled: the loss moved, up or down, by less than this fraction of its start (averaged
+  /// over the first and last tenth of the run), with at least `min_steps` steps.
   double stall_improvement = 0.02;
+  /// Rising: the mean loss of the last tenth is above this multiple of the first tenth's.
+  double rising_factor = 1.5;
   /// Unstable: a finite loss above this multiple of the first one ...
   double divergence_factor = 10.0;
   /// ... or, in the second half, more than this fraction of windows (n/20 steps, at least 5)

@@ -63,6 +63,10 @@ struct ModelTraits {
   double clip_value = 0.0;  ///< gradient clipping by value (0: off)
   std::optional<double> forget_bias;  ///< LSTM forget-gate bias; unset: LibTorch's default
   double recurrent_scale = 0.0;       ///< largest singular value the recurrent matrix was set to (0: untouched)
+  /// The loss is one player's objective in a game (a GAN's generator or discriminator): it
+  /// rises and falls by design, so the loss-trend rules (stalled, rising, oscillating) do not
+  /// apply to it. Gradient findings still do.
+  bool adversarial = false;
 
   bool clipped() const { return clip_norm > 0 || clip_value > 0; }
 };

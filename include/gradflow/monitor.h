@@ -88,6 +88,29 @@ struct TapOptions {
 /// gradflow::write_trace_json(monitor.trace(), "trace.json");
 /// \endcode
 ///
+/// What a step records, for every loop pattern (tested in tests/training_loops_test.cpp):
+///
+/// | loop | Monitor | a recorded step is |
+/// |---|---|---|
+/// | one loss, one backward per step | default (auto_step) | one backward |
+/// | several losses and backwards per step | auto_step = false, step() after optimizer.step() | everything between two step() calls |
+/// | gradient accumulation over micro-batches | auto_step = false, step() after optimizer.step() | the micro-batches of one optimizer step |
+/// | two models whose graphs cross (GAN) | one Monitor per model; auto_step = false for one that takes several backwards | that model's optimizer step |
+/// | optimizer.step(closure) calling backward several times | auto_step = false, step() after optimizer.step(closure) | the closure's evaluations of one step |
+/// | a backward whose gradient is zeroed without an optimizer step | auto_step = false | the step whose gradient the optimizer applied |
+///
+/// - A parameter's recorded gradient is its .grad() as the optimizer applies it: the sum of what
+///   every backward of the step added since the last zeroing.
+/// - The step's loss is the sum of the losses watched in it (the objective whose gradient is
+///   applied); each watched loss is also kept on its own (StepRecord::losses).
+/// - A layer output's or tap's gradient from several backwards of one step (or a tap name given
+///   twice) is recorded as one: the statistics of all those gradients taken together.
+/// - A step enters the trace when it is closed: by step(), or in auto-step mode by the next
+///   step's start. trace() shows the step still open as well, marked `partial` when it is
+///   incomplete (no backward yet, or not closed by step() in manual mode: the discriminator's
+///   monitor after the generator's backward ran through it); save_report() leaves partial steps
+///   out, and no finding is ever drawn from one.
+///
 /// Parameter hooks fire once per backward with the summed gradient, also for a parameter used
 /// several times. Statistics are computed while the hooks run; CPU tensors with the fused pass,
 /// other devices with ATen ops whose results are fetched in one transfer per recorded step.

@@ -54,10 +54,18 @@ struct Record {
 /// Everything recorded at one step.
 struct StepRecord {
   std::int64_t step = 0;                  ///< the Monitor's step index (0-based)
-  std::optional<double> loss;             ///< the loss given to Monitor::watch, if any
+  /// The step's objective: the sum of the losses given to Monitor::watch in it, if any.
+  std::optional<double> loss;
+  /// Each watched loss on its own, in the order watched (one entry for a plain loop).
+  std::vector<double> losses;
   std::optional<double> accuracy;         ///< set by trainers that know it
   int backwards = 0;                      ///< backward passes seen during the step
+  /// The step was still open when the trace was read (no step() closed it, or no backward ran
+  /// in it yet): its numbers are incomplete and no finding is drawn from it.
+  bool partial = false;
   std::vector<Record> records;
+  /// Adds one watched loss: kept in `losses`, summed into `loss`.
+  void add_loss(double value);
   /// The record of a series at this step, or nullptr when it was not recorded.
   const Record* find(int series) const;
 };
@@ -84,6 +92,9 @@ class Trace {
 
   /// Appends a step; records keep their order. Updates first_nonfinite().
   void add_step(StepRecord step);
+
+  /// The same trace without its partial steps (what findings are drawn from).
+  Trace complete_steps() const;
 
   /// Series of one kind, in the order they were first recorded.
   std::vector<int> series_of_kind(SeriesKind kind) const;
