@@ -117,6 +117,7 @@ void Monitor::step() { state_->recorder.lock()->end_step(); }
 
 bool Monitor::recording() const { return state_->recorder.lock()->next_forward_recorded(); }
 std::int64_t Monitor::step_index() const { return state_->recorder.lock()->step(); }
+std::int64_t Monitor::completed_steps() const { return state_->recorder.lock()->completed_steps(); }
 const MonitorOptions& Monitor::options() const { return state_->opts; }
 
 const Trace& Monitor::trace() { return state_->recorder.lock()->snapshot(); }

@@ -21,7 +21,7 @@ RunRecord make_run_record(Monitor& monitor, const SaveOptions& o) {
   // A step still open (a manual-step Monitor after its last step()) is not a step the optimizer took.
   r.trace = monitor.trace().complete_steps();
   for (const auto& st : r.trace.steps()) r.loss.push_back(st.loss ? *st.loss : std::numeric_limits<double>::quiet_NaN());
-  r.steps_done = r.steps_requested = monitor.step_index() + 1;
+  r.steps_done = r.steps_requested = monitor.completed_steps();
   r.tiny = std::numeric_limits<float>::denorm_min();
   r.config = {{"every", std::to_string(monitor.options().every), ConfigRole::recording}};
   r.analyse(o.diagnosis);

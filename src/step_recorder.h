@@ -65,6 +65,7 @@ class StepRecorder {
 
   bool next_forward_recorded() const;
   std::int64_t step() const { return step_; }
+  std::int64_t completed_steps() const { return step_ + (opts_.auto_step && backward_seen_ ? 1 : 0); }
   void mark_interrupted() { trace_.interrupted = true; }
 
  private:

@@ -62,6 +62,7 @@ TEST_F(TrainingLoopsTest, OneLossPerStep) {
     opt.step();
   }
   expect_matches(mon.trace(), applied);
+  EXPECT_EQ(mon.completed_steps(), 5);
 }
 
 TEST_F(TrainingLoopsTest, SeveralLossesAndBackwardsPerStep) {
@@ -148,6 +149,9 @@ TEST_F(TrainingLoopsTest, TwoModelsWhoseGraphsCross) {
   o.traits.adversarial = true;
   const RunRecord r = make_run_record(md, o);
   EXPECT_EQ(r.trace.steps().size(), 4u);
+  EXPECT_EQ(r.steps_done, 4);
+  EXPECT_EQ(md.completed_steps(), 4);
+  EXPECT_EQ(mg.completed_steps(), 4);
   EXPECT_FALSE(has_any(r.findings, {FindingKind::non_finite, FindingKind::stalled, FindingKind::unstable_loss}));
 }
 

@@ -25,6 +25,14 @@ cmake -S examples/custom_model -B "$work/example" -DCMAKE_PREFIX_PATH="$prefix" 
 cmake --build "$work/example" -j "$jobs" >/dev/null
 "$work/example/custom_model" "$work/example-report"
 test -s "$work/example-report/report.html"
+# Real loop patterns: a GAN (two models, several backwards a step) and gradient accumulation.
+for ex in gan accumulation; do
+  cmake -S "examples/$ex" -B "$work/$ex" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$work/$ex" -j "$jobs" >/dev/null
+  "$work/$ex/$ex" "$work/$ex-report"
+done
+test -s "$work/gan-report/discriminator/report.html"
+test -s "$work/accumulation-report/report.html"
 "$prefix/bin/gradflow" models >/dev/null
 
 stage "README shows the example's code"

@@ -152,6 +152,9 @@ class Monitor {
   /// check it before tapping, so steps in between cost nothing.
   bool recording() const;
   std::int64_t step_index() const;
+  /// Steps closed so far: step() calls, plus in auto-step mode the current step once its
+  /// backward has run (the optimizer steps of a plain loop).
+  std::int64_t completed_steps() const;
   const MonitorOptions& options() const;
 
   /// The recording so far, including the step in progress.
