@@ -41,9 +41,11 @@ LineChart chart(std::string title, std::string x_label, std::string y_label, std
 }
 
 // The gradient norm of each series of `chain` at one step, against its position 1, 2, ...
-LineSeries profile(const RunRecord& r, const StepRecord& st, const std::vector<int>& chain, const char* what) {
+LineSeries profile(const RankingRow& row, const StepRecord& st, const std::vector<int>& chain, const char* what) {
+  const RunRecord& r = *row.run;
   LineSeries s;
   s.label = r.label;
+  s.colour = row.index;
   for (std::size_t k = 0; k < chain.size(); ++k) {
     s.x.push_back(static_cast<double>(k + 1));
     s.y.push_back(norm_at(st, chain[k]));
@@ -65,8 +67,8 @@ std::string depth_profiles(const std::vector<RankingRow>& rows) {
     const auto& r = *row.run;
     if (r.trace.steps().empty()) continue;
     const auto& st = r.trace.steps().front();
-    prof.series.push_back(profile(r, st, depth_series(r.trace), "|dL/dh|"));
-    wprof.series.push_back(profile(r, st, weight_series(r.trace), "|dL/dW|"));
+    prof.series.push_back(profile(row, st, depth_series(r.trace), "|dL/dh|"));
+    wprof.series.push_back(profile(row, st, weight_series(r.trace), "|dL/dW|"));
   }
   return "<h2>Gradient across depth</h2>\n" + render(prof) + render(wprof);
 }
@@ -76,7 +78,6 @@ std::string time_profiles(const std::vector<RankingRow>& rows) {
   LineChart tc = chart("|dL/dh_t| per time step: at initialization (dashed) and after training (solid)", "time step t",
                        "|dL/dh_t| (log scale)",
                        "The loss reads the last step only, so everything that reaches early steps travels back through the recurrence.");
-  std::size_t colour_slot = 0;
   for (const auto& row : rows) {
     const auto& r = *row.run;
     if (r.trace.steps().empty()) continue;
@@ -87,7 +88,7 @@ std::string time_profiles(const std::vector<RankingRow>& rows) {
       LineSeries s;
       s.label = r.label + (which == 0 ? " (init)" : fmt::format(" (step {})", st.step));
       s.dashed = which == 0;
-      s.colour = static_cast<int>(colour_slot);
+      s.colour = row.index;
       s.markers = chain.size() <= 60;
       for (std::size_t k = 0; k < chain.size(); ++k) {
         s.x.push_back(static_cast<double>(k + 1));
@@ -96,7 +97,6 @@ std::string time_profiles(const std::vector<RankingRow>& rows) {
       }
       tc.series.push_back(s);
     }
-    ++colour_slot;
   }
   return "<h2>Gradient across time</h2>\n" + render(tc);
 }
@@ -110,11 +110,13 @@ std::string loss_curves(const Comparison& c) {
   for (const auto& task : task_order) {
     LineChart lc = chart("Training loss, task " + task, "step", "loss (log scale)");
     double baseline = 0;
-    for (const auto& r : c.runs) {
+    for (std::size_t i = 0; i < c.runs.size(); ++i) {
+      const RunRecord& r = c.runs[i];
       if (r.task != task) continue;
       baseline = r.baseline_loss;
       LineSeries s;
       s.label = r.label;
+      s.colour = static_cast<int>(i);
       s.markers = false;
       s.y = smooth(r.loss, s.x);
       lc.series.push_back(s);
@@ -146,21 +148,38 @@ std::string sweep_chart(const Comparison& c) {
   return "<h2>Sweep over " + html_escape(to_string(c.sweep_axis)) + "</h2>\n" + render(sc);
 }
 
+// log10 of the geometric mean of a series' norms over steps [b, e); NaN when one of them is
+// missing, zero or non-finite (the cell then says so, rather than averaging it away).
+double binned_log10(const std::vector<StepRecord>& steps, std::size_t b, std::size_t e, int series) {
+  double sum = 0;
+  for (std::size_t i = b; i < e; ++i) {
+    const double v = norm_at(steps[i], series);
+    if (!(v > 0 && std::isfinite(v))) return std::numeric_limits<double>::quiet_NaN();
+    sum += std::log10(v);
+  }
+  return sum / static_cast<double>(e - b);
+}
+
 std::string heatmap(const RunRecord& r) {
   const auto chain = r.traits.recurrent ? numbered_series(r.trace, "time") : depth_series(r.trace);
+  const auto& steps = r.trace.steps();
   Heatmap h;
   h.title = r.label;
   h.x_label = "training step";
   h.y_label = r.traits.recurrent ? "time step" : "hidden layer";
-  for (const auto& st : r.trace.steps()) h.cols.push_back(std::to_string(st.step));
+  const std::size_t per_column = (steps.size() + kHeatmapColumns - 1) / std::max<std::size_t>(kHeatmapColumns, 1);
+  std::vector<std::pair<std::size_t, std::size_t>> bins;
+  for (std::size_t b = 0; b < steps.size(); b += per_column) {
+    const std::size_t e = std::min(steps.size(), b + per_column);
+    bins.emplace_back(b, e);
+    h.cols.push_back(e - b == 1 ? std::to_string(steps[b].step)
+                                : std::to_string(steps[b].step) + "-" + std::to_string(steps[e - 1].step));
+  }
   // Rows from the output side down to the input side, like the backward pass.
   for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
     h.rows.push_back(r.trace.series()[*it].name);
     std::vector<double> row;
-    for (const auto& st : r.trace.steps()) {
-      const double v = norm_at(st, *it);
-      row.push_back(v > 0 && std::isfinite(v) ? std::log10(v) : std::numeric_limits<double>::quiet_NaN());
-    }
+    for (const auto& [b, e] : bins) row.push_back(binned_log10(steps, b, e, *it));
     h.log10_values.push_back(row);
   }
   h.row_height = chain.size() > 40 ? 6 : 12;
@@ -177,7 +196,11 @@ std::string charts_html(const Comparison& c) {
   if (!time.empty()) out += time_profiles(time);
   out += loss_curves(c);
   if (!c.sweep.empty()) out += sweep_chart(c);
-  out += "<h2>Layer &times; step heatmaps</h2>\n<p>log10 of the gradient norm at each recorded step: rows are hidden layers (feed-forward) or time steps (recurrent). Dark is little gradient.</p>\n";
+  out += fmt::format("<h2>Layer &times; step heatmaps</h2>\n<p>log10 of the gradient norm at each recorded step: rows are hidden layers "
+                     "(feed-forward) or time steps (recurrent). Dark is little gradient. A run of more than {} recorded steps "
+                     "is shown in {} columns of consecutive steps, each the geometric mean of its norms; grey: a step in it "
+                     "recorded no gradient, zero or a non-finite one.</p>\n",
+                     kHeatmapColumns, kHeatmapColumns);
   for (const auto& r : c.runs) out += heatmap(r);
   return out;
 }

@@ -17,7 +17,7 @@ const char* kCss = R"(body{font-family:system-ui,-apple-system,"Segoe UI",Roboto
 h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 table{border-collapse:collapse;margin:1em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}tr.good td.v{background:#e7f4ea}tr.bad td.v{background:#fbe9e7}
-.chart svg{max-width:100%;height:auto;background:#fff}.plot{fill:#fafafa;stroke:#999}.grid{stroke:#e3e3e3}
+.chart svg{width:100%;height:auto;background:#fff}.plot{fill:#fafafa;stroke:#999}.grid{stroke:#e3e3e3}
 .tick{font-size:11px;fill:#444}.axis{font-size:12px;fill:#222}.title{font-size:14px;font-weight:600;fill:#222}
 .legend{font-size:11px;fill:#222}.empty{font-size:13px;fill:#888}figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
 .sev-error{color:#b00020;font-weight:600}.sev-warning{color:#a15c00;font-weight:600}.sev-info{color:#555}

@@ -48,9 +48,12 @@ double norm_at(const StepRecord& st, int series) {
 
 namespace {
 
-RankingRow row_of(const RunRecord& r, const std::optional<Attenuation>& init, const std::optional<Attenuation>& end) {
+RankingRow row_of(const Comparison& c, std::size_t i, const std::optional<Attenuation>& init,
+                  const std::optional<Attenuation>& end) {
+  const RunRecord& r = c.runs[i];
   RankingRow row;
   row.run = &r;
+  row.index = static_cast<int>(i);
   row.init = init;
   row.end = end;
   row.learned = learned(r);
@@ -66,8 +69,8 @@ void number(std::vector<RankingRow>& rows) {
 
 std::vector<RankingRow> depth_ranking(const Comparison& c) {
   std::vector<RankingRow> rows;
-  for (const auto& r : c.runs)
-    if (!r.traits.recurrent) rows.push_back(row_of(r, r.summary.depth, r.summary.depth_final));
+  for (std::size_t i = 0; i < c.runs.size(); ++i)
+    if (!c.runs[i].traits.recurrent) rows.push_back(row_of(c, i, c.runs[i].summary.depth, c.runs[i].summary.depth_final));
   std::stable_sort(rows.begin(), rows.end(), [](const RankingRow& a, const RankingRow& b) {
     const auto la = log10_of(a.init), lb = log10_of(b.init);
     return (la ? std::abs(*la) : 1e9) < (lb ? std::abs(*lb) : 1e9);
@@ -78,8 +81,8 @@ std::vector<RankingRow> depth_ranking(const Comparison& c) {
 
 std::vector<RankingRow> time_ranking(const Comparison& c) {
   std::vector<RankingRow> rows;
-  for (const auto& r : c.runs)
-    if (r.traits.recurrent) rows.push_back(row_of(r, r.summary.time, r.summary.time_final));
+  for (std::size_t i = 0; i < c.runs.size(); ++i)
+    if (c.runs[i].traits.recurrent) rows.push_back(row_of(c, i, c.runs[i].summary.time, c.runs[i].summary.time_final));
   std::stable_sort(rows.begin(), rows.end(), [](const RankingRow& a, const RankingRow& b) {
     const auto la = log10_of(a.end), lb = log10_of(b.end);
     return (la ? *la : -1e9) > (lb ? *lb : -1e9);

@@ -27,6 +27,7 @@ double norm_at(const StepRecord& st, int series);
 struct RankingRow {
   int rank = 0;
   const RunRecord* run = nullptr;
+  int index = 0;  // the run's position in Comparison::runs: its colour in every chart
   std::optional<Attenuation> init;  // at the first recorded step
   std::optional<Attenuation> end;   // at the last
   bool learned = false;
@@ -37,6 +38,9 @@ struct RankingRow {
 std::vector<RankingRow> depth_ranking(const Comparison& c);
 // Recurrent runs, the most gradient reaching the first step after training first.
 std::vector<RankingRow> time_ranking(const Comparison& c);
+
+// At most this many columns in a heatmap: longer runs are shown in bins of consecutive steps.
+inline constexpr std::size_t kHeatmapColumns = 40;
 
 // The report's charts (profiles, time series, loss curves, sweep, heatmaps) as HTML sections.
 std::string charts_html(const Comparison& c);

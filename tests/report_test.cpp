@@ -1,6 +1,9 @@
 #include "gradflow/report.h"
 
 #include <cmath>
+#include <map>
+#include <regex>
+#include <set>
 
 #include "gradflow/error.h"
 
@@ -92,6 +95,46 @@ TEST(Report, HtmlIsSelfContainedAndEscapesLabels) {
   EXPECT_NE(html.find("&lt;script&gt;"), std::string::npos);
   EXPECT_EQ(html.find("http"), std::string::npos);
   EXPECT_NE(html.find("<svg"), std::string::npos);
+}
+
+// Each network keeps one colour in every chart of a report, whatever order a chart lists it in.
+TEST(Report, EachNetworkKeepsOneColourInEveryChart) {
+  // Run order differs from ranking order (the least attenuated first).
+  const auto c = make_comparison({ff_run("plain", cfg("sigmoid", "default", "none", "0"), -6),
+                                  ff_run("bn", cfg("sigmoid", "default", "batch", "0"), 0.2),
+                                  ff_run("he", cfg("relu", "he_normal", "none", "0"), -0.1)},
+                                 {});
+  const std::string html = report_html(c);
+  const std::regex line("<path d=\"[^\"]*\" fill=\"none\" stroke=\"(#[0-9A-Fa-f]{6})\"[^>]*><title>([^<]*)</title>");
+  std::map<std::string, std::set<std::string>> colours;
+  int charts_per_label = 0;
+  for (auto it = std::sregex_iterator(html.begin(), html.end(), line); it != std::sregex_iterator(); ++it) {
+    colours[(*it)[2]].insert((*it)[1]);
+    charts_per_label += (*it)[2] == "plain";
+  }
+  ASSERT_EQ(colours.size(), 3u);
+  EXPECT_GE(charts_per_label, 2) << "the profile and the loss chart both draw each run";
+  std::set<std::string> all;
+  for (const auto& [label, set] : colours) {
+    EXPECT_EQ(set.size(), 1u) << label << " changes colour between charts";
+    all.insert(*set.begin());
+  }
+  EXPECT_EQ(all.size(), 3u) << "two networks share a colour";
+}
+
+TEST(Report, LongRunsAreBinnedInTheHeatmap) {
+  RunRecord r = ff_run("long", cfg("tanh", "default", "none", "0"), -1);
+  StepRecord st = r.trace.steps().front();
+  for (int s = 1; s < 400; ++s) {
+    st.step = s;
+    r.trace.add_step(st);
+  }
+  const std::string html = report_html(make_comparison({r}, {}));
+  // 400 steps in 40 columns of 10: one cell per hidden layer and column, each saying its steps.
+  int cells = 0;
+  for (auto at = html.find("<title>h.1 at "); at != std::string::npos; at = html.find("<title>h.1 at ", at + 1)) ++cells;
+  EXPECT_EQ(cells, 40);
+  EXPECT_NE(html.find("<title>h.1 at 390-399: "), std::string::npos);
 }
 
 TEST(Report, SummaryJsonListsRunsAndVerdicts) {
