@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Renders a gradflow report.html in headless Chromium and checks what a person would see.
 
-usage: check_report.py REPORT_HTML SCREENSHOT_PNG
+usage: check_report.py REPORT_HTML SCREENSHOT_PNG [MAX_BYTES MAX_RENDER_SECONDS]
 
 Fails (exit 1) if the file references anything outside itself, if Chromium cannot render it, or
-if the screenshot is blank. Uses only the standard library (zlib) to read the PNG.
+if the screenshot is blank; with the limits, also if the file is larger than MAX_BYTES or takes
+more than MAX_RENDER_SECONDS longer to render than a blank page (Chromium's own start-up is timed
+on the blank page and left out). Uses only the standard library (zlib) to read the PNG.
 """
 import os
 import re
@@ -12,6 +14,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 
 
@@ -57,6 +60,18 @@ def png_pixels(path):
     return width, height, bpp, rows
 
 
+def screenshot(browser, html, png, work):
+    """Renders `html` into `png`; returns the seconds it took."""
+    with tempfile.TemporaryDirectory(dir=work) as profile:
+        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}", "--hide-scrollbars",
+               "--window-size=1200,6000", f"--screenshot={os.path.abspath(png)}", "file://" + os.path.abspath(html)]
+        start = time.monotonic()
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, check=False)
+        return time.monotonic() - start
+
+
 def main():
     html, png = sys.argv[1], sys.argv[2]
     text = open(html, encoding="utf-8").read()
@@ -66,12 +81,17 @@ def main():
     browser = next((b for b in ("chromium", "chromium-browser") if subprocess.call(["which", b], stdout=subprocess.DEVNULL) == 0), None)
     if browser is None:
         raise SystemExit("chromium is not installed (apt-get install chromium)")
-    with tempfile.TemporaryDirectory() as profile:
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}", "--hide-scrollbars",
-               "--window-size=1200,6000", f"--screenshot={os.path.abspath(png)}", "file://" + os.path.abspath(html)]
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, check=False)
+    if len(sys.argv) > 3 and os.path.getsize(html) > int(sys.argv[3]):
+        raise SystemExit(f"{html} is {os.path.getsize(html)} bytes, over the limit of {sys.argv[3]}")
+    with tempfile.TemporaryDirectory() as work:
+        blank = os.path.join(work, "blank.html")
+        open(blank, "w").write("<!DOCTYPE html><html><body>blank</body></html>")
+        # The faster of two runs each: Chromium's start-up alone varies by a few tenths of a second.
+        startup = min(screenshot(browser, blank, os.path.join(work, "blank.png"), work) for _ in range(2))
+        seconds = min(screenshot(browser, html, png, work) for _ in range(2)) - startup
+    print(f"check_report: {os.path.getsize(html)} bytes, rendered in {seconds:.2f} s beyond Chromium's start-up")
+    if len(sys.argv) > 4 and seconds > float(sys.argv[4]):
+        raise SystemExit(f"{html} took {seconds:.2f} s to render, over the limit of {sys.argv[4]} s")
     if not os.path.exists(png):
         raise SystemExit("chromium wrote no screenshot")
     width, height, bpp, rows = png_pixels(png)

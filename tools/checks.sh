@@ -50,6 +50,9 @@ PY
 stage "report renders in headless Chromium"
 "$build/tools/gradflow" compare --suite quick --quiet --out "$work/report" >/dev/null
 python3 tools/check_report.py "$work/report/report.html" "$work/report/screenshot.png"
+# The default comparison's report: at most 1.5 MB, rendered in under 2 s.
+"$build/tools/gradflow" compare --quiet --out "$work/default" >/dev/null
+python3 tools/check_report.py "$work/default/report.html" "$work/default/screenshot.png" 1572864 2
 "$build/tools/gradflow" flow mlp:depth=3,width=16,act=tanh --out "$work/flow" >/dev/null
 python3 tools/check_report.py "$work/flow/flow.html" "$work/flow/screenshot.png"
 
