@@ -9,6 +9,15 @@
 
 namespace gradflow::detail {
 
+LineChart line_chart(std::string title, std::string x_label, std::string y_label, std::string note) {
+  LineChart c;
+  c.title = std::move(title);
+  c.x_label = std::move(x_label);
+  c.y_label = std::move(y_label);
+  c.note = std::move(note);
+  return c;
+}
+
 namespace {
 
 std::vector<double> smooth(const std::vector<double>& v, std::vector<double>& xs) {
@@ -31,15 +40,6 @@ std::vector<double> smooth(const std::vector<double>& v, std::vector<double>& xs
   return out;
 }
 
-LineChart chart(std::string title, std::string x_label, std::string y_label, std::string note = "") {
-  LineChart c;
-  c.title = std::move(title);
-  c.x_label = std::move(x_label);
-  c.y_label = std::move(y_label);
-  c.note = std::move(note);
-  return c;
-}
-
 // The gradient norm of each series of `chain` at one step, against its position 1, 2, ...
 LineSeries profile(const RankingRow& row, const StepRecord& st, const std::vector<int>& chain, const char* what) {
   const RunRecord& r = *row.run;
@@ -56,10 +56,10 @@ LineSeries profile(const RankingRow& row, const StepRecord& st, const std::vecto
 
 // |dL/dh| per hidden layer and |dL/dW| per weight layer at the first recorded step.
 std::string depth_profiles(const std::vector<RankingRow>& rows) {
-  LineChart prof = chart("Backward signal |dL/dh| per hidden layer at initialization", "hidden layer (1 = next to the input)",
+  LineChart prof = line_chart("Backward signal |dL/dh| per hidden layer at initialization", "hidden layer (1 = next to the input)",
                          "|dL/dh| (log scale)",
                          "A line that falls toward layer 1 is a vanishing gradient: the early layers receive almost nothing.");
-  LineChart wprof = chart("Weight-gradient norm |dL/dW| per layer at initialization", "weight layer (1 = next to the input)",
+  LineChart wprof = line_chart("Weight-gradient norm |dL/dW| per layer at initialization", "weight layer (1 = next to the input)",
                           "|dL/dW| (log scale)",
                           "The weight gradient alone can mislead (a residual net's first layers receive small |dL/dW| while dL/dh "
                           "does not vanish); judge by the backward signal above.");
@@ -75,7 +75,7 @@ std::string depth_profiles(const std::vector<RankingRow>& rows) {
 
 // |dL/dh_t| per time step at the first and the last recorded step.
 std::string time_profiles(const std::vector<RankingRow>& rows) {
-  LineChart tc = chart("|dL/dh_t| per time step: at initialization (dashed) and after training (solid)", "time step t",
+  LineChart tc = line_chart("|dL/dh_t| per time step: at initialization (dashed) and after training (solid)", "time step t",
                        "|dL/dh_t| (log scale)",
                        "The loss reads the last step only, so everything that reaches early steps travels back through the recurrence.");
   for (const auto& row : rows) {
@@ -108,7 +108,7 @@ std::string loss_curves(const Comparison& c) {
     if (std::find(task_order.begin(), task_order.end(), r.task) == task_order.end()) task_order.push_back(r.task);
   std::string out = "<h2>Does it learn?</h2>\n";
   for (const auto& task : task_order) {
-    LineChart lc = chart("Training loss, task " + task, "step", "loss (log scale)");
+    LineChart lc = line_chart("Training loss, task " + task, "step", "loss (log scale)");
     double baseline = 0;
     for (std::size_t i = 0; i < c.runs.size(); ++i) {
       const RunRecord& r = c.runs[i];
@@ -162,11 +162,20 @@ double binned_log10(const std::vector<StepRecord>& steps, std::size_t b, std::si
 
 std::string heatmap(const RunRecord& r) {
   const auto chain = r.traits.recurrent ? numbered_series(r.trace, "time") : depth_series(r.trace);
+  std::vector<std::string> names;
+  for (int s : chain) names.push_back(r.trace.series()[s].name);
+  return heatmap_svg(r, chain, names, r.traits.recurrent ? "time step" : "hidden layer");
+}
+
+}  // namespace
+
+std::string heatmap_svg(const RunRecord& r, const std::vector<int>& chain, const std::vector<std::string>& names,
+                        const std::string& y_label) {
   const auto& steps = r.trace.steps();
   Heatmap h;
   h.title = r.label;
   h.x_label = "training step";
-  h.y_label = r.traits.recurrent ? "time step" : "hidden layer";
+  h.y_label = y_label;
   const std::size_t per_column = (steps.size() + kHeatmapColumns - 1) / std::max<std::size_t>(kHeatmapColumns, 1);
   std::vector<std::pair<std::size_t, std::size_t>> bins;
   for (std::size_t b = 0; b < steps.size(); b += per_column) {
@@ -176,17 +185,15 @@ std::string heatmap(const RunRecord& r) {
                                 : std::to_string(steps[b].step) + "-" + std::to_string(steps[e - 1].step));
   }
   // Rows from the output side down to the input side, like the backward pass.
-  for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
-    h.rows.push_back(r.trace.series()[*it].name);
+  for (std::size_t k = chain.size(); k-- > 0;) {
+    h.rows.push_back(names[k]);
     std::vector<double> row;
-    for (const auto& [b, e] : bins) row.push_back(binned_log10(steps, b, e, *it));
+    for (const auto& [b, e] : bins) row.push_back(binned_log10(steps, b, e, chain[k]));
     h.log10_values.push_back(row);
   }
   h.row_height = chain.size() > 40 ? 6 : 12;
   return render(h);
 }
-
-}  // namespace
 
 std::string charts_html(const Comparison& c) {
   std::string out;

@@ -46,14 +46,16 @@ std::string summary_to_json(const Comparison& c) {
   Json verdicts = Json::array();
   for (const auto& v : c.verdicts) verdicts.push_back(verdict_json(v));
   Json j = {{"schema", kSummarySchema}, {"interrupted", c.interrupted}, {"runs", runs}, {"verdicts", verdicts}};
+  if (c.kind == ReportKind::models) j["kind"] = "models";
   if (c.sweep_axis != SweepAxis::none) j["sweep"] = sweep_json(c);
   return j.dump(1);
 }
 
 void write_report(const Comparison& c, const std::string& dir) {
   write_file_atomic(dir + "/summary.json", summary_to_json(c) + "\n");
-  write_file_atomic(dir + "/report.md", report_markdown(c));
-  write_file_atomic(dir + "/report.html", report_html(c));
+  const bool models = c.kind == ReportKind::models;
+  write_file_atomic(dir + "/report.md", models ? models_report_markdown(c.runs) : report_markdown(c));
+  write_file_atomic(dir + "/report.html", models ? models_report_html(c.runs) : report_html(c));
 }
 
 namespace {
@@ -65,6 +67,7 @@ struct Loaded {
   std::vector<RunRecord> runs;
   std::vector<std::string> dirs;
   bool interrupted = false;
+  bool models = false;  // a models report's summary.json was read
   std::optional<FlowResult> flow;
 };
 
@@ -83,6 +86,7 @@ void load_compare_dir(const std::string& in, Loaded& out) {
   if (!j.is_object() || !j.contains("schema") || !j["schema"].is_string() || j["schema"].get<std::string>() != kSummarySchema)
     throw Error(where + " is not a gradflow summary (schema " + kSummarySchema + " expected)");
   if (auto it = j.find("interrupted"); it != j.end() && it->is_boolean()) out.interrupted = out.interrupted || it->get<bool>();
+  if (auto it = j.find("kind"); it != j.end() && it->is_string() && it->get<std::string>() == "models") out.models = true;
   const std::string flow_path = (fs::path(in) / "flow" / "flow.json").string();
   if (fs::exists(flow_path, ec)) out.flow = flow_from_json(read_file(flow_path), "'" + flow_path + "'");
   for (const auto& r : detail::get_array(j, "runs", where)) {
@@ -111,7 +115,9 @@ Comparison load_comparison(const std::vector<std::string>& inputs) {
     }
   }
   for (const auto& r : loaded.runs) loaded.interrupted = loaded.interrupted || r.interrupted;
+  const bool one_run = inputs.size() == 1 && loaded.runs.size() == 1 && loaded.dirs.front() == inputs.front();
   Comparison c = make_comparison(std::move(loaded.runs), std::move(loaded.dirs));
+  c.kind = loaded.models || one_run ? ReportKind::models : ReportKind::comparison;
   c.interrupted = loaded.interrupted;
   c.flow = std::move(loaded.flow);
   return c;

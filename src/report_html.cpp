@@ -13,7 +13,7 @@ using detail::Markup;
 
 namespace {
 
-const char* kCss = R"(body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+constexpr const char* kCss = R"(body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 table{border-collapse:collapse;margin:1em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}tr.good td.v{background:#e7f4ea}tr.bad td.v{background:#fbe9e7}
@@ -23,6 +23,12 @@ th{background:#f3f3f3}td.l,th.l{text-align:left}tr.good td.v{background:#e7f4ea}
 .sev-error{color:#b00020;font-weight:600}.sev-warning{color:#a15c00;font-weight:600}.sev-info{color:#555}
 details{margin:.4em 0}code{background:#f3f3f3;padding:0 .2em}.verdict-yes{color:#1b5e20;font-weight:600}.verdict-no{color:#b00020;font-weight:600}
 )";
+
+}  // namespace
+
+const char* detail::report_css() { return kCss; }
+
+namespace {
 
 // The figure shown for one side of a verdict: orders of magnitude, or for clipping whether the
 // loss stayed finite.

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gradflow/report.h"
+#include "svg.h"
 
 namespace gradflow::detail {
 
@@ -41,6 +42,17 @@ std::vector<RankingRow> time_ranking(const Comparison& c);
 
 // At most this many columns in a heatmap: longer runs are shown in bins of consecutive steps.
 inline constexpr std::size_t kHeatmapColumns = 40;
+
+// A layer x step heatmap of the norms of `chain` (forward order; shown output side on top),
+// rows named `names`, steps binned to kHeatmapColumns.
+std::string heatmap_svg(const RunRecord& r, const std::vector<int>& chain, const std::vector<std::string>& names,
+                        const std::string& y_label);
+
+// A line chart with its titles, ready for series.
+LineChart line_chart(std::string title, std::string x_label, std::string y_label, std::string note = "");
+
+// The style sheet every report page uses.
+const char* report_css();
 
 // The report's charts (profiles, time series, loss curves, sweep, heatmaps) as HTML sections.
 std::string charts_html(const Comparison& c);

@@ -130,8 +130,22 @@ std::string y_ticks(const Frame& f) {
   return out;
 }
 
-std::string x_ticks(const Frame& f) {
+// One tick per category, its name turned so that long layer names do not overlap.
+std::string category_ticks(const Frame& f, const std::vector<std::string>& names) {
   std::string out;
+  const std::size_t step = std::max<std::size_t>(1, (names.size() + 39) / 40);
+  for (std::size_t i = 0; i < names.size(); i += step) {
+    const double x = f.X(static_cast<double>(i + 1));
+    out += fmt::format("<line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{}\" y2=\"{}\" class=\"grid\"/>"
+                       "<text transform=\"translate({:.1f},{}) rotate(-35)\" class=\"tick\" text-anchor=\"end\">{}</text>\n",
+                       x, x, f.top, f.top + f.ph, x + 3, f.top + f.ph + 12, html_escape(names[i]));
+  }
+  return out;
+}
+
+std::string x_ticks(const Frame& f, const LineChart& c) {
+  std::string out;
+  if (!c.x_names.empty()) return category_ticks(f, c.x_names);
   if (f.ax.log) {
     for (int k = static_cast<int>(std::ceil(f.ax.lo)); k <= static_cast<int>(std::floor(f.ax.hi)); ++k) {
       const double x = f.X(std::pow(10.0, k));
@@ -139,6 +153,7 @@ std::string x_ticks(const Frame& f) {
     }
   } else {
     for (double v : linear_ticks(f.ax.lo, f.ax.hi, 8)) {
+      if (c.integer_x && v != std::floor(v)) continue;
       const double x = f.X(v);
       out += fmt::format("<line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{}\" y2=\"{}\" class=\"grid\"/>"
                          "<text x=\"{:.1f}\" y=\"{}\" class=\"tick\" text-anchor=\"middle\">{}</text>\n",
@@ -185,7 +200,13 @@ std::string series_svg(const Frame& f, const LineSeries& s, std::size_t si) {
 std::string render(const LineChart& c) {
   Frame f;
   f.W = c.width;
-  f.H = c.height;
+  // Room for the legend: one line a series, beside the plot, never over it.
+  f.H = std::max(c.height, f.top + 8 + 16 * static_cast<int>(c.series.size()) + f.bottom);
+  // Room under the plot for turned category names.
+  std::size_t longest = 0;
+  for (const auto& n : c.x_names) longest = std::max(longest, n.size());
+  f.bottom += static_cast<int>(std::min<std::size_t>(longest, 40) * 4);
+  f.H += static_cast<int>(std::min<std::size_t>(longest, 40) * 4);
   f.pw = f.W - f.left - f.right;
   f.ph = f.H - f.top - f.bottom;
   std::string out = fmt::format(
@@ -197,7 +218,7 @@ std::string render(const LineChart& c) {
     return out;
   }
   out += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" class=\"plot\"/>\n", f.left, f.top, f.pw, f.ph);
-  out += y_ticks(f) + x_ticks(f);
+  out += y_ticks(f) + x_ticks(f, c);
   out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"axis\" text-anchor=\"middle\">{}</text>\n", f.left + f.pw / 2, f.H - 8,
                      html_escape(c.x_label));
   out += fmt::format("<text transform=\"translate(16,{}) rotate(-90)\" class=\"axis\" text-anchor=\"middle\">{}</text>\n",
@@ -210,7 +231,10 @@ std::string render(const LineChart& c) {
 }
 
 std::string render(const Heatmap& m) {
-  const int left = 80, top = 34, legend_w = 120, bottom = 40;
+  std::size_t longest = 0;
+  for (const auto& n : m.rows) longest = std::max(longest, n.size());
+  const int left = m.left > 0 ? m.left : std::max(80, static_cast<int>(longest) * 7 + 12);
+  const int top = 34, legend_w = 120, bottom = 40;
   const int rows = static_cast<int>(m.rows.size()), cols = static_cast<int>(m.cols.size());
   const int rh = m.row_height;
   const int pw = m.width - left - legend_w - 20;

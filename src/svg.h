@@ -29,6 +29,11 @@ struct LineChart {
   std::string y_label;
   bool log_y = true;
   bool log_x = false;
+  /// Category names for x = 1, 2, ... (layer names in forward order): the x axis shows them
+  /// instead of numbers.
+  std::vector<std::string> x_names;
+  /// The x axis counts something (steps, layers): ticks at whole numbers only.
+  bool integer_x = false;
   int width = 800;
   int height = 360;
   std::vector<LineSeries> series;
@@ -45,6 +50,8 @@ struct Heatmap {
   std::vector<std::vector<double>> log10_values;  // [row][col]; NaN: no data
   int width = 720;
   int row_height = 14;
+  /// Left margin for the row names; 0: wide enough for the longest one.
+  int left = 0;
 };
 std::string render(const Heatmap& map);
 

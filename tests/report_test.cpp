@@ -5,7 +5,12 @@
 #include <regex>
 #include <set>
 
+#include "gradflow/atomic_file.h"
 #include "gradflow/error.h"
+
+#include <filesystem>
+#include <unistd.h>
+#include <fmt/format.h>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -135,6 +140,80 @@ TEST(Report, LongRunsAreBinnedInTheHeatmap) {
   for (auto at = html.find("<title>h.1 at "); at != std::string::npos; at = html.find("<title>h.1 at ", at + 1)) ++cells;
   EXPECT_EQ(cells, 40);
   EXPECT_NE(html.find("<title>h.1 at 390-399: "), std::string::npos);
+}
+
+// A user's model: weight layers with names, recorded over several steps.
+RunRecord user_run(const std::string& label) {
+  RunRecord r;
+  r.label = r.spec = label;
+  r.family = r.task = "user";
+  const std::vector<std::string> layers = {"encoder.conv1", "encoder.conv2", "head.fc"};
+  std::vector<int> series;
+  for (const auto& l : layers) series.push_back(r.trace.intern(l + ".weight", SeriesKind::parameter, l, {8, 8}));
+  for (int s = 0; s < 7; ++s) {
+    StepRecord st;
+    st.step = s;
+    st.add_loss(2.0 - 0.1 * s);
+    for (std::size_t k = 0; k < series.size(); ++k) {
+      Record rec;
+      rec.series = series[k];
+      rec.grad.numel = 64;
+      rec.grad.sum_sq = std::pow(10.0, static_cast<double>(k) - 3);
+      rec.weight_norm = 2.0;
+      st.records.push_back(rec);
+    }
+    r.trace.add_step(st);
+    r.loss.push_back(*st.loss);
+  }
+  r.steps_done = 7;
+  r.analyse();
+  return r;
+}
+
+TEST(Report, TheModelsReportNamesLayersAndComparesNothing) {
+  const std::string html = models_report_html({user_run("my net")});
+  EXPECT_NE(html.find("<h1>Gradient flow of my net</h1>"), std::string::npos);
+  const std::string body = html.substr(html.find("</style>"));
+  for (const char* comparison_words : {"comparison", "verdict", "Verdict", "constant answer", "remedy</th>"})
+    EXPECT_EQ(body.find(comparison_words), std::string::npos) << comparison_words;
+  // The layers' names on the profile's axis, in forward order.
+  const auto a = html.find(">encoder.conv1</text>"), b = html.find(">encoder.conv2</text>"), c = html.find(">head.fc</text>");
+  ASSERT_NE(a, std::string::npos);
+  ASSERT_NE(b, std::string::npos);
+  ASSERT_NE(c, std::string::npos);
+  EXPECT_LT(a, b);
+  EXPECT_LT(b, c);
+  // Steps are counted: no tick between two whole steps.
+  const std::regex tick("class=\"tick\" text-anchor=\"middle\">([0-9.e+-]+)</text>");
+  int ticks = 0;
+  for (auto it = std::sregex_iterator(html.begin(), html.end(), tick); it != std::sregex_iterator(); ++it, ++ticks)
+    EXPECT_EQ((*it)[1].str().find('.'), std::string::npos) << (*it)[1];
+  EXPECT_GT(ticks, 0);
+  // The gradient-to-weight ratio is the recorded numbers': head.fc's is 10^-0.5 / 2.
+  const std::string md = models_report_markdown({user_run("my net")});
+  EXPECT_NE(md.find(fmt::format("| head.fc | {:.3g} | {:.3g} | {:.3g} |", std::sqrt(0.1), std::sqrt(0.1), std::sqrt(0.1) / 2.0)),
+            std::string::npos) << md;
+}
+
+TEST(Report, TwoModelsOfOneProgramShareOneReport) {
+  const std::string html = models_report_html({user_run("generator"), user_run("discriminator")});
+  EXPECT_NE(html.find("<h1>Gradient flow of generator and discriminator</h1>"), std::string::npos);
+  EXPECT_NE(html.find("<h2>generator</h2>"), std::string::npos);
+  EXPECT_NE(html.find("<h2>discriminator</h2>"), std::string::npos);
+  const std::string md = models_report_markdown({user_run("generator"), user_run("discriminator")});
+  EXPECT_NE(md.find("| encoder.conv2 |"), std::string::npos);
+}
+
+TEST(Report, ASingleRunFolderIsReportedOnItsOwn) {
+  const auto dir = std::filesystem::temp_directory_path() / ("gradflow_single_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  write_file_atomic((dir / "run.json").string(), run_to_json(user_run("alone")));
+  const Comparison c = load_comparison({dir.string()});
+  EXPECT_EQ(c.kind, ReportKind::models);
+  write_report(c, dir.string());
+  EXPECT_NE(read_file((dir / "report.html").string()).find("Gradient flow of alone"), std::string::npos);
+  EXPECT_EQ(load_comparison({dir.string(), dir.string()}).kind, ReportKind::comparison);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Report, SummaryJsonListsRunsAndVerdicts) {

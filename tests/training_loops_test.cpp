@@ -46,14 +46,16 @@ torch::nn::Sequential mlp(int in, int hidden, int out) {
                                torch::nn::Tanh(), torch::nn::Linear(hidden, out));
 }
 
-class TrainingLoopsTest : public test::TorchTest {};
-
-TEST_F(TrainingLoopsTest, OneLossPerStep) {
-  auto net = mlp(4, 16, 1);
-  torch::optim::SGD opt(net->parameters(), 0.05);
-  Monitor mon(*net);
+// A small MLP trained by SGD, with a Monitor on it.
+struct Loop {
+  Loop(int outputs, bool auto_step)
+      : net(mlp(4, 16, outputs)), opt(net->parameters(), 0.05), mon(*net, MonitorOptions{}.with_auto_step(auto_step)) {}
+  torch::nn::Sequential net;
+  torch::optim::SGD opt;
+  Monitor mon;
   Applied applied;
-  for (int s = 0; s < 5; ++s) {
+  // One optimizer step on one watched loss.
+  void plain_step() {
     opt.zero_grad();
     auto loss = net->forward(torch::randn({8, 4})).pow(2).mean();
     mon.watch(loss);
@@ -61,15 +63,20 @@ TEST_F(TrainingLoopsTest, OneLossPerStep) {
     applied.take(*net, loss.item<double>());
     opt.step();
   }
-  expect_matches(mon.trace(), applied);
-  EXPECT_EQ(mon.completed_steps(), 5);
+};
+
+class TrainingLoopsTest : public test::TorchTest {};
+
+TEST_F(TrainingLoopsTest, OneLossPerStep) {
+  Loop loop(1, /*auto_step=*/true);
+  for (int s = 0; s < 5; ++s) loop.plain_step();
+  expect_matches(loop.mon.trace(), loop.applied);
+  EXPECT_EQ(loop.mon.completed_steps(), 5);
 }
 
 TEST_F(TrainingLoopsTest, SeveralLossesAndBackwardsPerStep) {
-  auto net = mlp(4, 16, 2);
-  torch::optim::SGD opt(net->parameters(), 0.05);
-  Monitor mon(*net, MonitorOptions{}.with_auto_step(false));
-  Applied applied;
+  Loop loop(2, /*auto_step=*/false);
+  auto& [net, opt, mon, applied] = loop;
   for (int s = 0; s < 4; ++s) {
     opt.zero_grad();
     auto y = net->forward(torch::randn({8, 4}));
@@ -89,10 +96,8 @@ TEST_F(TrainingLoopsTest, SeveralLossesAndBackwardsPerStep) {
 }
 
 TEST_F(TrainingLoopsTest, GradientAccumulationOverMicroBatches) {
-  auto net = mlp(4, 16, 1);
-  torch::optim::SGD opt(net->parameters(), 0.05);
-  Monitor mon(*net, MonitorOptions{}.with_auto_step(false));
-  Applied applied;
+  Loop loop(1, /*auto_step=*/false);
+  auto& [net, opt, mon, applied] = loop;
   for (int s = 0; s < 3; ++s) {
     opt.zero_grad();
     double objective = 0;
@@ -186,22 +191,14 @@ TEST_F(TrainingLoopsTest, ClosureThatRunsBackwardSeveralTimes) {
 }
 
 TEST_F(TrainingLoopsTest, ABackwardZeroedWithoutAnOptimizerStep) {
-  auto net = mlp(4, 16, 1);
-  torch::optim::SGD opt(net->parameters(), 0.05);
-  Monitor mon(*net, MonitorOptions{}.with_auto_step(false));
-  Applied applied;
+  Loop loop(1, /*auto_step=*/false);
   for (int s = 0; s < 3; ++s) {
-    opt.zero_grad();
-    net->forward(torch::randn({8, 4})).sum().backward();  // a probe, thrown away
-    opt.zero_grad();
-    auto loss = net->forward(torch::randn({8, 4})).pow(2).mean();
-    mon.watch(loss);
-    loss.backward();
-    applied.take(*net, loss.item<double>());
-    opt.step();
-    mon.step();
+    loop.opt.zero_grad();
+    loop.net->forward(torch::randn({8, 4})).sum().backward();  // a probe, thrown away
+    loop.plain_step();                                         // zeroes it, then the real step
+    loop.mon.step();
   }
-  expect_matches(mon.trace(), applied);
+  expect_matches(loop.mon.trace(), loop.applied);
 }
 
 }  // namespace

@@ -31,7 +31,7 @@ for ex in gan accumulation; do
   cmake --build "$work/$ex" -j "$jobs" >/dev/null
   "$work/$ex/$ex" "$work/$ex-report"
 done
-test -s "$work/gan-report/discriminator/report.html"
+test -s "$work/gan-report/report.html" && test -s "$work/gan-report/discriminator/run.json"
 test -s "$work/accumulation-report/report.html"
 "$prefix/bin/gradflow" models >/dev/null
 

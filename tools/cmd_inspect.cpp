@@ -25,7 +25,9 @@ int run_inspect(const InspectCliOptions& in) {
   prepare_out_dir(in.out, in.force, {"inspect.json", "report.html"});
   write_file_atomic(in.out + "/inspect.json", inspect_to_json(res, o) + "\n");
   write_trace_csv(res.run.trace, in.out + "/trace.csv");
-  write_report(make_comparison({res.run}, {"."}), in.out);
+  Comparison report = make_comparison({res.run}, {"."});
+  report.kind = ReportKind::models;
+  write_report(report, in.out);
 
   std::printf("%s  (%s mode, loss %s = %.6g)\n\n", res.model.c_str(), res.training_mode ? "train" : "eval", to_string(o.loss), res.loss);
   double lo = 1e300, hi = -1e300;

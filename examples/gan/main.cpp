@@ -63,14 +63,16 @@ int main(int argc, char** argv) {
     opt_g.step();
     if (step % 100 == 0) std::printf("step %d  D %.3f  G %.3f\n", step, (d_real + d_fake).item<float>(), g_loss.item<float>());
   }
-  gradflow::SaveOptions o;
-  o.traits.activation = gradflow::Activation::leaky_relu;
-  o.traits.adversarial = true;  // each player's loss rises and falls by design
-  o.force = true;
-  o.label = "generator";
-  const auto fg = gradflow::save_report(monitor_g, out + "/generator", o);
-  o.label = "discriminator";
-  const auto fd = gradflow::save_report(monitor_d, out + "/discriminator", o);
+  gradflow::SaveOptions g, d;
+  g.traits.activation = d.traits.activation = gradflow::Activation::leaky_relu;
+  g.traits.adversarial = d.traits.adversarial = true;  // each player's loss rises and falls by design
+  g.force = true;
+  g.label = "generator";
+  d.label = "discriminator";
+  // One report, the two models side by side.
+  const auto findings = gradflow::save_report({{&monitor_g, g}, {&monitor_d, d}}, out);
+  const auto& fg = findings[0];
+  const auto& fd = findings[1];
   print("generator", fg);
   print("discriminator", fd);
   // A healthy GAN: any finding would be a false one.

@@ -42,6 +42,12 @@ struct SweepFit {
   std::optional<double> gain() const;
 };
 
+/// What a report shows.
+enum class ReportKind {
+  comparison,  ///< runs trained to be compared: verdicts, rankings (`gradflow compare`)
+  models,      ///< one model, or the models of one program, each on its own (save_report, inspect)
+};
+
 /// Several runs side by side.
 struct Comparison {
   std::vector<RunRecord> runs;
@@ -51,10 +57,17 @@ struct Comparison {
   std::vector<SweepFit> sweep;
   bool interrupted = false;       ///< a signal cut the comparison short
   std::optional<FlowResult> flow; ///< `compare --flow`: saved as flow/flow.json beside the report
+  ReportKind kind = ReportKind::comparison;
 };
 
 /// Pairs up runs that differ by one remedy and fits sweeps. `dirs` may be empty.
 Comparison make_comparison(std::vector<RunRecord> runs, std::vector<std::string> dirs);
+
+/// The report of one model, or of the models of one program side by side ("Gradient flow of
+/// generator and discriminator"): per-layer profiles with the layers' names, gradient norms and
+/// gradient-to-weight ratios per layer over training, loss, heatmap, findings with their evidence.
+std::string models_report_html(const std::vector<RunRecord>& runs);
+std::string models_report_markdown(const std::vector<RunRecord>& runs);
 
 /// The report as one HTML file that opens offline: no script, no external URL.
 std::string report_html(const Comparison& comparison);
@@ -63,12 +76,13 @@ std::string summary_to_json(const Comparison& comparison);
 /// The ranking tables and verdicts for a terminal.
 std::string report_text(const Comparison& comparison);
 
-/// Writes report.html, report.md and summary.json into `dir` (atomically, each).
+/// Writes report.html, report.md and summary.json into `dir` (atomically, each): the comparison
+/// report, or the models report when `comparison.kind` says so.
 void write_report(const Comparison& comparison, const std::string& dir);
 
 /// Loads runs for `gradflow report`: each input is a run folder (holding run.json) or a
 /// comparison folder (holding summary.json, the run folders it names and, if it has one, its
-/// flow/flow.json). Throws
+/// flow/flow.json). A single run folder, or a models report's folder, gives a models report. Throws
 /// gradflow::Error naming the input that is missing, corrupt or foreign.
 Comparison load_comparison(const std::vector<std::string>& inputs);
 

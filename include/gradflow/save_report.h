@@ -34,6 +34,17 @@ RunRecord make_run_record(Monitor& monitor, const SaveOptions& options = {});
 /// \endcode
 std::vector<Finding> save_report(Monitor& monitor, const std::string& dir, const SaveOptions& options = {});
 
+/// Several models of one program (a GAN's generator and discriminator) in one report, side by
+/// side: each model's run.json and trace.csv go into `dir`/LABEL, report.html, report.md and
+/// summary.json into `dir`. Returns each model's findings, in order. The first model's
+/// SaveOptions::force decides whether an earlier report may be replaced.
+///
+/// \code
+/// gradflow::save_report({{&monitor_g, generator_options}, {&monitor_d, discriminator_options}}, "gan-report");
+/// \endcode
+std::vector<std::vector<Finding>> save_report(const std::vector<std::pair<Monitor*, SaveOptions>>& models,
+                                              const std::string& dir);
+
 /// Thrown by require_healthy(): the gradient is not healthy in a way the caller ruled out.
 class GradientHealthError : public Error {
  public:
