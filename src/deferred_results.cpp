@@ -48,6 +48,7 @@ void DeferredResults::fill(StepRecord& step, const Slot& slot, const double* v) 
     case ResultField::grad: r.grad = stats_from_aten(v, slot.numel); break;
     case ResultField::grad_merge: r.grad.merge(stats_from_aten(v, slot.numel)); break;
     case ResultField::weight: r.weight_norm = std::sqrt(v[0]); break;
+    case ResultField::update: r.update_norm = std::sqrt(v[0]); break;
     case ResultField::forward: r.forward = activation_stats_from(v); break;
     case ResultField::loss: break;
   }

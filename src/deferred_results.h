@@ -15,6 +15,7 @@ enum class ResultField {
   grad,        // a gradient's statistics, replacing the record's
   grad_merge,  // a further gradient of the same series in the step, merged into the record's
   weight,
+  update,      // the sum of squares of an optimizer update
   forward,
   loss,        // one watched loss, added to the step's
 };

@@ -15,6 +15,8 @@ LineChart line_chart(std::string title, std::string x_label, std::string y_label
   c.x_label = std::move(x_label);
   c.y_label = std::move(y_label);
   c.note = std::move(note);
+  // Every report chart counts along x: layers, time steps, training steps, depths.
+  c.integer_x = true;
   return c;
 }
 
@@ -129,6 +131,7 @@ std::string loss_curves(const Comparison& c) {
 
 std::string sweep_chart(const Comparison& c) {
   LineChart sc;
+  sc.integer_x = true;
   const bool time = c.sweep_axis == SweepAxis::seq_len;
   sc.title = time ? "Attenuation across time against sequence length" : "Attenuation across depth against depth";
   sc.x_label = time ? "sequence length T" : "depth (weight layers)";

@@ -48,7 +48,7 @@ inline constexpr std::size_t kHeatmapColumns = 40;
 std::string heatmap_svg(const RunRecord& r, const std::vector<int>& chain, const std::vector<std::string>& names,
                         const std::string& y_label);
 
-// A line chart with its titles, ready for series.
+// A line chart with its titles, ready for series; x counts something (ticks at whole numbers).
 LineChart line_chart(std::string title, std::string x_label, std::string y_label, std::string note = "");
 
 // The style sheet every report page uses.

@@ -33,10 +33,23 @@ Layers weight_layers(const Trace& t) {
   return l;
 }
 
-double ratio_at(const StepRecord& st, int series) {
-  const Record* r = st.find(series);
-  if (!r || !(r->weight_norm > 0)) return std::numeric_limits<double>::quiet_NaN();
-  return r->grad.norm() / r->weight_norm;
+// The update the optimizer applied when the Monitor measured it (MonitorOptions::update_norms),
+// else the gradient, over the weight's norm.
+struct Ratio {
+  bool updates = false;
+  double operator()(const StepRecord& st, int series) const {
+    const Record* r = st.find(series);
+    if (!r || !(r->weight_norm > 0)) return std::numeric_limits<double>::quiet_NaN();
+    return (updates ? r->update_norm : r->grad.norm()) / r->weight_norm;
+  }
+  const char* name() const { return updates ? "update-to-weight ratio |dW| / |W|" : "gradient-to-weight ratio |dL/dW| / |W|"; }
+};
+
+Ratio ratio_of(const RunRecord& r) {
+  Ratio q;
+  for (const auto& st : r.trace.steps())
+    for (const auto& rec : st.records) q.updates = q.updates || std::isfinite(rec.update_norm);
+  return q;
 }
 
 // |dL/dW| (or dL/d(output)) per layer at the first and the last recorded step, layers named.
@@ -64,7 +77,6 @@ std::string profile_chart(const RunRecord& r, const std::vector<int>& chain, con
 // One line per layer over the recorded steps.
 template <class Value>
 std::string per_layer_over_steps(const RunRecord& r, const Layers& layers, LineChart c, Value value) {
-  c.integer_x = true;
   for (std::size_t k = 0; k < layers.series.size(); ++k) {
     LineSeries s;
     s.label = layers.names[k];
@@ -80,7 +92,6 @@ std::string per_layer_over_steps(const RunRecord& r, const Layers& layers, LineC
 
 std::string loss_chart(const RunRecord& r) {
   LineChart c = detail::line_chart("Loss at each recorded step", "step", "loss (log scale)", "");
-  c.integer_x = true;
   LineSeries total;
   total.label = "loss";
   total.markers = false;
@@ -138,11 +149,13 @@ std::string model_html(const RunRecord& r) {
   if (!layers.series.empty()) {
     out += per_layer_over_steps(r, layers, detail::line_chart("Parameter-gradient norm per layer over training", "step", "|dL/dW| (log scale)", ""),
                                 [](const StepRecord& st, int s) { return detail::norm_at(st, s); });
-    out += per_layer_over_steps(r, layers,
-                                detail::line_chart("Gradient-to-weight ratio per layer over training", "step", "|dL/dW| / |W| (log scale)",
-                                      "With plain SGD the update-to-weight ratio is this times the learning rate; around 1e-3 "
-                                      "per step is the usual rule of thumb."),
-                                ratio_at);
+    const Ratio ratio = ratio_of(r);
+    out += per_layer_over_steps(
+        r, layers, detail::line_chart(std::string(ratio.name()) + " per layer over training", "step", "ratio (log scale)",
+                                      ratio.updates ? "Each step's update as the optimizer applied it; around 1e-3 is the usual rule of thumb."
+                                                    : "With plain SGD the update-to-weight ratio is this times the learning rate "
+                                                      "(MonitorOptions::update_norms records the update itself)."),
+        ratio);
     out += detail::heatmap_svg(r, layers.series, layers.names, "layer");
   }
   return out + "<h3>Setup</h3>\n" + setup_html(r) + "</section>\n";
@@ -180,11 +193,12 @@ std::string models_report_markdown(const std::vector<RunRecord>& runs) {
     const Layers layers = weight_layers(r.trace);
     if (r.trace.steps().empty() || layers.series.empty()) continue;
     const auto &first = r.trace.steps().front(), &last = r.trace.steps().back();
-    out += fmt::format("\n| layer | dL/dW at step {} | dL/dW at step {} | dL/dW / W at step {} |\n|---|---|---|---|\n", first.step,
-                       last.step, last.step);
+    const Ratio ratio = ratio_of(r);
+    out += fmt::format("\n| layer | dL/dW at step {} | dL/dW at step {} | {} at step {} |\n|---|---|---|---|\n", first.step,
+                       last.step, ratio.updates ? "dW / W" : "dL/dW / W", first.step);
     for (std::size_t k = 0; k < layers.series.size(); ++k)
       out += fmt::format("| {} | {:.3g} | {:.3g} | {:.3g} |\n", layers.names[k], detail::norm_at(first, layers.series[k]),
-                         detail::norm_at(last, layers.series[k]), ratio_at(last, layers.series[k]));
+                         detail::norm_at(last, layers.series[k]), ratio(first, layers.series[k]));
   }
   return out;
 }

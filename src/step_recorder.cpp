@@ -50,6 +50,7 @@ void StepRecorder::set_params(const std::vector<std::pair<std::string, at::Tenso
     lookup_.module.push_back(mit->second);
     params_.push_back(std::move(p));
   }
+  before_.assign(params_.size(), at::Tensor());
 }
 
 int StepRecorder::record_index(int series) {
@@ -116,6 +117,7 @@ void StepRecorder::on_param_grad(int param, const at::Tensor& grad) {
   backward_seen_ = true;
   cur_.backwards = std::max(cur_.backwards, p.seen);
   if (!recording_ || !grad.defined()) return;
+  if (opts_.update_norms && p.seen == 1) before_[param] = p.tensor.detach().clone();
   if (p.seen > 1 && p.tensor.grad().defined()) {
     collect_worker();
     // Gradient accumulation: this backward adds to what .grad() holds; record the sum the
@@ -182,7 +184,22 @@ void StepRecorder::gather() {
   deferred_.fetch_into(cur_);
 }
 
+void StepRecorder::record_updates() {
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (!before_[i].defined()) continue;
+    const at::Tensor delta = params_[i].tensor.detach() - before_[i];
+    const int index = record_index(params_[i].series);
+    if (fused_applicable(delta))
+      cur_.records[index].update_norm = std::sqrt(fused_sum_of_squares(delta));
+    else
+      deferred_.add(index, ResultField::update, delta.numel(), aten_sum_of_squares(delta));
+    before_[i] = at::Tensor();
+  }
+}
+
 void StepRecorder::end_step() {
+  record_updates();
   gather();
   if (cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss)) trace_.add_step(cur_);
   ++step_;

@@ -76,6 +76,8 @@ class StepRecorder {
   // Moves device and worker results into the open step.
   void gather();
   void record_weight(int index, StatsPath path, const at::Tensor& weight);
+  // ‖θ now − θ at the step's first gradient‖ for every parameter copied in this step.
+  void record_updates();
 
   MonitorOptions opts_;
   std::function<void()> schedule_collect_;
@@ -83,6 +85,7 @@ class StepRecorder {
   Trace trace_;
   Trace view_;  // what snapshot() returns
   std::vector<HookedParam> params_;
+  std::vector<at::Tensor> before_;  // parameters as they were when this step's gradient arrived
   std::vector<std::string> modules_;
   ParamLookup lookup_;
 

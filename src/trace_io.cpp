@@ -26,6 +26,7 @@ Json record_json(const Record& r) {
     j["ratio"] = num(r.weight_norm > 0 ? g.norm() / r.weight_norm
                                        : std::numeric_limits<double>::quiet_NaN());
   }
+  if (!std::isnan(r.update_norm)) j["update_norm"] = num(r.update_norm);
   if (r.forward) {
     const auto& f = *r.forward;
     j["forward"] = {{"mean", num(f.mean)},
@@ -55,6 +56,7 @@ Record record_from(const Json& j, int n_series, const std::string& where) {
   g.sum = mean * static_cast<double>(g.finite());
   g.max_abs = get_num(j, "max_abs", where);
   r.weight_norm = get_num_or(j, "weight_norm", std::numeric_limits<double>::quiet_NaN());
+  r.update_norm = get_num_or(j, "update_norm", std::numeric_limits<double>::quiet_NaN());
   if (auto it = j.find("forward"); it != j.end() && it->is_object()) {
     ActivationStats f;
     f.mean = get_num(*it, "mean", where);
@@ -225,6 +227,7 @@ std::string trace_to_csv(const Trace& trace) {
                 r.weight_norm > 0 ? g.norm() / r.weight_norm
                                   : std::numeric_limits<double>::quiet_NaN());
       }
+      if (!std::isnan(r.update_norm)) csv_row(out, st.step, s.name, kind, "update_norm", r.update_norm);
       if (r.forward) {
         csv_row(out, st.step, s.name, kind, "act_mean", r.forward->mean);
         csv_row(out, st.step, s.name, kind, "act_std", r.forward->std);

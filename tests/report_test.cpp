@@ -202,6 +202,15 @@ TEST(Report, TwoModelsOfOneProgramShareOneReport) {
   EXPECT_NE(html.find("<h2>discriminator</h2>"), std::string::npos);
   const std::string md = models_report_markdown({user_run("generator"), user_run("discriminator")});
   EXPECT_NE(md.find("| encoder.conv2 |"), std::string::npos);
+  // A model whose Monitor recorded the updates shows the update-to-weight ratio; the other the
+  // gradient-to-weight ratio, named as such.
+  RunRecord with_updates = user_run("with updates");
+  for (auto& st : with_updates.trace.steps())
+    for (auto& rec : st.records) rec.update_norm = 1e-3 * rec.weight_norm;
+  const std::string both = models_report_html({with_updates, user_run("without")});
+  EXPECT_NE(both.find("update-to-weight ratio |dW| / |W| per layer"), std::string::npos);
+  EXPECT_NE(both.find("gradient-to-weight ratio |dL/dW| / |W| per layer"), std::string::npos);
+  EXPECT_NE(models_report_markdown({with_updates}).find("| encoder.conv1 | 0.0316 | 0.0316 | 0.001 |"), std::string::npos);
 }
 
 TEST(Report, ASingleRunFolderIsReportedOnItsOwn) {

@@ -1,6 +1,10 @@
 // Every loop pattern of the Monitor's step table: the recorded steps are the optimizer's steps,
 // each recorded parameter gradient is .grad() as the optimizer applied it, the step's loss is
 // the objective, and no finding contradicts the run.
+#include <cfloat>
+#include <cmath>
+#include <map>
+
 #include <torch/torch.h>
 
 #include "gradflow/monitor.h"
@@ -199,6 +203,57 @@ TEST_F(TrainingLoopsTest, ABackwardZeroedWithoutAnOptimizerStep) {
     loop.mon.step();
   }
   expect_matches(loop.mon.trace(), loop.applied);
+}
+
+// The update the optimizer applied, measured by the Monitor when the step closes.
+TEST_F(TrainingLoopsTest, UpdateNormsAreTheStepsTheOptimizerTook) {
+  auto net = mlp(4, 16, 1);
+  torch::optim::Adam opt(net->parameters(), 1e-2);
+  Monitor mon(*net, MonitorOptions{}.with_update_norms(true));
+  std::vector<std::map<std::string, double>> taken;
+  for (int s = 0; s < 4; ++s) {
+    opt.zero_grad();
+    auto loss = net->forward(torch::randn({8, 4})).pow(2).mean();
+    mon.watch(loss);
+    loss.backward();
+    std::map<std::string, torch::Tensor> before;
+    for (const auto& p : net->named_parameters()) before[p.key()] = p.value().detach().clone();
+    opt.step();
+    std::map<std::string, double> step;
+    for (const auto& p : net->named_parameters())
+      step[p.key()] = (p.value().detach() - before[p.key()]).to(torch::kDouble).norm().item<double>();
+    taken.push_back(step);
+  }
+  const Trace& t = mon.trace();
+  ASSERT_EQ(t.steps().size(), 4u);
+  for (std::size_t s = 0; s < 3; ++s)  // closed by the next step's start
+    for (const auto& [name, norm] : taken[s])
+      EXPECT_TRUE(rel_close(t.steps()[s].find(t.find(name))->update_norm, norm, 1e-6)) << name << " at step " << s;
+  EXPECT_TRUE(std::isnan(t.steps()[3].find(t.find("0.weight"))->update_norm)) << "the open step's update is not known yet";
+  // Without the option nothing is copied and nothing recorded.
+  Monitor plain(*net);
+  opt.zero_grad();
+  net->forward(torch::randn({2, 4})).sum().backward();
+  EXPECT_TRUE(std::isnan(plain.trace().steps().front().find(plain.trace().find("0.weight"))->update_norm));
+}
+
+TEST_F(TrainingLoopsTest, WithPlainSgdTheUpdateIsTheLearningRateTimesTheGradient) {
+  auto net = mlp(4, 16, 1);
+  torch::optim::SGD opt(net->parameters(), 0.1);
+  Monitor mon(*net, MonitorOptions{}.with_update_norms(true).with_auto_step(false));
+  for (int s = 0; s < 3; ++s) {
+    opt.zero_grad();
+    net->forward(torch::randn({8, 4})).pow(2).mean().backward();
+    opt.step();
+    mon.step();
+  }
+  const Trace& t = mon.trace();
+  ASSERT_EQ(t.steps().size(), 3u);
+  // θ after = fl(θ before − lr·g): each element of the stored update is off by at most half a
+  // float ulp of θ, so the norms agree within FLT_EPSILON·‖θ‖.
+  for (const auto& st : t.steps())
+    for (const auto& r : st.records)
+      EXPECT_NEAR(r.update_norm, 0.1 * r.grad.norm(), FLT_EPSILON * r.weight_norm) << t.series()[r.series].name << " at step " << st.step;
 }
 
 }  // namespace

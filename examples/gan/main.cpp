@@ -42,8 +42,9 @@ int main(int argc, char** argv) {
   auto gen = mlp(8, 64, 2), disc = mlp(2, 64, 1);
   torch::optim::Adam opt_g(gen->parameters(), torch::optim::AdamOptions(2e-4).betas({0.5, 0.999}));
   torch::optim::Adam opt_d(disc->parameters(), torch::optim::AdamOptions(2e-4).betas({0.5, 0.999}));
-  gradflow::Monitor monitor_g(*gen);
-  gradflow::Monitor monitor_d(*disc, gradflow::MonitorOptions{}.with_auto_step(false));
+  // Each records the updates its optimizer applies too (the report's update-to-weight ratio).
+  gradflow::Monitor monitor_g(*gen, gradflow::MonitorOptions{}.with_update_norms(true));
+  gradflow::Monitor monitor_d(*disc, gradflow::MonitorOptions{}.with_auto_step(false).with_update_norms(true));
   for (int step = 0; step < 400; ++step) {
     opt_d.zero_grad();
     auto d_real = bce(disc->forward(real_batch(64)), 1.0);

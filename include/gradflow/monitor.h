@@ -35,6 +35,10 @@ struct MonitorOptions {
   bool activations = true;
   /// Record each parameter's own L2 norm next to its gradient (and so ||g||/||w||).
   bool weight_norms = true;
+  /// Record the size of each update the optimizer applies, ‖θ after − θ before‖, and so the
+  /// update-to-weight ratio. Costs a copy of every parameter per recorded step; measured when
+  /// the step closes (step(), or the next step's start in auto-step mode).
+  bool update_norms = false;
   /// When true, each watch() (or a parameter's hook firing a second time) begins a new step, so
   /// a plain training loop needs no step() call. Set it to false for gradient accumulation and
   /// call step() once per optimizer step.
@@ -56,6 +60,7 @@ struct MonitorOptions {
   MonitorOptions& with_activations(bool on) { activations = on; return *this; }
   MonitorOptions& with_auto_step(bool on) { auto_step = on; return *this; }
   MonitorOptions& with_backend(StatsBackend b) { backend = b; return *this; }
+  MonitorOptions& with_update_norms(bool on) { update_norms = on; return *this; }
 };
 
 /// Options for one tapped tensor.

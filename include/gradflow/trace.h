@@ -48,6 +48,9 @@ struct Record {
   TensorStats grad; ///< the gradient's sums
   /// L2 norm of the parameter itself when the gradient arrived (parameters only; NaN otherwise).
   double weight_norm = std::numeric_limits<double>::quiet_NaN();
+  /// ‖Δθ‖ of the optimizer step that applied this gradient (MonitorOptions::update_norms; NaN
+  /// otherwise, and for a step not yet closed).
+  double update_norm = std::numeric_limits<double>::quiet_NaN();
   std::optional<ActivationStats> forward;  ///< taps with an activation function only
 };
 
