@@ -114,8 +114,12 @@ std::string loss_chart(const RunRecord& r) {
 }
 
 std::string findings_html(const RunRecord& r) {
-  if (r.findings.empty()) return "<p>No finding: the gradient flows.</p>\n";
-  std::string out = "<ul>\n";
+  const std::string adversarial =
+      r.traits.adversarial ? "<p>This model's loss is adversarial: it rises and falls by design, so no loss-trend rule (stalled, "
+                             "rising, oscillating) judges it; the gradient rules do.</p>\n"
+                           : "";
+  if (r.findings.empty()) return adversarial + "<p>No finding: the gradient flows.</p>\n";
+  std::string out = adversarial + "<ul>\n";
   for (const auto& f : r.findings) {
     std::vector<std::string> evidence;
     for (const auto& [k, v] : f.evidence) evidence.push_back(fmt::format("{} = {:.4g}", k, v));

@@ -70,6 +70,32 @@ TEST(Svg, HeatmapHasOneCellPerRowAndColumnAndGreysMissingOnes) {
   EXPECT_NE(svg.find("h.1 at 0: 0.001"), std::string::npos);
 }
 
+// The legend stands beside the plot, never over a line, and the chart grows to hold all of it.
+TEST(Svg, ALegendNeverCoversThePlot) {
+  LineChart c;
+  c.title = "many";
+  for (int i = 0; i < 30; ++i) {
+    LineSeries s;
+    s.label = "layer " + std::to_string(i);
+    s.x = {1, 2};
+    s.y = {1.0 + i, 2.0 + i};
+    c.series.push_back(s);
+  }
+  const std::string svg = render(c);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(svg, m, std::regex("<rect x=\"(\\d+)\" y=\"(\\d+)\" width=\"(\\d+)\" height=\"(\\d+)\" class=\"plot\"")));
+  const int plot_right = std::stoi(m[1]) + std::stoi(m[3]);
+  ASSERT_TRUE(std::regex_search(svg, m, std::regex("viewBox=\"0 0 (\\d+) (\\d+)\"")));
+  const int height = std::stoi(m[2]);
+  const std::regex legend("<text x=\"(\\d+)\" y=\"(\\d+)\" class=\"legend\">");
+  int entries = 0;
+  for (auto it = std::sregex_iterator(svg.begin(), svg.end(), legend); it != std::sregex_iterator(); ++it, ++entries) {
+    EXPECT_GT(std::stoi((*it)[1]), plot_right);
+    EXPECT_LT(std::stoi((*it)[2]), height);
+  }
+  EXPECT_EQ(entries, 30);
+}
+
 TEST(Svg, EmptyChartsSayTheyHaveNoData) {
   Heatmap h;
   h.title = "empty";

@@ -30,6 +30,12 @@ struct Applied {
   }
 };
 
+// These healthy little runs give no finding at all: any would be a false one.
+void expect_no_finding(Monitor& mon) {
+  const RunRecord r = make_run_record(mon);
+  for (const auto& f : r.findings) ADD_FAILURE() << to_string(f.kind) << ": " << f.message;
+}
+
 void expect_matches(const Trace& trace, const Applied& applied) {
   ASSERT_EQ(trace.steps().size(), applied.grad_norms.size()) << "recorded steps != optimizer steps";
   for (std::size_t s = 0; s < applied.grad_norms.size(); ++s) {
@@ -76,6 +82,7 @@ TEST_F(TrainingLoopsTest, OneLossPerStep) {
   for (int s = 0; s < 5; ++s) loop.plain_step();
   expect_matches(loop.mon.trace(), loop.applied);
   EXPECT_EQ(loop.mon.completed_steps(), 5);
+  expect_no_finding(loop.mon);
 }
 
 TEST_F(TrainingLoopsTest, SeveralLossesAndBackwardsPerStep) {
@@ -97,6 +104,7 @@ TEST_F(TrainingLoopsTest, SeveralLossesAndBackwardsPerStep) {
   expect_matches(t, applied);
   EXPECT_EQ(t.steps()[0].losses.size(), 2u);  // each watched loss is kept too
   EXPECT_EQ(t.steps()[0].backwards, 2);
+  expect_no_finding(mon);
 }
 
 TEST_F(TrainingLoopsTest, GradientAccumulationOverMicroBatches) {
@@ -116,6 +124,7 @@ TEST_F(TrainingLoopsTest, GradientAccumulationOverMicroBatches) {
     mon.step();
   }
   expect_matches(mon.trace(), applied);
+  expect_no_finding(mon);
 }
 
 // A GAN: the discriminator takes two backwards per step; the generator's backward runs through
@@ -162,6 +171,7 @@ TEST_F(TrainingLoopsTest, TwoModelsWhoseGraphsCross) {
   EXPECT_EQ(md.completed_steps(), 4);
   EXPECT_EQ(mg.completed_steps(), 4);
   EXPECT_FALSE(has_any(r.findings, {FindingKind::non_finite, FindingKind::stalled, FindingKind::unstable_loss}));
+  expect_no_finding(mg);
 }
 
 // optimizer.step(closure) calls backward several times; what it applies last is what .grad()
@@ -203,6 +213,7 @@ TEST_F(TrainingLoopsTest, ABackwardZeroedWithoutAnOptimizerStep) {
     loop.mon.step();
   }
   expect_matches(loop.mon.trace(), loop.applied);
+  expect_no_finding(loop.mon);
 }
 
 // The update the optimizer applied, measured by the Monitor when the step closes.
