@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "gradflow/data_parallel.h"
 #include "gradflow/error.h"
 #include "gradflow/monitor.h"
 #include "models/network.h"
@@ -22,6 +23,143 @@ std::string default_task(const std::string& family) {
   for (const auto& f : families())
     if (f.name == family) return f.default_task;
   return "teacher";
+}
+
+struct OptimizerChoice {
+  std::string name;
+  double lr = 0;
+};
+
+OptimizerChoice choose_optimizer(const ResolvedSpec& spec, const TrainOptions& o) {
+  const bool rnn = spec.family == "rnn";
+  OptimizerChoice c;
+  c.name = !o.optimizer.empty() ? o.optimizer : (rnn ? "adam" : "sgd");
+  c.lr = o.lr ? *o.lr : (c.name == "adam" ? 3e-3 : 0.05);
+  return c;
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerChoice& c, const std::vector<torch::Tensor>& params,
+                                                        double momentum) {
+  if (c.name == "adam") return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(c.lr));
+  return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(c.lr).momentum(momentum));
+}
+
+std::unique_ptr<Task> make_task_for(const ResolvedSpec& spec, const TrainOptions& o) {
+  TaskOptions to;
+  to.name = o.task.empty() ? default_task(spec.family) : o.task;
+  to.seq_len = o.seq_len;
+  to.inputs = o.inputs;
+  to.classes = o.classes;
+  to.noise = o.noise;
+  to.dtype = spec.get("dtype") == "float64" ? torch::kDouble : torch::kFloat;
+  return make_task(to, spec.family);
+}
+
+// The record's identity and configuration, before any step.
+RunRecord describe_run(const ResolvedSpec& spec, const TrainOptions& o, const Task& task, const Network& net,
+                       const OptimizerChoice& opt, int ranks) {
+  RunRecord r;
+  r.family = spec.family;
+  r.label = spec.label();
+  r.task = task.name();
+  r.task_description = task.describe();
+  r.baseline_loss = task.baseline_loss();
+  r.tiny = spec.get("dtype") == "float64" ? std::numeric_limits<double>::denorm_min() : std::numeric_limits<float>::denorm_min();
+  r.steps_requested = o.steps;
+  for (const auto& [k, v] : spec.values)
+    r.config.push_back({k, v, spec.is_remedy(k) ? ConfigRole::remedy : ConfigRole::setting});
+  auto setting = [&](std::string key, std::string value, ConfigRole role = ConfigRole::setting) {
+    r.config.push_back({std::move(key), std::move(value), role});
+  };
+  setting("task", r.task);
+  if (!task.sequential()) {
+    setting("classes", std::to_string(o.classes));
+    setting("noise", fmt_num(o.noise));
+    if (r.task != "images") setting("inputs", std::to_string(o.inputs));
+  }
+  if (task.sequential()) setting("seq_len", std::to_string(o.seq_len));
+  setting("steps", std::to_string(o.steps));
+  setting("batch", std::to_string(o.batch));
+  if (ranks > 1) setting("ranks", std::to_string(ranks));
+  setting("optimizer", opt.name);
+  setting("lr", fmt_num(opt.lr));
+  if (opt.name == "sgd") setting("momentum", fmt_num(o.momentum));
+  setting("clip_norm", fmt_num(o.clip_norm), ConfigRole::remedy);
+  setting("clip_value", fmt_num(o.clip_value), ConfigRole::remedy);
+  setting("seed", std::to_string(o.seed));
+  setting("every", std::to_string(o.every), ConfigRole::recording);
+  for (const auto& l : net.layers()) r.layers.push_back({l.name, l.kind, l.depth});
+  r.traits = spec.traits();
+  r.traits.clip_norm = o.clip_norm;
+  r.traits.clip_value = o.clip_value;
+  return r;
+}
+
+// This rank's examples of the step's batch: what a one-process run draws, cut into equal shards.
+Batch shard_of(Batch b, const DataParallel* dp) {
+  if (!dp || dp->world_size() == 1) return b;
+  const std::int64_t n = b.x.size(0) / dp->world_size(), start = n * dp->rank();
+  return {b.x.narrow(0, start, n), b.y.narrow(0, start, n)};
+}
+
+// What one step reports, fetched from the device in one transfer (and, data-parallel, summed
+// over the ranks in one collective).
+struct StepFigures {
+  double loss = 0;
+  std::optional<double> accuracy;
+  std::optional<double> clip_peak;  // largest |g| before value clipping
+  bool stop = false;                // some rank asked to stop
+};
+
+StepFigures fetch_figures(const torch::Tensor& loss, const torch::Tensor& acc, const torch::Tensor& clip_peak, bool stop,
+                          DataParallel* dp) {
+  // Built by push_back: GCC 12 warns (wrongly) inside c10 on a one-element initializer list.
+  std::vector<torch::Tensor> parts;
+  parts.push_back(loss.detach().to(torch::kDouble).reshape({1}));
+  if (acc.defined()) parts.push_back(acc.detach().to(torch::kDouble).reshape({1}));
+  if (clip_peak.defined()) parts.push_back(clip_peak.to(torch::kDouble).reshape({1}));
+  const torch::Tensor host = torch::cat(parts).to(torch::kCPU).contiguous();
+  std::vector<double> v(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
+  v.push_back(stop ? 1.0 : 0.0);
+  if (dp && dp->world_size() > 1) {
+    v = dp->sum(v);
+    for (std::size_t i = 0; i + 1 < v.size(); ++i) v[i] /= dp->world_size();
+  }
+  StepFigures f;
+  std::size_t i = 0;
+  f.loss = v[i++];
+  if (acc.defined()) f.accuracy = v[i++];
+  if (clip_peak.defined()) f.clip_peak = v[i++];
+  f.stop = v[i] > 0;
+  return f;
+}
+
+// Clips as asked; returns the largest |g| before value clipping (undefined without it) and
+// counts a step whose gradient norm clipping changed.
+torch::Tensor clip(const std::vector<torch::Tensor>& params, const TrainOptions& o, RunRecord& r) {
+  if (o.clip_norm > 0) {
+    const double total = torch::nn::utils::clip_grad_norm_(params, o.clip_norm);
+    if (total > o.clip_norm) ++r.clipped_steps;
+  }
+  torch::Tensor peak;
+  if (o.clip_value > 0) {
+    std::vector<torch::Tensor> peaks;
+    for (const auto& p : params)
+      if (p.grad().defined()) peaks.push_back(p.grad().abs().max());
+    if (!peaks.empty()) peak = torch::stack(peaks).max();
+    torch::nn::utils::clip_grad_value_(params, o.clip_value);
+  }
+  return peak;
+}
+
+MonitorOptions monitor_options(const ResolvedSpec& spec, const TrainOptions& o) {
+  MonitorOptions mo;
+  mo.every = o.every;
+  // Recurrent nets are measured per time step through their taps; the graph walk would name
+  // every cell call separately.
+  mo.activations = o.activations && spec.family != "rnn";
+  if (o.data_parallel) mo.with_data_parallel(*o.data_parallel, o.batch / o.data_parallel->world_size());
+  return mo;
 }
 
 }  // namespace
@@ -45,117 +183,67 @@ void validate(const TrainOptions& o) {
     throw UsageError("--seq-len must be between 1 and 100000 (got " + std::to_string(o.seq_len) + ")");
 }
 
+void validate_shards(std::int64_t batch, int ranks) {
+  if (ranks < 1 || ranks > 256) throw UsageError("--ranks must be between 1 and 256 (got " + std::to_string(ranks) + ")");
+  if (batch % ranks != 0)
+    throw UsageError(fmt::format("--batch {} does not split into {} equal shards: give a multiple of {}", batch, ranks, ranks));
+}
+
 RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
   validate(o);
+  DataParallel* dp = o.data_parallel;
+  const int ranks = dp ? dp->world_size() : 1;
+  validate_shards(o.batch, ranks);
   const auto start = std::chrono::steady_clock::now();
   torch::manual_seed(o.seed);
-  const bool f64 = spec.get("dtype") == "float64";
-  TaskOptions to;
-  to.name = o.task.empty() ? default_task(spec.family) : o.task;
-  to.seq_len = o.seq_len;
-  to.inputs = o.inputs;
-  to.classes = o.classes;
-  to.noise = o.noise;
-  to.dtype = f64 ? torch::kDouble : torch::kFloat;
-  auto task = make_task(to, spec.family);
-  if (spec.traits().norm == Norm::batch && o.batch < 2)
-    throw UsageError("batch norm needs --batch 2 or more in training mode");
+  auto task = make_task_for(spec, o);
+  if (spec.traits().norm == Norm::batch && o.batch / ranks < 2)
+    throw UsageError("batch norm needs 2 or more examples per rank in training mode: raise --batch");
   auto net = make_network(spec, task->input_dim(), task->output_dim());
-
-  const bool rnn = spec.family == "rnn";
-  const std::string opt_name = !o.optimizer.empty() ? o.optimizer : (rnn ? "adam" : "sgd");
-  const double lr = o.lr ? *o.lr : (opt_name == "adam" ? 3e-3 : 0.05);
-  std::unique_ptr<torch::optim::Optimizer> opt;
-  if (opt_name == "adam")
-    opt = std::make_unique<torch::optim::Adam>(net->parameters(), torch::optim::AdamOptions(lr));
-  else
-    opt = std::make_unique<torch::optim::SGD>(net->parameters(), torch::optim::SGDOptions(lr).momentum(o.momentum));
-
-  RunRecord r;
-  r.family = spec.family;
-  r.label = spec.label();
-  r.task = task->name();
-  r.task_description = task->describe();
-  r.baseline_loss = task->baseline_loss();
-  r.tiny = f64 ? std::numeric_limits<double>::denorm_min() : std::numeric_limits<float>::denorm_min();
-  r.steps_requested = o.steps;
-  for (const auto& [k, v] : spec.values)
-    r.config.push_back({k, v, spec.is_remedy(k) ? ConfigRole::remedy : ConfigRole::setting});
-  auto setting = [&](std::string key, std::string value, ConfigRole role = ConfigRole::setting) {
-    r.config.push_back({std::move(key), std::move(value), role});
-  };
-  setting("task", r.task);
-  if (!task->sequential()) {
-    setting("classes", std::to_string(o.classes));
-    setting("noise", fmt_num(o.noise));
-    if (r.task != "images") setting("inputs", std::to_string(o.inputs));
-  }
-  if (task->sequential()) setting("seq_len", std::to_string(o.seq_len));
-  setting("steps", std::to_string(o.steps));
-  setting("batch", std::to_string(o.batch));
-  setting("optimizer", opt_name);
-  setting("lr", fmt_num(lr));
-  if (opt_name == "sgd") setting("momentum", fmt_num(o.momentum));
-  setting("clip_norm", fmt_num(o.clip_norm), ConfigRole::remedy);
-  setting("clip_value", fmt_num(o.clip_value), ConfigRole::remedy);
-  setting("seed", std::to_string(o.seed));
-  setting("every", std::to_string(o.every), ConfigRole::recording);
-  for (const auto& l : net->layers()) r.layers.push_back({l.name, l.kind, l.depth});
-  r.traits = spec.traits();
-  r.traits.clip_norm = o.clip_norm;
-  r.traits.clip_value = o.clip_value;
-
-  MonitorOptions mo;
-  mo.every = o.every;
-  // Recurrent nets are measured per time step through their taps; the graph walk would name
-  // every cell call separately.
-  mo.activations = o.activations && !rnn;
-  Monitor mon(*net, mo);
-  net->train();
+  const OptimizerChoice choice = choose_optimizer(spec, o);
+  RunRecord r = describe_run(spec, o, *task, *net, choice, ranks);
+  if (dp) dp->broadcast_parameters(*net);
   const auto params = net->parameters();
-  for (std::int64_t step = 0; step < o.steps; ++step) {
-    if (o.should_stop && o.should_stop()) {
-      r.interrupted = true;
-      break;
+  auto opt = make_optimizer(choice, params, o.momentum);
+
+  Monitor mon(*net, monitor_options(spec, o));
+  net->train();
+  try {
+    for (std::int64_t step = 0; step < o.steps; ++step) {
+      // Data-parallel ranks stop together, at the end of a step: see fetch_figures.
+      if (!dp && o.should_stop && o.should_stop()) {
+        r.interrupted = true;
+        break;
+      }
+      const Batch b = shard_of(task->sample(o.batch), dp);
+      opt->zero_grad();
+      torch::Tensor out = net->forward(b.x, &mon);
+      torch::Tensor loss = task->loss(out, b);
+      mon.watch(loss);
+      loss.backward();
+      if (dp) dp->average_gradients(params);
+      const torch::Tensor peak = clip(params, o, r);
+      opt->step();
+      const bool stop = dp && o.should_stop && o.should_stop();
+      const StepFigures f = fetch_figures(loss, task->accuracy(out, b), peak, stop, dp);
+      r.loss.push_back(f.loss);
+      if (f.accuracy) r.accuracy.push_back(*f.accuracy);
+      if (f.clip_peak && *f.clip_peak > o.clip_value && !(o.clip_norm > 0)) ++r.clipped_steps;
+      ++r.steps_done;
+      if (o.progress) o.progress(step + 1, o.steps);
+      if (!std::isfinite(f.loss) && o.stop_on_nonfinite) {
+        r.stopped_on_nonfinite = true;
+        break;
+      }
+      if (f.stop) {
+        r.interrupted = true;
+        break;
+      }
     }
-    Batch b = task->sample(o.batch);
-    opt->zero_grad();
-    torch::Tensor out = net->forward(b.x, &mon);
-    torch::Tensor loss = task->loss(out, b);
-    mon.watch(loss);
-    loss.backward();
-    if (o.clip_norm > 0) {
-      const double total = torch::nn::utils::clip_grad_norm_(params, o.clip_norm);
-      if (total > o.clip_norm) ++r.clipped_steps;
-    }
-    torch::Tensor clip_peak;  // largest |g| before value clipping, still on the device
-    if (o.clip_value > 0) {
-      std::vector<torch::Tensor> peaks;
-      for (const auto& p : params)
-        if (p.grad().defined()) peaks.push_back(p.grad().abs().max());
-      if (!peaks.empty()) clip_peak = torch::stack(peaks).max();
-      torch::nn::utils::clip_grad_value_(params, o.clip_value);
-    }
-    opt->step();
-    // One host transfer for what the step reports, not one per parameter.
-    const torch::Tensor acc = task->accuracy(out, b);
-    // Built by push_back: GCC 12 warns (wrongly) inside c10 on a one-element initializer list.
-    std::vector<torch::Tensor> parts;
-    parts.push_back(loss.detach().to(torch::kDouble).reshape({1}));
-    if (acc.defined()) parts.push_back(acc.detach().to(torch::kDouble).reshape({1}));
-    if (clip_peak.defined()) parts.push_back(clip_peak.to(torch::kDouble).reshape({1}));
-    const torch::Tensor host = torch::cat(parts).to(torch::kCPU).contiguous();
-    const double* v = host.data_ptr<double>();
-    const double lv = v[0];
-    r.loss.push_back(lv);
-    if (acc.defined()) r.accuracy.push_back(v[1]);
-    if (clip_peak.defined() && v[parts.size() - 1] > o.clip_value && !(o.clip_norm > 0)) ++r.clipped_steps;
-    ++r.steps_done;
-    if (o.progress) o.progress(step + 1, o.steps);
-    if (!std::isfinite(lv) && o.stop_on_nonfinite) {
-      r.stopped_on_nonfinite = true;
-      break;
-    }
+  } catch (const RankLost& e) {
+    mon.abandon_step();
+    r.interrupted = true;
+    r.stop_reason = e.what();
   }
   mon.detach();
   if (r.interrupted) mon.mark_interrupted();

@@ -10,6 +10,10 @@
 #include "gradflow/run_record.h"
 #include "models/spec.h"
 
+namespace gradflow {
+class DataParallel;
+}
+
 namespace gradflow::models {
 
 /// Trainer settings; empty means the family's default (see README, "Trainer defaults").
@@ -34,10 +38,16 @@ struct TrainOptions {
   std::function<bool()> should_stop;
   /// Called after every step with (done, total).
   std::function<void(std::int64_t, std::int64_t)> progress;
+  /// Data-parallel training: every rank draws the step's `batch` examples as one process would
+  /// and trains on its own shard of batch / world size; the gradients are averaged before
+  /// clipping and the optimizer step. A lost rank stops the run (RunRecord::stop_reason).
+  DataParallel* data_parallel = nullptr;
 };
 
 /// Checks the options (throws gradflow::UsageError naming the bad one and its valid range).
 void validate(const TrainOptions& options);
+/// Checks that `batch` splits into `ranks` equal shards.
+void validate_shards(std::int64_t batch, int ranks);
 
 /// Builds the network and task, trains, and returns the record with summary and findings.
 /// Identical options give identical records.

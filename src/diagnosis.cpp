@@ -17,6 +17,9 @@ constexpr detail::Named<FindingKind> kKinds[] = {
     {FindingKind::dead_units, "dead_units"}, {FindingKind::saturation, "saturation"},
     {FindingKind::non_finite, "non_finite"}, {FindingKind::stalled, "stalled"},
     {FindingKind::unstable_loss, "unstable_loss"},
+    {FindingKind::rank_non_finite, "rank_non_finite"},
+    {FindingKind::ranks_out_of_sync, "ranks_out_of_sync"},
+    {FindingKind::rank_outlier, "rank_outlier"},
 };
 }  // namespace
 
@@ -67,7 +70,8 @@ std::vector<Finding> diagnose(const Trace& trace, const RunSummary& s, const std
   std::vector<Finding> out = detail::depth_rule(in, o);
   for (auto& f : detail::time_rule(in, o)) out.push_back(std::move(f));
   for (auto rule : {detail::dead_units_rule, detail::saturation_rule, detail::non_finite_rule, detail::norm_growth_rule,
-                    detail::unstable_loss_rule, detail::stalled_rule})
+                    detail::unstable_loss_rule, detail::stalled_rule, detail::rank_non_finite_rule,
+                    detail::ranks_out_of_sync_rule, detail::rank_outlier_rule})
     if (auto f = rule(in, o)) out.push_back(std::move(*f));
   return out;
 }

@@ -25,6 +25,12 @@ std::optional<Finding> unstable_loss_rule(const DiagnosisInput& in, const Diagno
 // A loss that barely moves.
 std::optional<Finding> stalled_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
 
+// Data-parallel runs (rank_rules.cpp): a non-finite local gradient on some ranks only; ranks
+// whose parameter checksums differ; a rank whose local gradient norm stands out for several steps.
+std::optional<Finding> rank_non_finite_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
+std::optional<Finding> ranks_out_of_sync_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
+std::optional<Finding> rank_outlier_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
+
 // Whether any attenuation of the summary is past the vanishing threshold (the premise of a
 // vanishing finding), judged from the summary alone.
 bool gradient_vanishes(const DiagnosisInput& in, const DiagnosisOptions& o);

@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/torch.h>
 
+#include "gradflow/data_parallel.h"
 #include "gradflow/error.h"
 #include "guarded.h"
 #include "step_recorder.h"
@@ -27,6 +28,7 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
 
   const MonitorOptions opts;
   detail::Guarded<detail::StepRecorder> recorder;
+  int listener = -1;  // on opts.data_parallel
 };
 
 namespace {
@@ -73,6 +75,12 @@ void Monitor::attach(const std::vector<std::pair<std::string, at::Tensor>>& name
       });
     }
   }
+  if (auto* dp = state_->opts.data_parallel) {
+    std::weak_ptr<State> weak = state_;
+    state_->listener = dp->add_listener([weak] {
+      if (auto st = weak.lock()) st->recorder.lock()->on_gradients_averaged();
+    });
+  }
   rec->attached = true;
 }
 
@@ -82,6 +90,8 @@ void Monitor::detach() {
   rec->collect_worker();
   if (state_->opts.parameters)
     for (auto& p : rec->params()) p.tensor.remove_hook(p.hook);
+  if (state_->listener >= 0) state_->opts.data_parallel->remove_listener(state_->listener);
+  state_->listener = -1;
   rec->attached = false;
 }
 
@@ -123,5 +133,7 @@ const MonitorOptions& Monitor::options() const { return state_->opts; }
 const Trace& Monitor::trace() { return state_->recorder.lock()->snapshot(); }
 
 void Monitor::mark_interrupted() { state_->recorder.lock()->mark_interrupted(); }
+
+void Monitor::abandon_step() { state_->recorder.lock()->abandon_step(); }
 
 }  // namespace gradflow

@@ -4,6 +4,7 @@
 
 #include "figures.h"
 #include "report_model.h"
+#include "report_ranks.h"
 #include "svg.h"
 
 namespace gradflow {
@@ -131,6 +132,7 @@ std::string report_html(const Comparison& c) {
   if (any_underflow(c))
     out += "<p>&le;: the far-end gradient underflowed to zero in this dtype; the figure is the bound it implies. Use dtype=float64 to measure it.</p>\n";
   out += detail::charts_html(c);
+  out += detail::comparison_ranks_html(c);
   if (c.flow) out += flow_section_html(*c.flow);
   out += findings_html(c);
   out += setup_html(c);

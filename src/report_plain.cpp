@@ -2,6 +2,7 @@
 
 #include "figures.h"
 #include "report_model.h"
+#include "report_ranks.h"
 #include "text.h"
 
 namespace gradflow {
@@ -51,6 +52,7 @@ std::string report_markdown(const Comparison& c) {
   for (const auto& v : c.verdicts) out += fmt::format("- **{}** ({}): {}\n", v.remedy, v.confirms ? "helps" : "does not help here", v.text);
   out += markdown_rankings(c);
   if (!c.sweep.empty()) out += markdown_sweep(c);
+  if (const std::string ranks = detail::comparison_ranks_text(c); !ranks.empty()) out += "\n## Data-parallel ranks\n\n" + ranks;
   out += "\n## Findings\n";
   for (const auto& r : c.runs) {
     out += "\n### " + r.label + "\n\n";
@@ -79,6 +81,7 @@ std::string report_text(const Comparison& c) {
                          attenuation_text(row.init, Markup::plain), attenuation_text(row.end, Markup::plain),
                          row.learned ? "yes" : "no", detail::loss_span(row.run->summary, Markup::plain));
   }
+  if (const std::string ranks = detail::comparison_ranks_text(c); !ranks.empty()) out += "\ndata-parallel ranks:\n" + ranks;
   if (!c.verdicts.empty()) out += "\nverdicts:\n";
   for (const auto& v : c.verdicts) out += fmt::format("  [{}] {}\n", v.confirms ? "helps" : "no", v.text);
   return out;

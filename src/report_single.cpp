@@ -7,6 +7,7 @@
 
 #include "figures.h"
 #include "report_model.h"
+#include "report_ranks.h"
 #include "svg.h"
 #include "text.h"
 
@@ -162,6 +163,7 @@ std::string model_html(const RunRecord& r) {
         ratio);
     out += detail::heatmap_svg(r, layers.series, layers.names, "layer");
   }
+  out += detail::ranks_html(r.trace);
   return out + "<h3>Setup</h3>\n" + setup_html(r) + "</section>\n";
 }
 
@@ -194,6 +196,7 @@ std::string models_report_markdown(const std::vector<RunRecord>& runs) {
     if (r.findings.empty()) out += "- no finding: the gradient flows\n";
     for (const auto& f : r.findings)
       out += fmt::format("- [{}] **{}** ({}): {} Remedy: {}\n", to_string(f.severity), to_string(f.kind), f.where, f.message, f.remedy);
+    out += detail::ranks_markdown(r.trace);
     const Layers layers = weight_layers(r.trace);
     if (r.trace.steps().empty() || layers.series.empty()) continue;
     const auto &first = r.trace.steps().front(), &last = r.trace.steps().back();

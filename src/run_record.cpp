@@ -252,6 +252,7 @@ std::string run_to_json(const RunRecord& r, int indent) {
             {"wall_seconds", num(r.wall_seconds)},
             {"interrupted", r.interrupted},
             {"stopped_on_nonfinite", r.stopped_on_nonfinite},
+            {"stop_reason", r.stop_reason},
             {"summary", summary_json(r.summary)},
             {"findings", findings},
             {"sweep", r.sweep.axis == SweepAxis::none ? Json(nullptr)
@@ -311,6 +312,7 @@ RunRecord run_from_json_unchecked(const std::string& text, const std::string& wh
   r.wall_seconds = get_num_or(j, "wall_seconds", 0.0);
   r.interrupted = j.value("interrupted", false);
   r.stopped_on_nonfinite = j.value("stopped_on_nonfinite", false);
+  r.stop_reason = j.value("stop_reason", std::string());
   for (const auto& v : get_array(j, "loss", where))
     r.loss.push_back(v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN());
   if (auto it = j.find("accuracy"); it != j.end() && it->is_array())

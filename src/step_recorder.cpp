@@ -5,7 +5,9 @@
 
 #include <torch/torch.h>
 
+#include "gradflow/data_parallel.h"
 #include "gradflow/error.h"
+#include "rank_block.h"
 #include "tensor_stats_torch.h"
 
 namespace gradflow::detail {
@@ -204,12 +206,56 @@ void StepRecorder::end_step() {
   if (cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss)) trace_.add_step(cur_);
   ++step_;
   recording_ = (step_ % opts_.every) == 0;
+  reset_step();
+}
+
+void StepRecorder::abandon_step() {
+  gather();
+  reset_step();
+}
+
+void StepRecorder::reset_step() {
   cur_ = StepRecord{};
   cur_.step = step_;
   cur_active_ = false;
   backward_seen_ = false;
   record_of_.clear();
+  averaged_ = false;
   for (auto& p : params_) p.seen = 0;
+}
+
+double StepRecorder::parameter_checksum() const {
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> sums;
+  for (const auto& p : params_) {
+    const at::Tensor v = p.tensor.detach().to(at::kDouble);
+    sums.push_back(v.sum() + v.square().sum());
+  }
+  return sums.empty() ? 0.0 : torch::stack(sums).sum().item<double>();
+}
+
+void StepRecorder::on_gradients_averaged() {
+  DataParallel* dp = opts_.data_parallel;
+  // Every rank runs the same loop, so every rank takes the same branch here.
+  if (!attached || !dp || !recording_ || averaged_ || !backward_seen_) return;
+  averaged_ = true;
+  gather();
+  const int k = dp->options().sync_check_every;
+  std::optional<double> checksum;
+  if (k > 0 && (step_ / opts_.every) % k == 0) checksum = parameter_checksum();
+  decode_ranks(cur_, dp->all_gather(encode_local(cur_, checksum)), trace_);
+  // The averaged gradient, computed here and not on the worker: backward is over.
+  for (const auto& p : params_) {
+    const auto it = record_of_.find(p.series);
+    if (it == record_of_.end() || !p.tensor.grad().defined()) continue;
+    const at::Tensor& g = p.tensor.grad();
+    if (fused_applicable(g))
+      cur_.records[it->second].grad = fused_stats(g);
+    else
+      deferred_.add(it->second, ResultField::grad, g.numel(), aten_stats(g));
+  }
+  trace_.world_size = dp->world_size();
+  trace_.batch_per_rank = opts_.batch_per_rank;
 }
 
 const Trace& StepRecorder::snapshot() {

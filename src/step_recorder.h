@@ -58,6 +58,11 @@ class StepRecorder {
 
   // Closes the open step: what it recorded enters the trace.
   void end_step();
+  // Drops the open step unrecorded.
+  void abandon_step();
+  // Data-parallel: the gradients were just averaged; exchanges the step's local figures with
+  // the other ranks (one collective) and records the averaged gradient.
+  void on_gradients_averaged();
   // The closed steps, and the open one marked partial when it is incomplete (no backward yet,
   // or a manual-step Monitor whose step() has not closed it).
   const Trace& snapshot();
@@ -78,6 +83,9 @@ class StepRecorder {
   void record_weight(int index, StatsPath path, const at::Tensor& weight);
   // ‖θ now − θ at the step's first gradient‖ for every parameter copied in this step.
   void record_updates();
+  // Sum of every parameter's elements and squares, in double: equal on ranks in sync.
+  double parameter_checksum() const;
+  void reset_step();
 
   MonitorOptions opts_;
   std::function<void()> schedule_collect_;
@@ -94,6 +102,7 @@ class StepRecorder {
   StepRecord cur_;
   bool cur_active_ = false;     // anything happened in this step
   bool backward_seen_ = false;  // a gradient arrived in this step
+  bool averaged_ = false;       // data-parallel: this step's ranks were already exchanged
   std::unordered_map<int, int> record_of_;  // series -> index in cur_.records
   DeferredResults deferred_;
   StatsWorker worker_;

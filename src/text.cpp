@@ -19,9 +19,10 @@ std::string join(const std::vector<std::string>& items, const std::string& separ
   return out;
 }
 
-std::string join_alternatives(const std::vector<std::string>& items) {
+std::string join_alternatives(const std::vector<std::string>& items, const std::string& conjunction) {
   std::string out;
-  for (std::size_t i = 0; i < items.size(); ++i) out += (i ? (i + 1 == items.size() ? " or " : ", ") : "") + items[i];
+  const std::string last = " " + conjunction + " ";
+  for (std::size_t i = 0; i < items.size(); ++i) out += (i ? (i + 1 == items.size() ? last : ", ") : "") + items[i];
   return out;
 }
 

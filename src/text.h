@@ -11,8 +11,8 @@ namespace gradflow::detail {
 std::vector<std::string> split(const std::string& text, char separator = ',');
 // {"a", "b"} -> "a, b".
 std::string join(const std::vector<std::string>& items, const std::string& separator = ", ");
-// {"a", "b", "c"} -> "a, b or c".
-std::string join_alternatives(const std::vector<std::string>& items);
+// {"a", "b", "c"} -> "a, b or c" (or "a, b and c" with conjunction "and").
+std::string join_alternatives(const std::vector<std::string>& items, const std::string& conjunction = "or");
 // The text up to its first newline (LibTorch's messages carry a stack trace after it).
 std::string first_line(const std::string& text);
 

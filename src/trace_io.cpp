@@ -15,12 +15,43 @@ namespace detail {
 
 namespace {
 
+Json stats_json(const TensorStats& g) {
+  return {{"norm", num(g.norm())}, {"rms", num(g.rms())},   {"max_abs", num(g.max_abs)},
+          {"mean", num(g.mean())}, {"std", num(g.std())},   {"zero_fraction", num(g.zero_fraction())},
+          {"zeros", g.zeros},      {"nonfinite", g.nonfinite}, {"numel", g.numel}};
+}
+
+TensorStats stats_from(const Json& j, const std::string& where) {
+  TensorStats g;
+  g.numel = get_int(j, "numel", where);
+  g.nonfinite = get_int(j, "nonfinite", where);
+  g.zeros = get_int(j, "zeros", where);
+  if (g.numel < 0 || g.nonfinite < 0 || g.zeros < 0 || g.nonfinite > g.numel || g.zeros > g.numel)
+    throw Error(where + ": counts are out of range");
+  const double norm = get_num(j, "norm", where);
+  g.sum_sq = norm * norm;
+  g.sum = get_num(j, "mean", where) * static_cast<double>(g.finite());
+  g.max_abs = get_num(j, "max_abs", where);
+  return g;
+}
+
+Json numbers_json(const std::vector<double>& values) {
+  Json a = Json::array();
+  for (double v : values) a.push_back(num(v));
+  return a;
+}
+
+std::vector<double> numbers_from(const Json& j, const char* key) {
+  std::vector<double> out;
+  if (auto it = j.find(key); it != j.end() && it->is_array())
+    for (const auto& v : *it) out.push_back(v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN());
+  return out;
+}
+
 Json record_json(const Record& r) {
+  Json j = stats_json(r.grad);
+  j["series"] = r.series;
   const auto& g = r.grad;
-  Json j = {{"series", r.series},        {"norm", num(g.norm())},  {"rms", num(g.rms())},
-            {"max_abs", num(g.max_abs)}, {"mean", num(g.mean())},  {"std", num(g.std())},
-            {"zero_fraction", num(g.zero_fraction())},             {"zeros", g.zeros},
-            {"nonfinite", g.nonfinite},  {"numel", g.numel}};
   if (!std::isnan(r.weight_norm)) {
     j["weight_norm"] = num(r.weight_norm);
     j["ratio"] = num(r.weight_norm > 0 ? g.norm() / r.weight_norm
@@ -35,6 +66,11 @@ Json record_json(const Record& r) {
                     {"saturated_fraction", num(f.saturated_fraction)},
                     {"mean_local_derivative", num(f.mean_local_derivative)}};
   }
+  if (!r.ranks.empty()) {
+    Json ranks = Json::array();
+    for (const auto& local : r.ranks) ranks.push_back(stats_json(local));
+    j["ranks"] = std::move(ranks);
+  }
   return j;
 }
 
@@ -44,17 +80,7 @@ Record record_from(const Json& j, int n_series, const std::string& where) {
   if (r.series < 0 || r.series >= n_series)
     throw Error(where + ": record names series " + std::to_string(r.series) + " of " +
                 std::to_string(n_series));
-  auto& g = r.grad;
-  g.numel = get_int(j, "numel", where);
-  g.nonfinite = get_int(j, "nonfinite", where);
-  g.zeros = get_int(j, "zeros", where);
-  if (g.numel < 0 || g.nonfinite < 0 || g.zeros < 0 || g.nonfinite > g.numel || g.zeros > g.numel)
-    throw Error(where + ": counts are out of range");
-  const double norm = get_num(j, "norm", where);
-  const double mean = get_num(j, "mean", where);
-  g.sum_sq = norm * norm;
-  g.sum = mean * static_cast<double>(g.finite());
-  g.max_abs = get_num(j, "max_abs", where);
+  r.grad = stats_from(j, where);
   r.weight_norm = get_num_or(j, "weight_norm", std::numeric_limits<double>::quiet_NaN());
   r.update_norm = get_num_or(j, "update_norm", std::numeric_limits<double>::quiet_NaN());
   if (auto it = j.find("forward"); it != j.end() && it->is_object()) {
@@ -66,6 +92,8 @@ Record record_from(const Json& j, int n_series, const std::string& where) {
     f.mean_local_derivative = get_num(*it, "mean_local_derivative", where);
     r.forward = f;
   }
+  if (auto it = j.find("ranks"); it != j.end() && it->is_array())
+    for (const auto& local : *it) r.ranks.push_back(stats_from(local, where));
   return r;
 }
 
@@ -89,6 +117,8 @@ Json trace_to_json_value(const Trace& trace) {
     }
     if (st.partial) js["partial"] = true;
     if (st.accuracy) js["accuracy"] = num(*st.accuracy);
+    if (!st.rank_losses.empty()) js["rank_losses"] = numbers_json(st.rank_losses);
+    if (!st.rank_checksums.empty()) js["rank_checksums"] = numbers_json(st.rank_checksums);
     steps.push_back(std::move(js));
   }
   Json j = {{"schema", kTraceSchema},
@@ -97,6 +127,8 @@ Json trace_to_json_value(const Trace& trace) {
             {"saturation_threshold", trace.saturation_threshold},
             {"series", std::move(series)},
             {"steps", std::move(steps)}};
+  if (trace.world_size > 1) j["world_size"] = trace.world_size;
+  if (trace.batch_per_rank > 0) j["batch_per_rank"] = trace.batch_per_rank;
   if (const auto& nf = trace.first_nonfinite())
     j["first_nonfinite"] = {{"step", nf->step}, {"series", nf->series}};
   else
@@ -132,6 +164,10 @@ Trace trace_from_json_unchecked(const Json& j, const std::string& where) {
     t.interrupted = it->get<bool>();
   if (auto it = j.find("saturation_threshold"); it != j.end() && it->is_number())
     t.saturation_threshold = it->get<double>();
+  if (auto it = j.find("world_size"); it != j.end() && it->is_number_integer()) t.world_size = it->get<int>();
+  if (t.world_size < 1) throw Error(where + ": 'world_size' must be at least 1");
+  if (auto it = j.find("batch_per_rank"); it != j.end() && it->is_number_integer())
+    t.batch_per_rank = it->get<std::int64_t>();
   for (const auto& s : get_array(j, "series", where)) {
     std::vector<std::int64_t> shape;
     if (auto it = s.find("shape"); it != s.end() && it->is_array())
@@ -159,6 +195,8 @@ Trace trace_from_json_unchecked(const Json& j, const std::string& where) {
     if (auto it = js.find("partial"); it != js.end() && it->is_boolean()) st.partial = it->get<bool>();
     if (auto it = js.find("accuracy"); it != js.end() && it->is_number())
       st.accuracy = it->get<double>();
+    st.rank_losses = numbers_from(js, "rank_losses");
+    st.rank_checksums = numbers_from(js, "rank_checksums");
     for (const auto& jr : get_array(js, "records", where))
       st.records.push_back(record_from(jr, n_series, where));
     t.add_step(std::move(st));
@@ -179,8 +217,10 @@ Trace trace_from_json(const std::string& text) {
 
 namespace {
 
+constexpr int kNoRank = -1;
+
 void csv_row(std::string& out, std::int64_t step, const std::string& name, const char* kind,
-             const char* quantity, double value) {
+             const char* quantity, double value, int rank = kNoRank) {
   // Names come from module paths and tap names; quote any that could break the format.
   const bool quote = name.find_first_of(",\"\n") != std::string::npos;
   std::string n = name;
@@ -196,13 +236,32 @@ void csv_row(std::string& out, std::int64_t step, const std::string& name, const
     out += value > 0 ? "Inf" : "-Inf";
   else
     fmt::format_to(std::back_inserter(out), "{}", value);
+  out += ',';
+  if (rank != kNoRank) out += std::to_string(rank);
   out += '\n';
+}
+
+void csv_stats(std::string& out, std::int64_t step, const std::string& name, const char* kind,
+               const TensorStats& g, int rank = kNoRank) {
+  csv_row(out, step, name, kind, "norm", g.norm(), rank);
+  csv_row(out, step, name, kind, "rms", g.rms(), rank);
+  csv_row(out, step, name, kind, "max_abs", g.max_abs, rank);
+  csv_row(out, step, name, kind, "mean", g.mean(), rank);
+  csv_row(out, step, name, kind, "std", g.std(), rank);
+  csv_row(out, step, name, kind, "zero_fraction", g.zero_fraction(), rank);
+  csv_row(out, step, name, kind, "nonfinite", static_cast<double>(g.nonfinite), rank);
+}
+
+void csv_per_rank(std::string& out, std::int64_t step, const char* name, const char* quantity,
+                  const std::vector<double>& values) {
+  for (std::size_t k = 0; k < values.size(); ++k)
+    csv_row(out, step, name, "step", quantity, values[k], static_cast<int>(k));
 }
 
 }  // namespace
 
 std::string trace_to_csv(const Trace& trace) {
-  std::string out = "step,name,kind,quantity,value\n";
+  std::string out = "step,name,kind,quantity,value,rank\n";
   for (const auto& st : trace.steps()) {
     if (st.loss) csv_row(out, st.step, "loss", "step", "loss", *st.loss);
     if (st.losses.size() > 1)
@@ -210,17 +269,15 @@ std::string trace_to_csv(const Trace& trace) {
         csv_row(out, st.step, "loss." + std::to_string(k + 1), "step", "loss", st.losses[k]);
     if (st.partial) csv_row(out, st.step, "partial", "step", "partial", 1.0);
     if (st.accuracy) csv_row(out, st.step, "accuracy", "step", "accuracy", *st.accuracy);
+    csv_per_rank(out, st.step, "loss", "loss", st.rank_losses);
+    csv_per_rank(out, st.step, "checksum", "checksum", st.rank_checksums);
     for (const auto& r : st.records) {
       const auto& s = trace.series()[r.series];
       const char* kind = to_string(s.kind);
       const auto& g = r.grad;
-      csv_row(out, st.step, s.name, kind, "norm", g.norm());
-      csv_row(out, st.step, s.name, kind, "rms", g.rms());
-      csv_row(out, st.step, s.name, kind, "max_abs", g.max_abs);
-      csv_row(out, st.step, s.name, kind, "mean", g.mean());
-      csv_row(out, st.step, s.name, kind, "std", g.std());
-      csv_row(out, st.step, s.name, kind, "zero_fraction", g.zero_fraction());
-      csv_row(out, st.step, s.name, kind, "nonfinite", static_cast<double>(g.nonfinite));
+      csv_stats(out, st.step, s.name, kind, g);
+      for (std::size_t k = 0; k < r.ranks.size(); ++k)
+        csv_stats(out, st.step, s.name, kind, r.ranks[k], static_cast<int>(k));
       if (!std::isnan(r.weight_norm)) {
         csv_row(out, st.step, s.name, kind, "weight_norm", r.weight_norm);
         csv_row(out, st.step, s.name, kind, "ratio",

@@ -111,13 +111,13 @@ TEST(TraceIo, CsvIsLongFormatWithOneValuePerRow) {
   std::istringstream in(csv);
   std::string line;
   std::getline(in, line);
-  EXPECT_EQ(line, "step,name,kind,quantity,value");
+  EXPECT_EQ(line, "step,name,kind,quantity,value,rank");
   int rows = 0;
   bool saw_quoted = false, saw_loss = false, saw_ratio = false;
   while (std::getline(in, line)) {
     ++rows;
     if (line.rfind("0,\"h,1\",tap,dead_fraction,0.25", 0) == 0) saw_quoted = true;
-    if (line == "2,loss,step,loss,0.5") saw_loss = true;
+    if (line == "2,loss,step,loss,0.5,") saw_loss = true;
     if (line.rfind("0,fc1.weight,parameter,ratio,", 0) == 0) saw_ratio = true;
   }
   EXPECT_TRUE(saw_quoted);

@@ -33,6 +33,12 @@ for ex in gan accumulation; do
 done
 test -s "$work/gan-report/report.html" && test -s "$work/gan-report/discriminator/run.json"
 test -s "$work/accumulation-report/report.html"
+# Data-parallel: a user model on two ranks, started by gradflow's launcher as torchrun would.
+cmake -S examples/data_parallel -B "$work/data_parallel" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$work/data_parallel" -j "$jobs" >/dev/null
+"$prefix/bin/gradflow" launch --ranks 2 --timeout 120 -- "$work/data_parallel/data_parallel" "$work/data-parallel-report"
+test -s "$work/data-parallel-report/report.html"
+grep -q '"world_size": 2' "$work/data-parallel-report/run.json"
 "$prefix/bin/gradflow" models >/dev/null
 
 stage "README shows the example's code"

@@ -84,14 +84,7 @@ std::string with_option(const std::string& spec, const std::string& key, const s
   return spec + (spec.find(':') == std::string::npos ? ":" : ",") + key + "=" + value;
 }
 
-}  // namespace
-
-int run_compare(const CompareOptions& o) {
-  const auto fail_on = parse_fail_on(o.fail_on);
-  models::validate(o.flags.train);
-  const Sweep sweep = parse_sweep(o.sweep);
-  std::optional<models::ResolvedSpec> flow_spec;
-  if (!o.flow.empty()) flow_spec = models::resolve_spec(o.flow);
+std::vector<SuiteEntry> entries_for(const CompareOptions& o, const Sweep& sweep) {
   std::vector<SuiteEntry> entries;
   if (!o.specs.empty()) {
     for (const auto& s : o.specs) entries.push_back({s});
@@ -102,44 +95,54 @@ int run_compare(const CompareOptions& o) {
   } else {
     entries = suite(o.suite);
   }
-  // Expand the sweep and check every spec before anything runs.
-  struct Job {
-    models::ResolvedSpec spec;
-    std::string text, label, base;
-    models::TrainOptions train;
-  };
-  std::vector<Job> jobs;
-  for (const auto& e : entries) {
-    std::vector<std::string> texts = {e.spec};
-    if (sweep.axis == SweepAxis::depth) {
-      texts.clear();
-      for (auto v : sweep.values) texts.push_back(with_option(e.spec, "depth", std::to_string(v)));
-    }
-    const std::size_t n = sweep.axis == SweepAxis::seq_len ? sweep.values.size() : texts.size();
-    for (std::size_t k = 0; k < n; ++k) {
-      Job j;
-      j.text = texts[sweep.axis == SweepAxis::seq_len ? 0 : k];
-      j.spec = models::resolve_spec(j.text);
-      j.train = o.flags.train;
-      const bool rnn = j.spec.family == "rnn";
-      if (!o.steps_given) j.train.steps = e.steps > 0 ? e.steps : (sweep.axis != SweepAxis::none ? 1 : (rnn ? 1200 : 200));
-      if (e.seq_len > 0 && sweep.axis != SweepAxis::seq_len) j.train.seq_len = e.seq_len;
-      if (e.every > 0) j.train.every = std::max(j.train.every, e.every);
-      if (e.clip_norm > 0) j.train.clip_norm = e.clip_norm;
-      j.base = models::resolve_spec(e.spec).label();
-      j.label = j.spec.label();
-      if (j.train.clip_norm > 0) j.label += fmt::format(" + clip-norm {:g}", j.train.clip_norm);
-      if (sweep.axis == SweepAxis::seq_len) {
-        if (!rnn) throw UsageError("--sweep seq-len applies to recurrent models; '" + e.spec + "' is " + j.spec.family);
-        j.train.seq_len = sweep.values[k];
-        j.label = j.base + " T=" + std::to_string(sweep.values[k]);
-      } else if (sweep.axis == SweepAxis::depth) {
-        if (rnn) throw UsageError("--sweep depth applies to mlp and cnn models; '" + e.spec + "' is recurrent");
-        j.label = j.base + " depth=" + std::to_string(sweep.values[k]);
-      }
-      jobs.push_back(std::move(j));
-    }
+  return entries;
+}
+
+struct Job {
+  models::ResolvedSpec spec;
+  std::string text, label, base;
+  models::TrainOptions train;
+};
+
+// One job per entry and sweep value, every spec checked before anything runs.
+std::vector<Job> expand(const CompareOptions& o, const Sweep& sweep, const SuiteEntry& e) {
+  std::vector<std::string> texts = {e.spec};
+  if (sweep.axis == SweepAxis::depth) {
+    texts.clear();
+    for (auto v : sweep.values) texts.push_back(with_option(e.spec, "depth", std::to_string(v)));
   }
+  const std::size_t n = sweep.axis == SweepAxis::seq_len ? sweep.values.size() : texts.size();
+  std::vector<Job> jobs;
+  for (std::size_t k = 0; k < n; ++k) {
+    Job j;
+    j.text = texts[sweep.axis == SweepAxis::seq_len ? 0 : k];
+    j.spec = models::resolve_spec(j.text);
+    j.train = o.flags.train;
+    const bool rnn = j.spec.family == "rnn";
+    if (!o.steps_given) j.train.steps = e.steps > 0 ? e.steps : (sweep.axis != SweepAxis::none ? 1 : (rnn ? 1200 : 200));
+    if (e.seq_len > 0 && sweep.axis != SweepAxis::seq_len) j.train.seq_len = e.seq_len;
+    if (e.every > 0) j.train.every = std::max(j.train.every, e.every);
+    if (e.clip_norm > 0) j.train.clip_norm = e.clip_norm;
+    j.base = models::resolve_spec(e.spec).label();
+    j.label = j.spec.label();
+    if (j.train.clip_norm > 0) j.label += fmt::format(" + clip-norm {:g}", j.train.clip_norm);
+    if (sweep.axis == SweepAxis::seq_len) {
+      if (!rnn) throw UsageError("--sweep seq-len applies to recurrent models; '" + e.spec + "' is " + j.spec.family);
+      j.train.seq_len = sweep.values[k];
+      j.label = j.base + " T=" + std::to_string(sweep.values[k]);
+    } else if (sweep.axis == SweepAxis::depth) {
+      if (rnn) throw UsageError("--sweep depth applies to mlp and cnn models; '" + e.spec + "' is recurrent");
+      j.label = j.base + " depth=" + std::to_string(sweep.values[k]);
+    }
+    jobs.push_back(std::move(j));
+  }
+  return jobs;
+}
+
+std::vector<Job> plan_jobs(const CompareOptions& o, const Sweep& sweep) {
+  std::vector<Job> jobs;
+  for (const auto& e : entries_for(o, sweep))
+    for (auto& j : expand(o, sweep, e)) jobs.push_back(std::move(j));
   std::set<std::string> seen;
   for (auto& j : jobs) {
     std::string l = j.label;
@@ -147,59 +150,75 @@ int run_compare(const CompareOptions& o) {
     j.label = l;
     seen.insert(l);
   }
-  prepare_out_dir(o.out, o.flags.force, {"summary.json", "report.html", "report.md"});
-  const auto start = std::chrono::steady_clock::now();
-  std::vector<std::string> dirs;
-  bool stopped = false;
-  try {
-    for (std::size_t i = 0; i < jobs.size() && !stopped; ++i) {
-      auto& j = jobs[i];
-      Progress progress(fmt::format("[{}/{}] {}", i + 1, jobs.size(), j.label));
-      j.train.progress = [&](std::int64_t d, std::int64_t n) { progress.update(d, n); };
-      j.train.should_stop = [] { return interrupted(); };
-      RunRecord r = models::train(j.spec, j.train);
-      progress.finish();
-      r.spec = j.text;
-      r.label = j.label;
-      if (sweep.axis != SweepAxis::none) {
-        const bool time = sweep.axis == SweepAxis::seq_len;
-        r.sweep = {sweep.axis, j.base, static_cast<double>(time ? j.train.seq_len : j.spec.get_int("depth"))};
-      }
-      const std::string dir = "runs/" + slug(j.label);
-      std::filesystem::create_directories(o.out + "/" + dir);
-      write_run_dir(r, o.out + "/" + dir);
-      dirs.push_back(dir);
-      if (!o.quiet)
-        std::printf("[%zu/%zu] %-28s %5.1f s  %s\n", i + 1, jobs.size(), j.label.c_str(), r.wall_seconds,
-                    r.traits.recurrent ? ("time " + attenuation_text(r.summary.time) + " -> " + attenuation_text(r.summary.time_final)).c_str()
-                                       : ("depth " + attenuation_text(r.summary.depth)).c_str());
-      stopped = r.interrupted;
+  return jobs;
+}
+
+struct Trained {
+  std::vector<std::string> dirs;  // run folders written, relative to --out
+  bool stopped = false;           // interrupted, or a rank was lost
+  std::string stop_reason;
+};
+
+// Trains every job in turn (data-parallel when `dp` is set); the writer saves each run folder.
+Trained train_jobs(std::vector<Job>& jobs, const CompareOptions& o, const Sweep& sweep, DataParallel* dp, bool writer) {
+  Trained t;
+  for (std::size_t i = 0; i < jobs.size() && !t.stopped; ++i) {
+    auto& j = jobs[i];
+    Progress progress(fmt::format("[{}/{}] {}", i + 1, jobs.size(), j.label));
+    if (writer) j.train.progress = [&](std::int64_t d, std::int64_t n) { progress.update(d, n); };
+    j.train.should_stop = [] { return interrupted(); };
+    j.train.data_parallel = dp;
+    RunRecord r = models::train(j.spec, j.train);
+    progress.finish();
+    r.spec = j.text;
+    r.label = j.label;
+    if (sweep.axis != SweepAxis::none) {
+      const bool time = sweep.axis == SweepAxis::seq_len;
+      r.sweep = {sweep.axis, j.base, static_cast<double>(time ? j.train.seq_len : j.spec.get_int("depth"))};
     }
-  } catch (...) {
-    cleanup_out_dir(o.out);
-    throw;
+    t.stopped = r.interrupted;
+    t.stop_reason = r.stop_reason;
+    if (!writer) continue;
+    const std::string dir = "runs/" + slug(j.label);
+    std::filesystem::create_directories(o.out + "/" + dir);
+    write_run_dir(r, o.out + "/" + dir);
+    t.dirs.push_back(dir);
+    if (!o.quiet)
+      std::printf("[%zu/%zu] %-28s %5.1f s  %s\n", i + 1, jobs.size(), j.label.c_str(), r.wall_seconds,
+                  r.traits.recurrent ? ("time " + attenuation_text(r.summary.time) + " -> " + attenuation_text(r.summary.time_final)).c_str()
+                                     : ("depth " + attenuation_text(r.summary.depth)).c_str());
   }
-  if (flow_spec && !interrupted()) {
-    models::FlowRunOptions fo;
-    fo.seed = o.flags.train.seed;
-    const FlowResult fr = models::run_flow(*flow_spec, fo);
-    std::filesystem::create_directories(o.out + "/flow");
-    write_file_atomic(o.out + "/flow/flow.json", flow_to_json(fr) + "\n");
-    write_file_atomic(o.out + "/flow/flow.html", flow_page_html(fr));
-    if (!o.quiet) std::printf("flow %-30s %5.1f s  fitted order %.2f\n", o.flow.c_str(), fr.wall_seconds, fr.order.value_or(0.0));
-  }
-  // The report is built from the saved runs, exactly as 'gradflow report' rebuilds it later.
-  std::vector<std::string> inputs;
+  return t;
+}
+
+void write_flow(const CompareOptions& o, const models::ResolvedSpec& spec) {
+  models::FlowRunOptions fo;
+  fo.seed = o.flags.train.seed;
+  const FlowResult fr = models::run_flow(spec, fo);
+  std::filesystem::create_directories(o.out + "/flow");
+  write_file_atomic(o.out + "/flow/flow.json", flow_to_json(fr) + "\n");
+  write_file_atomic(o.out + "/flow/flow.html", flow_page_html(fr));
+  if (!o.quiet) std::printf("flow %-30s %5.1f s  fitted order %.2f\n", o.flow.c_str(), fr.wall_seconds, fr.order.value_or(0.0));
+}
+
+// The report is built from the saved runs, exactly as 'gradflow report' rebuilds it later.
+int write_comparison(const CompareOptions& o, const Trained& t, const std::vector<FindingKind>& fail_on,
+                     std::chrono::steady_clock::time_point start) {
   std::vector<RunRecord> runs;
-  for (const auto& d : dirs) runs.push_back(run_from_json(read_file(o.out + "/" + d + "/run.json"), d));
-  Comparison c = make_comparison(std::move(runs), dirs);
-  c.interrupted = stopped || interrupted();
+  for (const auto& d : t.dirs) runs.push_back(run_from_json(read_file(o.out + "/" + d + "/run.json"), d));
+  Comparison c = make_comparison(std::move(runs), t.dirs);
+  c.interrupted = t.stopped || interrupted();
   if (std::filesystem::exists(o.out + "/flow/flow.json"))
     c.flow = flow_from_json(read_file(o.out + "/flow/flow.json"), o.out + "/flow/flow.json");
   write_report(c, o.out);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("\n%s\n", report_text(c).c_str());
   std::printf("%zu runs in %.1f s; wrote %s/report.html, report.md and summary.json\n", c.runs.size(), secs, o.out.c_str());
+  if (!t.stop_reason.empty()) {
+    std::fprintf(stderr, "gradflow: %s; the report covers the %zu run(s) recorded so far\n", detail::first_line(t.stop_reason).c_str(),
+                 c.runs.size());
+    return kExitFailure;
+  }
   if (c.interrupted) {
     std::fprintf(stderr, "gradflow: interrupted; the report covers the %zu run(s) recorded so far\n", c.runs.size());
     return interrupt_exit_code();
@@ -210,6 +229,36 @@ int run_compare(const CompareOptions& o) {
       return kExitFailure;
     }
   return kExitOk;
+}
+
+}  // namespace
+
+int run_compare(const CompareOptions& o) {
+  const auto fail_on = parse_fail_on(o.fail_on);
+  models::validate(o.flags.train);
+  const Sweep sweep = parse_sweep(o.sweep);
+  std::optional<models::ResolvedSpec> flow_spec;
+  if (!o.flow.empty()) flow_spec = models::resolve_spec(o.flow);
+  std::vector<Job> jobs = plan_jobs(o, sweep);
+  const Placement where = place(o.placement, o.flags.train.batch);
+  if (where.writer()) prepare_out_dir(o.out, o.flags.force, {"summary.json", "report.html", "report.md"});
+  if (where.launcher) {
+    const int code = launch(o.placement);
+    cleanup_out_dir(o.out);
+    return code;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  Trained t;
+  try {
+    const auto dp = join(where);
+    t = train_jobs(jobs, o, sweep, dp.get(), where.writer());
+  } catch (...) {
+    if (where.writer()) cleanup_out_dir(o.out);
+    throw;
+  }
+  if (!where.writer()) return !t.stop_reason.empty() ? kExitFailure : t.stopped ? interrupt_exit_code() : kExitOk;
+  if (flow_spec && !interrupted()) write_flow(o, *flow_spec);
+  return write_comparison(o, t, fail_on, start);
 }
 
 void setup_compare(CLI::App& app) {
@@ -223,6 +272,7 @@ void setup_compare(CLI::App& app) {
   sub->add_flag("--quiet", o->quiet, "Print only the final tables");
   sub->add_option("--flow", o->flow, "Add a gradient-flow section for this (small) spec, e.g. mlp:depth=3,width=16,act=tanh");
   add_train_flags(*sub, o->flags);
+  add_rank_flags(*sub, o->placement);
   sub->final_callback([o, sub] {
     o->steps_given = sub->count("--steps") > 0;
     throw CLI::RuntimeError(run_compare(*o));

@@ -18,6 +18,7 @@ struct CompareOptions {
   bool steps_given = false;
   bool quiet = false;
   TrainFlags flags;
+  RankFlags placement;
 };
 
 // `gradflow compare`: run several architectures on the same task and seed, write the report.

@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "gradflow/atomic_file.h"
+#include "gradflow/data_parallel.h"
 #include "gradflow/error.h"
 #include "text.h"
 #include "gradflow/trace_io.h"
@@ -45,27 +46,31 @@ void write_run_dir(const RunRecord& run, const std::string& dir) {
   write_trace_csv(run.trace, dir + "/trace.csv");
 }
 
-int run_run(const RunOptions& opts) {
-  const auto spec = models::resolve_spec(opts.spec);
-  const auto fail_on = parse_fail_on(opts.fail_on);
-  models::validate(opts.flags.train);
-  prepare_out_dir(opts.out, opts.flags.force, {"run.json", "trace.csv"});
-  RunRecord run;
-  try {
-    models::TrainOptions t = opts.flags.train;
-    Progress progress("training " + spec.label());
-    t.progress = [&](std::int64_t d, std::int64_t n) { progress.update(d, n); };
-    t.should_stop = [] { return interrupted(); };
-    run = models::train(spec, t);
-    progress.finish();
-    run.spec = opts.spec;
-  } catch (...) {
-    cleanup_out_dir(opts.out);
-    throw;
-  }
+namespace {
+
+constexpr const char* kRunFiles[] = {"run.json", "trace.csv"};
+
+RunRecord train_here(const RunOptions& opts, const models::ResolvedSpec& spec, DataParallel* dp, bool writer) {
+  models::TrainOptions t = opts.flags.train;
+  Progress progress("training " + spec.label());
+  if (writer) t.progress = [&](std::int64_t d, std::int64_t n) { progress.update(d, n); };
+  t.should_stop = [] { return interrupted(); };
+  t.data_parallel = dp;
+  RunRecord run = models::train(spec, t);
+  progress.finish();
+  run.spec = opts.spec;
+  return run;
+}
+
+int report_run(const RunOptions& opts, const RunRecord& run, const std::vector<FindingKind>& fail_on) {
   write_run_dir(run, opts.out);
   print_run(run, stdout);
   std::printf("\n  wrote %s/run.json and %s/trace.csv\n", opts.out.c_str(), opts.out.c_str());
+  if (!run.stop_reason.empty()) {
+    std::fprintf(stderr, "gradflow: %s; the %lld steps before it are saved in %s, marked interrupted\n",
+                 detail::first_line(run.stop_reason).c_str(), static_cast<long long>(run.steps_done), opts.out.c_str());
+    return kExitFailure;
+  }
   if (run.interrupted) {
     std::fprintf(stderr, "gradflow: interrupted after %lld steps; what was recorded is saved in %s\n",
                  static_cast<long long>(run.steps_done), opts.out.c_str());
@@ -78,6 +83,32 @@ int run_run(const RunOptions& opts) {
   return kExitOk;
 }
 
+}  // namespace
+
+int run_run(const RunOptions& opts) {
+  const auto spec = models::resolve_spec(opts.spec);
+  const auto fail_on = parse_fail_on(opts.fail_on);
+  models::validate(opts.flags.train);
+  const Placement where = place(opts.placement, opts.flags.train.batch);
+  const std::vector<std::string> files(std::begin(kRunFiles), std::end(kRunFiles));
+  if (where.writer()) prepare_out_dir(opts.out, opts.flags.force, files);
+  if (where.launcher) {
+    const int code = launch(opts.placement);
+    cleanup_out_dir(opts.out);
+    return code;
+  }
+  RunRecord run;
+  try {
+    const auto dp = join(where);
+    run = train_here(opts, spec, dp.get(), where.writer());
+  } catch (...) {
+    if (where.writer()) cleanup_out_dir(opts.out);
+    throw;
+  }
+  if (!where.writer()) return silent_exit_code(run);
+  return report_run(opts, run, fail_on);
+}
+
 void setup_run(CLI::App& app) {
   auto opts = std::make_shared<RunOptions>();
   auto* sub = app.add_subcommand("run", "Train one built-in model and record how its gradient flows");
@@ -85,6 +116,7 @@ void setup_run(CLI::App& app) {
   sub->add_option("--out", opts->out, "Output folder")->capture_default_str();
   sub->add_option("--fail-on", opts->fail_on, "Exit 1 if a finding of these kinds appears (e.g. vanishing,non_finite or any)");
   add_train_flags(*sub, opts->flags);
+  add_rank_flags(*sub, opts->placement);
   sub->final_callback([opts] { throw CLI::RuntimeError(run_run(*opts)); });
 }
 

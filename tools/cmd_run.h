@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include "models/train.h"
+#include "ranks.h"
 
 namespace gradflow::cli {
 
@@ -19,6 +20,7 @@ struct RunOptions {
   std::string out = "gradflow-out/run";
   std::string fail_on;
   TrainFlags flags;
+  RankFlags placement;
 };
 
 // `gradflow run SPEC ...`: train one built-in model with the Monitor attached.

@@ -1,5 +1,7 @@
 #include "common.h"
 
+#include "rank_figures.h"
+
 #include "figures.h"
 
 #include <atomic>
@@ -155,6 +157,7 @@ void print_run(const RunRecord& r, std::FILE* out) {
   std::fprintf(out, "  loss %s -> %s (constant-answer baseline %.3g)%s\n", sci(s.loss_first).c_str(), sci(s.loss_last).c_str(),
                r.baseline_loss, r.clipped_steps ? fmt::format(", clipped on {} steps", r.clipped_steps).c_str() : "");
   if (!r.accuracy.empty()) std::fprintf(out, "  accuracy at the last step %.2f\n", r.accuracy.back());
+  if (const auto ranks = detail::rank_figures(r.trace)) std::fprintf(out, "  %s\n", detail::ranks_sentence(*ranks).c_str());
   std::fprintf(out, "\n  findings:\n");
   print_findings(r.findings, out, "    ");
 }

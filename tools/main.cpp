@@ -11,10 +11,12 @@
 #include "cmd_compare.h"
 #include "cmd_flow.h"
 #include "cmd_inspect.h"
+#include "cmd_launch.h"
 #include "cmd_models.h"
 #include "cmd_report.h"
 #include "cmd_run.h"
 #include "common.h"
+#include "launcher.h"
 #include "gradflow/error.h"
 #include "text.h"
 
@@ -30,6 +32,8 @@ int main(int argc, char** argv) {
   setup_inspect(app);
   setup_bench(app);
   setup_flow(app);
+  setup_launch(app);
+  set_command_line(argc, argv);
   install_signal_handlers();
   configure_threads();
   try {

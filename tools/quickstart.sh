@@ -10,7 +10,7 @@ cd "$root"
 build="${GRADFLOW_BUILD_DIR:-build}"
 jobs="${GRADFLOW_JOBS:-2}"
 
-packages=(cmake g++ make ccache libtorch-dev libfmt-dev libcli11-dev libgtest-dev nlohmann-json3-dev
+packages=(cmake g++ make ccache libtorch-dev libgloo-dev libfmt-dev libcli11-dev libgtest-dev nlohmann-json3-dev
           libopenblas0-pthread libopenblas-dev libbenchmark-dev)
 if [ "$mode" = test ]; then
   packages+=(clang libclang-rt-14-dev chromium)

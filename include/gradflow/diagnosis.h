@@ -14,7 +14,18 @@
 namespace gradflow {
 
 /// What a finding is about.
-enum class FindingKind { vanishing, exploding, dead_units, saturation, non_finite, stalled, unstable_loss };
+enum class FindingKind {
+  vanishing,
+  exploding,
+  dead_units,
+  saturation,
+  non_finite,
+  stalled,
+  unstable_loss,
+  rank_non_finite,    ///< data-parallel: a non-finite local gradient on some ranks only
+  ranks_out_of_sync,  ///< data-parallel: the ranks' parameters differ
+  rank_outlier,       ///< data-parallel: one rank's local gradient norm far from the others'
+};
 /// How bad it is.
 enum class Severity { info, warning, error };
 
@@ -68,6 +79,13 @@ struct DiagnosisOptions {
   int min_steps = 20;
   /// The global gradient norm growing by more than this many orders during training: exploding.
   double norm_growth_orders = 3.0;
+  /// Data-parallel: a rank whose local gradient norm is above this multiple of the median of
+  /// the other ranks' ...
+  double rank_outlier_factor = 5.0;
+  /// ... at this many consecutive recorded steps or more.
+  int rank_outlier_steps = 3;
+  /// Data-parallel: parameter checksums further apart than this (relative) are out of sync.
+  double checksum_tolerance = 1e-12;
 };
 
 /// Everything the rules judge: the recording, its summary and the per-step series.

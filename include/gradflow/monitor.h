@@ -19,6 +19,8 @@ class Module;
 
 namespace gradflow {
 
+class DataParallel;
+
 /// Where gradient statistics are computed.
 enum class StatsBackend {
   automatic,  ///< fused CPU pass for float/double CPU tensors, ATen ops on the device otherwise
@@ -54,6 +56,15 @@ struct MonitorOptions {
   /// the worker's 2.3 ms of vector work slowed the main thread's backward from 14.2 to 20.5 ms.
   /// Try it where cores do not share that much (`gradflow bench` shows the effect).
   bool async = false;
+  /// Data-parallel training: the group whose average_gradients() the Monitor follows (it must
+  /// outlive the Monitor). Each rank records its local gradient in its hooks; after the average
+  /// one collective per recorded step brings every rank's figures to every rank (Record::ranks,
+  /// StepRecord::rank_losses), the records then hold the averaged gradient, the step's loss is
+  /// the ranks' mean, and every `sync_check_every`-th recorded step compares the ranks'
+  /// parameter checksums. Rank 0 writes the trace.
+  DataParallel* data_parallel = nullptr;
+  /// Examples per rank and step, for the gradient noise scale (0: unknown, no noise scale).
+  std::int64_t batch_per_rank = 0;
 
   MonitorOptions& with_async(bool on) { async = on; return *this; }
   MonitorOptions& with_every(std::int64_t k) { every = k; return *this; }
@@ -61,6 +72,11 @@ struct MonitorOptions {
   MonitorOptions& with_auto_step(bool on) { auto_step = on; return *this; }
   MonitorOptions& with_backend(StatsBackend b) { backend = b; return *this; }
   MonitorOptions& with_update_norms(bool on) { update_norms = on; return *this; }
+  MonitorOptions& with_data_parallel(DataParallel& group, std::int64_t examples_per_rank = 0) {
+    data_parallel = &group;
+    batch_per_rank = examples_per_rank;
+    return *this;
+  }
 };
 
 /// Options for one tapped tensor.
@@ -166,6 +182,9 @@ class Monitor {
   const Trace& trace();
   /// Marks the trace as cut short (a signal) before it is written.
   void mark_interrupted();
+  /// Drops the step in progress without recording it: its gradient never reached the optimizer
+  /// (a rank was lost in the middle of it).
+  void abandon_step();
 
   /// Implementation state, shared with the hooks it installs (opaque to users).
   struct State;

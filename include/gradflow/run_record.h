@@ -73,6 +73,8 @@ struct RunRecord {
   double wall_seconds = 0.0;
   bool interrupted = false;
   bool stopped_on_nonfinite = false;
+  /// Why the run stopped early with an error (a data-parallel rank lost), or "".
+  std::string stop_reason;
   RunSummary summary;
   std::vector<Finding> findings;
 

@@ -52,6 +52,11 @@ struct Record {
   /// otherwise, and for a step not yet closed).
   double update_norm = std::numeric_limits<double>::quiet_NaN();
   std::optional<ActivationStats> forward;  ///< taps with an activation function only
+  /// Data-parallel runs: each rank's local gradient, index = rank (before the average, for
+  /// parameters); empty in a one-process run. `grad` then holds the averaged gradient the
+  /// optimizer applies (parameters), or for layer outputs and taps the gradient of the averaged
+  /// loss: every rank's local dL/dh taken together, divided by the number of ranks.
+  std::vector<TensorStats> ranks;
 };
 
 /// Everything recorded at one step.
@@ -67,6 +72,11 @@ struct StepRecord {
   /// in it yet): its numbers are incomplete and no finding is drawn from it.
   bool partial = false;
   std::vector<Record> records;
+  /// Data-parallel runs: each rank's own loss (index = rank); `loss` is then their mean.
+  std::vector<double> rank_losses;
+  /// Data-parallel runs, at the steps the ranks' parameters were compared: a checksum of each
+  /// rank's parameters (index = rank); equal on every rank while they stay in sync.
+  std::vector<double> rank_checksums;
   /// Adds one watched loss: kept in `losses`, summed into `loss`.
   void add_loss(double value);
   /// The record of a series at this step, or nullptr when it was not recorded.
@@ -109,6 +119,10 @@ class Trace {
   bool interrupted = false;   ///< the run was stopped before it ended (signal)
   /// MonitorOptions::saturation_threshold the forward statistics were computed with.
   double saturation_threshold = 0.1;
+  /// Processes that trained the model data-parallel (1: one process).
+  int world_size = 1;
+  /// Examples per rank and step, when known (0 otherwise): the gradient noise scale needs it.
+  std::int64_t batch_per_rank = 0;
 
  private:
   std::vector<SeriesInfo> series_;

@@ -16,6 +16,20 @@ struct CliResult {
 CliResult run_cli(const std::vector<std::string>& args, int signal_after_ms = 0, int signal = 0,
                   const std::string& signal_when_file = "");
 
+// A gradflow process left running: start it, look at it, then finish() it.
+struct Spawned {
+  int pid = -1;
+  std::string dir;  // its stdout and stderr files
+};
+// Starts gradflow with `args` and `env` ("NAME=value") added to this process's environment.
+Spawned spawn_cli(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
+// Waits for it, at most `limit_ms` (then kills it and reports exit code -1).
+CliResult finish(const Spawned& s, int limit_ms);
+// The children of a process, and the value of one environment variable of a process ("" if none).
+std::vector<int> child_pids(int pid);
+std::string env_of(int pid, const std::string& name);
+bool process_alive(int pid);
+
 // A fresh empty folder under the system temp dir.
 std::string temp_dir(const std::string& name);
 std::string slurp(const std::string& path);

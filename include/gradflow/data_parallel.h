@@ -1,0 +1,124 @@
+#pragma once
+/// \file
+/// Data-parallel training on PyTorch's c10d: one process per rank, rank 0's parameters
+/// broadcast at start, gradients averaged in flattened buckets after each backward.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/intrusive_ptr.h>
+
+#include "gradflow/error.h"
+
+namespace c10d {
+class ProcessGroup;
+}
+namespace torch::nn {
+class Module;
+}
+
+namespace gradflow {
+
+/// Where this process sits in its group, as a launcher (torchrun, `gradflow run --ranks`) says.
+struct DataParallelOptions {
+  int rank = 0;
+  int world_size = 1;
+  std::string master_addr = "127.0.0.1";  ///< host of the rendezvous store
+  int master_port = 29500;                ///< its port
+  /// The launcher hosts the store (torchrun's agent; TORCHELASTIC_USE_AGENT_STORE=True): every
+  /// rank connects to it. Otherwise rank 0 hosts it.
+  bool agent_store = false;
+  /// How long a collective (and the rendezvous) waits for the other ranks before the run stops
+  /// with gradflow::RankLost.
+  std::chrono::milliseconds timeout{60000};
+  /// Gradients are averaged in flattened buckets of at most this many bytes each.
+  std::int64_t bucket_bytes = 25ll << 20;
+  /// A Monitor on this group compares the ranks' parameter checksums at every k-th recorded
+  /// step (0: never).
+  int sync_check_every = 10;
+};
+
+/// The launcher's variables RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and
+/// TORCHELASTIC_USE_AGENT_STORE; nullopt when RANK and WORLD_SIZE are not set. Throws
+/// gradflow::UsageError naming the variable when one is set but malformed.
+std::optional<DataParallelOptions> data_parallel_from_env();
+
+/// A collective could not complete: a rank died, hung past the timeout, or the store is gone.
+class RankLost : public Error {
+ public:
+  RankLost(const std::string& message, std::vector<int> lost) : Error(message), lost_(std::move(lost)) {}
+  /// The ranks that did not answer afterwards (empty when every rank is alive: the ranks then
+  /// disagreed on the collective, e.g. different models).
+  const std::vector<int>& lost() const { return lost_; }
+
+ private:
+  std::vector<int> lost_;
+};
+
+/// One rank of a data-parallel group.
+///
+/// \code
+/// gradflow::DataParallel dp(*gradflow::data_parallel_from_env());  // torchrun's variables
+/// dp.broadcast_parameters(*model);                                  // every rank starts from rank 0's
+/// gradflow::Monitor monitor(*model, gradflow::MonitorOptions{}.with_data_parallel(dp, batch));
+/// for (...) {                                                       // each rank: its own shard
+///   auto loss = criterion(model->forward(x), y);
+///   monitor.watch(loss);
+///   loss.backward();
+///   dp.average_gradients(*model);                                   // one collective per bucket
+///   optimizer.step();
+/// }
+/// \endcode
+///
+/// Collectives that fail throw gradflow::RankLost naming the ranks that no longer answer.
+class DataParallel {
+ public:
+  /// Joins the group: connects to the store and builds a Gloo process group (CPU tensors).
+  explicit DataParallel(const DataParallelOptions& options);
+  /// Uses a process group the program built (Gloo, or NCCL for CUDA tensors where LibTorch has
+  /// it); only `options.bucket_bytes` and `sync_check_every` are read.
+  explicit DataParallel(const c10::intrusive_ptr<c10d::ProcessGroup>& group, const DataParallelOptions& options = {});
+  ~DataParallel();
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+
+  int rank() const;
+  int world_size() const;
+  const DataParallelOptions& options() const;
+
+  /// Copies rank 0's parameters and buffers to every rank.
+  void broadcast_parameters(torch::nn::Module& module);
+  /// \overload
+  void broadcast_parameters(const std::vector<at::Tensor>& tensors);
+  /// Replaces every trainable parameter's .grad() by its mean over the ranks (a parameter with
+  /// no gradient on this rank counts as a zero one). Then tells the Monitors on this group.
+  void average_gradients(torch::nn::Module& module);
+  /// \overload
+  void average_gradients(const std::vector<at::Tensor>& parameters);
+
+  /// Elementwise sums of `values` over the ranks (the same length on each): one collective.
+  std::vector<double> sum(const std::vector<double>& values);
+  /// Every rank's `values` (the same length on each), by rank: one collective.
+  std::vector<std::vector<double>> all_gather(const std::vector<double>& values);
+
+  /// The process group, for the program's own collectives.
+  c10d::ProcessGroup& group();
+
+  /// Runs `callback` after each average_gradients(), with the averaged gradients in place;
+  /// returns an id for remove_listener(). Monitors use it.
+  int add_listener(std::function<void()> callback);
+  void remove_listener(int id);
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace gradflow
