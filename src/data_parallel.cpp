@@ -8,6 +8,11 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/torch.h>
+// Compiled where LibTorch has NCCL (Torch's CMake config defines USE_C10D_NCCL); Debian's does not.
+#ifdef USE_C10D_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include "text.h"
 
@@ -50,6 +55,7 @@ std::optional<DataParallelOptions> data_parallel_from_env() {
   DataParallelOptions o;
   o.world_size = env_int("WORLD_SIZE", *world, 1, 65536);
   o.rank = env_int("RANK", *rank, 0, o.world_size - 1);
+  if (auto local = env("LOCAL_RANK")) o.local_rank = env_int("LOCAL_RANK", *local, 0, 65535);
   if (auto addr = env("MASTER_ADDR")) o.master_addr = *addr;
   if (auto port = env("MASTER_PORT")) o.master_port = env_int("MASTER_PORT", *port, 1, 65535);
   const auto agent = env("TORCHELASTIC_USE_AGENT_STORE");
@@ -116,18 +122,46 @@ struct DataParallel::Impl {
                     missing);
   }
 
+  bool nccl() const {
+#ifdef USE_C10D_NCCL
+    return opts.backend == CommBackend::nccl || (opts.backend == CommBackend::automatic && torch::cuda::is_available());
+#else
+    if (opts.backend == CommBackend::nccl)
+      throw UsageError("this LibTorch was built without NCCL: use CommBackend::gloo (CPU tensors) or a LibTorch with CUDA and NCCL");
+    return false;
+#endif
+  }
+
+  c10::intrusive_ptr<c10d::ProcessGroup> make_gloo() {
+    auto go = c10d::ProcessGroupGloo::Options::create(opts.timeout);
+    go->devices.push_back(is_loopback(opts.master_addr) ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                                        : c10d::ProcessGroupGloo::createDefaultDevice());
+    return c10::make_intrusive<c10d::ProcessGroupGloo>(store, opts.rank, opts.world_size, go);
+  }
+
+  c10::intrusive_ptr<c10d::ProcessGroup> make_nccl() {
+#ifdef USE_C10D_NCCL
+    const int gpu = opts.local_rank % std::max<int>(1, static_cast<int>(torch::cuda::device_count()));
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(gpu));
+    device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(gpu));
+    auto no = c10d::ProcessGroupNCCL::Options::create();
+    no->timeout = opts.timeout;
+    return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, opts.rank, opts.world_size, no);
+#else
+    return {};
+#endif
+  }
+
   void connect() {
     c10d::TCPStoreOptions so;
     so.port = static_cast<std::uint16_t>(opts.master_port);
     so.isServer = !opts.agent_store && opts.rank == 0;
     so.numWorkers = opts.world_size;
     so.timeout = opts.timeout;
+    const bool use_nccl = nccl();
     try {
       store = c10::make_intrusive<c10d::TCPStore>(opts.master_addr, so);
-      auto go = c10d::ProcessGroupGloo::Options::create(opts.timeout);
-      go->devices.push_back(is_loopback(opts.master_addr) ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
-                                                          : c10d::ProcessGroupGloo::createDefaultDevice());
-      group = c10::make_intrusive<c10d::ProcessGroupGloo>(store, opts.rank, opts.world_size, go);
+      group = use_nccl ? make_nccl() : make_gloo();
     } catch (const std::exception& e) {
       throw Error(fmt::format("rank {} could not join the group at {}:{} ({}): start every rank within {} s of each other, "
                               "with the same MASTER_ADDR and MASTER_PORT",

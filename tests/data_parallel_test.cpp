@@ -241,17 +241,29 @@ TEST_F(DataParallelTest, ARankWhoseShardIsOffIsAnOutlier) {
   EXPECT_EQ(find_kind(fs, FindingKind::rank_non_finite), nullptr);
 }
 
+TEST(DataParallelEnv, AskingForNcclWhereLibTorchHasNoneIsAUsageError) {
+#ifdef USE_C10D_NCCL
+  GTEST_SKIP() << "this LibTorch has NCCL";
+#else
+  DataParallelOptions o;
+  o.backend = CommBackend::nccl;
+  EXPECT_THROW(DataParallel{o}, UsageError);
+#endif
+}
+
 TEST(DataParallelEnv, ReadsTheLaunchersVariablesAndNamesAMalformedOne) {
   ::setenv("RANK", "1", 1);
   ::setenv("WORLD_SIZE", "4", 1);
   ::setenv("MASTER_ADDR", "10.0.0.2", 1);
   ::setenv("MASTER_PORT", "29501", 1);
+  ::setenv("LOCAL_RANK", "1", 1);
   auto o = data_parallel_from_env();
   ASSERT_TRUE(o);
   EXPECT_EQ(o->rank, 1);
   EXPECT_EQ(o->world_size, 4);
   EXPECT_EQ(o->master_addr, "10.0.0.2");
   EXPECT_EQ(o->master_port, 29501);
+  EXPECT_EQ(o->local_rank, 1);
   EXPECT_FALSE(o->agent_store);
   ::setenv("RANK", "4", 1);
   EXPECT_THROW(data_parallel_from_env(), UsageError);
@@ -260,6 +272,7 @@ TEST(DataParallelEnv, ReadsTheLaunchersVariablesAndNamesAMalformedOne) {
   ::unsetenv("RANK");
   ::unsetenv("MASTER_ADDR");
   ::unsetenv("MASTER_PORT");
+  ::unsetenv("LOCAL_RANK");
   EXPECT_FALSE(data_parallel_from_env());
 }
 

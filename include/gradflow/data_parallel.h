@@ -25,10 +25,19 @@ class Module;
 
 namespace gradflow {
 
+/// Which c10d process group DataParallel builds.
+enum class CommBackend {
+  automatic,  ///< NCCL when this LibTorch has it and a GPU is visible, Gloo otherwise
+  gloo,       ///< CPU tensors, TCP
+  nccl,       ///< CUDA tensors; a UsageError where LibTorch was built without NCCL
+};
+
 /// Where this process sits in its group, as a launcher (torchrun, `gradflow run --ranks`) says.
 struct DataParallelOptions {
   int rank = 0;
   int world_size = 1;
+  int local_rank = 0;  ///< rank on this machine (LOCAL_RANK): its GPU with NCCL
+  CommBackend backend = CommBackend::automatic;
   std::string master_addr = "127.0.0.1";  ///< host of the rendezvous store
   int master_port = 29500;                ///< its port
   /// The launcher hosts the store (torchrun's agent; TORCHELASTIC_USE_AGENT_STORE=True): every
@@ -44,7 +53,7 @@ struct DataParallelOptions {
   int sync_check_every = 10;
 };
 
-/// The launcher's variables RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and
+/// The launcher's variables RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT and
 /// TORCHELASTIC_USE_AGENT_STORE; nullopt when RANK and WORLD_SIZE are not set. Throws
 /// gradflow::UsageError naming the variable when one is set but malformed.
 std::optional<DataParallelOptions> data_parallel_from_env();
@@ -79,7 +88,7 @@ class RankLost : public Error {
 /// Collectives that fail throw gradflow::RankLost naming the ranks that no longer answer.
 class DataParallel {
  public:
-  /// Joins the group: connects to the store and builds a Gloo process group (CPU tensors).
+  /// Joins the group: connects to the store and builds the process group `options.backend` names.
   explicit DataParallel(const DataParallelOptions& options);
   /// Uses a process group the program built (Gloo, or NCCL for CUDA tensors where LibTorch has
   /// it); only `options.bucket_bytes` and `sync_check_every` are read.
