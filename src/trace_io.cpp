@@ -1,5 +1,6 @@
 #include "gradflow/trace_io.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -252,6 +253,21 @@ void csv_stats(std::string& out, std::int64_t step, const std::string& name, con
   csv_row(out, step, name, kind, "nonfinite", static_cast<double>(g.nonfinite), rank);
 }
 
+// The ranks' local norms in brief, on the record's own row: min, mean and max across ranks.
+void csv_rank_spread(std::string& out, std::int64_t step, const std::string& name, const char* kind,
+                     const std::vector<TensorStats>& ranks) {
+  if (ranks.empty()) return;
+  double lo = std::numeric_limits<double>::infinity(), hi = 0, sum = 0;
+  for (const auto& local : ranks) {
+    lo = std::min(lo, local.norm());
+    hi = std::max(hi, local.norm());
+    sum += local.norm();
+  }
+  csv_row(out, step, name, kind, "local_norm_min", lo);
+  csv_row(out, step, name, kind, "local_norm_mean", sum / static_cast<double>(ranks.size()));
+  csv_row(out, step, name, kind, "local_norm_max", hi);
+}
+
 void csv_per_rank(std::string& out, std::int64_t step, const char* name, const char* quantity,
                   const std::vector<double>& values) {
   for (std::size_t k = 0; k < values.size(); ++k)
@@ -276,6 +292,7 @@ std::string trace_to_csv(const Trace& trace) {
       const char* kind = to_string(s.kind);
       const auto& g = r.grad;
       csv_stats(out, st.step, s.name, kind, g);
+      csv_rank_spread(out, st.step, s.name, kind, r.ranks);
       for (std::size_t k = 0; k < r.ranks.size(); ++k)
         csv_stats(out, st.step, s.name, kind, r.ranks[k], static_cast<int>(k));
       if (!std::isnan(r.weight_norm)) {

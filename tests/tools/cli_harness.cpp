@@ -34,50 +34,19 @@ std::string temp_dir(const std::string& name) {
 }
 
 CliResult run_cli(const std::vector<std::string>& args, int signal_after_ms, int sig, const std::string& when_file) {
-  const std::string dir = temp_dir("io");
-  const std::string out = dir + "/out", err = dir + "/err";
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(o, 1);
-    ::dup2(e, 2);
-    std::vector<char*> argv;
-    std::string bin = GRADFLOW_CLI;
-    argv.push_back(bin.data());
-    std::vector<std::string> copy = args;
-    for (auto& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(bin.c_str(), argv.data());
-    ::_exit(127);
-  }
+  const Spawned s = spawn_cli(args);
   if (signal_after_ms > 0) {
     const auto start = std::chrono::steady_clock::now();
-    while (true) {
-      int status = 0;
-      if (::waitpid(pid, &status, WNOHANG) == pid) {
-        CliResult r;
-        r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        r.out = slurp(out);
-        r.err = slurp(err);
-        return r;
-      }
+    while (process_alive(s.pid)) {
       const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
       if (ms >= signal_after_ms && (when_file.empty() || fs::exists(when_file))) {
-        ::kill(pid, sig);
+        ::kill(s.pid, sig);
         break;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  CliResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = slurp(out);
-  r.err = slurp(err);
-  fs::remove_all(dir);
-  return r;
+  return finish(s, 24 * 3600 * 1000);
 }
 
 Spawned spawn_cli(const std::vector<std::string>& args, const std::vector<std::string>& env) {
