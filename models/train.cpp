@@ -184,7 +184,7 @@ void validate(const TrainOptions& o) {
 }
 
 void validate_shards(std::int64_t batch, int ranks) {
-  if (ranks < 1 || ranks > 256) throw UsageError("--ranks must be between 1 and 256 (got " + std::to_string(ranks) + ")");
+  if (ranks < 1) throw UsageError("a group needs at least one rank (got " + std::to_string(ranks) + ")");
   if (batch % ranks != 0)
     throw UsageError(fmt::format("--batch {} does not split into {} equal shards: give a multiple of {}", batch, ranks, ranks));
 }

@@ -14,6 +14,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include "rank_figures.h"
 #include "text.h"
 
 namespace gradflow {
@@ -34,12 +35,6 @@ int env_int(const char* name, const std::string& text, int lo, int hi) {
   } catch (const std::exception&) {
   }
   throw UsageError(fmt::format("{}={} is not an integer in [{}, {}]: set it as the launcher does", name, text, lo, hi));
-}
-
-std::string ranks_phrase(const std::vector<int>& ranks) {
-  std::vector<std::string> names;
-  for (int r : ranks) names.push_back(std::to_string(r));
-  return (ranks.size() == 1 ? "rank " : "ranks ") + detail::join_alternatives(names, "and");
 }
 
 bool is_loopback(const std::string& host) { return host == "127.0.0.1" || host == "localhost"; }
@@ -117,7 +112,7 @@ struct DataParallel::Impl {
                                   "the same model and loop)",
                                   what, opts.rank, why),
                       missing);
-    return RankLost(fmt::format("lost {} during {} ({}): it died or did not answer within {} s", ranks_phrase(missing),
+    return RankLost(fmt::format("lost {} during {} ({}): it died or did not answer within {} s", detail::ranks_phrase(missing),
                                 what, why, opts.timeout.count() / 1000.0),
                     missing);
   }

@@ -30,17 +30,15 @@ struct GroupSums {
   bool finite = true;
 };
 
+// An exponential moving average started at 0. Both averages of a group share the start-up bias,
+// so it cancels in their ratio and needs no correction.
 class Smoothed {
  public:
   explicit Smoothed(double beta) : beta_(beta) {}
-  double add(double value) {
-    value_ = beta_ * value_ + (1.0 - beta_) * value;
-    correction_ *= beta_;
-    return value_ / (1.0 - correction_);
-  }
+  double add(double value) { return value_ = beta_ * value_ + (1.0 - beta_) * value; }
 
  private:
-  double beta_, value_ = 0.0, correction_ = 1.0;
+  double beta_, value_ = 0.0;
 };
 
 struct GroupState {

@@ -5,7 +5,15 @@
 
 #include <fmt/format.h>
 
+#include "text.h"
+
 namespace gradflow::detail {
+
+std::string ranks_phrase(const std::vector<int>& ranks) {
+  std::vector<std::string> names;
+  for (int r : ranks) names.push_back(std::to_string(r));
+  return (ranks.size() == 1 ? "rank " : "ranks ") + join_alternatives(names, "and");
+}
 
 std::vector<double> local_norms(const Trace& trace, const StepRecord& step) {
   std::vector<double> sq(static_cast<std::size_t>(trace.world_size), 0.0);

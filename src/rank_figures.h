@@ -12,6 +12,9 @@
 
 namespace gradflow::detail {
 
+// "rank 1", "ranks 1 and 3": how messages name ranks.
+std::string ranks_phrase(const std::vector<int>& ranks);
+
 // Each rank's local gradient norm over every parameter at one step; NaN for a rank with a
 // non-finite element or no local record.
 std::vector<double> local_norms(const Trace& trace, const StepRecord& step);

@@ -6,21 +6,10 @@
 
 #include "diagnosis_rules.h"
 #include "rank_figures.h"
-#include "text.h"
 
 namespace gradflow::detail {
 
 namespace {
-
-std::vector<std::string> rank_names(const std::vector<int>& ranks) {
-  std::vector<std::string> out;
-  for (int r : ranks) out.push_back(std::to_string(r));
-  return out;
-}
-
-std::string ranks_phrase(const std::vector<int>& ranks) {
-  return (ranks.size() == 1 ? "rank " : "ranks ") + join_alternatives(rank_names(ranks), "and");
-}
 
 double median_of_others(const std::vector<double>& values, std::size_t skip) {
   std::vector<double> others;

@@ -30,6 +30,10 @@ StepRecorder::StepRecorder(MonitorOptions options, std::function<void()> schedul
                      "): record every k-th step with k >= 1");
   trace_.every = opts_.every;
   trace_.saturation_threshold = opts_.saturation_threshold;
+  if (opts_.data_parallel) {
+    trace_.world_size = opts_.data_parallel->world_size();
+    trace_.batch_per_rank = opts_.batch_per_rank;
+  }
 }
 
 void StepRecorder::set_params(const std::vector<std::pair<std::string, at::Tensor>>& named) {
@@ -254,8 +258,6 @@ void StepRecorder::on_gradients_averaged() {
     else
       deferred_.add(it->second, ResultField::grad, g.numel(), aten_stats(g));
   }
-  trace_.world_size = dp->world_size();
-  trace_.batch_per_rank = opts_.batch_per_rank;
 }
 
 const Trace& StepRecorder::snapshot() {

@@ -118,7 +118,7 @@ TEST(NoiseScale, EachLayerAndTheModelAreSmoothedBeforeTheRatio) {
   auto est = [](double big, double r0, double r1) { return estimate_noise((r0 + r1) / 2, big, 8, 16); };
   const NoiseEstimate a0 = est(1.0, 1.5, 1.7), a1 = est(0.8, 1.0, 1.4);
   EXPECT_DOUBLE_EQ(scales[1].b_simple[0], a0.trace_sigma / a0.true_grad_sq);
-  // Bias-corrected moving averages with weight 0.5: (0.5·x0 + x1)/1.5 after two steps.
+  // Moving averages with weight 0.5: 0.25·x0 + 0.5·x1 after two steps, the same ratio as (0.5·x0 + x1)/1.5.
   const double g2 = (0.5 * a0.true_grad_sq + a1.true_grad_sq) / 1.5, sigma = (0.5 * a0.trace_sigma + a1.trace_sigma) / 1.5;
   EXPECT_DOUBLE_EQ(scales[1].b_simple[1], sigma / g2);
   const NoiseEstimate m0 = est(3.0, 4.5, 4.3);

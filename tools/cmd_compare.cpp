@@ -256,7 +256,7 @@ int run_compare(const CompareOptions& o) {
     if (where.writer()) cleanup_out_dir(o.out);
     throw;
   }
-  if (!where.writer()) return !t.stop_reason.empty() ? kExitFailure : t.stopped ? interrupt_exit_code() : kExitOk;
+  if (!where.writer()) return silent_exit_code(t.stop_reason, t.stopped);
   if (flow_spec && !interrupted()) write_flow(o, *flow_spec);
   return write_comparison(o, t, fail_on, start);
 }

@@ -4,7 +4,6 @@
 
 #include "common.h"
 #include "gradflow/error.h"
-#include "launcher.h"
 #include "ranks.h"
 
 namespace gradflow::cli {
@@ -17,16 +16,9 @@ struct LaunchFlags {
 };
 
 int run_launch(const LaunchFlags& f) {
-  if (f.placement.ranks < 1 || f.placement.ranks > 256)
-    throw UsageError("--ranks must be between 1 and 256 (got " + std::to_string(f.placement.ranks) + ")");
-  if (!(f.placement.timeout > 0 && f.placement.timeout <= 86400))
-    throw UsageError("--timeout must be more than 0 and at most 86400 seconds");
+  validate(f.placement);
   if (f.command.empty()) throw UsageError("give the program to run after --, e.g. gradflow launch --ranks 2 -- ./train");
-  LaunchOptions lo;
-  lo.ranks = f.placement.ranks;
-  lo.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(f.placement.timeout * 1000));
-  lo.command = f.command;
-  return launch_ranks(lo);
+  return launch(f.placement, f.command);
 }
 
 }  // namespace

@@ -105,7 +105,7 @@ int run_run(const RunOptions& opts) {
     if (where.writer()) cleanup_out_dir(opts.out);
     throw;
   }
-  if (!where.writer()) return silent_exit_code(run);
+  if (!where.writer()) return silent_exit_code(run.stop_reason, run.interrupted);
   return report_run(opts, run, fail_on);
 }
 

@@ -34,14 +34,14 @@ struct Rank {
 
 // The environment a rank starts with: ours, plus what torchrun would set.
 std::vector<std::string> rank_environment(int rank, int world, int port) {
-  std::vector<std::string> env;
-  for (char** e = environ; *e; ++e) {
-    const std::string v = *e;
+  const auto ours = [](const std::string& v) {
     for (const char* name : {"RANK=", "LOCAL_RANK=", "WORLD_SIZE=", "MASTER_ADDR=", "MASTER_PORT=", "TORCHELASTIC_USE_AGENT_STORE="})
-      if (v.rfind(name, 0) == 0) goto skip;
-    env.push_back(v);
-  skip:;
-  }
+      if (v.rfind(name, 0) == 0) return true;
+    return false;
+  };
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e)
+    if (!ours(*e)) env.emplace_back(*e);
   env.push_back("RANK=" + std::to_string(rank));
   env.push_back("LOCAL_RANK=" + std::to_string(rank));
   env.push_back("WORLD_SIZE=" + std::to_string(world));

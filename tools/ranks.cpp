@@ -15,8 +15,13 @@ void add_rank_flags(CLI::App& sub, RankFlags& f, const char* ranks_help) {
   sub.add_option("--timeout", f.timeout, "Seconds a rank waits for the others before the run stops")->capture_default_str();
 }
 
-Placement place(const RankFlags& f, std::int64_t batch) {
+void validate(const RankFlags& f) {
+  if (f.ranks < 1 || f.ranks > 256) throw UsageError("--ranks must be between 1 and 256 (got " + std::to_string(f.ranks) + ")");
   if (!(f.timeout > 0 && f.timeout <= 86400)) throw UsageError("--timeout must be more than 0 and at most 86400 seconds");
+}
+
+Placement place(const RankFlags& f, std::int64_t batch) {
+  validate(f);
   Placement p;
   p.group = data_parallel_from_env();
   if (p.group) {
@@ -33,10 +38,11 @@ Placement place(const RankFlags& f, std::int64_t batch) {
   return p;
 }
 
-int launch(const RankFlags& f) {
+int launch(const RankFlags& f, const std::vector<std::string>& command) {
   LaunchOptions lo;
   lo.ranks = f.ranks;
   lo.timeout = millis(f.timeout);
+  lo.command = command;
   return launch_ranks(lo);
 }
 
@@ -45,9 +51,9 @@ std::unique_ptr<DataParallel> join(const Placement& p) {
   return std::make_unique<DataParallel>(*p.group);
 }
 
-int silent_exit_code(const RunRecord& run) {
-  if (!run.stop_reason.empty()) return kExitFailure;
-  return run.interrupted ? interrupt_exit_code() : kExitOk;
+int silent_exit_code(const std::string& stop_reason, bool interrupted) {
+  if (!stop_reason.empty()) return kExitFailure;
+  return interrupted ? interrupt_exit_code() : kExitOk;
 }
 
 }  // namespace gradflow::cli

@@ -8,7 +8,6 @@
 #include <CLI/CLI.hpp>
 
 #include "gradflow/data_parallel.h"
-#include "gradflow/run_record.h"
 
 namespace gradflow::cli {
 
@@ -27,14 +26,18 @@ struct Placement {
   bool writer() const { return !group || group->rank == 0; }
 };
 
+// Checks --ranks and --timeout (UsageError naming the flag).
+void validate(const RankFlags& flags);
 // Reads the launcher's variables and the flags; throws UsageError when they disagree or the
 // global batch does not split into equal shards.
 Placement place(const RankFlags& flags, std::int64_t batch);
-// The launcher: runs this command once per rank and returns rank 0's exit code.
-int launch(const RankFlags& flags);
+// The launcher: runs `command` (empty: this command again) once per rank and returns rank 0's
+// exit code.
+int launch(const RankFlags& flags, const std::vector<std::string>& command = {});
 // The group of a rank (null when alone).
 std::unique_ptr<DataParallel> join(const Placement& placement);
-// A rank's exit code when it writes nothing (not rank 0).
-int silent_exit_code(const RunRecord& run);
+// A rank's exit code when it writes nothing (not rank 0): failure when it stopped for
+// `stop_reason`, the signal's code when interrupted.
+int silent_exit_code(const std::string& stop_reason, bool interrupted);
 
 }  // namespace gradflow::cli

@@ -37,7 +37,7 @@ struct NoiseScale {
 inline constexpr const char* kWholeModel = "(model)";
 
 struct NoiseScaleOptions {
-  /// Weight of the past in the moving averages (bias-corrected, like Adam's moments).
+  /// Weight of the past in the moving averages.
   double smoothing = 0.9;
 };
 
