@@ -1,9 +1,13 @@
 // The statistics kernel against separate ATen reductions, the graph walk, and the per-step
 // host transfer of the device path. Sizes: the 50x256 MLP's 4.8 M gradient floats in one tensor,
 // and its 150 parameter tensors.
+#include <algorithm>
+#include <chrono>
+
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include "graph_walk.h"
 #include "gradflow/monitor.h"
 #include "gradflow/tensor_stats.h"
 #include "gradflow/threads.h"
@@ -72,25 +76,107 @@ void BM_ActivationStatsAten(benchmark::State& state) {
 }
 BENCHMARK(BM_ActivationStatsAten)->Unit(benchmark::kMicrosecond);
 
-// Walking the autograd graph of a 50-layer MLP and hooking each layer's output node.
-void BM_GraphWalk(benchmark::State& state) {
+torch::nn::Sequential relu_mlp(int layers, int width) {
   torch::nn::Sequential net;
-  net->push_back(torch::nn::Linear(32, 256));
-  for (int i = 0; i < 48; ++i) {
+  net->push_back(torch::nn::Linear(32, width));
+  for (int i = 0; i < layers - 2; ++i) {
     net->push_back(torch::nn::ReLU());
-    net->push_back(torch::nn::Linear(256, 256));
+    net->push_back(torch::nn::Linear(width, width));
   }
-  net->push_back(torch::nn::Linear(256, 10));
-  gradflow::Monitor mon(*net, gradflow::MonitorOptions{}.with_auto_step(false));
-  auto x = torch::randn({8, 32});
-  for (auto _ : state) {
-    state.PauseTiming();
-    auto loss = net->forward(x).sum();
-    state.ResumeTiming();
-    mon.watch(loss);
-  }
+  net->push_back(torch::nn::ReLU());
+  net->push_back(torch::nn::Linear(width, 10));
+  return net;
 }
-BENCHMARK(BM_GraphWalk)->Unit(benchmark::kMicrosecond);
+
+// The parameter lookup the Monitor builds at attach, for the graph-walk cases.
+gradflow::detail::ParamLookup lookup_of(torch::nn::Module& m) {
+  gradflow::detail::ParamLookup lookup;
+  int module = 0;
+  for (const auto& child : m.children()) {
+    for (const auto& p : child->parameters()) {
+      lookup.index.emplace(p.unsafeGetTensorImpl(), static_cast<int>(lookup.module.size()));
+      lookup.module.push_back(module);
+    }
+    ++module;
+  }
+  return lookup;
+}
+
+// The full walk against the cache's check that a graph has the shape of the last one.
+void BM_GraphWalkFresh(benchmark::State& state) {
+  auto net = relu_mlp(50, 256);
+  const auto lookup = lookup_of(*net);
+  auto loss = net->forward(torch::randn({8, 32})).sum();
+  for (auto _ : state) benchmark::DoNotOptimize(gradflow::detail::find_layer_outputs(loss.grad_fn().get(), lookup));
+}
+BENCHMARK(BM_GraphWalkFresh)->Unit(benchmark::kMicrosecond);
+
+void BM_GraphWalkCached(benchmark::State& state) {
+  auto net = relu_mlp(50, 256);
+  const auto lookup = lookup_of(*net);
+  auto loss = net->forward(torch::randn({8, 32})).sum();
+  gradflow::detail::LayerOutputCache cache;
+  for (auto _ : state) benchmark::DoNotOptimize(cache.find(loss.grad_fn().get(), lookup).size());
+}
+BENCHMARK(BM_GraphWalkCached)->Unit(benchmark::kMicrosecond);
+
+// Seconds of one forward and backward of `net` on `x`, watched by `mon` when it is given.
+double timed_step(torch::nn::Sequential& net, const torch::Tensor& x, gradflow::Monitor* mon) {
+  const auto t0 = std::chrono::steady_clock::now();
+  net->zero_grad();
+  auto loss = net->forward(x).square().mean();
+  if (mon) mon->watch(loss);
+  loss.backward();
+  loss = torch::Tensor();  // the graph is freed inside the timing, as in a training loop
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// The small MLP (10 layers of 64, batch 128: 20 parameter tensors, 10 layer outputs), one step
+// of a bare copy and one of a watched copy in turn, so that the machine's drift cancels in each
+// pair's difference. Arg: 1 the Monitor attached but not recording (hook dispatch, the lock,
+// the step's bookkeeping); 2 parameters recorded; 3 parameters and layer outputs recorded.
+// The time shown is the watched step; counters: the bare step, and the median difference in
+// all and per recorded tensor.
+void BM_SmallMlpOverhead(benchmark::State& state) {
+  auto bare = relu_mlp(10, 64), watched = relu_mlp(10, 64);
+  const auto x = torch::randn({128, 32});
+  const int mode = static_cast<int>(state.range(0));
+  gradflow::MonitorOptions o;
+  o.activations = mode == 3;
+  o.every = mode == 1 ? 1000000000 : 1;
+  auto mon = std::make_unique<gradflow::Monitor>(*watched, o);
+  std::vector<double> bare_s, diff_s;
+  for (auto _ : state) {
+    const double tb = timed_step(bare, x, nullptr);
+    const double tw = timed_step(watched, x, mon.get());
+    bare_s.push_back(tb);
+    diff_s.push_back(tw - tb);
+    state.SetIterationTime(tw);
+    // A long run's trace grows; start a fresh one now and then, outside the timing.
+    if (bare_s.size() % 2000 == 0) mon = std::make_unique<gradflow::Monitor>(*watched, o);
+  }
+  const double tensors = mode == 3 ? 30 : 20;
+  state.counters["bare_us"] = 1e6 * median_of(bare_s);
+  state.counters["overhead_us"] = 1e6 * median_of(diff_s);
+  state.counters["per_tensor_us"] = 1e6 * median_of(diff_s) / tensors;
+  state.SetLabel(mode == 1 ? "attached, not recording" : mode == 2 ? "parameters" : "parameters + layer outputs");
+}
+BENCHMARK(BM_SmallMlpOverhead)->DenseRange(1, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// The statistics pass alone over one of that MLP's 64 x 64 weight gradients, with the weight.
+void BM_FusedPassSmall(benchmark::State& state) {
+  auto g = torch::randn({64 * 64}) * 1e-3;
+  auto w = torch::randn({64 * 64});
+  double wsq = 0;
+  for (auto _ : state)
+    benchmark::DoNotOptimize(gradflow::compute_stats_with_weight(g.data_ptr<float>(), w.data_ptr<float>(), 64 * 64, wsq));
+}
+BENCHMARK(BM_FusedPassSmall)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

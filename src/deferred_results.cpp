@@ -18,8 +18,8 @@ void DeferredResults::add(int record, ResultField field, std::int64_t numel, con
 
 void DeferredResults::fetch_into(StepRecord& step) {
   if (values_.empty()) return;
-  std::unordered_map<std::string, std::vector<std::size_t>> by_device;
-  for (std::size_t i = 0; i < values_.size(); ++i) by_device[values_[i].device().str()].push_back(i);
+  std::unordered_map<c10::Device, std::vector<std::size_t>> by_device;
+  for (std::size_t i = 0; i < values_.size(); ++i) by_device[values_[i].device()].push_back(i);
   std::vector<at::Tensor> host_parts;
   std::vector<std::pair<std::size_t, std::size_t>> where(values_.size());  // part, offset
   for (auto& [device, indices] : by_device) {

@@ -163,4 +163,69 @@ std::vector<LayerOutput> find_layer_outputs(Node* root, const ParamLookup& param
   return outputs;
 }
 
+void LayerOutputCache::clear() {
+  cached_signature_.clear();
+  outputs_.clear();
+  output_nodes_.clear();
+}
+
+void LayerOutputCache::fingerprint(Node* root, const ParamLookup& params) {
+  nodes_.clear();
+  signature_.clear();
+  visit_index_.clear();
+  const std::uint64_t root_seq = root->sequence_nr();
+  auto visit = [&](Node* n) {
+    auto [it, fresh] = visit_index_.emplace(n, static_cast<int>(nodes_.size()));
+    if (fresh) nodes_.push_back(n);
+    return it->second;
+  };
+  visit(root);
+  // Codes of an edge's target; a node's entries are its type, its offset and its edges.
+  enum : std::int64_t { kNull = -1, kChild = 0, kParam = 1, kOtherLeaf = 2 };
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    Node* n = nodes_[i];
+    // A type's type_info is one object: its address names the type without a string compare.
+    signature_.push_back(static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(&typeid(*n))));
+    signature_.push_back(static_cast<std::int64_t>(root_seq - n->sequence_nr()));
+    signature_.push_back(static_cast<std::int64_t>(n->next_edges().size()));
+    for (const auto& edge : n->next_edges()) {
+      Node* f = edge.function.get();
+      if (f == nullptr) {
+        signature_.push_back(kNull);
+      } else if (typeid(*f) == typeid(torch::autograd::AccumulateGrad)) {
+        const auto* acc = static_cast<torch::autograd::AccumulateGrad*>(f);
+        auto it = params.index.find(acc->variable.unsafeGetTensorImpl());
+        signature_.push_back(it == params.index.end() ? kOtherLeaf : kParam);
+        signature_.push_back(it == params.index.end() ? 0 : it->second);
+      } else {
+        signature_.push_back(kChild);
+        signature_.push_back(visit(f));
+      }
+    }
+  }
+}
+
+const std::vector<LayerOutput>& LayerOutputCache::find(Node* root, const ParamLookup& params, bool* walked) {
+  if (walked) *walked = false;
+  if (root == nullptr) {
+    outputs_.clear();
+    cached_signature_.clear();
+    return outputs_;
+  }
+  fingerprint(root, params);
+  if (signature_ == cached_signature_ && !cached_signature_.empty()) {
+    for (std::size_t k = 0; k < outputs_.size(); ++k) {
+      outputs_[k].node = nodes_[output_nodes_[k]];
+      outputs_[k].sequence_nr = outputs_[k].node->sequence_nr();
+    }
+    return outputs_;
+  }
+  if (walked) *walked = true;
+  outputs_ = find_layer_outputs(root, params);
+  output_nodes_.clear();
+  for (const auto& o : outputs_) output_nodes_.push_back(visit_index_.at(o.node));
+  cached_signature_.swap(signature_);
+  return outputs_;
+}
+
 }  // namespace gradflow::detail

@@ -36,6 +36,30 @@ struct LayerOutput {
 // ops); a node fed by several modules is named after none of them.
 std::vector<LayerOutput> find_layer_outputs(torch::autograd::Node* root, const ParamLookup& params);
 
+// The walk's result kept while the training loop builds graphs of the same shape, so that a
+// step pays one light pass over the graph instead of the full walk (and no names are rebuilt).
+// Two graphs have the same shape when a depth-first pass from the root meets the same node
+// types, in the same order, with the same edges (to the same parameters) and the same
+// sequence-number offsets from the root; then the walk's answer is the same, node for node.
+class LayerOutputCache {
+ public:
+  // The layer outputs below `root`, with this graph's nodes; true in `*walked` when the shape
+  // was new and the full walk ran.
+  const std::vector<LayerOutput>& find(torch::autograd::Node* root, const ParamLookup& params, bool* walked = nullptr);
+  // Forgets the cached shape (the parameters changed).
+  void clear();
+
+ private:
+  // Fills nodes_ (visit order) and signature_ for the graph below `root`.
+  void fingerprint(torch::autograd::Node* root, const ParamLookup& params);
+
+  std::vector<std::int64_t> signature_, cached_signature_;
+  std::vector<torch::autograd::Node*> nodes_;
+  std::unordered_map<torch::autograd::Node*, int> visit_index_;
+  std::vector<int> output_nodes_;  // visit index of each output
+  std::vector<LayerOutput> outputs_;
+};
+
 // Nodes that only reshape, transpose or convert a tensor on its way to the op that uses it.
 bool is_view_like(const torch::autograd::Node& node);
 

@@ -40,6 +40,7 @@ void StepRecorder::set_params(const std::vector<std::pair<std::string, at::Tenso
   params_.clear();
   modules_.clear();
   lookup_ = ParamLookup{};
+  layer_outputs_.clear();
   std::unordered_map<std::string, int> module_ids;
   for (const auto& [name, t] : named) {
     if (!t.defined() || !t.requires_grad()) continue;
@@ -59,13 +60,19 @@ void StepRecorder::set_params(const std::vector<std::pair<std::string, at::Tenso
   before_.assign(params_.size(), at::Tensor());
 }
 
+int StepRecorder::find_record(int series) const {
+  return series < static_cast<int>(record_of_.size()) ? record_of_[series] : -1;
+}
+
 int StepRecorder::record_index(int series) {
-  auto [it, fresh] = record_of_.emplace(series, static_cast<int>(cur_.records.size()));
-  if (fresh) {
+  if (series >= static_cast<int>(record_of_.size())) record_of_.resize(trace_.series().size(), -1);
+  int& index = record_of_[series];
+  if (index < 0) {
+    index = static_cast<int>(cur_.records.size());
     cur_.records.push_back(Record{});
     cur_.records.back().series = series;
   }
-  return it->second;
+  return index;
 }
 
 void StepRecorder::record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge) {
@@ -141,8 +148,8 @@ void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::
   backward_seen_ = true;
   // A further gradient of the same layer output or tap in this step (another backward, or a
   // tap name given twice): the record becomes the statistics of all of them taken together.
-  auto it = record_of_.find(series);
-  const bool merge = it != record_of_.end() && cur_.records[it->second].grad.numel > 0;
+  const int existing = find_record(series);
+  const bool merge = existing >= 0 && cur_.records[existing].grad.numel > 0;
   if (merge) collect_worker();
   record(series, grad, at::Tensor(), merge);
 }
@@ -156,7 +163,7 @@ bool StepRecorder::record_loss(const at::Tensor& loss) {
   if (!recording_) return false;
   if (loss.defined() && loss.numel() == 1) {
     if (loss.device().is_cpu())
-      cur_.add_loss(loss.detach().to(torch::kDouble).item<double>());
+      cur_.add_loss(loss.item<double>());  // a float widens to double exactly
     else
       deferred_.add(-1, ResultField::loss, 1, loss.detach().reshape({1}));
   }
@@ -164,12 +171,20 @@ bool StepRecorder::record_loss(const at::Tensor& loss) {
 }
 
 std::vector<std::pair<torch::autograd::Node*, int>> StepRecorder::layer_output_series(torch::autograd::Node* root) {
-  std::vector<std::pair<torch::autograd::Node*, int>> out;
-  for (const auto& o : find_layer_outputs(root, lookup_)) {
-    const std::string& module = modules_[o.module];
-    const std::string name = o.call > 0 ? module + "#" + std::to_string(o.call) : module;
-    out.emplace_back(o.node, trace_.intern(name, SeriesKind::activation, module));
+  bool walked = false;
+  const std::vector<LayerOutput>& outputs = layer_outputs_.find(root, lookup_, &walked);
+  if (walked) {
+    // A new graph shape: its names are interned once, and kept while the shape lasts.
+    layer_output_series_.clear();
+    for (const auto& o : outputs) {
+      const std::string& module = modules_[o.module];
+      const std::string name = o.call > 0 ? module + "#" + std::to_string(o.call) : module;
+      layer_output_series_.push_back(trace_.intern(name, SeriesKind::activation, module));
+    }
   }
+  std::vector<std::pair<torch::autograd::Node*, int>> out;
+  out.reserve(outputs.size());
+  for (std::size_t k = 0; k < outputs.size(); ++k) out.emplace_back(outputs[k].node, layer_output_series_[k]);
   return out;
 }
 
@@ -179,8 +194,12 @@ int StepRecorder::tap_series(const at::Tensor& t, const std::string& name, const
   const int series = trace_.intern(name, SeriesKind::tap, group, shape_of(t));
   if (options.activation != Activation::none) {
     const at::Tensor& a = options.activation_output.defined() ? options.activation_output : t;
-    deferred_.add(record_index(series), ResultField::forward, 0,
-                  aten_activation_stats(a, options.activation, options.preactivation, opts_.saturation_threshold));
+    const int index = record_index(series);
+    if (auto host = host_activation_stats(a, options.activation, opts_.saturation_threshold))
+      cur_.records[index].forward = *host;
+    else
+      deferred_.add(index, ResultField::forward, 0,
+                    device_activation_stats(a, options.activation, options.preactivation, opts_.saturation_threshold));
   }
   return series;
 }
@@ -219,11 +238,15 @@ void StepRecorder::abandon_step() {
 }
 
 void StepRecorder::reset_step() {
+  for (const auto& r : cur_.records) record_of_[r.series] = -1;
+  // The next step records about as many tensors: keep the storage.
+  std::vector<Record> storage = std::move(cur_.records);
+  storage.clear();
   cur_ = StepRecord{};
+  cur_.records = std::move(storage);
   cur_.step = step_;
   cur_active_ = false;
   backward_seen_ = false;
-  record_of_.clear();
   averaged_ = false;
   for (auto& p : params_) p.seen = 0;
 }
@@ -250,13 +273,13 @@ void StepRecorder::on_gradients_averaged() {
   decode_ranks(cur_, dp->all_gather(encode_local(cur_, checksum)), trace_);
   // The averaged gradient, computed here and not on the worker: backward is over.
   for (const auto& p : params_) {
-    const auto it = record_of_.find(p.series);
-    if (it == record_of_.end() || !p.tensor.grad().defined()) continue;
+    const int index = find_record(p.series);
+    if (index < 0 || !p.tensor.grad().defined()) continue;
     const at::Tensor& g = p.tensor.grad();
     if (fused_applicable(g))
-      cur_.records[it->second].grad = fused_stats(g);
+      cur_.records[index].grad = fused_stats(g);
     else
-      deferred_.add(it->second, ResultField::grad, g.numel(), aten_stats(g));
+      deferred_.add(index, ResultField::grad, g.numel(), aten_stats(g));
   }
 }
 

@@ -75,6 +75,8 @@ class StepRecorder {
 
  private:
   int record_index(int series);
+  // The index of the series' record in the open step, -1 when it has none.
+  int find_record(int series) const;
   // Computes the gradient's statistics into the record of `series`; with `merge`, they are
   // merged into what the record already holds (a second gradient of the same series in a step).
   void record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge = false);
@@ -96,6 +98,8 @@ class StepRecorder {
   std::vector<at::Tensor> before_;  // parameters as they were when this step's gradient arrived
   std::vector<std::string> modules_;
   ParamLookup lookup_;
+  LayerOutputCache layer_outputs_;
+  std::vector<int> layer_output_series_;  // the series of each of layer_outputs_' outputs
 
   std::int64_t step_ = 0;
   bool recording_ = true;
@@ -103,7 +107,7 @@ class StepRecorder {
   bool cur_active_ = false;     // anything happened in this step
   bool backward_seen_ = false;  // a gradient arrived in this step
   bool averaged_ = false;       // data-parallel: this step's ranks were already exchanged
-  std::unordered_map<int, int> record_of_;  // series -> index in cur_.records
+  std::vector<int> record_of_;  // series -> index in cur_.records, -1 when it has none
   DeferredResults deferred_;
   StatsWorker worker_;
 };

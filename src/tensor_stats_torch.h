@@ -1,6 +1,8 @@
 #pragma once
 // Statistics of LibTorch tensors: the fused CPU pass where it applies, ATen ops elsewhere.
 
+#include <optional>
+
 #include <ATen/core/Tensor.h>
 
 #include "gradflow/activation.h"
@@ -30,6 +32,11 @@ at::Tensor aten_sum_of_squares(const at::Tensor& t);
 enum ActivationStatsIndex : int { kActMean, kActStd, kActDead, kActSaturated, kActMeanDerivative, kActivationStatsSize };
 // The statistics as a struct, from the values in ActivationStatsIndex order.
 ActivationStats activation_stats_from(const double* values);
+
+// Forward statistics of an activation in one host pass, for CPU float/double tensors and every
+// activation but GELU (whose derivative needs its input); nullopt where that does not apply.
+// `threshold` is relative to the activation's largest derivative.
+std::optional<ActivationStats> host_activation_stats(const at::Tensor& h, Activation act, double threshold);
 
 // Forward statistics of an activation, in ActivationStatsIndex order.
 // `threshold` is relative to the activation's largest derivative. CPU float/double tensors take

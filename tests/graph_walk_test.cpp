@@ -79,6 +79,60 @@ TEST_F(GraphWalkTest, ViewNodesAreLookedThrough) {
   EXPECT_FALSE(is_view_like(*y.grad_fn()));
 }
 
+// The cache's answer, compared field by field with a fresh walk of the same graph.
+void expect_same_as_fresh_walk(const std::vector<LayerOutput>& cached, torch::autograd::Node* root,
+                               const ParamLookup& params) {
+  const auto fresh = find_layer_outputs(root, params);
+  ASSERT_EQ(cached.size(), fresh.size());
+  for (std::size_t i = 0; i < fresh.size(); ++i) {
+    EXPECT_EQ(cached[i].node, fresh[i].node) << i;
+    EXPECT_EQ(cached[i].module, fresh[i].module) << i;
+    EXPECT_EQ(cached[i].call, fresh[i].call) << i;
+    EXPECT_EQ(cached[i].sequence_nr, fresh[i].sequence_nr) << i;
+  }
+}
+
+TEST_F(GraphWalkTest, TheCacheAnswersLikeAFreshWalkAndWalksAgainWhenTheGraphChanges) {
+  torch::nn::Linear l0(4, 8), l1(8, 8), l2(8, 2);
+  const Lookup lookup(*named({{"l0", l0}, {"l1", l1}, {"l2", l2}}));
+  LayerOutputCache cache;
+  // skip: l1 left out; twice: l1 called twice (the same module, a different graph).
+  auto forward = [&](bool skip, bool twice) {
+    auto h = torch::tanh(l0->forward(torch::randn({5, 4})));
+    if (!skip) h = torch::tanh(l1->forward(h));
+    if (twice) h = torch::tanh(l1->forward(h));
+    return l2->forward(h).pow(2).sum();
+  };
+  const std::vector<std::pair<bool, bool>> shapes = {{false, false}, {false, false}, {true, false}, {true, false},
+                                                     {false, true},  {false, false}, {false, false}};
+  const std::vector<bool> walks = {true, false, true, false, true, true, false};
+  const std::vector<std::vector<std::string>> names = {
+      {"l0", "l1", "l2"}, {"l0", "l1", "l2"}, {"l0", "l2"}, {"l0", "l2"}, {"l0", "l1#1", "l1#2", "l2"},
+      {"l0", "l1", "l2"}, {"l0", "l1", "l2"}};
+  for (std::size_t k = 0; k < shapes.size(); ++k) {
+    const auto loss = forward(shapes[k].first, shapes[k].second);
+    bool walked = false;
+    const auto& outs = cache.find(loss.grad_fn().get(), lookup.params, &walked);
+    EXPECT_EQ(walked, walks[k]) << "graph " << k;
+    EXPECT_EQ(lookup.names(outs), names[k]) << "graph " << k;
+    expect_same_as_fresh_walk(outs, loss.grad_fn().get(), lookup.params);
+  }
+}
+
+TEST_F(GraphWalkTest, TheCacheTellsParametersApart) {
+  // Two graphs of one shape that read different parameters are not the same graph.
+  torch::nn::Linear a(4, 4), b(4, 4), head(4, 1);
+  const Lookup lookup(*named({{"a", a}, {"b", b}, {"head", head}}));
+  LayerOutputCache cache;
+  const auto x = torch::randn({3, 4});
+  bool walked = false;
+  const auto la = head->forward(torch::relu(a->forward(x))).sum();
+  EXPECT_EQ(lookup.names(cache.find(la.grad_fn().get(), lookup.params, &walked)), (std::vector<std::string>{"a", "head"}));
+  const auto lb = head->forward(torch::relu(b->forward(x))).sum();
+  EXPECT_EQ(lookup.names(cache.find(lb.grad_fn().get(), lookup.params, &walked)), (std::vector<std::string>{"b", "head"}));
+  EXPECT_TRUE(walked);
+}
+
 TEST(StatsPath, OnePlaceDecidesWhereEachStatisticIsComputed) {
   const auto g = torch::randn({4, 4}), w = torch::randn({4, 4});
   MonitorOptions o;

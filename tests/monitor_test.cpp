@@ -132,6 +132,56 @@ TEST_F(MonitorTest, MlpActivationGradientsEqualAutogradGrad) {
   for (std::size_t i = 0; i < acts.size(); ++i) EXPECT_EQ(t.series()[acts[i]].name, "fc" + std::to_string(i));
 }
 
+// An MLP whose forward leaves out its middle layer when asked: the graph changes shape.
+struct SkippingMlpImpl : torch::nn::Module {
+  SkippingMlpImpl()
+      : fc0(register_module("fc0", torch::nn::Linear(8, 16))),
+        fc1(register_module("fc1", torch::nn::Linear(16, 16))),
+        fc2(register_module("fc2", torch::nn::Linear(16, 3))) {}
+  torch::Tensor forward(torch::Tensor x, bool skip) {
+    outputs.clear();
+    names.clear();
+    auto keep = [&](const char* name, torch::Tensor h) {
+      outputs.push_back(h);
+      names.emplace_back(name);
+      return h;
+    };
+    x = torch::tanh(keep("fc0", fc0->forward(x)));
+    if (!skip) x = torch::tanh(keep("fc1", fc1->forward(x)));
+    return keep("fc2", fc2->forward(x));
+  }
+  torch::nn::Linear fc0, fc1, fc2;
+  std::vector<torch::Tensor> outputs;
+  std::vector<std::string> names;
+};
+TORCH_MODULE(SkippingMlp);
+
+TEST_F(MonitorTest, LayerOutputsStayRightWhileTheGraphKeepsOrChangesItsShape) {
+  SkippingMlp model;
+  Monitor mon(*model);
+  const std::vector<bool> skips = {false, false, true, true, false, true, false, false};
+  std::vector<std::vector<torch::Tensor>> expected;
+  std::vector<std::vector<std::string>> names;
+  for (bool skip : skips) {
+    auto loss = model->forward(torch::randn({16, 8}), skip).pow(2).sum();
+    expected.push_back(torch::autograd::grad({loss}, model->outputs, {}, /*retain_graph=*/true));
+    names.push_back(model->names);
+    mon.watch(loss);
+    loss.backward();
+  }
+  const Trace& t = mon.trace();
+  ASSERT_EQ(t.steps().size(), skips.size());
+  for (std::size_t k = 0; k < skips.size(); ++k) {
+    const StepRecord& st = t.steps()[k];
+    int activations = 0;
+    for (const auto& r : st.records) activations += t.series()[r.series].kind == SeriesKind::activation;
+    EXPECT_EQ(activations, static_cast<int>(names[k].size())) << "step " << k;
+    for (std::size_t i = 0; i < names[k].size(); ++i)
+      expect_stats_equal(record_named(t, st, names[k][i]).grad, expected[k][i], 1e-6,
+                         names[k][i] + " at step " + std::to_string(k));
+  }
+}
+
 TEST_F(MonitorTest, ConvNetWithBatchNormAndResidualMatchesAutograd) {
   ResConv model;
   Monitor mon(*model);

@@ -8,7 +8,7 @@ namespace gradflow::cli {
 struct BenchOptions {
   bool quick = false;
   std::string json;
-  std::string models = "mlp,cnn,lstm";
+  std::string models = "mlp,mlp-small,cnn,lstm";
   int reps = 0;  // 0: default for --quick or not
 };
 

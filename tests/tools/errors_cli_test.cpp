@@ -68,6 +68,7 @@ std::vector<Case> cases() {
       {"inspect with a malformed shape", {"inspect", "@/file", "--input-shape", "2,a", "--out", "@/o"}, 2, "write positive sizes"},
       {"flow with a non-positive learning rate", {"flow", "mlp:depth=3", "--lr", "0,1", "--out", "@/o"}, 2, "--lr"},
       {"flow with a step longer than the time", {"flow", "mlp:depth=3", "--time", "1", "--lr", "5", "--out", "@/o"}, 2, "larger than the flow time"},
+      {"bench of an unknown model", {"bench", "--models", "mlp,transformer"}, 2, "unknown model 'transformer'"},
       {"inspect with an unknown loss", {"inspect", "@/file", "--input-shape", "2,3", "--loss", "hinge", "--out", "@/o"}, 2, "unknown loss"},
   };
 }
