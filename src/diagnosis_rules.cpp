@@ -28,6 +28,20 @@ std::string vanishing_remedy(const ModelTraits& t) {
   return join_alternatives(r);
 }
 
+// The training step of the i-th loss value. The CLI's trainer gives the loss of every step; a
+// loss taken from the trace (save_report) holds the recorded steps' only, one per trace step,
+// and the trace's own step numbers name them.
+std::int64_t loss_step(const DiagnosisInput& in, std::size_t i) {
+  const auto& steps = in.trace.steps();
+  return in.loss.size() == steps.size() && i < steps.size() ? steps[i].step : static_cast<std::int64_t>(i);
+}
+
+// The training step of the i-th recorded value (grad_norm holds one per recorded step).
+std::int64_t recorded_step(const DiagnosisInput& in, std::size_t i) {
+  const auto& steps = in.trace.steps();
+  return i < steps.size() ? steps[i].step : static_cast<std::int64_t>(i);
+}
+
 double mean_of(const std::vector<double>& v, std::size_t b, std::size_t e) {
   double s = 0;
   std::size_t n = 0;
@@ -200,7 +214,7 @@ std::optional<Finding> non_finite_rule(const DiagnosisInput& in, const Diagnosis
     f.evidence.emplace_back("step", static_cast<double>(grad->step));
   }
   if (bad != in.loss.end()) {
-    const auto step = bad - in.loss.begin();
+    const auto step = loss_step(in, static_cast<std::size_t>(bad - in.loss.begin()));
     if (f.where.empty()) f.where = fmt::format("loss at step {}", step);
     f.message += std::string(f.message.empty() ? "" : "; ") + fmt::format("loss became non-finite at step {}", step);
     f.evidence.emplace_back("loss_step", static_cast<double>(step));
@@ -221,10 +235,11 @@ std::optional<Finding> norm_growth_rule(const DiagnosisInput& in, const Diagnosi
   Finding f;
   f.kind = FindingKind::exploding;
   f.severity = Severity::error;
-  f.where = fmt::format("steps 0 .. {}", at);
+  const std::int64_t at_step = recorded_step(in, at);
+  f.where = fmt::format("steps {} .. {}", recorded_step(in, 0), at_step);
   f.message = fmt::format("the gradient norm grew {:.1f} orders of magnitude during training (peak {:.3g} at step {})", growth,
-                          peak, at);
-  f.evidence = {{"growth_log10", growth}, {"peak", peak}, {"peak_step", static_cast<double>(at)}};
+                          peak, at_step);
+  f.evidence = {{"growth_log10", growth}, {"peak", peak}, {"peak_step", static_cast<double>(at_step)}};
   f.remedy = in.traits.clipped() ? "a smaller learning rate" : "gradient clipping (by global norm)";
   return f;
 }
@@ -232,18 +247,38 @@ std::optional<Finding> norm_growth_rule(const DiagnosisInput& in, const Diagnosi
 namespace {
 
 // Oscillation is judged on window means: single mini-batch losses rise and fall by 10-30% from
-// sampling noise alone.
+// sampling noise alone. A rise counts when it is also beyond what that noise explains: more than
+// twice the standard error of the difference of the two windows' means.
+struct Window {
+  double mean = 0, variance = 0;
+  std::size_t n = 0;
+};
+
+Window window_of(const std::vector<double>& v, std::size_t b, std::size_t e) {
+  Window w;
+  w.mean = mean_of(v, b, e);
+  for (std::size_t i = b; i < e && i < v.size(); ++i)
+    if (std::isfinite(v[i])) {
+      w.variance += (v[i] - w.mean) * (v[i] - w.mean);
+      ++w.n;
+    }
+  w.variance = w.n > 1 ? w.variance / static_cast<double>(w.n - 1) : 0.0;
+  return w;
+}
+
 std::pair<double, std::size_t> rising_windows(const std::vector<double>& loss, double rise) {
   const std::size_t n = loss.size();
   const std::size_t win = std::max<std::size_t>(5, n / 20);
-  std::vector<double> means;
-  for (std::size_t b = n / 2; b + win <= n; b += win) means.push_back(mean_of(loss, b, b + win));
+  std::vector<Window> windows;
+  for (std::size_t b = n / 2; b + win <= n; b += win) windows.push_back(window_of(loss, b, b + win));
   int rises = 0, pairs = 0;
-  for (std::size_t i = 1; i < means.size(); ++i)
-    if (std::isfinite(means[i]) && std::isfinite(means[i - 1])) {
-      ++pairs;
-      if (means[i] > (1 + rise) * means[i - 1]) ++rises;
-    }
+  for (std::size_t i = 1; i < windows.size(); ++i) {
+    const Window &a = windows[i - 1], &b = windows[i];
+    if (!std::isfinite(b.mean) || !std::isfinite(a.mean) || a.n == 0 || b.n == 0) continue;
+    ++pairs;
+    const double noise = 2 * std::sqrt(a.variance / static_cast<double>(a.n) + b.variance / static_cast<double>(b.n));
+    if (b.mean > (1 + rise) * a.mean && b.mean - a.mean > noise) ++rises;
+  }
   return {pairs ? static_cast<double>(rises) / pairs : 0.0, win};
 }
 
@@ -266,7 +301,7 @@ std::optional<Finding> rising_finding(const DiagnosisInput& in, const DiagnosisO
   Finding f;
   f.kind = FindingKind::unstable_loss;
   f.severity = Severity::warning;
-  f.where = fmt::format("steps 0 .. {}", in.loss.size() - 1);
+  f.where = fmt::format("steps {} .. {}", loss_step(in, 0), loss_step(in, in.loss.size() - 1));
   f.message = fmt::format("the loss rose: {:.4g} -> {:.4g} ({:+.0f}%) from the first to the last tenth of the run", start, end,
                           100 * (end - start) / start);
   f.evidence = {{"loss_start", start}, {"loss_end", end}};
@@ -288,7 +323,7 @@ std::optional<Finding> unstable_loss_rule(const DiagnosisInput& in, const Diagno
   f.kind = FindingKind::unstable_loss;
   if (std::isfinite(first) && first > 0 && worst > o.divergence_factor * first) {
     f.severity = Severity::error;
-    f.where = fmt::format("steps 0 .. {}", n - 1);
+    f.where = fmt::format("steps {} .. {}", loss_step(in, 0), loss_step(in, n - 1));
     f.message = fmt::format("the loss diverged: it reached {:.3g}, {:.0f}x its first value", worst, worst / first);
     f.evidence = {{"loss_first", first}, {"loss_max", worst}};
     f.remedy = "a smaller learning rate or gradient clipping";
@@ -297,8 +332,8 @@ std::optional<Finding> unstable_loss_rule(const DiagnosisInput& in, const Diagno
   const auto [rise_fraction, win] = rising_windows(loss, o.oscillation_rise);
   if (!(rise_fraction > o.oscillation_fraction)) return rising_finding(in, o);
   f.severity = Severity::warning;
-  f.where = fmt::format("steps {} .. {}", n / 2, n - 1);
-  f.message = fmt::format("the loss oscillates: {:.0f}% of {}-step windows in the second half raise it by over {:.0f}%",
+  f.where = fmt::format("steps {} .. {}", loss_step(in, n / 2), loss_step(in, n - 1));
+  f.message = fmt::format("the loss oscillates: {:.0f}% of the second half's windows of {} losses raise it by over {:.0f}%",
                           100 * rise_fraction, win, 100 * o.oscillation_rise);
   f.evidence = {{"rise_fraction", rise_fraction}};
   f.remedy = "a smaller learning rate, a larger batch, or gradient clipping";
@@ -315,7 +350,7 @@ std::optional<Finding> stalled_rule(const DiagnosisInput& in, const DiagnosisOpt
   Finding f;
   f.kind = FindingKind::stalled;
   f.severity = Severity::warning;
-  f.where = fmt::format("steps 0 .. {}", n - 1);
+  f.where = fmt::format("steps {} .. {}", loss_step(in, 0), loss_step(in, n - 1));
   f.message = fmt::format("the loss barely moved: {:.4g} -> {:.4g} ({:+.1f}%)", start, end, 100 * (end - start) / start);
   f.evidence = {{"loss_start", start}, {"loss_end", end}};
   f.remedy = gradient_vanishes(in, o) ? "the gradient does not reach the early layers: " + vanishing_remedy(in.traits)
