@@ -40,6 +40,12 @@ cmake --build "$work/data_parallel" -j "$jobs" >/dev/null
 test -s "$work/data-parallel-report/report.html"
 grep -q '"world_size": 2' "$work/data-parallel-report/run.json"
 "$prefix/bin/gradflow" models >/dev/null
+# Python: the example loop against the installed package, with the system interpreter whose
+# python3-torch is this LibTorch.
+pypath="$prefix/lib/python3.$(/usr/bin/python3 -c 'import sys; print(sys.version_info.minor)')/dist-packages"
+test -f "$pypath/gradflow/__init__.py"
+(cd "$work" && PYTHONPATH="$pypath" /usr/bin/python3 "$root/examples/python/train.py" "$work/python-report")
+test -s "$work/python-report/report.html"
 
 stage "README shows the example's code"
 python3 - <<'PY'
@@ -51,6 +57,10 @@ body = "\n".join(line[2:] if line.startswith("  ") else line for line in snippet
 if body not in readme:
     sys.exit("README.md does not contain the example's snippet verbatim (examples/custom_model/main.cpp)")
 print("README snippet matches examples/custom_model/main.cpp")
+loop = open("examples/python/train.py").read().split('"""\n', 1)[1]
+if loop not in readme:
+    sys.exit("README.md does not contain examples/python/train.py's code verbatim")
+print("README's Python loop matches examples/python/train.py")
 PY
 
 stage "report renders in headless Chromium"

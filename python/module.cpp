@@ -1,0 +1,252 @@
+// The `gradflow` Python module: the C++ Monitor on a live torch.nn.Module. Tensors cross as the
+// same at::Tensor (torch's own pybind11 caster); hooks, statistics and the trace stay in C++.
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/extension.h>
+
+#include "gradflow/data_parallel.h"
+#include "gradflow/diagnosis.h"
+#include "gradflow/error.h"
+#include "gradflow/monitor.h"
+#include "gradflow/save_report.h"
+#include "gradflow/trace_io.h"
+
+namespace py = pybind11;
+
+namespace gradflow::python {
+
+namespace {
+
+// A Monitor on a Python module, with the data-parallel group it averages over (if any).
+class PyMonitor {
+ public:
+  // `group`: None, or a torch.distributed process group (the same c10d object underneath).
+  PyMonitor(const py::object& model, const MonitorOptions& options, const py::object& group,
+            std::int64_t batch_per_rank) {
+    MonitorOptions o = options;
+    if (!group.is_none()) {
+      dp_ = std::make_unique<DataParallel>(group.cast<c10::intrusive_ptr<c10d::ProcessGroup>>());
+      o.with_data_parallel(*dp_, batch_per_rank);
+    }
+    if (!py::hasattr(model, "named_parameters"))
+      throw UsageError("gradflow.Monitor needs a torch.nn.Module (an object with named_parameters()), got " +
+                       py::str(py::type::of(model).attr("__name__")).cast<std::string>());
+    monitor_ = std::make_unique<Monitor>(o);
+    for (const auto& item : model.attr("named_parameters")()) {
+      auto pair = item.cast<py::tuple>();
+      params_.emplace_back(pair[0].cast<std::string>(), pair[1].cast<at::Tensor>());
+    }
+    monitor_->attach(params_);
+  }
+  Monitor& monitor() { return *monitor_; }
+  DataParallel& group() {
+    if (!dp_) throw UsageError("this Monitor has no process group: pass process_group= to gradflow.Monitor");
+    return *dp_;
+  }
+  std::vector<at::Tensor> parameters() const {
+    std::vector<at::Tensor> out;
+    for (const auto& p : params_) out.push_back(p.second);
+    return out;
+  }
+
+ private:
+  std::unique_ptr<DataParallel> dp_;  // outlives the Monitor, which listens to it
+  std::unique_ptr<Monitor> monitor_;
+  std::vector<std::pair<std::string, at::Tensor>> params_;
+};
+
+// A numpy array holding a copy of `values` (one memcpy, no Python object per element).
+template <typename T>
+py::array_t<T> column(const std::vector<T>& values) {
+  return py::array_t<T>(static_cast<py::ssize_t>(values.size()), values.data());
+}
+
+// Fixed-width unicode column (numpy '<U'), filled in C++.
+py::array text_column(const std::vector<std::string>& values) {
+  std::size_t width = 1;
+  bool ascii = true;
+  for (const auto& v : values) {
+    width = std::max(width, v.size());
+    for (unsigned char c : v) ascii = ascii && c < 0x80;
+  }
+  // Module paths are ASCII in practice; other names take numpy's own UTF-8 decoding.
+  if (!ascii) return py::module_::import("numpy").attr("array")(py::cast(values));
+  std::u32string cells(values.size() * width, U'\0');
+  for (std::size_t i = 0; i < values.size(); ++i)
+    for (std::size_t j = 0; j < values[i].size(); ++j) cells[i * width + j] = static_cast<unsigned char>(values[i][j]);
+  return py::array(py::dtype("<U" + std::to_string(width)), {static_cast<py::ssize_t>(values.size())}, cells.data());
+}
+
+// The columns of trace_frame(), each read off one record of one step.
+struct IntColumn {
+  const char* name;
+  std::int64_t (*value)(const StepRecord&, const Record&);
+};
+struct RealColumn {
+  const char* name;
+  double (*value)(const StepRecord&, const Record&);
+};
+const IntColumn kIntColumns[] = {
+    {"step", [](const StepRecord& st, const Record&) { return st.step; }},
+    {"numel", [](const StepRecord&, const Record& r) { return r.grad.numel; }},
+    {"nonfinite", [](const StepRecord&, const Record& r) { return r.grad.nonfinite; }},
+};
+const RealColumn kRealColumns[] = {
+    {"grad_norm", [](const StepRecord&, const Record& r) { return r.grad.norm(); }},
+    {"grad_mean", [](const StepRecord&, const Record& r) { return r.grad.mean(); }},
+    {"grad_std", [](const StepRecord&, const Record& r) { return r.grad.std(); }},
+    {"grad_max_abs", [](const StepRecord&, const Record& r) { return r.grad.max_abs; }},
+    {"zero_fraction", [](const StepRecord&, const Record& r) { return r.grad.zero_fraction(); }},
+    {"weight_norm", [](const StepRecord&, const Record& r) { return r.weight_norm; }},
+    {"update_norm", [](const StepRecord&, const Record& r) { return r.update_norm; }},
+    {"loss", [](const StepRecord& st, const Record&) { return st.loss ? *st.loss : std::numeric_limits<double>::quiet_NaN(); }},
+};
+
+// One row per recorded tensor and step: the columns of a pandas DataFrame.
+py::dict trace_frame(Monitor& m) {
+  const Trace& t = m.trace();
+  std::vector<std::string> name, kind;
+  for (const auto& st : t.steps())
+    for (const auto& r : st.records) {
+      name.push_back(t.series()[r.series].name);
+      kind.push_back(to_string(t.series()[r.series].kind));
+    }
+  py::dict d;
+  d["name"] = text_column(name);
+  d["kind"] = text_column(kind);
+  auto fill = [&](const auto& columns) {
+    for (const auto& c : columns) {
+      std::vector<decltype(c.value(StepRecord{}, Record{}))> values;
+      for (const auto& st : t.steps())
+        for (const auto& r : st.records) values.push_back(c.value(st, r));
+      d[c.name] = column(values);
+    }
+  };
+  fill(kIntColumns);
+  fill(kRealColumns);
+  return d;
+}
+
+std::vector<FindingKind> kinds_of(const std::vector<std::string>& names) {
+  std::vector<FindingKind> kinds;
+  for (const auto& n : names) kinds.push_back(finding_kind_from_string(n));
+  return kinds;
+}
+
+void bind_errors(py::module_& m) {
+  static py::exception<Error> error(m, "GradflowError", PyExc_RuntimeError);
+  static py::exception<UsageError> usage(m, "UsageError", error.ptr());
+  static py::exception<GradientHealthError> health(m, "GradientHealthError", error.ptr());
+  // The last translator registered is tried first: the most specific types go last.
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const GradientHealthError& e) {
+      py::object exc = py::handle(health.ptr())(e.what());
+      exc.attr("findings") = py::cast(e.findings());
+      PyErr_SetObject(health.ptr(), exc.ptr());
+    } catch (const UsageError& e) {
+      usage(e.what());
+    } catch (const Error& e) {
+      error(e.what());
+    }
+  });
+}
+
+void bind_finding(py::module_& m) {
+  py::class_<Finding>(m, "Finding", "One diagnosis, with the numbers it rests on")
+      .def_property_readonly("kind", [](const Finding& f) { return std::string(to_string(f.kind)); })
+      .def_property_readonly("severity", [](const Finding& f) { return std::string(to_string(f.severity)); })
+      .def_readonly("where", &Finding::where)
+      .def_readonly("message", &Finding::message)
+      .def_readonly("evidence", &Finding::evidence)
+      .def_readonly("remedy", &Finding::remedy)
+      .def("__repr__", [](const Finding& f) {
+        return std::string("<gradflow.Finding ") + to_string(f.kind) + " (" + to_string(f.severity) + ") " + f.where + ": " +
+               f.message + ">";
+      });
+}
+
+void bind_monitor(py::module_& m) {
+  py::class_<PyMonitor>(m, "Monitor", "Records the gradient flow of a torch.nn.Module's training")
+      .def(py::init([](const py::object& model, std::int64_t every, bool parameters, bool activations, bool weight_norms,
+                       bool update_norms, bool auto_step, double saturation_threshold,
+                       const py::object& process_group, std::int64_t batch_per_rank) {
+             MonitorOptions o;
+             o.every = every;
+             o.parameters = parameters;
+             o.activations = activations;
+             o.weight_norms = weight_norms;
+             o.update_norms = update_norms;
+             o.auto_step = auto_step;
+             o.saturation_threshold = saturation_threshold;
+             return std::make_unique<PyMonitor>(model, o, process_group, batch_per_rank);
+           }),
+           py::arg("model"), py::kw_only(), py::arg("every") = 1, py::arg("parameters") = true,
+           py::arg("activations") = true, py::arg("weight_norms") = true, py::arg("update_norms") = false,
+           py::arg("auto_step") = true, py::arg("saturation_threshold") = 0.1,
+           py::arg("process_group") = py::none(), py::arg("batch_per_rank") = 0)
+      .def("watch", [](PyMonitor& p, const at::Tensor& loss) { p.monitor().watch(loss); }, py::arg("loss"),
+           "Record the loss and hook the layer outputs below it; call before loss.backward()")
+      .def(
+          "tap",
+          [](PyMonitor& p, const at::Tensor& t, const std::string& name, const std::string& group) {
+            TapOptions o;
+            o.group = group;
+            p.monitor().tap(t, name, o);
+          },
+          py::arg("tensor"), py::arg("name"), py::arg("group") = "", "Record the gradient that reaches this tensor")
+      .def("step", [](PyMonitor& p) { p.monitor().step(); }, "Close the step (only with auto_step=False)")
+      .def("average_gradients", [](PyMonitor& p) { p.group().average_gradients(p.parameters()); },
+           "Average the parameters' gradients over the process group (one collective per bucket); "
+           "the Monitor then records the averaged gradient")
+      .def("broadcast_parameters", [](PyMonitor& p) { p.group().broadcast_parameters(p.parameters()); },
+           "Copy rank 0's parameters to every rank of the process group")
+      .def("detach", [](PyMonitor& p) { p.monitor().detach(); })
+      .def_property_readonly("recording", [](PyMonitor& p) { return p.monitor().recording(); })
+      .def_property_readonly("steps", [](PyMonitor& p) { return p.monitor().completed_steps(); })
+      .def("trace_frame", [](PyMonitor& p) { return trace_frame(p.monitor()); },
+           "The trace as columns of numpy arrays, one row per recorded tensor and step: pandas.DataFrame(...)")
+      .def("save_csv", [](PyMonitor& p, const std::string& path) { write_trace_csv(p.monitor().trace(), path); },
+           py::arg("path"))
+      .def("save_json", [](PyMonitor& p, const std::string& path) { write_trace_json(p.monitor().trace(), path); },
+           py::arg("path"));
+}
+
+}  // namespace
+
+}  // namespace gradflow::python
+
+PYBIND11_MODULE(_gradflow, m) {
+  using namespace gradflow;
+  using namespace gradflow::python;
+  m.doc() = "gradflow: how gradients flow backward through a torch.nn.Module, recorded in C++";
+  bind_errors(m);
+  bind_finding(m);
+  bind_monitor(m);
+  m.def(
+      "save_report",
+      [](PyMonitor& p, const std::string& dir, const std::string& label, bool force) {
+        SaveOptions o;
+        o.label = label;
+        o.force = force;
+        return save_report(p.monitor(), dir, o);
+      },
+      py::arg("monitor"), py::arg("dir"), py::kw_only(), py::arg("label") = "model", py::arg("force") = false,
+      "Diagnose the trace, write run.json, trace.csv, report.html, report.md and summary.json, return the findings");
+  m.def(
+      "require_healthy",
+      [](const std::vector<Finding>& findings, const std::vector<std::string>& kinds) {
+        require_healthy(findings, kinds_of(kinds));
+      },
+      py::arg("findings"), py::arg("kinds") = std::vector<std::string>{},
+      "Raise GradientHealthError naming every finding of these kinds (all kinds when empty)");
+}

@@ -1,0 +1,228 @@
+"""The gradflow Python module on live torch.nn.Modules, checked against autograd."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import gradflow
+
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x):
+        return torch.tanh(self.norm(self.fc(x)))
+
+
+class Net(nn.Module):
+    """Nested modules, one layer called twice, a frozen layer and a forward of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(6, 16)
+        self.encoder = nn.Sequential(Block(16), Block(16))
+        self.shared = nn.Linear(16, 16)
+        self.frozen = nn.Linear(16, 16)
+        for p in self.frozen.parameters():
+            p.requires_grad_(False)
+        self.head = nn.Linear(16, 3)
+        self.outputs = {}
+
+    def forward(self, x):
+        keep = self.outputs
+        keep.clear()
+        h = keep.setdefault("stem", self.stem(x))
+        h = self.encoder(torch.relu(h))
+        h = torch.relu(keep.setdefault("shared#1", self.shared(h)))
+        h = torch.relu(keep.setdefault("shared#2", self.shared(h)))  # the same layer again
+        h = self.frozen(h)
+        return keep.setdefault("head", self.head(h * 0.5 + h.mean(dim=1, keepdim=True)))
+
+
+def rel_close(a, b, rel):
+    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-300)
+
+
+class MonitorTest(unittest.TestCase):
+    def setUp(self):
+        torch.manual_seed(0)
+
+    def train(self, model, monitor, steps, expected_params, expected_outputs=None):
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+        for _ in range(steps):
+            x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+            loss = nn.functional.cross_entropy(model(x), y)
+            if expected_outputs is not None:  # independent: autograd, before the Monitor hooks the graph
+                names = list(model.outputs)
+                grads = torch.autograd.grad(loss, [model.outputs[n] for n in names], retain_graph=True)
+                expected_outputs.append({n: g.double().norm().item() for n, g in zip(names, grads)})
+            monitor.watch(loss)
+            loss.backward()
+            expected_params.append({n: p.grad.double().norm().item()
+                                    for n, p in model.named_parameters() if p.requires_grad})
+            opt.step()
+            opt.zero_grad()
+
+    def frame_rows(self, monitor):
+        f = monitor.trace_frame()
+        lengths = {len(v) for v in f.values()}
+        self.assertEqual(len(lengths), 1, "every column has one value per row")
+        return f
+
+    def test_parameter_gradient_norms_equal_param_grad(self):
+        model = Net()
+        monitor = gradflow.Monitor(model)
+        expected = []
+        self.train(model, monitor, 5, expected)
+        f = self.frame_rows(monitor)
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        checked = 0
+        for step, name, kind, norm in zip(f["step"], f["name"], f["kind"], f["grad_norm"]):
+            if kind != "parameter":
+                continue
+            self.assertIn(name, names)
+            self.assertTrue(rel_close(norm, expected[step][name], 1e-12), (step, name, norm, expected[step][name]))
+            checked += 1
+        self.assertEqual(checked, 5 * len(names))
+        self.assertNotIn("frozen.weight", set(f["name"]))  # requires_grad=False: not hooked
+
+    def test_layer_outputs_are_named_after_named_modules_and_equal_autograd(self):
+        model = Net()
+        monitor = gradflow.Monitor(model)
+        expected_params, expected_outputs = [], []
+        self.train(model, monitor, 3, expected_params, expected_outputs)
+        f = self.frame_rows(monitor)
+        modules = {n for n, _ in model.named_modules()}
+        seen = set()
+        for step, name, kind, norm in zip(f["step"], f["name"], f["kind"], f["grad_norm"]):
+            if kind != "activation":
+                continue
+            self.assertIn(str(name).split("#")[0], modules)
+            seen.add(str(name))
+            if name in expected_outputs[step]:
+                self.assertTrue(rel_close(norm, expected_outputs[step][name], 1e-12), (step, name))
+        # The layers the forward keeps, the shared one per call; the frozen layer has no
+        # parameter to find it by.
+        self.assertTrue({"stem", "shared#1", "shared#2", "head"} <= seen, seen)
+        self.assertTrue({"encoder.0.fc", "encoder.1.fc"} <= seen, seen)
+        self.assertNotIn("frozen", seen)
+
+    def test_trace_frame_is_pandas_ready_and_agrees_with_the_csv(self):
+        model = Net()
+        monitor = gradflow.Monitor(model, every=2)
+        self.train(model, monitor, 4, [])
+        f = monitor.trace_frame()
+        self.assertEqual(sorted(set(f["step"].tolist())), [0, 2])
+        self.assertEqual(f["grad_norm"].dtype, np.float64)
+        self.assertEqual(f["name"].dtype.kind, "U")
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "trace.csv")
+            monitor.save_csv(path)
+            with open(path) as csv:
+                rows = [line.split(",") for line in csv.read().splitlines()[1:]]
+        norms = {(int(r[0]), r[1]): float(r[4]) for r in rows if r[3] == "norm" and r[5] == ""}
+        for step, name, norm in zip(f["step"], f["name"], f["grad_norm"]):
+            self.assertTrue(rel_close(norm, norms[(int(step), str(name))], 1e-9), (step, name))
+
+    def test_tap_records_the_gradient_of_a_tensor(self):
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+        monitor = gradflow.Monitor(model, activations=False)
+        x = torch.randn(16, 4)
+        h = model[1](model[0](x))
+        monitor.tap(h, "hidden")
+        loss = model[2](h).pow(2).mean()
+        expected = torch.autograd.grad(loss, h, retain_graph=True)[0].double().norm().item()
+        monitor.watch(loss)
+        loss.backward()
+        monitor.step()
+        f = monitor.trace_frame()
+        (row,) = [i for i, n in enumerate(f["name"]) if n == "hidden"]
+        self.assertTrue(rel_close(f["grad_norm"][row], expected, 1e-12))
+
+    def test_errors_are_python_exceptions_with_one_line(self):
+        with self.assertRaises(gradflow.UsageError) as e:
+            gradflow.Monitor(nn.Linear(2, 2), every=0)
+        self.assertIn("every", str(e.exception))
+        self.assertEqual(str(e.exception).count("\n"), 0)
+        self.assertTrue(issubclass(gradflow.UsageError, gradflow.GradflowError))
+        with self.assertRaises(gradflow.UsageError):
+            gradflow.require_healthy([], ["gloomy"])
+        monitor = gradflow.Monitor(nn.Linear(2, 2))
+        with self.assertRaises(gradflow.UsageError) as e:
+            monitor.average_gradients()
+        self.assertIn("process_group", str(e.exception))
+        with self.assertRaises(TypeError):
+            monitor.watch("not a tensor")
+        with self.assertRaises(gradflow.UsageError) as e:
+            gradflow.Monitor([torch.zeros(2, requires_grad=True)])
+        self.assertIn("torch.nn.Module", str(e.exception))
+
+
+class Vanishing(nn.Module):
+    """A deep sigmoid MLP whose gradient vanishes; its data travel with it as buffers."""
+
+    def __init__(self, depth=16, width=32):
+        super().__init__()
+        layers = []
+        for i in range(depth):
+            layers += [nn.Linear(8 if i == 0 else width, 1 if i == depth - 1 else width)]
+            if i + 1 < depth:
+                layers += [nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+        self.register_buffer("x", torch.randn(64, 8))
+        self.register_buffer("y", torch.randn(64, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SameFindingsAsTheCppApi(unittest.TestCase):
+    STEPS, LR = 20, 0.1
+
+    def test_findings_match_the_cpp_monitor_on_the_same_model(self):
+        torch.manual_seed(3)
+        model = Vanishing()
+        with tempfile.TemporaryDirectory() as d:
+            scripted = os.path.join(d, "model.pt")
+            torch.jit.script(model).save(scripted)
+            monitor = gradflow.Monitor(model)
+            params = [p for p in model.parameters()]
+            for _ in range(self.STEPS):
+                loss = (model(model.x) - model.y).pow(2).mean()
+                monitor.watch(loss)
+                loss.backward()
+                with torch.no_grad():
+                    for p in params:
+                        p -= self.LR * p.grad
+                        p.grad = None
+            findings = gradflow.save_report(monitor, os.path.join(d, "py"), label="python")
+            cpp = os.environ["GRADFLOW_REFERENCE_RUN"]
+            subprocess.run([cpp, scripted, str(self.STEPS), str(self.LR), os.path.join(d, "cpp")], check=True)
+            with open(os.path.join(d, "cpp", "run.json")) as run:
+                cpp_findings = json.load(run)["findings"]
+        self.assertTrue(findings, "the deep sigmoid net has findings")
+        self.assertIn("vanishing", [f.kind for f in findings])
+        self.assertEqual([(f.kind, f.severity, f.where) for f in findings],
+                         [(f["kind"], f["severity"], f["where"]) for f in cpp_findings])
+        for f, g in zip(findings, cpp_findings):
+            evidence = dict(f.evidence)
+            self.assertEqual(sorted(evidence), sorted(g["evidence"]))
+            for name, value in evidence.items():
+                self.assertTrue(rel_close(value, g["evidence"][name], 1e-6), (f.kind, name, value, g["evidence"][name]))
+        with self.assertRaises(gradflow.GradientHealthError) as e:
+            gradflow.require_healthy(findings, ["vanishing"])
+        self.assertIn("vanishing", [f.kind for f in e.exception.findings])
+        gradflow.require_healthy(findings, ["non_finite"])  # none of that kind: no exception
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
