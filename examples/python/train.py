@@ -12,7 +12,7 @@ import gradflow  # gradflow
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(20, 64), nn.Sigmoid(), *[m for _ in range(8) for m in (nn.Linear(64, 64), nn.Sigmoid())],
                       nn.Linear(64, 1))
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 x, y = torch.randn(256, 20), torch.randn(256, 1)
 
 monitor = gradflow.Monitor(model)  # gradflow
