@@ -23,7 +23,7 @@ enum class ResultField {
 class DeferredResults {
  public:
   // `values` is a double tensor on any device: aten_stats for grad, a sum of squares for weight,
-  // aten_activation_stats for forward, the loss itself for loss (`record` is ignored then).
+  // device_activation_stats for forward, the loss itself for loss (`record` is ignored then).
   void add(int record, ResultField field, std::int64_t numel, const at::Tensor& values);
   bool empty() const { return values_.empty(); }
   // Copies every pending value to the host, one transfer per device, into `step`, and forgets them.

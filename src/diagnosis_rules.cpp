@@ -28,18 +28,16 @@ std::string vanishing_remedy(const ModelTraits& t) {
   return join_alternatives(r);
 }
 
-// The training step of the i-th loss value. The CLI's trainer gives the loss of every step; a
-// loss taken from the trace (save_report) holds the recorded steps' only, one per trace step,
-// and the trace's own step numbers name them.
-std::int64_t loss_step(const DiagnosisInput& in, std::size_t i) {
-  const auto& steps = in.trace.steps();
-  return in.loss.size() == steps.size() && i < steps.size() ? steps[i].step : static_cast<std::int64_t>(i);
-}
-
 // The training step of the i-th recorded value (grad_norm holds one per recorded step).
 std::int64_t recorded_step(const DiagnosisInput& in, std::size_t i) {
   const auto& steps = in.trace.steps();
   return i < steps.size() ? steps[i].step : static_cast<std::int64_t>(i);
+}
+
+// The training step of the i-th loss value. The CLI's trainer gives the loss of every step; a
+// loss taken from the trace (save_report) holds the recorded steps' only, one per trace step.
+std::int64_t loss_step(const DiagnosisInput& in, std::size_t i) {
+  return in.loss.size() == in.trace.steps().size() ? recorded_step(in, i) : static_cast<std::int64_t>(i);
 }
 
 double mean_of(const std::vector<double>& v, std::size_t b, std::size_t e) {

@@ -5,8 +5,9 @@
 #include <cmath>
 #include <limits>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define GRADFLOW_X86 1
+#include "cpu_features.h"
+
+#ifdef GRADFLOW_X86
 // GCC 12 warns about _mm512_undefined_* inside its own intrinsic headers.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -190,11 +191,10 @@ struct Dispatch {
   const char* isa = "baseline";
   Dispatch() {
 #ifdef GRADFLOW_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) {
+    if (detail::cpu_has_avx512f()) {
       f32 = avx512_pass;
       isa = "avx512f";
-    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    } else if (detail::cpu_has_avx2_fma()) {
       f32 = avx2_pass;
       isa = "avx2";
     }

@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include "cpu_features.h"
 #include "gradflow/error.h"
 
 namespace gradflow::detail {
@@ -150,27 +151,20 @@ __attribute__((always_inline)) inline void accumulate_rows(const T* p, std::int6
   out = ActivationSums{sum, sum_sq, dsum, low};
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef GRADFLOW_X86
 // Four doubles a lane instead of two, chosen at run time like the gradient kernel's variants.
 template <Activation act, typename T>
 __attribute__((target("avx2,fma"))) void accumulate_rows_avx2(const T* p, std::int64_t rows, std::int64_t cols,
                                                                double thr, double* active, ActivationSums& out) {
   accumulate_rows<act, T>(p, rows, cols, thr, active, out);
 }
-bool cpu_has_avx2() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return has;
-}
 #endif
 
 template <Activation act, typename T>
 void accumulate_rows_dispatch(const T* p, std::int64_t rows, std::int64_t cols, double thr, double* active,
                               ActivationSums& out) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (cpu_has_avx2()) return accumulate_rows_avx2<act, T>(p, rows, cols, thr, active, out);
+#ifdef GRADFLOW_X86
+  if (cpu_has_avx2_fma()) return accumulate_rows_avx2<act, T>(p, rows, cols, thr, active, out);
 #endif
   accumulate_rows<act, T>(p, rows, cols, thr, active, out);
 }
@@ -219,19 +213,6 @@ std::optional<ActivationStats> host_activation_stats(const at::Tensor& h_in, Act
     }
   };
   return h.scalar_type() == at::kFloat ? run(float{}) : run(double{});
-}
-
-at::Tensor aten_activation_stats(const at::Tensor& h, Activation act, const at::Tensor& preact, double threshold) {
-  const auto host = host_activation_stats(h, act, threshold);
-  if (!host) return device_activation_stats(h, act, preact, threshold);
-  at::Tensor out = at::empty({kActivationStatsSize}, at::kDouble);
-  double* o = out.data_ptr<double>();
-  o[kActMean] = host->mean;
-  o[kActStd] = host->std;
-  o[kActDead] = host->dead_fraction;
-  o[kActSaturated] = host->saturated_fraction;
-  o[kActMeanDerivative] = host->mean_local_derivative;
-  return out;
 }
 
 at::Tensor device_activation_stats(const at::Tensor& h_in, Activation act, const at::Tensor& preact,

@@ -38,13 +38,8 @@ ActivationStats activation_stats_from(const double* values);
 // `threshold` is relative to the activation's largest derivative.
 std::optional<ActivationStats> host_activation_stats(const at::Tensor& h, Activation act, double threshold);
 
-// Forward statistics of an activation, in ActivationStatsIndex order.
-// `threshold` is relative to the activation's largest derivative. CPU float/double tensors take
-// one host pass; other devices (and GELU, whose derivative needs its input) take ATen ops on the
-// tensor's device, without a host synchronisation.
-at::Tensor aten_activation_stats(const at::Tensor& h, Activation act, const at::Tensor& preact,
-                                 double threshold);
-// The ATen version, for any device.
+// The same statistics as ATen ops on the tensor's device, in ActivationStatsIndex order, without
+// a host synchronisation (any device, and GELU given its input).
 at::Tensor device_activation_stats(const at::Tensor& h, Activation act, const at::Tensor& preact,
                                    double threshold);
 
