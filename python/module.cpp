@@ -1,6 +1,9 @@
 // The `gradflow` Python module: the C++ Monitor on a live torch.nn.Module. Tensors cross as the
 // same at::Tensor (torch's own pybind11 caster); hooks, statistics and the trace stay in C++.
+#include <chrono>
 #include <cstring>
+#include <optional>
+#include <set>
 #include <memory>
 #include <string>
 #include <utility>
@@ -10,12 +13,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
 #include <torch/extension.h>
 
 #include "gradflow/data_parallel.h"
 #include "gradflow/diagnosis.h"
 #include "gradflow/error.h"
 #include "gradflow/monitor.h"
+#include "gradflow/option.h"
 #include "gradflow/save_report.h"
 #include "gradflow/trace_io.h"
 
@@ -25,6 +30,33 @@ namespace gradflow::python {
 
 namespace {
 
+// torch.distributed, when the program initialised it: this process's rank and the store its
+// ranks rendezvoused through.
+struct Distributed {
+  int rank = 0;
+  c10::intrusive_ptr<c10d::Store> store;
+};
+
+std::optional<Distributed> torch_distributed() {
+  py::module_ dist = py::module_::import("torch.distributed");
+  if (!dist.attr("is_available")().cast<bool>() || !dist.attr("is_initialized")().cast<bool>()) return std::nullopt;
+  Distributed d;
+  d.rank = dist.attr("get_rank")().cast<int>();
+  d.store = dist.attr("distributed_c10d").attr("_get_default_store")().cast<c10::intrusive_ptr<c10d::Store>>();
+  return d;
+}
+
+// How long the other ranks wait in save_report for rank 0's findings.
+constexpr std::chrono::seconds kFindingsWait{300};
+
+class PyMonitor;
+// Live Monitors, so that the last whole step reaches their streams when the interpreter exits
+// (also after an uncaught exception).
+std::set<PyMonitor*>& live_monitors() {
+  static std::set<PyMonitor*> monitors;
+  return monitors;
+}
+
 // A Monitor on a Python module, with the data-parallel group it averages over (if any).
 class PyMonitor {
  public:
@@ -32,20 +64,29 @@ class PyMonitor {
   PyMonitor(const py::object& model, const MonitorOptions& options, const py::object& group,
             std::int64_t batch_per_rank) {
     MonitorOptions o = options;
+    const auto dist = torch_distributed();
     if (!group.is_none()) {
-      dp_ = std::make_unique<DataParallel>(group.cast<c10::intrusive_ptr<c10d::ProcessGroup>>());
+      const auto pg = group.cast<c10::intrusive_ptr<c10d::ProcessGroup>>();
+      dp_ = dist ? std::make_unique<DataParallel>(pg, dist->store) : std::make_unique<DataParallel>(pg);
       o.with_data_parallel(*dp_, batch_per_rank);
+    } else if (dist) {
+      o.rank = dist->rank;  // DistributedDataParallel, or the program's own averaging
     }
     if (!py::hasattr(model, "named_parameters"))
       throw UsageError("gradflow.Monitor needs a torch.nn.Module (an object with named_parameters()), got " +
                        py::str(py::type::of(model).attr("__name__")).cast<std::string>());
-    monitor_ = std::make_unique<Monitor>(o);
     for (const auto& item : model.attr("named_parameters")()) {
       auto pair = item.cast<py::tuple>();
       params_.emplace_back(pair[0].cast<std::string>(), pair[1].cast<at::Tensor>());
     }
+    monitor_ = std::make_unique<Monitor>(o);
     monitor_->attach(params_);
+    live_monitors().insert(this);
   }
+  ~PyMonitor() { live_monitors().erase(this); }
+  PyMonitor(const PyMonitor&) = delete;
+  PyMonitor& operator=(const PyMonitor&) = delete;
+
   Monitor& monitor() { return *monitor_; }
   DataParallel& group() {
     if (!dp_) throw UsageError("this Monitor has no process group: pass process_group= to gradflow.Monitor");
@@ -62,6 +103,31 @@ class PyMonitor {
   std::unique_ptr<Monitor> monitor_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
 };
+
+void flush_live_monitors() {
+  for (PyMonitor* p : live_monitors()) {
+    try {
+      p->monitor().flush();
+    } catch (const std::exception&) {
+    }
+  }
+}
+
+// save_report's options from Python: under torch.distributed, rank 0 writes and every rank
+// returns its findings through the ranks' store.
+SaveOptions save_options(const std::string& label, bool force) {
+  SaveOptions o;
+  o.label = label;
+  o.force = force;
+  if (const auto dist = torch_distributed()) {
+    o.rank = dist->rank;
+    o.share_findings = [d = *dist](const std::string& key, const std::string& text) {
+      py::gil_scoped_release release;  // the other ranks' waiting must not hold up Python threads
+      return share_from_rank0(*d.store, d.rank, key, text, kFindingsWait);
+    };
+  }
+  return o;
+}
 
 // A numpy array holding a copy of `values` (one memcpy, no Python object per element).
 template <typename T>
@@ -153,6 +219,8 @@ void bind_errors(py::module_& m) {
       py::object exc = py::handle(health.ptr())(e.what());
       exc.attr("findings") = py::cast(e.findings());
       PyErr_SetObject(health.ptr(), exc.ptr());
+    } catch (const OptionError& e) {
+      usage(e.message(Language::python).c_str());
     } catch (const UsageError& e) {
       usage(e.what());
     } catch (const Error& e) {
@@ -179,7 +247,8 @@ void bind_monitor(py::module_& m) {
   py::class_<PyMonitor>(m, "Monitor", "Records the gradient flow of a torch.nn.Module's training")
       .def(py::init([](const py::object& model, std::int64_t every, bool parameters, bool activations, bool weight_norms,
                        bool update_norms, bool auto_step, double saturation_threshold,
-                       const py::object& process_group, std::int64_t batch_per_rank) {
+                       const py::object& process_group, std::int64_t batch_per_rank, const std::optional<std::string>& out,
+                       bool force) {
              MonitorOptions o;
              o.every = every;
              o.parameters = parameters;
@@ -188,12 +257,15 @@ void bind_monitor(py::module_& m) {
              o.update_norms = update_norms;
              o.auto_step = auto_step;
              o.saturation_threshold = saturation_threshold;
+             o.out = out.value_or("");
+             o.force = force;
              return std::make_unique<PyMonitor>(model, o, process_group, batch_per_rank);
            }),
            py::arg("model"), py::kw_only(), py::arg("every") = 1, py::arg("parameters") = true,
            py::arg("activations") = true, py::arg("weight_norms") = true, py::arg("update_norms") = false,
            py::arg("auto_step") = true, py::arg("saturation_threshold") = 0.1,
-           py::arg("process_group") = py::none(), py::arg("batch_per_rank") = 0)
+           py::arg("process_group") = py::none(), py::arg("batch_per_rank") = 0, py::arg("out") = py::none(),
+           py::arg("force") = false)
       .def("watch", [](PyMonitor& p, const at::Tensor& loss) { p.monitor().watch(loss); }, py::arg("loss"),
            "Record the loss and hook the layer outputs below it; call before loss.backward()")
       .def(
@@ -211,6 +283,10 @@ void bind_monitor(py::module_& m) {
       .def("broadcast_parameters", [](PyMonitor& p) { p.group().broadcast_parameters(p.parameters()); },
            "Copy rank 0's parameters to every rank of the process group")
       .def("detach", [](PyMonitor& p) { p.monitor().detach(); })
+      .def("flush", [](PyMonitor& p) { p.monitor().flush(); },
+           "Close the step in progress if its backward completed, so that it reaches the trace and out= now")
+      .def_property_readonly("rank", [](PyMonitor& p) { return p.monitor().rank(); },
+                             "This process's rank under torch.distributed (0 otherwise): only rank 0 writes")
       .def_property_readonly("recording", [](PyMonitor& p) { return p.monitor().recording(); })
       .def_property_readonly("steps", [](PyMonitor& p) { return p.monitor().completed_steps(); })
       .def("trace_frame", [](PyMonitor& p) { return trace_frame(p.monitor()); },
@@ -235,13 +311,23 @@ PYBIND11_MODULE(_gradflow, m) {
   m.def(
       "save_report",
       [](PyMonitor& p, const std::string& dir, const std::string& label, bool force) {
+        return save_report(p.monitor(), dir, save_options(label, force));
+      },
+      py::arg("monitor"), py::arg("dir"), py::kw_only(), py::arg("label") = "model", py::arg("force") = false,
+      "Diagnose the trace, write run.json, trace.csv, report.html, report.md and summary.json, return the findings; "
+      "under torch.distributed only rank 0 writes and every rank returns rank 0's findings");
+  m.def(
+      "report",
+      [](const std::string& dir, const std::optional<std::string>& out, const std::string& label, bool force) {
         SaveOptions o;
         o.label = label;
         o.force = force;
-        return save_report(p.monitor(), dir, o);
+        return report_from_stream(dir, out.value_or(""), o);
       },
-      py::arg("monitor"), py::arg("dir"), py::kw_only(), py::arg("label") = "model", py::arg("force") = false,
-      "Diagnose the trace, write run.json, trace.csv, report.html, report.md and summary.json, return the findings");
+      py::arg("dir"), py::kw_only(), py::arg("out") = py::none(), py::arg("label") = "model", py::arg("force") = false,
+      "The report of a folder a Monitor streamed to (out=), also after its program died: written into out "
+      "(default: dir), findings returned");
+  py::module_::import("atexit").attr("register")(py::cpp_function(&flush_live_monitors));
   m.def(
       "require_healthy",
       [](const std::vector<Finding>& findings, const std::vector<std::string>& kinds) {

@@ -222,7 +222,38 @@ DataParallel::DataParallel(const c10::intrusive_ptr<c10d::ProcessGroup>& group, 
   if (group->getBackendName() == "nccl") impl_->device = at::Device(at::kCUDA);
 }
 
+DataParallel::DataParallel(const c10::intrusive_ptr<c10d::ProcessGroup>& group,
+                           const c10::intrusive_ptr<c10d::Store>& store, const DataParallelOptions& options)
+    : DataParallel(group, options) {
+  impl_->store = store;
+}
+
 DataParallel::~DataParallel() = default;
+
+bool DataParallel::has_store() const { return static_cast<bool>(impl_->store); }
+
+std::string DataParallel::share_from_rank0(const std::string& key, const std::string& text) {
+  if (!impl_->store) throw Error("this group has no store to share rank 0's findings: build it with one");
+  return impl_->guarded("waiting for rank 0's findings", [&] {
+    return gradflow::share_from_rank0(*impl_->store, rank(), key, text, impl_->opts.timeout);
+  });
+}
+
+std::string share_from_rank0(c10d::Store& store, int rank, const std::string& key, const std::string& text,
+                             std::chrono::milliseconds timeout) {
+  if (rank == 0) {
+    store.set(key, std::vector<std::uint8_t>(text.begin(), text.end()));
+    return text;
+  }
+  try {
+    store.wait({key}, timeout);
+  } catch (const std::exception&) {
+    throw Error(fmt::format("rank 0 did not publish its findings within {} s: call save_report on rank 0 too",
+                            timeout.count() / 1000.0));
+  }
+  const std::vector<std::uint8_t> v = store.get(key);
+  return std::string(v.begin(), v.end());
+}
 
 int DataParallel::rank() const { return impl_->opts.rank; }
 int DataParallel::world_size() const { return impl_->opts.world_size; }

@@ -3,6 +3,7 @@
 #include "gradflow/atomic_file.h"
 #include "gradflow/error.h"
 #include "gradflow/report.h"
+#include "gradflow/trace_stream.h"
 #include "report_model.h"
 #include "run_json.h"
 
@@ -75,12 +76,23 @@ RunRecord load_run(const fs::path& path) {
   return run_from_json(read_file(path.string()), "'" + path.string() + "'");
 }
 
+// A folder a Monitor streamed to, its program dead or not: labelled after the folder.
+RunRecord load_stream(const std::string& dir) {
+  StreamedRun run = read_trace_stream(dir);
+  fs::path path = fs::absolute(dir).lexically_normal();
+  if (!path.has_filename()) path = path.parent_path();
+  const std::string label = path.filename().string();
+  return user_run_record(run.trace, run.completed_steps, label.empty() || label == "." ? "model" : label, ModelTraits{},
+                         DiagnosisOptions{});
+}
+
 // A comparison folder: its summary.json, the run folders it names and its flow, if any.
 void load_compare_dir(const std::string& in, Loaded& out) {
   std::error_code ec;
   const std::string summary = (fs::path(in) / "summary.json").string();
   if (!fs::exists(summary, ec))
-    throw UsageError("'" + in + "' holds neither run.json nor summary.json: give folders written by 'gradflow run' or 'gradflow compare'");
+    throw UsageError("'" + in + "' holds neither run.json, summary.json nor " + kStreamFile +
+                     ": give folders written by 'gradflow run', 'gradflow compare' or a Monitor's out folder");
   const std::string where = "'" + summary + "'";
   const Json j = detail::parse_json(read_file(summary), where);
   if (!j.is_object() || !j.contains("schema") || !j["schema"].is_string() || j["schema"].get<std::string>() != kSummarySchema)
@@ -109,6 +121,9 @@ Comparison load_comparison(const std::vector<std::string>& inputs) {
       throw UsageError("'" + in + "' is not a folder: give folders written by 'gradflow run' or 'gradflow compare'");
     if (fs::exists(fs::path(in) / "run.json", ec)) {
       loaded.runs.push_back(load_run(fs::path(in) / "run.json"));
+      loaded.dirs.push_back(in);
+    } else if (has_trace_stream(in)) {
+      loaded.runs.push_back(load_stream(in));
       loaded.dirs.push_back(in);
     } else {
       load_compare_dir(in, loaded);

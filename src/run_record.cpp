@@ -40,6 +40,24 @@ void RunRecord::analyse(const DiagnosisOptions& options) {
   findings = diagnose(judged, summary, loss, global_grad_norms(judged), traits, options);
 }
 
+RunRecord user_run_record(const Trace& trace, std::int64_t completed_steps, const std::string& label,
+                          const ModelTraits& traits, const DiagnosisOptions& diagnosis) {
+  RunRecord r;
+  r.spec = r.label = label;
+  r.family = "user";
+  r.task = "user";
+  r.traits = traits;
+  // A step still open (a manual-step Monitor after its last step()) is not a step the optimizer took.
+  r.trace = trace.complete_steps();
+  r.interrupted = trace.interrupted;
+  for (const auto& st : r.trace.steps()) r.loss.push_back(st.loss ? *st.loss : std::numeric_limits<double>::quiet_NaN());
+  r.steps_done = r.steps_requested = completed_steps;
+  r.tiny = std::numeric_limits<float>::denorm_min();
+  r.config = {{"every", std::to_string(trace.every), ConfigRole::recording}};
+  r.analyse(diagnosis);
+  return r;
+}
+
 std::string RunRecord::config_value(const std::string& key) const {
   for (const auto& e : config)
     if (e.key == key) return e.value;

@@ -8,26 +8,18 @@
 #include <limits>
 
 #include "gradflow/atomic_file.h"
+#include "gradflow/data_parallel.h"
+#include "gradflow/option.h"
+#include "gradflow/trace_stream.h"
+#include "json_util.h"
+#include "run_json.h"
 #include "gradflow/report.h"
 #include "gradflow/trace_io.h"
 
 namespace gradflow {
 
 RunRecord make_run_record(Monitor& monitor, const SaveOptions& o) {
-  RunRecord r;
-  r.spec = r.label = o.label;
-  r.family = "user";
-  r.task = "user";
-  r.traits = o.traits;
-  // A step still open (a manual-step Monitor after its last step()) is not a step the optimizer took.
-  r.trace = monitor.trace().complete_steps();
-  for (const auto& st : r.trace.steps()) r.loss.push_back(st.loss ? *st.loss : std::numeric_limits<double>::quiet_NaN());
-  r.steps_done = r.steps_requested = monitor.completed_steps();
-  r.tiny = std::numeric_limits<float>::denorm_min();
-  r.config = {{"every", std::to_string(monitor.options().every), ConfigRole::recording}};
-  r.analyse(o.diagnosis);
-  // The loss series holds recorded steps only: a trend rule over them would misjudge sparse traces.
-  return r;
+  return user_run_record(monitor.trace(), monitor.completed_steps(), o.label, o.traits, o.diagnosis);
 }
 
 namespace {
@@ -37,7 +29,43 @@ void prepare_report_dir(const std::string& dir, bool force) {
   std::filesystem::create_directories(dir, ec);
   if (ec) throw Error("cannot create report folder '" + dir + "': " + ec.message());
   if (!force && std::filesystem::exists(std::filesystem::path(dir) / "report.html"))
-    throw Error("'" + dir + "' already holds a report: choose another folder or set SaveOptions::force");
+    throw OptionError(Option::save_force, "'" + dir + "' already holds a report: choose another folder or set {}");
+}
+
+bool same_folder(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  return !a.empty() && !b.empty() && std::filesystem::equivalent(a, b, ec);
+}
+
+int rank_of(const Monitor& monitor, const SaveOptions& o) { return o.rank >= 0 ? o.rank : monitor.rank(); }
+
+// Rank 0's findings on every rank, when the ranks can meet; this rank's own otherwise.
+std::vector<Finding> shared_findings(Monitor& monitor, const SaveOptions& o, const std::string& key,
+                                     std::vector<Finding> own) {
+  auto share = o.share_findings;
+  if (!share && monitor.options().data_parallel && monitor.options().data_parallel->has_store()) {
+    DataParallel* dp = monitor.options().data_parallel;
+    share = [dp](const std::string& k, const std::string& text) { return dp->share_from_rank0(k, text); };
+  }
+  if (!share) return own;
+  const bool writer = rank_of(monitor, o) == 0;
+  std::string text;
+  if (writer) {
+    detail::Json j = detail::Json::array();
+    for (const auto& f : own) j.push_back(detail::finding_json(f));
+    text = j.dump();
+  }
+  const std::string got = share(key, text);
+  if (writer) return own;
+  const std::string where = "rank 0's findings";
+  std::vector<Finding> findings;
+  for (const auto& j : detail::parse_json(got, where)) findings.push_back(detail::finding_from(j, where));
+  return findings;
+}
+
+// The same on every rank that runs the same loop; a later report of the run gets another.
+std::string findings_key(const Monitor& monitor, const std::string& dir) {
+  return "gradflow/findings/" + dir + "/" + std::to_string(monitor.completed_steps());
 }
 
 void write_run(const RunRecord& r, const std::string& dir) {
@@ -52,31 +80,61 @@ std::string folder_of(const std::string& label) {
   return s.empty() ? std::string("model") : s;
 }
 
-}  // namespace
-
-std::vector<Finding> save_report(Monitor& monitor, const std::string& dir, const SaveOptions& o) {
-  prepare_report_dir(dir, o.force);
-  RunRecord r = make_run_record(monitor, o);
+void write_models_report(const RunRecord& r, const std::string& dir) {
   write_run(r, dir);
   Comparison c = make_comparison({r}, {"."});
   c.kind = ReportKind::models;
   write_report(c, dir);
+}
+
+}  // namespace
+
+std::vector<Finding> save_report(Monitor& monitor, const std::string& dir, const SaveOptions& o) {
+  monitor.flush();
+  const std::string key = findings_key(monitor, dir);
+  RunRecord r = make_run_record(monitor, o);
+  if (rank_of(monitor, o) == 0) {
+    const bool own_stream = same_folder(monitor.stream_dir(), dir);
+    // A report the Monitor itself wrote into its folder is replaced by a later one.
+    prepare_report_dir(dir, o.force || (own_stream && has_trace_stream(dir)));
+    write_models_report(r, dir);
+    if (!monitor.stream_dir().empty()) monitor.finish_stream();
+  }
+  return shared_findings(monitor, o, key, r.findings);
+}
+
+std::vector<Finding> report_from_stream(const std::string& dir, const std::string& out, const SaveOptions& o) {
+  if (!has_trace_stream(dir))
+    throw UsageError("'" + dir + "' holds no recording (" + kStreamFile + "): give the folder a Monitor streamed to");
+  StreamedRun run = read_trace_stream(dir);
+  const std::string target = out.empty() ? dir : out;
+  RunRecord r = user_run_record(run.trace, run.completed_steps, o.label, o.traits, o.diagnosis);
+  prepare_report_dir(target, o.force || same_folder(target, dir));
+  write_models_report(r, target);
   return r.findings;
 }
 
 std::vector<std::vector<Finding>> save_report(const std::vector<std::pair<Monitor*, SaveOptions>>& models,
                                               const std::string& dir) {
   if (models.empty()) throw Error("save_report was given no model: pass at least one Monitor");
-  prepare_report_dir(dir, models.front().second.force);
+  for (const auto& m : models) m.first->flush();
+  const bool writer = rank_of(*models.front().first, models.front().second) == 0;
+  if (writer) prepare_report_dir(dir, models.front().second.force);
   std::vector<RunRecord> runs;
   std::vector<std::string> dirs;
   for (const auto& [monitor, options] : models) {
     runs.push_back(make_run_record(*monitor, options));
     dirs.push_back(folder_of(options.label));
     if (std::find(dirs.begin(), dirs.end() - 1, dirs.back()) != dirs.end() - 1)
-      throw Error("two models are labelled '" + options.label + "': give each its own SaveOptions::label");
+      throw OptionError(Option::label, "two models are labelled '" + options.label + "': give each its own {}");
   }
   std::vector<std::vector<Finding>> findings;
+  if (!writer) {
+    for (const auto& r : runs) findings.push_back(r.findings);
+    return findings;
+  }
+  for (auto& m : models)
+    if (!m.first->stream_dir().empty()) m.first->finish_stream();
   for (std::size_t i = 0; i < runs.size(); ++i) {
     std::filesystem::create_directories(std::filesystem::path(dir) / dirs[i]);
     write_run(runs[i], dir + "/" + dirs[i]);

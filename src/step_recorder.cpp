@@ -7,6 +7,7 @@
 
 #include "gradflow/data_parallel.h"
 #include "gradflow/error.h"
+#include "gradflow/option.h"
 #include "rank_block.h"
 #include "tensor_stats_torch.h"
 
@@ -23,11 +24,15 @@ std::vector<std::int64_t> shape_of(const at::Tensor& t) { return {t.sizes().begi
 
 }  // namespace
 
-StepRecorder::StepRecorder(MonitorOptions options, std::function<void()> schedule_collect)
-    : opts_(options), schedule_collect_(std::move(schedule_collect)) {
+StepRecorder::StepRecorder(MonitorOptions options, std::function<void()> schedule_backward_end)
+    : opts_(options), schedule_backward_end_(std::move(schedule_backward_end)) {
   if (opts_.every < 1)
-    throw UsageError("MonitorOptions::every must be at least 1 (got " + std::to_string(opts_.every) +
-                     "): record every k-th step with k >= 1");
+    throw OptionError(Option::every, "{} must be at least 1 (got " + std::to_string(opts_.every) +
+                                         "): record every k-th step with k >= 1");
+  if (!(opts_.saturation_threshold > 0 && opts_.saturation_threshold < 1))
+    throw OptionError(Option::saturation_threshold,
+                      "{} must lie strictly between 0 and 1 (got " + std::to_string(opts_.saturation_threshold) +
+                          "): it is a fraction of the activation's largest derivative, 0.1 by default");
   trace_.every = opts_.every;
   trace_.saturation_threshold = opts_.saturation_threshold;
   if (opts_.data_parallel) {
@@ -90,10 +95,7 @@ void StepRecorder::record(int series, const at::Tensor& grad, const at::Tensor& 
     case StatsPath::worker:
       r.grad.numel = grad.numel();
       worker_.submit(index, grad, plan.weight_in_same_pass ? weight.detach() : at::Tensor());
-      if (!collect_scheduled_) {
-        collect_scheduled_ = true;
-        schedule_collect_();
-      }
+      schedule_backward_end();
       break;
     case StatsPath::fused:
       if (plan.weight_in_same_pass) {
@@ -121,7 +123,7 @@ void StepRecorder::record_weight(int index, StatsPath path, const at::Tensor& we
     cur_.records[index].weight_norm = std::sqrt(fused_sum_of_squares(weight.detach()));
 }
 
-void StepRecorder::on_param_grad(int param, const at::Tensor& grad) {
+void StepRecorder::on_param_grad(int param) {
   if (!attached) return;
   HookedParam& p = params_[param];
   if (opts_.auto_step && p.seen > 0) end_step();
@@ -129,16 +131,16 @@ void StepRecorder::on_param_grad(int param, const at::Tensor& grad) {
   cur_active_ = true;
   backward_seen_ = true;
   cur_.backwards = std::max(cur_.backwards, p.seen);
+  const at::Tensor& grad = p.tensor.grad();
   if (!recording_ || !grad.defined()) return;
-  if (opts_.update_norms && p.seen == 1) before_[param] = p.tensor.detach().clone();
-  if (p.seen > 1 && p.tensor.grad().defined()) {
-    collect_worker();
-    // Gradient accumulation: this backward adds to what .grad() holds; record the sum the
-    // optimizer will see. The hook runs before AccumulateGrad adds it.
+  if (stream_) schedule_backward_end();
+  if (opts_.update_norms && p.seen == 1) {
     torch::NoGradGuard no_grad;
-    record(p.series, p.tensor.grad() + grad, at::Tensor());
-    return;
+    before_[param] = p.tensor.detach().clone();
   }
+  // .grad() now holds what every backward of the step added since the last zeroing, after the
+  // program's own hooks: the gradient the optimizer will apply. A later backward replaces it.
+  if (p.seen > 1) collect_worker();
   record(p.series, grad, opts_.weight_norms && p.seen == 1 ? p.tensor : at::Tensor());
 }
 
@@ -159,9 +161,12 @@ void StepRecorder::begin_forward() {
 }
 
 bool StepRecorder::record_loss(const at::Tensor& loss) {
+  if (loss.defined() && loss.numel() != 1)
+    throw UsageError("watch() takes the loss as one number, got a tensor of " + std::to_string(loss.numel()) +
+                     " elements: reduce it first (.mean() or .sum())");
   cur_active_ = true;
   if (!recording_) return false;
-  if (loss.defined() && loss.numel() == 1) {
+  if (loss.defined()) {
     if (loss.device().is_cpu())
       cur_.add_loss(loss.item<double>());  // a float widens to double exactly
     else
@@ -189,6 +194,7 @@ std::vector<std::pair<torch::autograd::Node*, int>> StepRecorder::layer_output_s
 }
 
 int StepRecorder::tap_series(const at::Tensor& t, const std::string& name, const TapOptions& options) {
+  if (name.empty()) throw UsageError("tap() needs a name for the tensor: give it one, such as \"h.3\" or \"time.12\"");
   if (!recording_ || !t.defined()) return -1;
   const std::string group = options.group.empty() ? name.substr(0, name.find('.')) : options.group;
   const int series = trace_.intern(name, SeriesKind::tap, group, shape_of(t));
@@ -202,6 +208,11 @@ int StepRecorder::tap_series(const at::Tensor& t, const std::string& name, const
                     device_activation_stats(a, options.activation, options.preactivation, opts_.saturation_threshold));
   }
   return series;
+}
+
+std::shared_ptr<torch::autograd::Node> StepRecorder::keep_for_step(std::shared_ptr<torch::autograd::Node> node) {
+  kept_.push_back(node);
+  return node;
 }
 
 void StepRecorder::gather() {
@@ -226,7 +237,10 @@ void StepRecorder::record_updates() {
 void StepRecorder::end_step() {
   record_updates();
   gather();
-  if (cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss)) trace_.add_step(cur_);
+  if (cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss)) {
+    trace_.add_step(cur_);
+    if (stream_) stream_->append(trace_, trace_.steps().back());
+  }
   ++step_;
   recording_ = (step_ % opts_.every) == 0;
   reset_step();
@@ -247,7 +261,9 @@ void StepRecorder::reset_step() {
   cur_.step = step_;
   cur_active_ = false;
   backward_seen_ = false;
+  backward_done_ = false;
   averaged_ = false;
+  kept_.clear();
   for (auto& p : params_) p.seen = 0;
 }
 
@@ -294,8 +310,24 @@ const Trace& StepRecorder::snapshot() {
   return view_;
 }
 
+void StepRecorder::schedule_backward_end() {
+  if (end_scheduled_) return;
+  end_scheduled_ = true;
+  schedule_backward_end_();
+}
+
+void StepRecorder::on_backward_end() {
+  end_scheduled_ = false;
+  collect_worker();
+  backward_done_ = backward_seen_;
+}
+
+void StepRecorder::close_whole_step() {
+  if (opts_.auto_step && backward_seen_ && backward_done_) end_step();
+}
+
 void StepRecorder::collect_worker() {
-  collect_scheduled_ = false;
+  end_scheduled_ = false;
   for (const auto& res : worker_.collect()) {
     Record& r = cur_.records.at(res.record);
     r.grad = res.grad;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -13,6 +14,7 @@
 
 #include "deferred_results.h"
 #include "gradflow/monitor.h"
+#include "gradflow/trace_stream.h"
 #include "graph_walk.h"
 #include "stats_path.h"
 #include "stats_worker.h"
@@ -23,15 +25,17 @@ struct HookedParam {
   at::Tensor tensor;
   std::string name;
   int series = -1;
-  unsigned hook = 0;
+  std::shared_ptr<torch::autograd::Node> accumulator;  // holds our hook on it
+  std::uintptr_t hook = 0;
   int seen = 0;  // hook firings in the current step
 };
 
 class StepRecorder {
  public:
-  // `schedule_collect` arranges for collect_worker() to run, under the lock, when the current
-  // backward ends (the engine's callback): the worker's results must be in before backward returns.
-  StepRecorder(MonitorOptions options, std::function<void()> schedule_collect);
+  // `schedule_backward_end` arranges for on_backward_end() to run, under the lock, when the
+  // current backward ends (the engine's callback): the worker's results must be in before
+  // backward returns, and a stream must know that the step's backward completed.
+  StepRecorder(MonitorOptions options, std::function<void()> schedule_backward_end);
 
   const MonitorOptions& options() const { return opts_; }
 
@@ -41,8 +45,8 @@ class StepRecorder {
   const ParamLookup& lookup() const { return lookup_; }
   bool attached = false;
 
-  // A parameter's hook fired with the gradient of one backward.
-  void on_param_grad(int param, const at::Tensor& grad);
+  // A backward has added its gradient to the parameter's .grad().
+  void on_param_grad(int param);
   // A layer output's or a tap's hook fired; `hooked_at` is the step it was registered in.
   void on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad);
 
@@ -55,6 +59,8 @@ class StepRecorder {
   // The tap's series, with its forward statistics queued when it names an activation; -1 when
   // the step is not recorded.
   int tap_series(const at::Tensor& t, const std::string& name, const TapOptions& options);
+  // Keeps `node` alive until the open step closes; returns it.
+  std::shared_ptr<torch::autograd::Node> keep_for_step(std::shared_ptr<torch::autograd::Node> node);
 
   // Closes the open step: what it recorded enters the trace.
   void end_step();
@@ -67,6 +73,15 @@ class StepRecorder {
   // or a manual-step Monitor whose step() has not closed it).
   const Trace& snapshot();
   void collect_worker();
+  // The current backward has completed.
+  void on_backward_end();
+
+  // Each closed step is appended to `stream` from now on.
+  void stream_to(std::unique_ptr<TraceStream> stream) { stream_ = std::move(stream); }
+  TraceStream* stream() { return stream_.get(); }
+  // Closes the open step when it is whole: auto-step mode, its backward completed. What the
+  // program did so far then reaches the stream (before a report, or as the program ends).
+  void close_whole_step();
 
   bool next_forward_recorded() const;
   std::int64_t step() const { return step_; }
@@ -83,6 +98,7 @@ class StepRecorder {
   // Moves device and worker results into the open step.
   void gather();
   void record_weight(int index, StatsPath path, const at::Tensor& weight);
+  void schedule_backward_end();
   // ‖θ now − θ at the step's first gradient‖ for every parameter copied in this step.
   void record_updates();
   // Sum of every parameter's elements and squares, in double: equal on ranks in sync.
@@ -90,8 +106,9 @@ class StepRecorder {
   void reset_step();
 
   MonitorOptions opts_;
-  std::function<void()> schedule_collect_;
-  bool collect_scheduled_ = false;
+  std::function<void()> schedule_backward_end_;
+  bool end_scheduled_ = false;
+  std::unique_ptr<TraceStream> stream_;
   Trace trace_;
   Trace view_;  // what snapshot() returns
   std::vector<HookedParam> params_;
@@ -106,8 +123,10 @@ class StepRecorder {
   StepRecord cur_;
   bool cur_active_ = false;     // anything happened in this step
   bool backward_seen_ = false;  // a gradient arrived in this step
+  bool backward_done_ = false;  // a backward of this step completed
   bool averaged_ = false;       // data-parallel: this step's ranks were already exchanged
   std::vector<int> record_of_;  // series -> index in cur_.records, -1 when it has none
+  std::vector<std::shared_ptr<torch::autograd::Node>> kept_;  // see keep_for_step
   DeferredResults deferred_;
   StatsWorker worker_;
 };

@@ -100,28 +100,32 @@ Record record_from(const Json& j, int n_series, const std::string& where) {
 
 }  // namespace
 
+Json series_json(const SeriesInfo& s) {
+  return {{"name", s.name}, {"kind", to_string(s.kind)}, {"layer", s.layer}, {"shape", s.shape}};
+}
+
+Json step_json(const StepRecord& st) {
+  Json records = Json::array();
+  for (const auto& r : st.records) records.push_back(record_json(r));
+  Json js = {{"step", st.step}, {"backwards", st.backwards}, {"records", std::move(records)}};
+  js["loss"] = st.loss ? num(*st.loss) : Json(nullptr);
+  if (st.losses.size() > 1) {
+    Json losses = Json::array();
+    for (double v : st.losses) losses.push_back(num(v));
+    js["losses"] = std::move(losses);
+  }
+  if (st.partial) js["partial"] = true;
+  if (st.accuracy) js["accuracy"] = num(*st.accuracy);
+  if (!st.rank_losses.empty()) js["rank_losses"] = numbers_json(st.rank_losses);
+  if (!st.rank_checksums.empty()) js["rank_checksums"] = numbers_json(st.rank_checksums);
+  return js;
+}
+
 Json trace_to_json_value(const Trace& trace) {
   Json series = Json::array();
-  for (const auto& s : trace.series())
-    series.push_back({{"name", s.name}, {"kind", to_string(s.kind)}, {"layer", s.layer},
-                      {"shape", s.shape}});
+  for (const auto& s : trace.series()) series.push_back(series_json(s));
   Json steps = Json::array();
-  for (const auto& st : trace.steps()) {
-    Json records = Json::array();
-    for (const auto& r : st.records) records.push_back(record_json(r));
-    Json js = {{"step", st.step}, {"backwards", st.backwards}, {"records", std::move(records)}};
-    js["loss"] = st.loss ? num(*st.loss) : Json(nullptr);
-    if (st.losses.size() > 1) {
-      Json losses = Json::array();
-      for (double v : st.losses) losses.push_back(num(v));
-      js["losses"] = std::move(losses);
-    }
-    if (st.partial) js["partial"] = true;
-    if (st.accuracy) js["accuracy"] = num(*st.accuracy);
-    if (!st.rank_losses.empty()) js["rank_losses"] = numbers_json(st.rank_losses);
-    if (!st.rank_checksums.empty()) js["rank_checksums"] = numbers_json(st.rank_checksums);
-    steps.push_back(std::move(js));
-  }
+  for (const auto& st : trace.steps()) steps.push_back(step_json(st));
   Json j = {{"schema", kTraceSchema},
             {"every", trace.every},
             {"interrupted", trace.interrupted},
@@ -169,42 +173,41 @@ Trace trace_from_json_unchecked(const Json& j, const std::string& where) {
   if (t.world_size < 1) throw Error(where + ": 'world_size' must be at least 1");
   if (auto it = j.find("batch_per_rank"); it != j.end() && it->is_number_integer())
     t.batch_per_rank = it->get<std::int64_t>();
-  for (const auto& s : get_array(j, "series", where)) {
-    std::vector<std::int64_t> shape;
-    if (auto it = s.find("shape"); it != s.end() && it->is_array())
-      for (const auto& d : *it)
-        if (d.is_number_integer()) shape.push_back(d.get<std::int64_t>());
-    const std::string name = get_str(s, "name", where);
-    if (t.find(name) >= 0) throw Error(where + ": series '" + name + "' appears twice");
-    t.intern(name, series_kind_from_string(get_str(s, "kind", where)), get_str(s, "layer", where),
-             std::move(shape));
-  }
-  const int n_series = static_cast<int>(t.series().size());
-  for (const auto& js : get_array(j, "steps", where)) {
-    StepRecord st;
-    st.step = get_int(js, "step", where);
-    if (auto it = js.find("backwards"); it != js.end() && it->is_number_integer())
-      st.backwards = it->get<int>();
-    if (auto it = js.find("loss"); it != js.end() && !it->is_null()) {
-      if (!it->is_number()) throw Error(where + ": a step's loss is not a number");
-      st.loss = it->get<double>();
-    }
-    if (auto it = js.find("losses"); it != js.end() && it->is_array())
-      for (const auto& v : *it) st.losses.push_back(v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN());
-    else if (st.loss)
-      st.losses.push_back(*st.loss);
-    if (auto it = js.find("partial"); it != js.end() && it->is_boolean()) st.partial = it->get<bool>();
-    if (auto it = js.find("accuracy"); it != js.end() && it->is_number())
-      st.accuracy = it->get<double>();
-    st.rank_losses = numbers_from(js, "rank_losses");
-    st.rank_checksums = numbers_from(js, "rank_checksums");
-    for (const auto& jr : get_array(js, "records", where))
-      st.records.push_back(record_from(jr, n_series, where));
-    t.add_step(std::move(st));
-  }
+  for (const auto& s : get_array(j, "series", where)) add_series_from(t, s, where);
+  for (const auto& js : get_array(j, "steps", where)) t.add_step(step_from(js, static_cast<int>(t.series().size()), where));
   return t;
 }
 }  // namespace
+
+void add_series_from(Trace& t, const Json& s, const std::string& where) {
+  std::vector<std::int64_t> shape;
+  if (auto it = s.find("shape"); it != s.end() && it->is_array())
+    for (const auto& d : *it)
+      if (d.is_number_integer()) shape.push_back(d.get<std::int64_t>());
+  const std::string name = get_str(s, "name", where);
+  if (t.find(name) >= 0) throw Error(where + ": series '" + name + "' appears twice");
+  t.intern(name, series_kind_from_string(get_str(s, "kind", where)), get_str(s, "layer", where), std::move(shape));
+}
+
+StepRecord step_from(const Json& js, int n_series, const std::string& where) {
+  StepRecord st;
+  st.step = get_int(js, "step", where);
+  if (auto it = js.find("backwards"); it != js.end() && it->is_number_integer()) st.backwards = it->get<int>();
+  if (auto it = js.find("loss"); it != js.end() && !it->is_null()) {
+    if (!it->is_number()) throw Error(where + ": a step's loss is not a number");
+    st.loss = it->get<double>();
+  }
+  if (auto it = js.find("losses"); it != js.end() && it->is_array())
+    for (const auto& v : *it) st.losses.push_back(v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN());
+  else if (st.loss)
+    st.losses.push_back(*st.loss);
+  if (auto it = js.find("partial"); it != js.end() && it->is_boolean()) st.partial = it->get<bool>();
+  if (auto it = js.find("accuracy"); it != js.end() && it->is_number()) st.accuracy = it->get<double>();
+  st.rank_losses = numbers_from(js, "rank_losses");
+  st.rank_checksums = numbers_from(js, "rank_checksums");
+  for (const auto& jr : get_array(js, "records", where)) st.records.push_back(record_from(jr, n_series, where));
+  return st;
+}
 
 }  // namespace detail
 

@@ -1,7 +1,11 @@
 // Two ranks over a loopback store, one thread each: the Monitor on DataParallel records the
 // averaged gradient a one-process run records, each rank's local gradient as a single process
 // computes it on that shard, the noise scale from those figures, and names a rank that goes wrong.
+#include <filesystem>
+#include <future>
 #include <thread>
+
+#include <unistd.h>
 
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -10,6 +14,8 @@
 #include "gradflow/monitor.h"
 #include "gradflow/noise_scale.h"
 #include "gradflow/run_record.h"
+#include "gradflow/save_report.h"
+#include "gradflow/trace_stream.h"
 #include "torch_test_util.h"
 
 namespace gradflow::test {
@@ -46,8 +52,12 @@ struct Outcome {
   std::vector<double> loss;
 };
 
+// What each rank does once it has trained (save a report, ...).
+using Finish = std::function<void(int rank, DataParallel& dp, Monitor& mon)>;
+
 // Trains one model per rank, rank 1 from another initialisation (the broadcast must fix it).
-Outcome train_ranks(const Data& d, const Tamper& tamper = {}, int sync_check_every = 1) {
+Outcome train_ranks(const Data& d, const Tamper& tamper = {}, int sync_check_every = 1, const Finish& finish = {},
+                    const std::string& out = "") {
   c10d::TCPStoreOptions so;
   so.port = 0;
   so.isServer = true;
@@ -55,7 +65,7 @@ Outcome train_ranks(const Data& d, const Tamper& tamper = {}, int sync_check_eve
   auto store = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", so);
   std::vector<torch::nn::Sequential> models;
   for (int r = 0; r < kWorld; ++r) models.push_back(make_model(r == 0 ? 1 : 99));
-  Outcome out;
+  Outcome outcome;
   std::vector<std::string> errors(kWorld);
   std::vector<std::thread> threads;
   for (int r = 0; r < kWorld; ++r)
@@ -72,7 +82,7 @@ Outcome train_ranks(const Data& d, const Tamper& tamper = {}, int sync_check_eve
         auto& model = models[r];
         dp.broadcast_parameters(*model);
         torch::optim::SGD opt(model->parameters(), 0.1);
-        Monitor mon(*model, MonitorOptions{}.with_data_parallel(dp, kShard));
+        Monitor mon(*model, MonitorOptions{}.with_data_parallel(dp, kShard).with_out(out));
         for (int s = 0; s < kSteps; ++s) {
           torch::Tensor x = d.x[s].narrow(0, r * kShard, kShard).clone(), y = d.y[s].narrow(0, r * kShard, kShard).clone();
           if (tamper) tamper(r, s, x, y, *model);
@@ -83,15 +93,16 @@ Outcome train_ranks(const Data& d, const Tamper& tamper = {}, int sync_check_eve
           dp.average_gradients(*model);
           opt.step();
         }
-        if (r == 0) out.trace = mon.trace();
+        if (r == 0) outcome.trace = mon.trace();
+        if (finish) finish(r, dp, mon);
       } catch (const std::exception& e) {
         errors[r] = e.what();
       }
     });
   for (auto& t : threads) t.join();
   for (int r = 0; r < kWorld; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
-  for (const auto& st : out.trace.steps()) out.loss.push_back(st.loss.value_or(NAN));
-  return out;
+  for (const auto& st : outcome.trace.steps()) outcome.loss.push_back(st.loss.value_or(NAN));
+  return outcome;
 }
 
 std::vector<Finding> findings_of(const Outcome& o) { return diagnose(o.trace, o.loss, global_grad_norms(o.trace), ModelTraits{}); }
@@ -239,6 +250,54 @@ TEST_F(DataParallelTest, ARankWhoseShardIsOffIsAnOutlier) {
   ASSERT_NE(f, nullptr);
   EXPECT_NE(f->where.find("rank 1"), std::string::npos);
   EXPECT_EQ(find_kind(fs, FindingKind::rank_non_finite), nullptr);
+}
+
+// One writer per run: save_report on every rank writes one folder, by rank 0 alone, and every
+// rank returns rank 0's findings; only rank 0 streams.
+TEST_F(DataParallelTest, SaveReportOnEveryRankWritesOneFolderAndReturnsTheSameFindings) {
+  const Data d = make_data();
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("gradflow-dp-report-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  std::vector<std::vector<Finding>> findings(kWorld);
+  std::vector<std::string> stream_dirs(kWorld);
+  std::promise<void> rank1_waits;
+  std::shared_future<void> go = rank1_waits.get_future().share();
+  bool folder_before_rank0 = true;
+  // Rank 1 goes first and must have written nothing when it starts waiting for rank 0.
+  const Finish finish = [&](int rank, DataParallel& dp, Monitor& mon) {
+    stream_dirs[rank] = mon.stream_dir();
+    SaveOptions o;
+    if (rank == 1) {
+      o.share_findings = [&](const std::string& key, const std::string& text) {
+        folder_before_rank0 = fs::exists(dir / "report.html") || fs::exists(dir / "run.json");
+        rank1_waits.set_value();
+        return dp.share_from_rank0(key, text);
+      };
+    } else {
+      go.wait();
+    }
+    findings[rank] = save_report(mon, dir.string(), o);
+  };
+  // The findings need something to find: rank 1's shard is off by a factor of 100.
+  train_ranks(d, [](int rank, int, torch::Tensor&, torch::Tensor& y, torch::nn::Module&) { if (rank == 1) y.mul_(100); },
+              1, finish, dir.string());
+  EXPECT_FALSE(folder_before_rank0);
+  EXPECT_EQ(stream_dirs[0], dir.string());
+  EXPECT_EQ(stream_dirs[1], "");
+  EXPECT_TRUE(fs::exists(dir / "report.html"));
+  EXPECT_TRUE(fs::exists(dir / kStreamFile));
+  ASSERT_FALSE(findings[0].empty());
+  ASSERT_EQ(findings[1].size(), findings[0].size());
+  for (std::size_t i = 0; i < findings[0].size(); ++i) {
+    EXPECT_EQ(findings[1][i].kind, findings[0][i].kind);
+    EXPECT_EQ(findings[1][i].where, findings[0][i].where);
+    EXPECT_EQ(findings[1][i].message, findings[0][i].message);
+  }
+  const StreamedRun streamed = read_trace_stream(dir.string());
+  EXPECT_TRUE(streamed.finished);
+  EXPECT_EQ(streamed.trace.steps().size(), static_cast<std::size_t>(kSteps));
+  fs::remove_all(dir);
 }
 
 TEST(DataParallelEnv, AskingForNcclWhereLibTorchHasNoneIsAUsageError) {

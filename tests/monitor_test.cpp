@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "gradflow/error.h"
+#include "gradflow/option.h"
 #include "gradflow/trace_io.h"
 #include "stats_path.h"
 #include "torch_test_util.h"
@@ -457,6 +458,51 @@ TEST_F(MonitorTest, MisuseIsAClearError) {
   Monitor mon(*model);
   EXPECT_THROW(mon.attach(*model), Error);
   EXPECT_THROW(Monitor(MonitorOptions{}.with_every(0)), UsageError);
+}
+
+// The message of an option error names the option as the caller's language spells it.
+std::string option_message(const MonitorOptions& o, Language language) {
+  try {
+    Monitor m(o);
+  } catch (const OptionError& e) {
+    return e.message(language);
+  }
+  return "no error";
+}
+
+TEST_F(MonitorTest, ArgumentsThatCannotMeanAnythingAreRefusedInTheCallersWords) {
+  MonitorOptions o;
+  for (double bad : {0.0, 1.0, -0.5, 2.0, std::numeric_limits<double>::quiet_NaN()}) {
+    o.saturation_threshold = bad;
+    EXPECT_NE(option_message(o, Language::cpp).find("MonitorOptions::saturation_threshold must lie strictly between 0 and 1"),
+              std::string::npos) << bad;
+    EXPECT_NE(option_message(o, Language::python).find("saturation_threshold= must lie"), std::string::npos) << bad;
+  }
+  EXPECT_NE(option_message(MonitorOptions{}.with_every(0), Language::python).find("every= must be at least 1"),
+            std::string::npos);
+  EXPECT_EQ(option_message(MonitorOptions{}.with_every(0), Language::cpp).find("every="), std::string::npos);
+
+  Mlp model(2, 4);
+  Monitor mon(*model);
+  auto per_example = (model->forward(torch::randn({5, 8})) - torch::zeros({5, 3})).square();
+  try {
+    mon.watch(per_example);
+    FAIL() << "a loss of 15 elements was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor of 15 elements"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(mon.tap(torch::randn({2}, torch::requires_grad()), ""), UsageError);
+
+  // A model whose layers sit in a plain container: nothing registered, nothing to record.
+  struct Unregistered : torch::nn::Module {
+    std::vector<torch::nn::Linear> layers{torch::nn::Linear(2, 2)};
+  } unregistered;
+  try {
+    Monitor empty(unregistered);
+    FAIL() << "a model with no trainable parameter was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("no trainable parameter"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

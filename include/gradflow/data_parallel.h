@@ -18,6 +18,7 @@
 
 namespace c10d {
 class ProcessGroup;
+class Store;
 }
 namespace torch::nn {
 class Module;
@@ -58,6 +59,11 @@ struct DataParallelOptions {
 /// gradflow::UsageError naming the variable when one is set but malformed.
 std::optional<DataParallelOptions> data_parallel_from_env();
 
+/// Rank 0's `text` on every rank through `store` (see DataParallel::share_from_rank0); throws
+/// gradflow::Error when rank 0 has not published `key` within `timeout`.
+std::string share_from_rank0(c10d::Store& store, int rank, const std::string& key, const std::string& text,
+                             std::chrono::milliseconds timeout);
+
 /// A collective could not complete: a rank died, hung past the timeout, or the store is gone.
 class RankLost : public Error {
  public:
@@ -93,6 +99,10 @@ class DataParallel {
   /// Uses a process group the program built (Gloo, or NCCL for CUDA tensors where LibTorch has
   /// it); only `options.bucket_bytes` and `sync_check_every` are read.
   explicit DataParallel(const c10::intrusive_ptr<c10d::ProcessGroup>& group, const DataParallelOptions& options = {});
+  /// \overload `store`: the group's rendezvous store (torch.distributed's), so that lost ranks
+  /// can be named and save_report can bring rank 0's findings to every rank.
+  DataParallel(const c10::intrusive_ptr<c10d::ProcessGroup>& group, const c10::intrusive_ptr<c10d::Store>& store,
+               const DataParallelOptions& options = {});
   ~DataParallel();
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
@@ -115,6 +125,12 @@ class DataParallel {
   std::vector<double> sum(const std::vector<double>& values);
   /// Every rank's `values` (the same length on each), by rank: one collective.
   std::vector<std::vector<double>> all_gather(const std::vector<double>& values);
+
+  /// Whether the group has a rendezvous store (built here, or given with the group).
+  bool has_store() const;
+  /// Rank 0's `text` on every rank, through the store: rank 0 publishes it under `key` and
+  /// returns at once; the others wait for it (up to the timeout; RankLost then).
+  std::string share_from_rank0(const std::string& key, const std::string& text);
 
   /// The process group, for the program's own collectives.
   c10d::ProcessGroup& group();

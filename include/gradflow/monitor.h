@@ -65,6 +65,17 @@ struct MonitorOptions {
   DataParallel* data_parallel = nullptr;
   /// Examples per rank and step, for the gradient noise scale (0: unknown, no noise scale).
   std::int64_t batch_per_rank = 0;
+  /// A folder to stream the recording to (empty: none, the default): each closed step is
+  /// appended to `out`/trace.jsonl as it closes, so that a program that dies (an exception,
+  /// SIGKILL, the OOM killer) leaves every step it closed; `gradflow report out` builds the
+  /// report from it. In a data-parallel run only rank 0 writes.
+  std::string out;
+  /// Replace a recording already in `out` (otherwise the Monitor refuses to start on it).
+  bool force = false;
+  /// This process's rank in a data-parallel run whose group the Monitor does not follow (a
+  /// program's own, or DistributedDataParallel's): only rank 0 streams and writes reports.
+  /// -1: the rank of `data_parallel`, or 0.
+  int rank = -1;
 
   MonitorOptions& with_async(bool on) { async = on; return *this; }
   MonitorOptions& with_every(std::int64_t k) { every = k; return *this; }
@@ -72,6 +83,11 @@ struct MonitorOptions {
   MonitorOptions& with_auto_step(bool on) { auto_step = on; return *this; }
   MonitorOptions& with_backend(StatsBackend b) { backend = b; return *this; }
   MonitorOptions& with_update_norms(bool on) { update_norms = on; return *this; }
+  MonitorOptions& with_out(std::string folder, bool replace = false) {
+    out = std::move(folder);
+    force = replace;
+    return *this;
+  }
   MonitorOptions& with_data_parallel(DataParallel& group, std::int64_t examples_per_rank = 0) {
     data_parallel = &group;
     batch_per_rank = examples_per_rank;
@@ -137,6 +153,12 @@ struct TapOptions {
 /// other devices with ATen ops whose results are fetched in one transfer per recorded step.
 /// Non-finite gradients are counted, never thrown. Destroying the Monitor (or detach()) removes
 /// every hook; hooks still attached to a live graph become inert.
+///
+/// Attaching changes nothing in training: every hook sits on an autograd node (a parameter's
+/// gradient accumulator, a layer's or tap's grad_fn), never in a tensor's own hook list, so the
+/// program's tensor hooks (C++ or Python), module hooks and DistributedDataParallel's run as
+/// they would without it, in either order of registration. A parameter's gradient is read once
+/// its accumulator has added it to .grad(): after the program's hooks changed it.
 class Monitor {
  public:
   explicit Monitor(MonitorOptions options = {});
@@ -168,6 +190,10 @@ class Monitor {
   void tap(const at::Tensor& t, const std::string& name, const TapOptions& options = {});
   /// Ends the current step: its statistics are fetched (one host transfer) into the trace.
   void step();
+  /// Closes the step in progress if it is whole (auto-step mode, its backward completed), so
+  /// that it reaches the trace and the stream now rather than at the next forward. save_report
+  /// and the destructor call it; a program that goes on training loses nothing by it.
+  void flush();
 
   /// Whether the step the next forward belongs to is recorded (its index % every == 0). Models
   /// check it before tapping, so steps in between cost nothing.
@@ -177,6 +203,13 @@ class Monitor {
   /// backward has run (the optimizer steps of a plain loop).
   std::int64_t completed_steps() const;
   const MonitorOptions& options() const;
+  /// This process's rank: that of the data-parallel group, MonitorOptions::rank, or 0.
+  int rank() const;
+  /// The folder the recording streams to; empty when it does not (no `out`, or not rank 0).
+  std::string stream_dir() const;
+  /// Marks the stream finished by the program (save_report does): a report read from the
+  /// folder then does not call the run interrupted.
+  void finish_stream();
 
   /// The recording so far, including the step in progress.
   const Trace& trace();

@@ -84,6 +84,12 @@ struct RunRecord {
   std::string config_value(const std::string& key) const;
 };
 
+/// A user's program's run, from what its Monitor recorded (`completed_steps` optimizer steps),
+/// diagnosed; its loss is that of the recorded steps. What save_report and a report read from a
+/// streamed folder both write.
+RunRecord user_run_record(const Trace& trace, std::int64_t completed_steps, const std::string& label,
+                          const ModelTraits& traits, const DiagnosisOptions& diagnosis);
+
 /// run.json text; non-finite numbers become null.
 std::string run_to_json(const RunRecord& run, int indent = 1);
 /// Parses run.json; throws gradflow::Error naming the file part that is wrong.

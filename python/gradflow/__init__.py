@@ -1,7 +1,7 @@
 """How gradients flow backward through a torch.nn.Module: the gradflow C++ Monitor, from Python.
 
     import gradflow
-    monitor = gradflow.Monitor(model)          # hooks every trainable parameter
+    monitor = gradflow.Monitor(model, out="gradflow-report")  # hooks every trainable parameter
     for x, y in data:
         loss = criterion(model(x), y)
         monitor.watch(loss)                    # the loss and the layer outputs below it
@@ -18,9 +18,10 @@ from ._gradflow import (  # noqa: F401
     GradientHealthError,
     Monitor,
     UsageError,
+    report,
     require_healthy,
     save_report,
 )
 
-__all__ = ["Monitor", "Finding", "save_report", "require_healthy", "GradflowError", "UsageError",
+__all__ = ["Monitor", "Finding", "save_report", "report", "require_healthy", "GradflowError", "UsageError",
            "GradientHealthError"]

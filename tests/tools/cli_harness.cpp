@@ -50,11 +50,19 @@ CliResult run_cli(const std::vector<std::string>& args, int signal_after_ms, int
 }
 
 Spawned spawn_cli(const std::vector<std::string>& args, const std::vector<std::string>& env) {
+  return spawn_program(GRADFLOW_CLI, args, env);
+}
+
+CliResult run_program(const std::string& program, const std::vector<std::string>& args, int limit_ms) {
+  return finish(spawn_program(program, args), limit_ms);
+}
+
+Spawned spawn_program(const std::string& program, const std::vector<std::string>& args, const std::vector<std::string>& env) {
   static int count = 0;
   Spawned s;
   s.dir = temp_dir("spawn" + std::to_string(count++));
   const std::string out = s.dir + "/out", err = s.dir + "/err";
-  std::string bin = GRADFLOW_CLI;
+  std::string bin = program;
   std::vector<std::string> copy = args, vars = env;
   std::vector<char*> argv{bin.data()};
   for (auto& a : copy) argv.push_back(a.data());

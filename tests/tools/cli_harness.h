@@ -23,6 +23,11 @@ struct Spawned {
 };
 // Starts gradflow with `args` and `env` ("NAME=value") added to this process's environment.
 Spawned spawn_cli(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
+// The same for another program.
+Spawned spawn_program(const std::string& program, const std::vector<std::string>& args,
+                      const std::vector<std::string>& env = {});
+// Runs `program` to its end, at most `limit_ms` (then kills it and reports exit code -1).
+CliResult run_program(const std::string& program, const std::vector<std::string>& args, int limit_ms);
 // Waits for it, at most `limit_ms` (then kills it and reports exit code -1).
 CliResult finish(const Spawned& s, int limit_ms);
 // The children of a process, and the value of one environment variable of a process ("" if none).

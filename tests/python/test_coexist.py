@@ -1,0 +1,277 @@
+"""Attaching gradflow changes nothing, and what it recorded survives the program: the program's
+hooks run as without it, a program that raises leaves its steps in the out= folder, only rank 0
+writes under torch.distributed, and messages name Python's arguments."""
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import unittest
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import gradflow
+
+STEPS = 5
+
+
+def make_model():
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+HOOKS = {
+    "scale": lambda g: g * 0.5,
+    "clip_value": lambda g: g.clamp(-1e-3, 1e-3),
+    "zero": lambda g: torch.zeros_like(g),
+}
+
+
+def train(hook, order, module_hooks=False):
+    """Trains with the program's `hook` on the first layer's parameters, registered before or after
+    the Monitor (or with no Monitor); returns the parameters, the hooks' call counts and the number of
+    records checked against p.grad where the optimizer reads it."""
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+    calls = {"tensor": 0, "forward": 0, "backward": 0}
+
+    def counted(g):
+        calls["tensor"] += 1
+        return HOOKS[hook](g)
+
+    def install():
+        for p in model[0].parameters():
+            p.register_hook(counted)
+        if module_hooks:
+            model[2].register_forward_hook(lambda m, i, o: calls.__setitem__("forward", calls["forward"] + 1))
+            model[2].register_full_backward_hook(lambda m, gi, go: calls.__setitem__("backward", calls["backward"] + 1))
+
+    monitor = None
+    if order != "after":
+        install()
+    if order != "none":
+        monitor = gradflow.Monitor(model)
+    if order == "after":
+        install()
+    g = torch.Generator().manual_seed(5)
+    checked = 0
+    for _ in range(STEPS):
+        x, y = torch.randn(32, 6, generator=g), torch.randn(32, 3, generator=g)
+        loss = nn.functional.mse_loss(model(x), y)
+        if monitor:
+            monitor.watch(loss)
+        loss.backward()
+        if monitor:
+            frame = monitor.trace_frame()
+            last = frame["step"] == frame["step"].max()
+            recorded = {str(n): float(v) for n, v, k, keep in zip(frame["name"], frame["grad_norm"], frame["kind"], last)
+                        if keep and k == "parameter"}
+            for name, p in model.named_parameters():
+                expected = p.grad.double().norm().item()
+                assert name in recorded, f"{name} not recorded"
+                assert abs(recorded[name] - expected) <= 1e-9 * max(expected, 1e-300), (name, recorded[name], expected)
+                checked += 1
+        opt.step()
+        opt.zero_grad()
+    return [p.detach().clone() for p in model.parameters()], calls, checked
+
+
+class HooksCoexistTest(unittest.TestCase):
+    def test_training_is_bit_identical_and_every_program_hook_runs_as_often(self):
+        for hook in HOOKS:
+            for order in ("before", "after"):
+                with self.subTest(hook=hook, order=order):
+                    bare, bare_calls, _ = train(hook, "none", module_hooks=True)
+                    watched, calls, checked = train(hook, order, module_hooks=True)
+                    self.assertEqual(bare_calls, {"tensor": 2 * STEPS, "forward": STEPS, "backward": STEPS})
+                    self.assertEqual(calls, bare_calls)
+                    for a, b in zip(watched, bare):
+                        self.assertTrue(torch.equal(a, b))
+                    self.assertEqual(checked, 6 * STEPS)
+
+
+PROGRAM = textwrap.dedent("""
+    import sys, math, torch, torch.nn as nn, gradflow
+    out, steps, raise_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = gradflow.Monitor(model, out=out)
+    g = torch.Generator().manual_seed(5)
+    for step in range(steps):
+        x, y = torch.randn(32, 6, generator=g), torch.randn(32, 3, generator=g)
+        if step == raise_at:
+            raise FloatingPointError(f"the loss overflowed at step {step}")
+        loss = nn.functional.mse_loss(model(x), y)
+        monitor.watch(loss)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    gradflow.save_report(monitor, out)
+""")
+
+
+def step_lines(folder):
+    with open(os.path.join(folder, "trace.jsonl")) as f:
+        return [json.loads(line)["step"] for line in f if line.startswith('{"step"')]
+
+
+class SurviveTest(unittest.TestCase):
+    def run_program(self, folder, steps, raise_at):
+        script = os.path.join(folder, "train.py")
+        with open(script, "w") as f:
+            f.write(PROGRAM)
+        return subprocess.run([sys.executable, script, os.path.join(folder, "out"), str(steps), str(raise_at)],
+                              capture_output=True, text=True, timeout=120)
+
+    def test_a_program_that_raises_at_step_k_leaves_steps_before_k(self):
+        k = 6
+        with tempfile.TemporaryDirectory() as died, tempfile.TemporaryDirectory() as lived:
+            crash = self.run_program(died, 10, k)
+            self.assertNotEqual(crash.returncode, 0)
+            self.assertIn("FloatingPointError", crash.stderr)
+            whole = self.run_program(lived, 10, -1)
+            self.assertEqual(whole.returncode, 0, whole.stderr)
+            kept, full = step_lines(os.path.join(died, "out")), step_lines(os.path.join(lived, "out"))
+            self.assertEqual([s["step"] for s in kept], list(range(k)))
+            self.assertEqual(kept, full[:k])  # figure for figure
+
+            out = os.path.join(died, "out")
+            findings = gradflow.report(out)
+            self.assertIsInstance(findings, list)
+            with open(os.path.join(out, "run.json")) as f:
+                run = json.load(f)
+            self.assertTrue(run["interrupted"])
+            self.assertEqual([s["step"] for s in run["trace"]["steps"]], list(range(k)))
+            # A torn last line: the program died while writing it.
+            with open(os.path.join(out, "trace.jsonl"), "a") as f:
+                f.write('{"step":{"step":6,"reco')
+            gradflow.report(out, out=os.path.join(died, "again"))
+            with open(os.path.join(died, "again", "run.json")) as f:
+                self.assertEqual(len(json.load(f)["trace"]["steps"]), k)
+            cli = os.environ.get("GRADFLOW_CLI")
+            if cli:
+                r = subprocess.run([cli, "report", out, "--out", os.path.join(died, "cli")], capture_output=True,
+                                   text=True, timeout=120)
+                self.assertEqual(r.returncode, 0, r.stderr)
+
+            # The finished run: save_report marked its stream finished and wrote nothing twice.
+            lived_out = os.path.join(lived, "out")
+            self.assertEqual(len(full), 10)
+            self.assertEqual(len(set(s["step"] for s in full)), 10)
+            with open(os.path.join(lived_out, "run.json")) as f:
+                self.assertFalse(json.load(f)["interrupted"])
+
+
+class MessagesTest(unittest.TestCase):
+    def message(self, call):
+        with self.assertRaises(gradflow.UsageError) as e:
+            call()
+        return str(e.exception)
+
+    def test_messages_name_pythons_arguments(self):
+        model = make_model()
+        self.assertIn("every= must be at least 1", self.message(lambda: gradflow.Monitor(model, every=0)))
+        self.assertIn("saturation_threshold= must lie strictly between 0 and 1",
+                      self.message(lambda: gradflow.Monitor(model, saturation_threshold=1.5)))
+        with tempfile.TemporaryDirectory() as d:
+            m = gradflow.Monitor(model, out=d)
+            loss = model(torch.randn(4, 6)).pow(2).mean()
+            m.watch(loss)
+            loss.backward()
+            gradflow.save_report(m, os.path.join(d, "report"))
+            msg = self.message(lambda: gradflow.save_report(m, os.path.join(d, "report")))
+            self.assertIn("force=", msg)
+            self.assertNotIn("::", msg)
+            msg = self.message(lambda: gradflow.Monitor(make_model(), out=d))
+            self.assertIn("already holds a recording", msg)
+            self.assertIn("force=", msg)
+            gradflow.Monitor(make_model(), out=d, force=True)
+
+    def test_arguments_that_cannot_mean_anything_are_refused(self):
+        class PlainList(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.layers = [nn.Linear(2, 2), nn.Linear(2, 2)]  # not registered
+
+        self.assertIn("no trainable parameter", self.message(lambda: gradflow.Monitor(PlainList())))
+        model = make_model()
+        m = gradflow.Monitor(model)
+        per_example = (model(torch.randn(4, 6)) ** 2).mean(dim=1)
+        self.assertIn("tensor of 4 elements", self.message(lambda: m.watch(per_example)))
+        self.assertIn("needs a name", self.message(lambda: m.tap(torch.randn(2, requires_grad=True), "")))
+
+
+def rank_main(rank, world, port, folder, ddp):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.Sigmoid(), *[m for _ in range(6) for m in (nn.Linear(16, 16), nn.Sigmoid())],
+                        nn.Linear(16, 1))
+    if ddp:
+        net = nn.parallel.DistributedDataParallel(net)
+        monitor = gradflow.Monitor(net, out=folder)
+    else:
+        monitor = gradflow.Monitor(net, process_group=dist.group.WORLD, out=folder)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(10 + rank)
+    for _ in range(30):
+        loss = nn.functional.mse_loss(net(torch.randn(16, 6, generator=g)), torch.randn(16, 1, generator=g))
+        monitor.watch(loss)
+        loss.backward()
+        if not ddp:
+            monitor.average_gradients()
+        opt.step()
+        opt.zero_grad()
+    findings = gradflow.save_report(monitor, folder)
+    with open(os.path.join(os.path.dirname(folder), f"findings.{rank}.json"), "w") as f:
+        json.dump([[x.kind, x.severity, x.where, x.message] for x in findings], f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+class OneWriterTest(unittest.TestCase):
+    def ranks(self, ddp):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with tempfile.TemporaryDirectory() as d:
+            folder = os.path.join(d, "report")
+            procs = [subprocess.Popen([sys.executable, __file__, str(r), "2", str(port), folder, str(int(ddp))],
+                                      stderr=subprocess.PIPE, text=True) for r in range(2)]
+            try:
+                errs = [p.communicate(timeout=180)[1] for p in procs]
+            finally:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+            self.assertEqual([p.returncode for p in procs], [0, 0], errs)
+            found = []
+            for r in range(2):
+                with open(os.path.join(d, f"findings.{r}.json")) as f:
+                    found.append(json.load(f))
+            self.assertTrue(found[0], "the sigmoid net should give a finding")
+            self.assertEqual(found[0], found[1])
+            self.assertTrue(os.path.exists(os.path.join(folder, "report.html")))
+            self.assertEqual(len(step_lines(folder)), 30)  # one writer: no step twice
+            leftovers = [n for n in os.listdir(folder) if ".tmp." in n]
+            self.assertEqual(leftovers, [])
+
+    def test_gradflows_own_group(self):
+        self.ranks(ddp=False)
+
+    def test_distributed_data_parallel(self):
+        self.ranks(ddp=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6:
+        rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1")
+    else:
+        unittest.main(verbosity=2)

@@ -1,0 +1,161 @@
+// The append-only stream: what a program that dies leaves behind is read back as the steps it
+// closed, a torn last line is dropped, and files that are not a gradflow recording get a clear error.
+#include "gradflow/trace_stream.h"
+
+#include <fstream>
+#include <filesystem>
+
+#include <gtest/gtest.h>
+
+#include "gradflow/atomic_file.h"
+#include "gradflow/error.h"
+#include "gradflow/option.h"
+#include "gradflow/trace_io.h"
+
+namespace gradflow {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct TempDir {
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "gradflow-stream-XXXXXX").string();
+    path = ::mkdtemp(tmpl.data());
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string path;
+};
+
+// A trace whose steps introduce series as they go, as a Monitor's do (taps appear later).
+Trace growing_trace(int steps) {
+  Trace t;
+  t.every = 3;
+  t.saturation_threshold = 0.2;
+  for (int s = 0; s < steps; ++s) {
+    StepRecord st;
+    st.step = 3 * s;
+    st.add_loss(2.0 / (s + 1));
+    const int a = t.intern("fc.weight", SeriesKind::parameter, "fc", {4, 2});
+    Record r;
+    r.series = a;
+    r.grad.numel = 8;
+    r.grad.sum = 0.1 * s;
+    r.grad.sum_sq = 1.0 + s;
+    r.grad.max_abs = 0.7;
+    r.weight_norm = 1.5;
+    st.records.push_back(r);
+    if (s >= 1) {
+      Record h;
+      h.series = t.intern("h." + std::to_string(s), SeriesKind::tap, "h", {2});
+      h.grad.numel = 2;
+      h.grad.sum_sq = 0.25 * s;
+      st.records.push_back(h);
+    }
+    t.add_step(st);
+  }
+  return t;
+}
+
+Trace streamed(const std::string& dir, const Trace& t, bool finish) {
+  {
+    TraceStream stream(dir, t, false);
+    Trace growing;
+    growing.every = t.every;
+    for (const auto& st : t.steps()) {
+      for (const auto& r : st.records) {
+        const auto& s = t.series()[r.series];
+        growing.intern(s.name, s.kind, s.layer, s.shape);
+      }
+      growing.add_step(st);
+      stream.append(growing, st);
+    }
+    if (finish) stream.finish(static_cast<std::int64_t>(t.steps().size()) * 3);
+  }
+  return read_trace_stream(dir).trace;
+}
+
+TEST(TraceStream, ReadsBackEveryStepAsTheTraceItWasWrittenFrom) {
+  TempDir d;
+  const Trace t = growing_trace(4);
+  const Trace back = streamed(d.path, t, true);
+  // The same figures a trace file holds (its JSON keeps derived figures, not raw sums).
+  EXPECT_EQ(trace_to_json(back), trace_to_json(trace_from_json(trace_to_json(t))));
+  const StreamedRun run = read_trace_stream(d.path);
+  EXPECT_TRUE(run.finished);
+  EXPECT_FALSE(run.trace.interrupted);
+  EXPECT_EQ(run.completed_steps, 12);
+}
+
+TEST(TraceStream, AStreamTheProgramDidNotFinishIsInterrupted) {
+  TempDir d;
+  const Trace back = streamed(d.path, growing_trace(3), false);
+  EXPECT_TRUE(back.interrupted);
+  EXPECT_EQ(back.steps().size(), 3u);
+}
+
+TEST(TraceStream, ATornLastLineIsDroppedAndTheStepsBeforeItKept) {
+  TempDir d;
+  streamed(d.path, growing_trace(3), false);
+  const std::string path = d.path + "/" + kStreamFile;
+  std::string text = read_file(path);
+  // The program died while writing a fourth step.
+  std::ofstream(path, std::ios::app) << "{\"series\":{\"name\":\"h.3\",\"kind\":\"tap\",\"layer\":\"h\"}}\n{\"step\":{\"step\":9,\"rec";
+  const StreamedRun run = read_trace_stream(d.path);
+  EXPECT_TRUE(run.torn_tail);
+  ASSERT_EQ(run.trace.steps().size(), 3u);
+  EXPECT_EQ(run.trace.steps().back().step, 6);
+}
+
+TEST(TraceStream, AnotherProgramsFileANewerSchemaAndACorruptLineAreClearErrors) {
+  TempDir d;
+  const std::string path = d.path + "/" + kStreamFile;
+  auto message_for = [&](const std::string& content) {
+    write_file_atomic(path, content);
+    try {
+      read_trace_stream(d.path);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message_for("step,name,kind\n1,2,3\n").find("is not a gradflow recording"), std::string::npos);
+  EXPECT_NE(message_for("{\"schema\":\"other.log/1\"}\n").find("is not a gradflow recording"), std::string::npos);
+  EXPECT_NE(message_for("{\"schema\":\"gradflow.stream/2\",\"every\":1}\n").find("newer gradflow"), std::string::npos);
+  EXPECT_NE(message_for("").find("is empty"), std::string::npos);
+  const std::string header = "{\"schema\":\"gradflow.stream/1\",\"every\":1,\"world_size\":1,\"batch_per_rank\":0}\n";
+  EXPECT_NE(message_for(header + "not json\n{\"end\":{\"completed_steps\":1}}\n").find("line 2 is corrupt"),
+            std::string::npos);
+  EXPECT_NE(message_for(header + "{\"step\":{\"step\":0,\"records\":[{\"series\":5}]}}\n").find("line 2"),
+            std::string::npos);
+  EXPECT_NE(message_for(header + "{\"mystery\":1}\n").find("not a line of a gradflow recording"), std::string::npos);
+}
+
+TEST(TraceStream, AFolderThatHoldsARecordingIsNotOverwrittenUnlessAsked) {
+  TempDir d;
+  streamed(d.path, growing_trace(2), false);
+  try {
+    TraceStream again(d.path, Trace{}, false);
+    FAIL() << "a second stream opened on the same folder";
+  } catch (const OptionError& e) {
+    EXPECT_EQ(e.option(), Option::monitor_force);
+    EXPECT_NE(std::string(e.what()).find("MonitorOptions::force"), std::string::npos);
+    EXPECT_NE(e.message(Language::python).find("force="), std::string::npos);
+  }
+  EXPECT_EQ(read_trace_stream(d.path).trace.steps().size(), 2u);
+  { TraceStream replaced(d.path, Trace{}, true); }
+  EXPECT_EQ(read_trace_stream(d.path).trace.steps().size(), 0u);
+}
+
+TEST(TraceStream, OneWritePerStepWithTheSeriesItIntroducesBeforeIt) {
+  TempDir d;
+  streamed(d.path, growing_trace(3), false);
+  std::ifstream in(d.path + "/" + kStreamFile);
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(l.substr(0, l.find(':')));
+  const std::vector<std::string> expected = {"{\"batch_per_rank\"", "{\"series\"", "{\"step\"", "{\"series\"",
+                                             "{\"step\"", "{\"series\"", "{\"step\""};
+  EXPECT_EQ(lines, expected);
+}
+
+}  // namespace
+}  // namespace gradflow
