@@ -4,6 +4,7 @@
 // with the gradient the optimizer applies.
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
+#include <torch/script.h>
 #include <torch/torch.h>
 
 #include "gradflow/monitor.h"
@@ -168,6 +169,56 @@ TEST(CoexistStructure, ATapAndTheProgramsHookOnTheSameTensorBothRun) {
   ASSERT_NE(r, nullptr);
   // dL/dh is all ones; the program's hook, registered first, halves it before the tap sees it.
   EXPECT_DOUBLE_EQ(r->grad.max_abs, 0.5);
+}
+
+}  // namespace
+}  // namespace gradflow
+
+namespace gradflow {
+namespace {
+
+// A TorchScript backbone (as torch::jit::load gives it) under a trainable C++ head: the Monitor
+// takes both modules' named parameters and records each as the optimizer applies it.
+TEST(TorchScriptBackbone, ItsParametersAndTheHeadsAreRecordedAsTheOptimizerAppliesThem) {
+  torch::manual_seed(0);
+  torch::jit::Module scripted("Backbone");
+  scripted.register_parameter("weight", (torch::randn({8, 5}) * 0.3).requires_grad_(), false);
+  scripted.register_parameter("bias", torch::zeros({8}, torch::requires_grad()), false);
+  scripted.define(R"(
+    def forward(self, x):
+        return torch.tanh(torch.matmul(x, self.weight.t()) + self.bias)
+  )");
+  const std::string path = ::testing::TempDir() + "gradflow_backbone.pt";
+  scripted.save(path);
+  torch::jit::Module backbone = torch::jit::load(path);
+  torch::nn::Linear head(8, 2);
+
+  // [readme-jit]
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& p : backbone.named_parameters()) named.emplace_back("backbone." + p.name, p.value);
+  for (const auto& p : head->named_parameters()) named.emplace_back("head." + p.key(), p.value());
+  gradflow::Monitor monitor;
+  monitor.attach(named);
+  // [/readme-jit]
+
+  std::vector<at::Tensor> params;
+  for (const auto& p : named) params.push_back(p.second);
+  torch::optim::SGD opt(params, 0.1);
+  for (int s = 0; s < 3; ++s) {
+    opt.zero_grad();
+    auto features = backbone.forward({torch::randn({16, 5})}).toTensor();
+    auto loss = torch::mse_loss(head->forward(features), torch::randn({16, 2}));
+    monitor.watch(loss);
+    loss.backward();
+    const Trace& t = monitor.trace();
+    for (const auto& [name, p] : named) {
+      const Record* r = t.steps().back().find(t.find(name));
+      ASSERT_NE(r, nullptr) << name;
+      expect_stats_equal(r->grad, p.grad(), 1e-9, name);
+    }
+    opt.step();
+  }
+  EXPECT_EQ(monitor.trace().series_of_kind(SeriesKind::parameter).size(), 4u);
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 // closed, a torn last line is dropped, and files that are not a gradflow recording get a clear error.
 #include "gradflow/trace_stream.h"
 
+#include <cmath>
 #include <fstream>
+#include <limits>
 #include <filesystem>
 
 #include <gtest/gtest.h>
@@ -78,12 +80,45 @@ TEST(TraceStream, ReadsBackEveryStepAsTheTraceItWasWrittenFrom) {
   TempDir d;
   const Trace t = growing_trace(4);
   const Trace back = streamed(d.path, t, true);
-  // The same figures a trace file holds (its JSON keeps derived figures, not raw sums).
-  EXPECT_EQ(trace_to_json(back), trace_to_json(trace_from_json(trace_to_json(t))));
+  EXPECT_EQ(trace_to_json(back), trace_to_json(t));
   const StreamedRun run = read_trace_stream(d.path);
   EXPECT_TRUE(run.finished);
   EXPECT_FALSE(run.trace.interrupted);
   EXPECT_EQ(run.completed_steps, 12);
+}
+
+// The stream keeps a record's raw sums, so every figure derived from them is the one in memory;
+// non-finite values, forward statistics and each rank's sums come back too.
+TEST(TraceStream, EverySumOfEveryRecordComesBackExactly) {
+  TempDir d;
+  Trace t = growing_trace(2);
+  Record& r = t.steps()[1].records[0];
+  r.grad.sum = 1.0 / 3.0;
+  r.grad.sum_sq = std::numeric_limits<double>::infinity();
+  r.grad.max_abs = std::numeric_limits<double>::quiet_NaN();
+  r.grad.nonfinite = 2;
+  r.update_norm = 0.125;
+  r.forward = ActivationStats{0.1, 0.2, 0.3, 0.4, 0.5};
+  TensorStats local;
+  local.numel = 8;
+  local.sum = -2.5e-300;
+  local.sum_sq = 7.0;
+  r.ranks = {local, TensorStats{}};
+  const Trace back = streamed(d.path, t, true);
+  const Record& got = back.steps()[1].records[0];
+  EXPECT_EQ(got.grad.sum, 1.0 / 3.0);
+  EXPECT_EQ(got.grad.sum_sq, std::numeric_limits<double>::infinity());
+  EXPECT_TRUE(std::isnan(got.grad.max_abs));
+  EXPECT_EQ(got.grad.nonfinite, 2);
+  EXPECT_EQ(got.update_norm, 0.125);
+  EXPECT_TRUE(std::isnan(back.steps()[1].records[1].weight_norm));
+  ASSERT_TRUE(got.forward);
+  EXPECT_EQ(got.forward->saturated_fraction, 0.4);
+  EXPECT_EQ(got.forward->mean_local_derivative, 0.5);
+  ASSERT_EQ(got.ranks.size(), 2u);
+  EXPECT_EQ(got.ranks[0].sum, -2.5e-300);
+  EXPECT_EQ(got.ranks[0].sum_sq, 7.0);
+  EXPECT_EQ(got.ranks[1].numel, 0);
 }
 
 TEST(TraceStream, AStreamTheProgramDidNotFinishIsInterrupted) {
@@ -125,7 +160,10 @@ TEST(TraceStream, AnotherProgramsFileANewerSchemaAndACorruptLineAreClearErrors) 
   const std::string header = "{\"schema\":\"gradflow.stream/1\",\"every\":1,\"world_size\":1,\"batch_per_rank\":0}\n";
   EXPECT_NE(message_for(header + "not json\n{\"end\":{\"completed_steps\":1}}\n").find("line 2 is corrupt"),
             std::string::npos);
-  EXPECT_NE(message_for(header + "{\"step\":{\"step\":0,\"records\":[{\"series\":5}]}}\n").find("line 2"),
+  EXPECT_NE(message_for(header + "{\"step\":{\"step\":0,\"records\":[],\"rows\":[[5,1,0,0,0,0,0,null,null]]}}\n")
+                .find("line 2 is corrupt"),
+            std::string::npos);
+  EXPECT_NE(message_for(header + "{\"step\":{\"step\":0,\"records\":[],\"rows\":[[0,1]]}}\n").find("line 2 is corrupt"),
             std::string::npos);
   EXPECT_NE(message_for(header + "{\"mystery\":1}\n").find("not a line of a gradflow recording"), std::string::npos);
 }

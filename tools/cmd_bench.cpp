@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <random>
@@ -10,6 +11,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
+
+#include <unistd.h>
 
 #include "common.h"
 #include "gradflow/atomic_file.h"
@@ -30,6 +33,7 @@ struct Mode {
   bool activations;  // graph-walk dL/d(layer output)
   bool taps;         // the model's hidden-state taps with forward statistics
   std::int64_t every;
+  bool stream = false;  // each recorded step appended to MonitorOptions::out
 };
 
 const std::vector<Mode> kModes = {
@@ -38,7 +42,17 @@ const std::vector<Mode> kModes = {
     {"params+acts", true, true, false, 1},
     {"params+acts/10", true, true, false, 10},
     {"full", true, true, true, 1},
+    {"params+acts+out", true, true, false, 1, true},
+    {"params+acts/10+out", true, true, false, 10, true},
 };
+
+// Where the streaming modes write (one folder per bench run, removed at its end).
+const std::string& stream_folder() {
+  static const std::string dir = (std::filesystem::temp_directory_path() /
+                                  ("gradflow-bench-stream-" + std::to_string(::getpid())))
+                                     .string();
+  return dir;
+}
 
 struct Setup {
   std::string name, spec, task;
@@ -140,6 +154,7 @@ class Bench {
       MonitorOptions o;
       o.activations = mode.activations;
       o.every = mode.every;
+      if (mode.stream) o.with_out(stream_folder(), /*replace=*/true);
       mon = std::make_unique<Monitor>(*net_, o);
     }
     const auto t0 = std::chrono::steady_clock::now();
@@ -258,6 +273,8 @@ int run_bench(const BenchOptions& o) {
       records.push_back(report_mode(b, kModes[i], t.ms[0], t.ms[i], t.ratio[i], rounds));
     std::fflush(stdout);
   }
+  std::error_code ec;
+  std::filesystem::remove_all(stream_folder(), ec);
   if (!o.json.empty()) write_file_atomic(o.json, records.dump(1) + "\n");
   return kExitOk;
 }

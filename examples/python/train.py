@@ -14,8 +14,9 @@ model = nn.Sequential(nn.Linear(20, 64), nn.Sigmoid(), *[m for _ in range(8) for
                       nn.Linear(64, 1))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 x, y = torch.randn(256, 20), torch.randn(256, 1)
+out = sys.argv[1] if len(sys.argv) > 1 else "gradflow-report"
 
-monitor = gradflow.Monitor(model)  # gradflow
+monitor = gradflow.Monitor(model, out=out)  # gradflow: each step also reaches out/trace.jsonl
 for step in range(100):
     loss = nn.functional.mse_loss(model(x), y)
     monitor.watch(loss)  # gradflow
@@ -23,7 +24,7 @@ for step in range(100):
     optimizer.step()
     optimizer.zero_grad()
 
-findings = gradflow.save_report(monitor, sys.argv[1] if len(sys.argv) > 1 else "gradflow-report", label="sigmoid MLP")  # gradflow
+findings = gradflow.save_report(monitor, out, label="sigmoid MLP")  # gradflow
 for f in findings:
     print(f"{f.severity}: {f.kind} at {f.where}: {f.message}")
 try:

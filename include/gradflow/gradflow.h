@@ -12,6 +12,7 @@
 #include "gradflow/model_traits.h"
 #include "gradflow/monitor.h"
 #include "gradflow/noise_scale.h"
+#include "gradflow/option.h"
 #include "gradflow/report.h"
 #include "gradflow/run_record.h"
 #include "gradflow/save_report.h"
@@ -20,3 +21,4 @@
 #include "gradflow/threads.h"
 #include "gradflow/trace.h"
 #include "gradflow/trace_io.h"
+#include "gradflow/trace_stream.h"

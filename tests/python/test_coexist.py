@@ -207,27 +207,41 @@ class MessagesTest(unittest.TestCase):
         self.assertIn("needs a name", self.message(lambda: m.tap(torch.randn(2, requires_grad=True), "")))
 
 
-def rank_main(rank, world, port, folder, ddp):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+def sigmoid_net():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 16), nn.Sigmoid(), *[m for _ in range(6) for m in (nn.Linear(16, 16), nn.Sigmoid())],
-                        nn.Linear(16, 1))
-    if ddp:
-        net = nn.parallel.DistributedDataParallel(net)
-        monitor = gradflow.Monitor(net, out=folder)
-    else:
-        monitor = gradflow.Monitor(net, process_group=dist.group.WORLD, out=folder)
+    return nn.Sequential(nn.Linear(6, 16), nn.Sigmoid(), *[m for _ in range(6) for m in (nn.Linear(16, 16), nn.Sigmoid())],
+                         nn.Linear(16, 1))
+
+
+def train_ranks(net, monitor, rank, ddp):
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(10 + rank)
     for _ in range(30):
         loss = nn.functional.mse_loss(net(torch.randn(16, 6, generator=g)), torch.randn(16, 1, generator=g))
-        monitor.watch(loss)
+        if monitor:
+            monitor.watch(loss)
         loss.backward()
         if not ddp:
             monitor.average_gradients()
         opt.step()
         opt.zero_grad()
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def rank_main(rank, world, port, folder, ddp):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    net = sigmoid_net()
+    if ddp:
+        net = nn.parallel.DistributedDataParallel(net)
+        monitor = gradflow.Monitor(net, out=folder)
+    else:
+        monitor = gradflow.Monitor(net, process_group=dist.group.WORLD, out=folder)
+    trained = train_ranks(net, monitor, rank, ddp)
+    if ddp:  # DDP's own hooks still average: the same parameters as DDP without gradflow
+        bare = train_ranks(nn.parallel.DistributedDataParallel(sigmoid_net()), None, rank, ddp)
+        if not all(torch.equal(a, b) for a, b in zip(trained, bare)):
+            sys.exit("training under DistributedDataParallel changed when gradflow was attached")
     findings = gradflow.save_report(monitor, folder)
     with open(os.path.join(os.path.dirname(folder), f"findings.{rank}.json"), "w") as f:
         json.dump([[x.kind, x.severity, x.where, x.message] for x in findings], f)

@@ -17,16 +17,16 @@ TEST(BenchCli, TheSmallMlpsRecordsCountItsTensorsAndSplitTheCostPerTensor) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("mlp-small"), std::string::npos);
   const auto records = nlohmann::json::parse(slurp(d + "/bench.json"));
-  ASSERT_EQ(records.size(), 4u);
+  ASSERT_EQ(records.size(), 6u);
   // depth 10: 10 weights and 10 biases; 10 layer outputs; 9 hidden states tapped.
-  const std::map<std::string, int> tensors = {{"params", 20}, {"params+acts", 30}, {"full", 39}};
+  const std::map<std::string, int> tensors = {{"params", 20}, {"params+acts", 30}, {"full", 39}, {"params+acts+out", 30}};
   for (const auto& rec : records) {
     SCOPED_TRACE(rec.dump());
     EXPECT_EQ(rec["model"], "mlp-small");
     EXPECT_EQ(rec["spec"], "mlp:depth=10,width=64,act=relu,init=he_normal");
     EXPECT_GT(rec["bare_ms"].get<double>(), 0.0);
     const std::string mode = rec["mode"];
-    if (mode == "params+acts/10") {
+    if (mode == "params+acts/10" || mode == "params+acts/10+out") {
       EXPECT_FALSE(rec.contains("tensors_per_step"));
       continue;
     }
