@@ -63,9 +63,10 @@ std::vector<Finding> shared_findings(Monitor& monitor, const SaveOptions& o, con
   return findings;
 }
 
-// The same on every rank that runs the same loop; a later report of the run gets another.
-std::string findings_key(const Monitor& monitor, const std::string& dir) {
-  return "gradflow/findings/" + dir + "/" + std::to_string(monitor.completed_steps());
+// The same on every rank that runs the same loop, whatever folder each names; a later report of
+// the run, or another model's, gets another.
+std::string findings_key(const Monitor& monitor, const SaveOptions& o) {
+  return "gradflow/findings/" + o.label + "/" + std::to_string(monitor.completed_steps());
 }
 
 void write_run(const RunRecord& r, const std::string& dir) {
@@ -91,7 +92,7 @@ void write_models_report(const RunRecord& r, const std::string& dir) {
 
 std::vector<Finding> save_report(Monitor& monitor, const std::string& dir, const SaveOptions& o) {
   monitor.flush();
-  const std::string key = findings_key(monitor, dir);
+  const std::string key = findings_key(monitor, o);
   RunRecord r = make_run_record(monitor, o);
   if (rank_of(monitor, o) == 0) {
     const bool own_stream = same_folder(monitor.stream_dir(), dir);
@@ -114,12 +115,12 @@ std::vector<Finding> report_from_stream(const std::string& dir, const std::strin
   return r.findings;
 }
 
-std::vector<std::vector<Finding>> save_report(const std::vector<std::pair<Monitor*, SaveOptions>>& models,
-                                              const std::string& dir) {
-  if (models.empty()) throw Error("save_report was given no model: pass at least one Monitor");
-  for (const auto& m : models) m.first->flush();
-  const bool writer = rank_of(*models.front().first, models.front().second) == 0;
-  if (writer) prepare_report_dir(dir, models.front().second.force);
+namespace {
+
+using Models = std::vector<std::pair<Monitor*, SaveOptions>>;
+
+// Each model's run, and the folder it goes in (after its label).
+std::pair<std::vector<RunRecord>, std::vector<std::string>> model_runs(const Models& models) {
   std::vector<RunRecord> runs;
   std::vector<std::string> dirs;
   for (const auto& [monitor, options] : models) {
@@ -128,21 +129,37 @@ std::vector<std::vector<Finding>> save_report(const std::vector<std::pair<Monito
     if (std::find(dirs.begin(), dirs.end() - 1, dirs.back()) != dirs.end() - 1)
       throw OptionError(Option::label, "two models are labelled '" + options.label + "': give each its own {}");
   }
-  std::vector<std::vector<Finding>> findings;
-  if (!writer) {
-    for (const auto& r : runs) findings.push_back(r.findings);
-    return findings;
-  }
-  for (auto& m : models)
+  return {std::move(runs), std::move(dirs)};
+}
+
+void write_models(const Models& models, std::vector<RunRecord> runs, std::vector<std::string> dirs,
+                  const std::string& dir) {
+  for (const auto& m : models)
     if (!m.first->stream_dir().empty()) m.first->finish_stream();
   for (std::size_t i = 0; i < runs.size(); ++i) {
     std::filesystem::create_directories(std::filesystem::path(dir) / dirs[i]);
     write_run(runs[i], dir + "/" + dirs[i]);
-    findings.push_back(runs[i].findings);
   }
   Comparison c = make_comparison(std::move(runs), std::move(dirs));
   c.kind = ReportKind::models;
   write_report(c, dir);
+}
+
+}  // namespace
+
+std::vector<std::vector<Finding>> save_report(const Models& models, const std::string& dir) {
+  if (models.empty()) throw Error("save_report was given no model: pass at least one Monitor");
+  for (const auto& m : models) m.first->flush();
+  const bool writer = rank_of(*models.front().first, models.front().second) == 0;
+  if (writer) prepare_report_dir(dir, models.front().second.force);
+  auto [runs, dirs] = model_runs(models);
+  std::vector<std::vector<Finding>> own;
+  for (const auto& r : runs) own.push_back(r.findings);
+  if (writer) write_models(models, std::move(runs), std::move(dirs), dir);
+  std::vector<std::vector<Finding>> findings;
+  for (std::size_t i = 0; i < models.size(); ++i)
+    findings.push_back(shared_findings(*models[i].first, models[i].second, findings_key(*models[i].first, models[i].second),
+                                       std::move(own[i])));
   return findings;
 }
 
