@@ -1,31 +1,25 @@
 #include "gradflow/option.h"
 
-#include "enum_names.h"
-
 namespace gradflow {
 
 namespace {
 
-constexpr detail::Named<Option> kCppNames[] = {
-    {Option::every, "MonitorOptions::every"},
-    {Option::saturation_threshold, "MonitorOptions::saturation_threshold"},
-    {Option::out, "MonitorOptions::out"},
-    {Option::monitor_force, "MonitorOptions::force"},
-    {Option::rank, "MonitorOptions::rank"},
-    {Option::preactivation, "TapOptions::preactivation"},
-    {Option::label, "SaveOptions::label"},
-    {Option::save_force, "SaveOptions::force"},
+// One row per option: the one place its names live.
+struct Names {
+  Option option;
+  const char* cpp;
+  const char* python;
 };
 
-constexpr detail::Named<Option> kPythonNames[] = {
-    {Option::every, "every="},
-    {Option::saturation_threshold, "saturation_threshold="},
-    {Option::out, "out="},
-    {Option::monitor_force, "force="},
-    {Option::rank, "torch.distributed's rank"},
-    {Option::preactivation, "preactivation="},
-    {Option::label, "label="},
-    {Option::save_force, "force="},
+constexpr Names kNames[] = {
+    {Option::every, "MonitorOptions::every", "every="},
+    {Option::saturation_threshold, "MonitorOptions::saturation_threshold", "saturation_threshold="},
+    {Option::out, "MonitorOptions::out", "out="},
+    {Option::monitor_force, "MonitorOptions::force", "force="},
+    {Option::rank, "MonitorOptions::rank", "torch.distributed's rank"},
+    {Option::preactivation, "TapOptions::preactivation", "preactivation="},
+    {Option::label, "SaveOptions::label", "label="},
+    {Option::save_force, "SaveOptions::force", "force="},
 };
 
 std::string fill(const std::string& text, const char* name) {
@@ -36,7 +30,9 @@ std::string fill(const std::string& text, const char* name) {
 }  // namespace
 
 const char* option_name(Option option, Language language) {
-  return language == Language::python ? detail::name_of(kPythonNames, option) : detail::name_of(kCppNames, option);
+  for (const auto& n : kNames)
+    if (n.option == option) return language == Language::python ? n.python : n.cpp;
+  return "";
 }
 
 OptionError::OptionError(Option option, const std::string& text)

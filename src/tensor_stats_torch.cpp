@@ -8,6 +8,7 @@
 
 #include "cpu_features.h"
 #include "gradflow/error.h"
+#include "gradflow/option.h"
 
 namespace gradflow::detail {
 
@@ -88,7 +89,7 @@ at::Tensor local_derivative(const at::Tensor& h, Activation act, const at::Tenso
     }
     case Activation::gelu: {
       if (!preact.defined())
-        throw Error("GELU's derivative needs its input: pass TapOptions::preactivation");
+        throw OptionError(Option::preactivation, "GELU's derivative needs its input: pass {}");
       const auto z = preact.detach().to(h.scalar_type());
       const auto cdf = 0.5 * (1 + torch::erf(z / std::sqrt(2.0)));
       const auto pdf = torch::exp(-0.5 * z * z) / std::sqrt(2.0 * M_PI);
