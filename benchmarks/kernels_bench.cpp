@@ -7,11 +7,11 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
-#include "graph_walk.h"
+#include "monitor/graph_walk.h"
 #include "gradflow/monitor.h"
 #include "gradflow/tensor_stats.h"
 #include "gradflow/threads.h"
-#include "tensor_stats_torch.h"
+#include "stats/tensor_stats_torch.h"
 
 namespace {
 

@@ -7,7 +7,7 @@
 #include <set>
 
 #include "gradflow/error.h"
-#include "text.h"
+#include "util/text.h"
 
 namespace gradflow::models {
 

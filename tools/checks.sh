@@ -61,12 +61,12 @@ loop = open("examples/python/train.py").read().split('"""\n', 1)[1]
 if loop not in readme:
     sys.exit("README.md does not contain examples/python/train.py's code verbatim")
 print("README's Python loop matches examples/python/train.py")
-test = open("tests/monitor_coexist_test.cpp").read()
+test = open("tests/monitor/monitor_coexist_test.cpp").read()
 jit = re.search(r"// \[readme-jit\]\n(.*?)  // \[/readme-jit\]", test, re.S).group(1)
 jit = "\n".join(line[2:] if line.startswith("  ") else line for line in jit.rstrip("\n").split("\n"))
 if jit not in readme:
-    sys.exit("README.md does not contain the TorchScript backbone snippet of tests/monitor_coexist_test.cpp verbatim")
-print("README's TorchScript backbone snippet matches tests/monitor_coexist_test.cpp")
+    sys.exit("README.md does not contain the TorchScript backbone snippet of tests/monitor/monitor_coexist_test.cpp verbatim")
+print("README's TorchScript backbone snippet matches tests/monitor/monitor_coexist_test.cpp")
 PY
 
 stage "report renders in headless Chromium"

@@ -10,7 +10,7 @@
 
 #include "common.h"
 #include "gradflow/error.h"
-#include "text.h"
+#include "util/text.h"
 #include "gradflow/atomic_file.h"
 #include "gradflow/report.h"
 #include "models/flow_run.h"

@@ -7,7 +7,7 @@
 #include "common.h"
 #include "gradflow/atomic_file.h"
 #include "gradflow/error.h"
-#include "text.h"
+#include "util/text.h"
 
 namespace gradflow::cli {
 

@@ -8,7 +8,7 @@
 #include "gradflow/atomic_file.h"
 #include "gradflow/data_parallel.h"
 #include "gradflow/error.h"
-#include "text.h"
+#include "util/text.h"
 #include "gradflow/trace_io.h"
 
 namespace gradflow::cli {

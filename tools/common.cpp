@@ -1,8 +1,8 @@
 #include "common.h"
 
-#include "rank_figures.h"
+#include "distributed/rank_figures.h"
 
-#include "figures.h"
+#include "report/figures.h"
 
 #include <atomic>
 #include <cmath>

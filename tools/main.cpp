@@ -18,7 +18,7 @@
 #include "common.h"
 #include "launcher.h"
 #include "gradflow/error.h"
-#include "text.h"
+#include "util/text.h"
 
 int main(int argc, char** argv) {
   using namespace gradflow::cli;

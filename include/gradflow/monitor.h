@@ -125,7 +125,7 @@ struct TapOptions {
 /// gradflow::write_trace_json(monitor.trace(), "trace.json");
 /// \endcode
 ///
-/// What a step records, for every loop pattern (tested in tests/training_loops_test.cpp):
+/// What a step records, for every loop pattern (tested in tests/monitor/training_loops_test.cpp):
 ///
 /// | loop | Monitor | a recorded step is |
 /// |---|---|---|

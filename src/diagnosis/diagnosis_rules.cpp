@@ -1,0 +1,359 @@
+#include "diagnosis/diagnosis_rules.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include "util/text.h"
+
+namespace gradflow::detail {
+
+namespace {
+
+std::string vanishing_remedy(const ModelTraits& t) {
+  if (t.recurrent) {
+    if (t.cell == Cell::lstm || t.cell == Cell::gru)
+      return "gated cells learn to carry gradient through their gates: train longer, or set the LSTM "
+             "forget bias to 1; orthogonal recurrent init helps at the start";
+    return "use an LSTM or GRU cell; orthogonal or identity (IRNN) recurrent init";
+  }
+  std::vector<std::string> r;
+  if (is_squashing(t.activation)) r.push_back("ReLU activations with He initialisation");
+  else if (t.activation == Activation::relu && !is_he(t.init)) r.push_back("He initialisation");
+  if (t.norm != Norm::batch) r.push_back("batch normalisation");
+  if (!t.residual) r.push_back("residual connections");
+  if (r.empty()) return "a shallower network or a different initialisation";
+  return join_alternatives(r);
+}
+
+// The training step of the i-th recorded value (grad_norm holds one per recorded step).
+std::int64_t recorded_step(const DiagnosisInput& in, std::size_t i) {
+  const auto& steps = in.trace.steps();
+  return i < steps.size() ? steps[i].step : static_cast<std::int64_t>(i);
+}
+
+// The training step of the i-th loss value. The CLI's trainer gives the loss of every step; a
+// loss taken from the trace (save_report) holds the recorded steps' only, one per trace step.
+std::int64_t loss_step(const DiagnosisInput& in, std::size_t i) {
+  return in.loss.size() == in.trace.steps().size() ? recorded_step(in, i) : static_cast<std::int64_t>(i);
+}
+
+double mean_of(const std::vector<double>& v, std::size_t b, std::size_t e) {
+  double s = 0;
+  std::size_t n = 0;
+  for (std::size_t i = b; i < e && i < v.size(); ++i)
+    if (std::isfinite(v[i])) {
+      s += v[i];
+      ++n;
+    }
+  return n ? s / static_cast<double>(n) : std::numeric_limits<double>::quiet_NaN();
+}
+
+bool vanishes(const std::optional<Attenuation>& a, double orders) { return a && a->log10 && *a->log10 < -orders; }
+
+std::vector<std::pair<std::string, double>> attenuation_evidence(const Attenuation& a) {
+  return {{"attenuation_log10", *a.log10}, {"span", a.span}, {"norm_far", a.from}, {"norm_near", a.to}};
+}
+
+std::optional<Finding> vanishing_finding(const Attenuation& a, const char* when, const std::string& where, bool time,
+                                         double orders, const ModelTraits& traits) {
+  const double lg = *a.log10;
+  Finding f;
+  f.kind = FindingKind::vanishing;
+  f.severity = lg < -2 * orders ? Severity::error : Severity::warning;
+  f.where = where;
+  f.message = fmt::format("{}: dL/dh {} {:.1f} orders of magnitude across {} {} ({}x per {})", when,
+                          a.underflow ? "lost at least" : "shrinks by", -lg, a.span, time ? "time steps" : "layers",
+                          fmt::format("{:.3g}", a.gain().value_or(0.0)), time ? "step" : "layer");
+  f.evidence = attenuation_evidence(a);
+  if (a.underflow) f.evidence.emplace_back("underflow", 1.0);
+  f.remedy = vanishing_remedy(traits);
+  return f;
+}
+
+std::optional<Finding> exploding_finding(const Attenuation& a, const char* when, const std::string& where,
+                                         const DiagnosisOptions& o, const ModelTraits& traits) {
+  const double lg = *a.log10;
+  Finding f;
+  f.kind = FindingKind::exploding;
+  f.severity = lg > 2 * o.exploding_orders ? Severity::error : lg > o.exploding_orders ? Severity::warning : Severity::info;
+  f.where = where;
+  f.message = fmt::format("{}: dL/dh grows {:.1f} orders of magnitude toward the input across {} layers", when, lg, a.span);
+  f.evidence = attenuation_evidence(a);
+  f.remedy = traits.norm == Norm::batch ? "expected with batch norm and ReLU (Yang et al. 2019); gradient clipping if it hurts"
+                                        : "a smaller initialisation (He for ReLU, Xavier for tanh) or gradient clipping";
+  return f;
+}
+
+std::optional<Finding> depth_finding(const std::optional<Attenuation>& a, const char* when, const std::string& where,
+                                     const DiagnosisInput& in, const DiagnosisOptions& o) {
+  if (!a || !a->log10) return std::nullopt;
+  if (*a->log10 < -o.vanishing_orders) return vanishing_finding(*a, when, where, false, o.vanishing_orders, in.traits);
+  if (*a->log10 > o.exploding_info_orders) return exploding_finding(*a, when, where, o, in.traits);
+  return std::nullopt;
+}
+
+// Layers whose forward statistics at the last recorded step pass a threshold, with the worst.
+struct UnitGroup {
+  std::vector<std::string> layers;
+  double worst = 0;
+  std::string worst_layer;
+  double lowest_derivative = 1e300;
+  std::string where() const {
+    return layers.size() == 1 ? layers[0] : layers.front() + " .. " + layers.back() + " (" + std::to_string(layers.size()) + " layers)";
+  }
+};
+
+template <class Fraction>
+UnitGroup units_over(const Trace& trace, double threshold, Fraction fraction) {
+  UnitGroup g;
+  for (const auto& r : trace.steps().back().records) {
+    if (!r.forward) continue;
+    const double f = fraction(*r.forward);
+    if (!(f > threshold)) continue;
+    const auto& name = trace.series()[r.series].name;
+    g.layers.push_back(name);
+    if (f > g.worst) g.worst = f, g.worst_layer = name;
+    g.lowest_derivative = std::min(g.lowest_derivative, r.forward->mean_local_derivative);
+  }
+  return g;
+}
+
+}  // namespace
+
+std::vector<Finding> depth_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  const auto depth = depth_series(in.trace);
+  const std::string where =
+      depth.size() >= 2 ? in.trace.series()[depth.front()].name + " .. " + in.trace.series()[depth.back()].name : "";
+  std::vector<Finding> out;
+  if (auto f = depth_finding(in.summary.depth, "at the first recorded step", where, in, o)) out.push_back(*f);
+  if (in.trace.steps().size() <= 1) return out;
+  // A gradient that vanished at the start and still does is one finding, not two.
+  const bool vanished_at_start = vanishes(in.summary.depth, o.vanishing_orders);
+  if (auto f = depth_finding(in.summary.depth_final, "at the last recorded step", where, in, o))
+    if (!(vanished_at_start && f->kind == FindingKind::vanishing)) out.push_back(*f);
+  return out;
+}
+
+std::vector<Finding> time_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  std::vector<Finding> out;
+  const auto time = numbered_series(in.trace, "time");
+  if (time.size() < 2) return out;
+  const std::string where = "time steps 1 .. " + std::to_string(time.size());
+  const double orders = o.time_vanishing_orders;
+  if (vanishes(in.summary.time, orders))
+    out.push_back(*vanishing_finding(*in.summary.time, "at the first recorded step", where, true, orders, in.traits));
+  if (in.trace.steps().size() > 1 && vanishes(in.summary.time_final, orders))
+    out.push_back(*vanishing_finding(*in.summary.time_final, "after training", where, true, orders, in.traits));
+  return out;
+}
+
+bool gradient_vanishes(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  const bool several_steps = in.trace.steps().size() > 1;
+  const bool timed = numbered_series(in.trace, "time").size() >= 2;
+  return vanishes(in.summary.depth, o.vanishing_orders) || (several_steps && vanishes(in.summary.depth_final, o.vanishing_orders)) ||
+         (timed && vanishes(in.summary.time, o.time_vanishing_orders)) ||
+         (timed && several_steps && vanishes(in.summary.time_final, o.time_vanishing_orders));
+}
+
+// For ReLU-like units a zero derivative is "inactive", half of them normally: only units
+// inactive for the whole batch count. One finding naming every layer concerned: twenty
+// findings for twenty layers hide the rest.
+std::optional<Finding> dead_units_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  if (in.trace.steps().empty() || is_squashing(in.traits.activation)) return std::nullopt;
+  const UnitGroup dead = units_over(in.trace, o.dead_fraction, [](const ActivationStats& a) { return a.dead_fraction; });
+  if (dead.layers.empty()) return std::nullopt;
+  Finding f;
+  f.kind = FindingKind::dead_units;
+  f.severity = dead.worst > o.severe_unit_fraction ? Severity::error : Severity::warning;
+  f.where = dead.where();
+  f.message = fmt::format("{} layer(s) have over {:.0f}% of units inactive for the whole batch (worst {}: {:.0f}%)",
+                          dead.layers.size(), 100 * o.dead_fraction, dead.worst_layer, 100 * dead.worst);
+  f.evidence = {{"layers", static_cast<double>(dead.layers.size())}, {"worst_dead_fraction", dead.worst},
+                {"step", static_cast<double>(in.trace.steps().back().step)}};
+  f.remedy = "He initialisation, a smaller learning rate, or leaky ReLU";
+  return f;
+}
+
+// Saturation is a property of squashing functions.
+std::optional<Finding> saturation_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  if (in.trace.steps().empty() || !is_squashing(in.traits.activation)) return std::nullopt;
+  const UnitGroup sat = units_over(in.trace, o.saturated_fraction, [](const ActivationStats& a) {
+    return std::max(a.saturated_fraction, a.dead_fraction);
+  });
+  if (sat.layers.empty()) return std::nullopt;
+  Finding f;
+  f.kind = FindingKind::saturation;
+  f.severity = sat.worst > o.severe_unit_fraction ? Severity::error : Severity::warning;
+  f.where = sat.where();
+  f.message = fmt::format("{} layer(s) have over {:.0f}% of activations saturated, derivative under {:.0f}% of its "
+                          "maximum (worst {}: {:.0f}%; lowest mean derivative {:.3g})",
+                          sat.layers.size(), 100 * o.saturated_fraction, 100 * in.trace.saturation_threshold, sat.worst_layer,
+                          100 * sat.worst, sat.lowest_derivative);
+  f.evidence = {{"layers", static_cast<double>(sat.layers.size())}, {"worst_saturated_fraction", sat.worst},
+                {"lowest_mean_local_derivative", sat.lowest_derivative},
+                {"step", static_cast<double>(in.trace.steps().back().step)}};
+  f.remedy = in.traits.norm == Norm::batch ? "ReLU activations" : "ReLU activations or batch normalisation";
+  return f;
+}
+
+std::optional<Finding> non_finite_rule(const DiagnosisInput& in, const DiagnosisOptions&) {
+  const auto bad = std::find_if(in.loss.begin(), in.loss.end(), [](double v) { return !std::isfinite(v); });
+  const auto& grad = in.trace.first_nonfinite();
+  if (!grad && bad == in.loss.end()) return std::nullopt;
+  Finding f;
+  f.kind = FindingKind::non_finite;
+  f.severity = Severity::error;
+  if (grad) {
+    f.where = fmt::format("{} at step {}", grad->series, grad->step);
+    f.message = "first non-finite gradient in " + f.where;
+    f.evidence.emplace_back("step", static_cast<double>(grad->step));
+  }
+  if (bad != in.loss.end()) {
+    const auto step = loss_step(in, static_cast<std::size_t>(bad - in.loss.begin()));
+    if (f.where.empty()) f.where = fmt::format("loss at step {}", step);
+    f.message += std::string(f.message.empty() ? "" : "; ") + fmt::format("loss became non-finite at step {}", step);
+    f.evidence.emplace_back("loss_step", static_cast<double>(step));
+  }
+  f.remedy = in.traits.clipped() ? "a smaller learning rate" : "gradient clipping and a smaller learning rate";
+  return f;
+}
+
+std::optional<Finding> norm_growth_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  const auto& g = in.grad_norm;
+  if (g.size() < 2 || !std::isfinite(g.front()) || !(g.front() > 0)) return std::nullopt;
+  double peak = 0;
+  std::size_t at = 0;
+  for (std::size_t i = 0; i < g.size(); ++i)
+    if (std::isfinite(g[i]) && g[i] > peak) peak = g[i], at = i;
+  const double growth = std::log10(peak / g.front());
+  if (!(growth > o.norm_growth_orders)) return std::nullopt;
+  Finding f;
+  f.kind = FindingKind::exploding;
+  f.severity = Severity::error;
+  const std::int64_t at_step = recorded_step(in, at);
+  f.where = fmt::format("steps {} .. {}", recorded_step(in, 0), at_step);
+  f.message = fmt::format("the gradient norm grew {:.1f} orders of magnitude during training (peak {:.3g} at step {})", growth,
+                          peak, at_step);
+  f.evidence = {{"growth_log10", growth}, {"peak", peak}, {"peak_step", static_cast<double>(at_step)}};
+  f.remedy = in.traits.clipped() ? "a smaller learning rate" : "gradient clipping (by global norm)";
+  return f;
+}
+
+namespace {
+
+// Oscillation is judged on window means: single mini-batch losses rise and fall by 10-30% from
+// sampling noise alone. A rise counts when it is also beyond what that noise explains: more than
+// twice the standard error of the difference of the two windows' means.
+struct Window {
+  double mean = 0, variance = 0;
+  std::size_t n = 0;
+};
+
+Window window_of(const std::vector<double>& v, std::size_t b, std::size_t e) {
+  Window w;
+  w.mean = mean_of(v, b, e);
+  for (std::size_t i = b; i < e && i < v.size(); ++i)
+    if (std::isfinite(v[i])) {
+      w.variance += (v[i] - w.mean) * (v[i] - w.mean);
+      ++w.n;
+    }
+  w.variance = w.n > 1 ? w.variance / static_cast<double>(w.n - 1) : 0.0;
+  return w;
+}
+
+std::pair<double, std::size_t> rising_windows(const std::vector<double>& loss, double rise) {
+  const std::size_t n = loss.size();
+  const std::size_t win = std::max<std::size_t>(5, n / 20);
+  std::vector<Window> windows;
+  for (std::size_t b = n / 2; b + win <= n; b += win) windows.push_back(window_of(loss, b, b + win));
+  int rises = 0, pairs = 0;
+  for (std::size_t i = 1; i < windows.size(); ++i) {
+    const Window &a = windows[i - 1], &b = windows[i];
+    if (!std::isfinite(b.mean) || !std::isfinite(a.mean) || a.n == 0 || b.n == 0) continue;
+    ++pairs;
+    const double noise = 2 * std::sqrt(a.variance / static_cast<double>(a.n) + b.variance / static_cast<double>(b.n));
+    if (b.mean > (1 + rise) * a.mean && b.mean - a.mean > noise) ++rises;
+  }
+  return {pairs ? static_cast<double>(rises) / pairs : 0.0, win};
+}
+
+// The mean loss of the first and of the last tenth of the run.
+std::pair<double, double> loss_ends(const std::vector<double>& loss) {
+  const std::size_t n = loss.size();
+  const std::size_t tenth = std::max<std::size_t>(n / 10, 1);
+  return {mean_of(loss, 0, tenth), mean_of(loss, n - tenth, n)};
+}
+
+// The loss-trend rules judge an objective that training minimises: not an adversarial one,
+// and not a run too short to have a trend.
+bool trend_applies(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  return !in.traits.adversarial && in.loss.size() >= static_cast<std::size_t>(o.min_steps);
+}
+
+std::optional<Finding> rising_finding(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  const auto [start, end] = loss_ends(in.loss);
+  if (!(std::isfinite(start) && std::isfinite(end) && start > 0 && end > o.rising_factor * start)) return std::nullopt;
+  Finding f;
+  f.kind = FindingKind::unstable_loss;
+  f.severity = Severity::warning;
+  f.where = fmt::format("steps {} .. {}", loss_step(in, 0), loss_step(in, in.loss.size() - 1));
+  f.message = fmt::format("the loss rose: {:.4g} -> {:.4g} ({:+.0f}%) from the first to the last tenth of the run", start, end,
+                          100 * (end - start) / start);
+  f.evidence = {{"loss_start", start}, {"loss_end", end}};
+  f.remedy = "a smaller learning rate; check that the loss is the one to minimise";
+  return f;
+}
+
+}  // namespace
+
+std::optional<Finding> unstable_loss_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  const auto& loss = in.loss;
+  const std::size_t n = loss.size();
+  if (!trend_applies(in, o)) return std::nullopt;
+  const double first = loss.front();
+  double worst = 0;
+  for (double v : loss)
+    if (std::isfinite(v)) worst = std::max(worst, v);
+  Finding f;
+  f.kind = FindingKind::unstable_loss;
+  if (std::isfinite(first) && first > 0 && worst > o.divergence_factor * first) {
+    f.severity = Severity::error;
+    f.where = fmt::format("steps {} .. {}", loss_step(in, 0), loss_step(in, n - 1));
+    f.message = fmt::format("the loss diverged: it reached {:.3g}, {:.0f}x its first value", worst, worst / first);
+    f.evidence = {{"loss_first", first}, {"loss_max", worst}};
+    f.remedy = "a smaller learning rate or gradient clipping";
+    return f;
+  }
+  const auto [rise_fraction, win] = rising_windows(loss, o.oscillation_rise);
+  if (!(rise_fraction > o.oscillation_fraction)) return rising_finding(in, o);
+  f.severity = Severity::warning;
+  f.where = fmt::format("steps {} .. {}", loss_step(in, n / 2), loss_step(in, n - 1));
+  f.message = fmt::format("the loss oscillates: {:.0f}% of the second half's windows of {} losses raise it by over {:.0f}%",
+                          100 * rise_fraction, win, 100 * o.oscillation_rise);
+  f.evidence = {{"rise_fraction", rise_fraction}};
+  f.remedy = "a smaller learning rate, a larger batch, or gradient clipping";
+  return f;
+}
+
+std::optional<Finding> stalled_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  if (!trend_applies(in, o)) return std::nullopt;
+  const std::size_t n = in.loss.size();
+  const auto [start, end] = loss_ends(in.loss);
+  // Barely moved, either way: a loss that rises a lot is not stalled (the rising rule says so).
+  if (!(std::isfinite(start) && std::isfinite(end) && start > 0 && std::abs(end - start) / start < o.stall_improvement))
+    return std::nullopt;
+  Finding f;
+  f.kind = FindingKind::stalled;
+  f.severity = Severity::warning;
+  f.where = fmt::format("steps {} .. {}", loss_step(in, 0), loss_step(in, n - 1));
+  f.message = fmt::format("the loss barely moved: {:.4g} -> {:.4g} ({:+.1f}%)", start, end, 100 * (end - start) / start);
+  f.evidence = {{"loss_start", start}, {"loss_end", end}};
+  f.remedy = gradient_vanishes(in, o) ? "the gradient does not reach the early layers: " + vanishing_remedy(in.traits)
+                                      : "a larger learning rate or more steps";
+  return f;
+}
+
+}  // namespace gradflow::detail

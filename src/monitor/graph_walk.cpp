@@ -1,0 +1,231 @@
+#include "monitor/graph_walk.h"
+
+#include <algorithm>
+#include <mutex>
+#include <string>
+#include <typeindex>
+
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/accumulate_grad.h>
+
+namespace gradflow::detail {
+
+using torch::autograd::Node;
+
+bool is_view_like(const Node& node) {
+  static std::mutex mu;
+  static std::unordered_map<std::type_index, bool> cache;
+  const std::type_index key(typeid(node));
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  static const char* const kViews[] = {
+      "TBackward0",         "ViewBackward0",       "ReshapeAliasBackward0", "UnsafeViewBackward0",
+      "TransposeBackward0", "PermuteBackward0",    "ExpandBackward0",       "SqueezeBackward0",
+      "SqueezeBackward1",   "UnsqueezeBackward0",  "ToCopyBackward0",       "CloneBackward0",
+      "SliceBackward0",     "SelectBackward0",     "AliasBackward0",        "ContiguousBackward0",
+      "NarrowBackward0",    "SplitBackward0",      "UnbindBackward0",       "ChunkBackward0"};
+  const std::string name = node.name();
+  const bool view = std::any_of(std::begin(kViews), std::end(kViews), [&](const char* v) { return name == v; });
+  cache.emplace(key, view);
+  return view;
+}
+
+namespace {
+
+struct WalkNode {
+  Node* node = nullptr;
+  std::uint64_t seq = 0;
+  std::vector<int> children;
+  std::vector<int> direct_params;
+  int nonnull_edges = 0;
+  int pure_param = -1;        // for a view-like node over exactly one parameter
+  std::vector<int> consumed;  // parameters this node uses (directly or through views)
+  std::vector<int> above;     // parameters used by the nearest consumers above it
+};
+
+void add_unique(std::vector<int>& v, int x) {
+  if (std::find(v.begin(), v.end(), x) == v.end()) v.push_back(x);
+}
+
+// Every node below the root, with the parameters each one reads directly.
+std::vector<WalkNode> collect_nodes(Node* root, const ParamLookup& params) {
+  std::vector<WalkNode> nodes;
+  std::unordered_map<Node*, int> index;
+  std::vector<int> stack;
+  auto visit = [&](Node* n) {
+    auto [it, fresh] = index.emplace(n, static_cast<int>(nodes.size()));
+    if (fresh) {
+      WalkNode w;
+      w.node = n;
+      w.seq = n->sequence_nr();
+      nodes.push_back(std::move(w));
+      stack.push_back(it->second);
+    }
+    return it->second;
+  };
+  visit(root);
+  while (!stack.empty()) {
+    const int i = stack.back();
+    stack.pop_back();
+    for (const auto& edge : nodes[i].node->next_edges()) {
+      Node* f = edge.function.get();
+      if (f == nullptr) continue;
+      ++nodes[i].nonnull_edges;
+      if (auto* acc = dynamic_cast<torch::autograd::AccumulateGrad*>(f)) {
+        auto it = params.index.find(acc->variable.unsafeGetTensorImpl());
+        if (it != params.index.end()) nodes[i].direct_params.push_back(it->second);
+        continue;
+      }
+      const int c = visit(f);
+      nodes[i].children.push_back(c);
+    }
+  }
+  return nodes;
+}
+
+// Inputs of a node were created before it, so ascending sequence numbers visit children first.
+std::vector<int> forward_order(const std::vector<WalkNode>& nodes) {
+  std::vector<int> order(nodes.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return nodes[a].seq < nodes[b].seq; });
+  return order;
+}
+
+// Which parameters each node consumes, looking through view-like nodes.
+void mark_consumed(std::vector<WalkNode>& nodes, const std::vector<int>& order) {
+  for (int i : order) {
+    WalkNode& w = nodes[i];
+    if (w.nonnull_edges == 1 && is_view_like(*w.node)) {
+      if (w.direct_params.size() == 1) w.pure_param = w.direct_params[0];
+      else if (w.children.size() == 1) w.pure_param = nodes[w.children[0]].pure_param;
+    }
+    if (w.pure_param >= 0) continue;
+    w.consumed = w.direct_params;
+    for (int c : w.children)
+      if (nodes[c].pure_param >= 0) w.consumed.push_back(nodes[c].pure_param);
+  }
+}
+
+// The modules whose output this node is.
+std::vector<int> output_modules(const WalkNode& w, const ParamLookup& params) {
+  std::vector<int> mods;
+  for (int p : w.consumed) add_unique(mods, params.module[p]);
+  // A node fed by several modules' parameters (a fused DifferentiableGraphBackward, say) is
+  // no single layer's output: naming it after one of them would record a wrong number.
+  if (mods.size() > 1) return {};
+  // One call of a module can show as several nodes (x.matmul(W) + b): a node is that call's
+  // output unless a consumer right above it uses a *different* parameter of the same module.
+  std::vector<int> out;
+  for (int m : mods) {
+    const bool inner = std::any_of(w.above.begin(), w.above.end(), [&](int p) {
+      return params.module[p] == m && std::find(w.consumed.begin(), w.consumed.end(), p) == w.consumed.end();
+    });
+    if (!inner) out.push_back(m);
+  }
+  return out;
+}
+
+// From the loss downwards: each node learns the parameters of the nearest consumers above it.
+std::vector<LayerOutput> outputs_top_down(std::vector<WalkNode>& nodes, const std::vector<int>& order,
+                                          const ParamLookup& params) {
+  std::vector<LayerOutput> outputs;
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    WalkNode& w = nodes[*it];
+    if (w.pure_param >= 0) continue;
+    if (!w.consumed.empty())
+      for (int m : output_modules(w, params)) outputs.push_back(LayerOutput{w.node, m, w.seq, 0});
+    const std::vector<int>& pass = w.consumed.empty() ? w.above : w.consumed;
+    for (int c : w.children)
+      for (int p : pass) add_unique(nodes[c].above, p);
+  }
+  return outputs;
+}
+
+void number_calls(std::vector<LayerOutput>& outputs) {
+  std::unordered_map<int, int> calls, nth;
+  for (const auto& o : outputs) ++calls[o.module];
+  for (auto& o : outputs)
+    if (calls[o.module] > 1) o.call = ++nth[o.module];
+}
+
+}  // namespace
+
+std::vector<LayerOutput> find_layer_outputs(Node* root, const ParamLookup& params) {
+  if (root == nullptr) return {};
+  std::vector<WalkNode> nodes = collect_nodes(root, params);
+  const std::vector<int> order = forward_order(nodes);
+  mark_consumed(nodes, order);
+  std::vector<LayerOutput> outputs = outputs_top_down(nodes, order, params);
+  std::sort(outputs.begin(), outputs.end(),
+            [](const LayerOutput& a, const LayerOutput& b) { return a.sequence_nr < b.sequence_nr; });
+  number_calls(outputs);
+  return outputs;
+}
+
+void LayerOutputCache::clear() {
+  cached_signature_.clear();
+  outputs_.clear();
+  output_nodes_.clear();
+}
+
+void LayerOutputCache::fingerprint(Node* root, const ParamLookup& params) {
+  nodes_.clear();
+  signature_.clear();
+  visit_index_.clear();
+  const std::uint64_t root_seq = root->sequence_nr();
+  auto visit = [&](Node* n) {
+    auto [it, fresh] = visit_index_.emplace(n, static_cast<int>(nodes_.size()));
+    if (fresh) nodes_.push_back(n);
+    return it->second;
+  };
+  visit(root);
+  // Codes of an edge's target; a node's entries are its type, its offset and its edges.
+  enum : std::int64_t { kNull = -1, kChild = 0, kParam = 1, kOtherLeaf = 2 };
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    Node* n = nodes_[i];
+    // A type's type_info is one object: its address names the type without a string compare.
+    signature_.push_back(static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(&typeid(*n))));
+    signature_.push_back(static_cast<std::int64_t>(root_seq - n->sequence_nr()));
+    signature_.push_back(static_cast<std::int64_t>(n->next_edges().size()));
+    for (const auto& edge : n->next_edges()) {
+      Node* f = edge.function.get();
+      if (f == nullptr) {
+        signature_.push_back(kNull);
+      } else if (typeid(*f) == typeid(torch::autograd::AccumulateGrad)) {
+        const auto* acc = static_cast<torch::autograd::AccumulateGrad*>(f);
+        auto it = params.index.find(acc->variable.unsafeGetTensorImpl());
+        signature_.push_back(it == params.index.end() ? kOtherLeaf : kParam);
+        signature_.push_back(it == params.index.end() ? 0 : it->second);
+      } else {
+        signature_.push_back(kChild);
+        signature_.push_back(visit(f));
+      }
+    }
+  }
+}
+
+const std::vector<LayerOutput>& LayerOutputCache::find(Node* root, const ParamLookup& params, bool* walked) {
+  if (walked) *walked = false;
+  if (root == nullptr) {
+    outputs_.clear();
+    cached_signature_.clear();
+    return outputs_;
+  }
+  fingerprint(root, params);
+  if (signature_ == cached_signature_ && !cached_signature_.empty()) {
+    for (std::size_t k = 0; k < outputs_.size(); ++k) {
+      outputs_[k].node = nodes_[output_nodes_[k]];
+      outputs_[k].sequence_nr = outputs_[k].node->sequence_nr();
+    }
+    return outputs_;
+  }
+  if (walked) *walked = true;
+  outputs_ = find_layer_outputs(root, params);
+  output_nodes_.clear();
+  for (const auto& o : outputs_) output_nodes_.push_back(visit_index_.at(o.node));
+  cached_signature_.swap(signature_);
+  return outputs_;
+}
+
+}  // namespace gradflow::detail

@@ -1,0 +1,213 @@
+#include "gradflow/monitor.h"
+
+#include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+#include <torch/torch.h>
+
+#include "gradflow/data_parallel.h"
+#include "gradflow/error.h"
+#include "gradflow/option.h"
+#include "util/guarded.h"
+#include "monitor/step_recorder.h"
+
+namespace gradflow {
+
+// What the Monitor shares with the hooks it installs. Hooks hold it weakly (parameters) or
+// for the life of one graph (layer outputs); everything mutable sits behind one lock.
+struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
+  explicit State(MonitorOptions options)
+      : opts(options), recorder(options, [this] { schedule_backward_end(); }) {}
+
+  // Runs at the end of the current backward, before backward() returns to the caller.
+  void schedule_backward_end() {
+    std::weak_ptr<State> weak = weak_from_this();
+    torch::autograd::Engine::get_default_engine().queue_callback([weak] {
+      if (auto st = weak.lock()) st->recorder.lock()->on_backward_end();
+    });
+  }
+
+  int rank() const {
+    if (opts.data_parallel) return opts.data_parallel->rank();
+    return opts.rank > 0 ? opts.rank : 0;
+  }
+
+  const MonitorOptions opts;
+  detail::Guarded<detail::StepRecorder> recorder;
+  int listener = -1;  // on opts.data_parallel
+};
+
+namespace {
+
+// Every hook sits on an autograd node, never in a tensor's own hook list: a tensor hook from
+// Python resets that list in LibTorch 1.x (and a C++ one resets Python's), so a hook there
+// would switch the program's hooks off or be switched off by them.
+
+// dL/d(one output of a node): a layer output or a tap. Sees the gradient as it reaches the node,
+// after the hooks registered on that output before it.
+struct OutputGradHook : torch::autograd::FunctionPreHook {
+  OutputGradHook(std::weak_ptr<Monitor::State> s, int series, std::int64_t step, std::size_t output)
+      : state(std::move(s)), series(series), step(step), output(output) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
+    if (output >= grads.size() || !grads[output].defined()) return grads;
+    if (auto st = state.lock()) st->recorder.lock()->on_tensor_grad(series, step, grads[output]);
+    return grads;
+  }
+  std::weak_ptr<Monitor::State> state;
+  int series;
+  std::int64_t step;
+  std::size_t output;
+};
+
+// A parameter's gradient once its accumulator has added it to .grad: after every hook the
+// program put on the tensor, so the one the optimizer will read.
+struct AccumulatedGradHook : torch::autograd::FunctionPostHook {
+  AccumulatedGradHook(std::weak_ptr<Monitor::State> s, int param) : state(std::move(s)), param(param) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list& inputs) override {
+    if (inputs.empty() || !inputs[0].defined()) return outputs;
+    if (auto st = state.lock()) st->recorder.lock()->on_param_grad(param);
+    return outputs;
+  }
+  std::weak_ptr<Monitor::State> state;  // a parameter that outlives its Monitor keeps nothing alive
+  int param;
+};
+
+// Ours go first among the accumulator's post hooks, so that DistributedDataParallel's (which may
+// start reducing .grad in place) has not run yet; the program's hooks keep their order.
+std::uintptr_t add_first_post_hook(torch::autograd::Node& node, std::unique_ptr<torch::autograd::FunctionPostHook> hook) {
+  const auto key = reinterpret_cast<std::uintptr_t>(hook.get());
+  auto& hooks = node.post_hooks();
+  hooks.insert(hooks.begin(), std::move(hook));
+  return key;
+}
+
+}  // namespace
+
+Monitor::Monitor(MonitorOptions options) : state_(std::make_shared<State>(options)) {
+  if (options.rank < -1) throw OptionError(Option::rank, "{} must be 0 or more (got " + std::to_string(options.rank) + ")");
+  // One writer per run: the other ranks' figures reach rank 0's trace, or are their own.
+  if (!options.out.empty() && state_->rank() == 0) {
+    auto rec = state_->recorder.lock();
+    rec->stream_to(std::make_unique<TraceStream>(options.out, rec->snapshot(), options.force));
+  }
+}
+
+Monitor::Monitor(torch::nn::Module& module, MonitorOptions options) : Monitor(options) {
+  attach(module);
+}
+
+Monitor::~Monitor() {
+  // Unwinding from the program's exception, or its normal end: the last whole step reaches the stream.
+  try {
+    flush();
+  } catch (const std::exception&) {
+  }
+  detach();
+}
+
+void Monitor::attach(torch::nn::Module& module) {
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) named.emplace_back(item.key(), item.value());
+  attach(named);
+}
+
+void Monitor::attach(const std::vector<std::pair<std::string, at::Tensor>>& named) {
+  auto rec = state_->recorder.lock();
+  if (rec->attached) throw Error("Monitor is already attached: detach() it first or use a second Monitor");
+  rec->set_params(named);
+  if (rec->params().empty())
+    throw UsageError(
+        "the model has no trainable parameter (named_parameters() lists none that requires grad): register its layers "
+        "as submodules, not in a plain list, and leave at least one trainable");
+  if (state_->opts.parameters) {
+    auto& params = rec->params();
+    for (int i = 0; i < static_cast<int>(params.size()); ++i) {
+      // Held here so that the accumulator, and our hook on it, outlive each step's graph.
+      params[i].accumulator = torch::autograd::impl::grad_accumulator(params[i].tensor);
+      if (!params[i].accumulator)
+        throw UsageError("parameter '" + params[i].name + "' is not a leaf tensor: give the Monitor the model's own parameters");
+      params[i].hook = add_first_post_hook(*params[i].accumulator, std::make_unique<AccumulatedGradHook>(state_, i));
+    }
+  }
+  if (auto* dp = state_->opts.data_parallel) {
+    std::weak_ptr<State> weak = state_;
+    state_->listener = dp->add_listener([weak] {
+      if (auto st = weak.lock()) st->recorder.lock()->on_gradients_averaged();
+    });
+  }
+  rec->attached = true;
+}
+
+void Monitor::detach() {
+  auto rec = state_->recorder.lock();
+  if (!rec->attached) return;
+  rec->collect_worker();
+  if (state_->opts.parameters)
+    for (auto& p : rec->params()) {
+      if (p.accumulator) p.accumulator->del_post_hook(p.hook);
+      p.accumulator.reset();
+    }
+  if (state_->listener >= 0) state_->opts.data_parallel->remove_listener(state_->listener);
+  state_->listener = -1;
+  rec->attached = false;
+}
+
+bool Monitor::attached() const { return state_->recorder.lock()->attached; }
+
+void Monitor::watch(const at::Tensor& loss) {
+  auto rec = state_->recorder.lock();
+  rec->begin_forward();
+  if (!rec->record_loss(loss)) return;
+  if (!state_->opts.activations || !rec->attached || !loss.defined() || !loss.requires_grad() || !loss.grad_fn())
+    return;
+  // Runs on the user's thread before backward: no hook of this graph can fire meanwhile.
+  const std::int64_t step = rec->step();
+  for (const auto& [node, series] : rec->layer_output_series(loss.grad_fn().get()))
+    node->add_pre_hook(std::make_unique<OutputGradHook>(state_, series, step, 0));
+}
+
+void Monitor::tap(const at::Tensor& t, const std::string& name, const TapOptions& options) {
+  auto rec = state_->recorder.lock();
+  // A tap in the forward after the previous backward belongs to the next step.
+  rec->begin_forward();
+  const int series = rec->tap_series(t, name, options);
+  if (series < 0 || !t.requires_grad()) return;
+  const std::int64_t step = rec->step();
+  // A leaf (an input that requires grad) has no node of its own until its accumulator exists:
+  // the step keeps that accumulator alive until it closes.
+  std::shared_ptr<torch::autograd::Node> node = t.grad_fn();
+  const std::size_t output = node ? t.output_nr() : 0;
+  if (!node) node = rec->keep_for_step(torch::autograd::impl::grad_accumulator(t));
+  node->add_pre_hook(std::make_unique<OutputGradHook>(state_, series, step, output));
+}
+
+void Monitor::step() { state_->recorder.lock()->end_step(); }
+
+void Monitor::flush() { state_->recorder.lock()->close_whole_step(); }
+
+int Monitor::rank() const { return state_->rank(); }
+
+std::string Monitor::stream_dir() const {
+  auto rec = state_->recorder.lock();
+  return rec->stream() ? rec->stream()->dir() : std::string();
+}
+
+void Monitor::finish_stream() {
+  auto rec = state_->recorder.lock();
+  if (rec->stream()) rec->stream()->finish(rec->completed_steps());
+}
+
+bool Monitor::recording() const { return state_->recorder.lock()->next_forward_recorded(); }
+std::int64_t Monitor::step_index() const { return state_->recorder.lock()->step(); }
+std::int64_t Monitor::completed_steps() const { return state_->recorder.lock()->completed_steps(); }
+const MonitorOptions& Monitor::options() const { return state_->opts; }
+
+const Trace& Monitor::trace() { return state_->recorder.lock()->snapshot(); }
+
+void Monitor::mark_interrupted() { state_->recorder.lock()->mark_interrupted(); }
+
+void Monitor::abandon_step() { state_->recorder.lock()->abandon_step(); }
+
+}  // namespace gradflow

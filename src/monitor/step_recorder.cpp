@@ -1,0 +1,345 @@
+#include "monitor/step_recorder.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <torch/torch.h>
+
+#include "gradflow/data_parallel.h"
+#include "gradflow/error.h"
+#include "gradflow/option.h"
+#include "distributed/rank_block.h"
+#include "stats/tensor_stats_torch.h"
+
+namespace gradflow::detail {
+
+namespace {
+
+std::string module_of(const std::string& param_name) {
+  const auto dot = param_name.rfind('.');
+  return dot == std::string::npos ? std::string("(root)") : param_name.substr(0, dot);
+}
+
+std::vector<std::int64_t> shape_of(const at::Tensor& t) { return {t.sizes().begin(), t.sizes().end()}; }
+
+}  // namespace
+
+StepRecorder::StepRecorder(MonitorOptions options, std::function<void()> schedule_backward_end)
+    : opts_(options), schedule_backward_end_(std::move(schedule_backward_end)) {
+  if (opts_.every < 1)
+    throw OptionError(Option::every, "{} must be at least 1 (got " + std::to_string(opts_.every) +
+                                         "): record every k-th step with k >= 1");
+  if (!(opts_.saturation_threshold > 0 && opts_.saturation_threshold < 1))
+    throw OptionError(Option::saturation_threshold,
+                      "{} must lie strictly between 0 and 1 (got " + std::to_string(opts_.saturation_threshold) +
+                          "): it is a fraction of the activation's largest derivative, 0.1 by default");
+  trace_.every = opts_.every;
+  trace_.saturation_threshold = opts_.saturation_threshold;
+  if (opts_.data_parallel) {
+    trace_.world_size = opts_.data_parallel->world_size();
+    trace_.batch_per_rank = opts_.batch_per_rank;
+  }
+}
+
+void StepRecorder::set_params(const std::vector<std::pair<std::string, at::Tensor>>& named) {
+  params_.clear();
+  modules_.clear();
+  lookup_ = ParamLookup{};
+  layer_outputs_.clear();
+  std::unordered_map<std::string, int> module_ids;
+  for (const auto& [name, t] : named) {
+    if (!t.defined() || !t.requires_grad()) continue;
+    // A module registered twice lists its parameters twice: hook each tensor once.
+    if (lookup_.index.count(t.unsafeGetTensorImpl())) continue;
+    const std::string mod = module_of(name);
+    auto [mit, fresh] = module_ids.emplace(mod, static_cast<int>(modules_.size()));
+    if (fresh) modules_.push_back(mod);
+    HookedParam p;
+    p.tensor = t;
+    p.name = name;
+    p.series = trace_.intern(name, SeriesKind::parameter, mod, shape_of(t));
+    lookup_.index.emplace(t.unsafeGetTensorImpl(), static_cast<int>(params_.size()));
+    lookup_.module.push_back(mit->second);
+    params_.push_back(std::move(p));
+  }
+  before_.assign(params_.size(), at::Tensor());
+}
+
+int StepRecorder::find_record(int series) const {
+  return series < static_cast<int>(record_of_.size()) ? record_of_[series] : -1;
+}
+
+int StepRecorder::record_index(int series) {
+  if (series >= static_cast<int>(record_of_.size())) record_of_.resize(trace_.series().size(), -1);
+  int& index = record_of_[series];
+  if (index < 0) {
+    index = static_cast<int>(cur_.records.size());
+    cur_.records.push_back(Record{});
+    cur_.records.back().series = series;
+  }
+  return index;
+}
+
+void StepRecorder::record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge) {
+  StatsPlan plan = plan_stats(opts_, grad, weight);
+  // The worker replaces what a record holds: a merge is computed here instead.
+  if (merge && plan.grad == StatsPath::worker) plan.grad = StatsPath::fused;
+  const int index = record_index(series);
+  Record& r = cur_.records[index];
+  if (merge) {
+    if (plan.grad == StatsPath::fused) r.grad.merge(fused_stats(grad));
+    else deferred_.add(index, ResultField::grad_merge, grad.numel(), aten_stats(grad));
+    return;
+  }
+  switch (plan.grad) {
+    case StatsPath::worker:
+      r.grad.numel = grad.numel();
+      worker_.submit(index, grad, plan.weight_in_same_pass ? weight.detach() : at::Tensor());
+      schedule_backward_end();
+      break;
+    case StatsPath::fused:
+      if (plan.weight_in_same_pass) {
+        double weight_sq = 0;
+        fused_stats_with_weight(grad, weight, r.grad, weight_sq);
+        r.weight_norm = std::sqrt(weight_sq);
+      } else {
+        r.grad = fused_stats(grad);
+      }
+      break;
+    case StatsPath::device:
+      // The count now; the sums arrive with the step's single transfer.
+      r.grad = TensorStats{};
+      r.grad.numel = grad.numel();
+      deferred_.add(index, ResultField::grad, grad.numel(), aten_stats(grad));
+      break;
+  }
+  if (weight.defined() && !plan.weight_in_same_pass) record_weight(index, plan.weight, weight);
+}
+
+void StepRecorder::record_weight(int index, StatsPath path, const at::Tensor& weight) {
+  if (path == StatsPath::device)
+    deferred_.add(index, ResultField::weight, weight.numel(), aten_sum_of_squares(weight));
+  else
+    cur_.records[index].weight_norm = std::sqrt(fused_sum_of_squares(weight.detach()));
+}
+
+void StepRecorder::on_param_grad(int param) {
+  if (!attached) return;
+  HookedParam& p = params_[param];
+  if (opts_.auto_step && p.seen > 0) end_step();
+  ++p.seen;
+  cur_active_ = true;
+  backward_seen_ = true;
+  cur_.backwards = std::max(cur_.backwards, p.seen);
+  const at::Tensor& grad = p.tensor.grad();
+  if (!recording_ || !grad.defined()) return;
+  if (stream_) schedule_backward_end();
+  if (opts_.update_norms && p.seen == 1) {
+    torch::NoGradGuard no_grad;
+    before_[param] = p.tensor.detach().clone();
+  }
+  // .grad() now holds what every backward of the step added since the last zeroing, after the
+  // program's own hooks: the gradient the optimizer will apply. A later backward replaces it.
+  if (p.seen > 1) collect_worker();
+  record(p.series, grad, opts_.weight_norms && p.seen == 1 ? p.tensor : at::Tensor());
+}
+
+void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad) {
+  if (!attached || hooked_at != step_ || !recording_ || !grad.defined()) return;
+  cur_active_ = true;
+  backward_seen_ = true;
+  // A further gradient of the same layer output or tap in this step (another backward, or a
+  // tap name given twice): the record becomes the statistics of all of them taken together.
+  const int existing = find_record(series);
+  const bool merge = existing >= 0 && cur_.records[existing].grad.numel > 0;
+  if (merge) collect_worker();
+  record(series, grad, at::Tensor(), merge);
+}
+
+void StepRecorder::begin_forward() {
+  if (opts_.auto_step && backward_seen_) end_step();
+}
+
+bool StepRecorder::record_loss(const at::Tensor& loss) {
+  if (loss.defined() && loss.numel() != 1)
+    throw UsageError("watch() takes the loss as one number, got a tensor of " + std::to_string(loss.numel()) +
+                     " elements: reduce it first (.mean() or .sum())");
+  cur_active_ = true;
+  if (!recording_) return false;
+  if (loss.defined()) {
+    if (loss.device().is_cpu())
+      cur_.add_loss(loss.item<double>());  // a float widens to double exactly
+    else
+      deferred_.add(-1, ResultField::loss, 1, loss.detach().reshape({1}));
+  }
+  return true;
+}
+
+std::vector<std::pair<torch::autograd::Node*, int>> StepRecorder::layer_output_series(torch::autograd::Node* root) {
+  bool walked = false;
+  const std::vector<LayerOutput>& outputs = layer_outputs_.find(root, lookup_, &walked);
+  if (walked) {
+    // A new graph shape: its names are interned once, and kept while the shape lasts.
+    layer_output_series_.clear();
+    for (const auto& o : outputs) {
+      const std::string& module = modules_[o.module];
+      const std::string name = o.call > 0 ? module + "#" + std::to_string(o.call) : module;
+      layer_output_series_.push_back(trace_.intern(name, SeriesKind::activation, module));
+    }
+  }
+  std::vector<std::pair<torch::autograd::Node*, int>> out;
+  out.reserve(outputs.size());
+  for (std::size_t k = 0; k < outputs.size(); ++k) out.emplace_back(outputs[k].node, layer_output_series_[k]);
+  return out;
+}
+
+int StepRecorder::tap_series(const at::Tensor& t, const std::string& name, const TapOptions& options) {
+  if (name.empty()) throw UsageError("tap() needs a name for the tensor: give it one, such as \"h.3\" or \"time.12\"");
+  if (!recording_ || !t.defined()) return -1;
+  const std::string group = options.group.empty() ? name.substr(0, name.find('.')) : options.group;
+  const int series = trace_.intern(name, SeriesKind::tap, group, shape_of(t));
+  if (options.activation != Activation::none) {
+    const at::Tensor& a = options.activation_output.defined() ? options.activation_output : t;
+    const int index = record_index(series);
+    if (auto host = host_activation_stats(a, options.activation, opts_.saturation_threshold))
+      cur_.records[index].forward = *host;
+    else
+      deferred_.add(index, ResultField::forward, 0,
+                    device_activation_stats(a, options.activation, options.preactivation, opts_.saturation_threshold));
+  }
+  return series;
+}
+
+std::shared_ptr<torch::autograd::Node> StepRecorder::keep_for_step(std::shared_ptr<torch::autograd::Node> node) {
+  kept_.push_back(node);
+  return node;
+}
+
+void StepRecorder::gather() {
+  collect_worker();
+  deferred_.fetch_into(cur_);
+}
+
+void StepRecorder::record_updates() {
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (!before_[i].defined()) continue;
+    const at::Tensor delta = params_[i].tensor.detach() - before_[i];
+    const int index = record_index(params_[i].series);
+    if (fused_applicable(delta))
+      cur_.records[index].update_norm = std::sqrt(fused_sum_of_squares(delta));
+    else
+      deferred_.add(index, ResultField::update, delta.numel(), aten_sum_of_squares(delta));
+    before_[i] = at::Tensor();
+  }
+}
+
+void StepRecorder::end_step() {
+  record_updates();
+  gather();
+  if (cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss)) {
+    trace_.add_step(cur_);
+    if (stream_) stream_->append(trace_, trace_.steps().back());
+  }
+  ++step_;
+  recording_ = (step_ % opts_.every) == 0;
+  reset_step();
+}
+
+void StepRecorder::abandon_step() {
+  gather();
+  reset_step();
+}
+
+void StepRecorder::reset_step() {
+  for (const auto& r : cur_.records) record_of_[r.series] = -1;
+  // The next step records about as many tensors: keep the storage.
+  std::vector<Record> storage = std::move(cur_.records);
+  storage.clear();
+  cur_ = StepRecord{};
+  cur_.records = std::move(storage);
+  cur_.step = step_;
+  cur_active_ = false;
+  backward_seen_ = false;
+  backward_done_ = false;
+  averaged_ = false;
+  kept_.clear();
+  for (auto& p : params_) p.seen = 0;
+}
+
+double StepRecorder::parameter_checksum() const {
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> sums;
+  for (const auto& p : params_) {
+    const at::Tensor v = p.tensor.detach().to(at::kDouble);
+    sums.push_back(v.sum() + v.square().sum());
+  }
+  return sums.empty() ? 0.0 : torch::stack(sums).sum().item<double>();
+}
+
+void StepRecorder::on_gradients_averaged() {
+  DataParallel* dp = opts_.data_parallel;
+  // Every rank runs the same loop, so every rank takes the same branch here.
+  if (!attached || !dp || !recording_ || averaged_ || !backward_seen_) return;
+  averaged_ = true;
+  gather();
+  const int k = dp->options().sync_check_every;
+  std::optional<double> checksum;
+  if (k > 0 && (step_ / opts_.every) % k == 0) checksum = parameter_checksum();
+  decode_ranks(cur_, dp->all_gather(encode_local(cur_, checksum)), trace_);
+  // The averaged gradient, computed here and not on the worker: backward is over.
+  for (const auto& p : params_) {
+    const int index = find_record(p.series);
+    if (index < 0 || !p.tensor.grad().defined()) continue;
+    const at::Tensor& g = p.tensor.grad();
+    if (fused_applicable(g))
+      cur_.records[index].grad = fused_stats(g);
+    else
+      deferred_.add(index, ResultField::grad, g.numel(), aten_stats(g));
+  }
+}
+
+const Trace& StepRecorder::snapshot() {
+  gather();
+  view_ = trace_;
+  if (cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss)) {
+    StepRecord open = cur_;
+    open.partial = !opts_.auto_step || !backward_seen_;
+    view_.add_step(std::move(open));
+  }
+  return view_;
+}
+
+void StepRecorder::schedule_backward_end() {
+  if (end_scheduled_) return;
+  end_scheduled_ = true;
+  schedule_backward_end_();
+}
+
+void StepRecorder::on_backward_end() {
+  end_scheduled_ = false;
+  collect_worker();
+  backward_done_ = backward_seen_;
+}
+
+void StepRecorder::close_whole_step() {
+  if (opts_.auto_step && backward_seen_ && backward_done_) end_step();
+}
+
+void StepRecorder::collect_worker() {
+  end_scheduled_ = false;
+  for (const auto& res : worker_.collect()) {
+    Record& r = cur_.records.at(res.record);
+    r.grad = res.grad;
+    if (res.weight_sum_sq) r.weight_norm = std::sqrt(*res.weight_sum_sq);
+  }
+}
+
+bool StepRecorder::next_forward_recorded() const {
+  // In auto-step mode, once the step's backward has run the next forward belongs to the next
+  // step: answer for that one, so that models can skip their taps cheaply and correctly.
+  if (opts_.auto_step && backward_seen_) return ((step_ + 1) % opts_.every) == 0;
+  return recording_;
+}
+
+}  // namespace gradflow::detail

@@ -1,0 +1,134 @@
+#pragma once
+// The Monitor's step state machine: which step is open, what it has recorded, and when it goes
+// into the trace. Every member is reached under the Monitor's lock (see Guarded).
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "monitor/deferred_results.h"
+#include "gradflow/monitor.h"
+#include "gradflow/trace_stream.h"
+#include "monitor/graph_walk.h"
+#include "monitor/stats_path.h"
+#include "monitor/stats_worker.h"
+
+namespace gradflow::detail {
+
+struct HookedParam {
+  at::Tensor tensor;
+  std::string name;
+  int series = -1;
+  std::shared_ptr<torch::autograd::Node> accumulator;  // holds our hook on it
+  std::uintptr_t hook = 0;
+  int seen = 0;  // hook firings in the current step
+};
+
+class StepRecorder {
+ public:
+  // `schedule_backward_end` arranges for on_backward_end() to run, under the lock, when the
+  // current backward ends (the engine's callback): the worker's results must be in before
+  // backward returns, and a stream must know that the step's backward completed.
+  StepRecorder(MonitorOptions options, std::function<void()> schedule_backward_end);
+
+  const MonitorOptions& options() const { return opts_; }
+
+  // Attachment: the parameters to hook, and the lookup the graph walk needs.
+  void set_params(const std::vector<std::pair<std::string, at::Tensor>>& named);
+  std::vector<HookedParam>& params() { return params_; }
+  const ParamLookup& lookup() const { return lookup_; }
+  bool attached = false;
+
+  // A backward has added its gradient to the parameter's .grad().
+  void on_param_grad(int param);
+  // A layer output's or a tap's hook fired; `hooked_at` is the step it was registered in.
+  void on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad);
+
+  // A forward begins (watch, tap): in auto-step mode, after a backward it opens the next step.
+  void begin_forward();
+  // Records the loss of the current step; false when the step is not recorded.
+  bool record_loss(const at::Tensor& loss);
+  // The layer outputs found below the loss, as (node, series) pairs for hooking.
+  std::vector<std::pair<torch::autograd::Node*, int>> layer_output_series(torch::autograd::Node* root);
+  // The tap's series, with its forward statistics queued when it names an activation; -1 when
+  // the step is not recorded.
+  int tap_series(const at::Tensor& t, const std::string& name, const TapOptions& options);
+  // Keeps `node` alive until the open step closes; returns it.
+  std::shared_ptr<torch::autograd::Node> keep_for_step(std::shared_ptr<torch::autograd::Node> node);
+
+  // Closes the open step: what it recorded enters the trace.
+  void end_step();
+  // Drops the open step unrecorded.
+  void abandon_step();
+  // Data-parallel: the gradients were just averaged; exchanges the step's local figures with
+  // the other ranks (one collective) and records the averaged gradient.
+  void on_gradients_averaged();
+  // The closed steps, and the open one marked partial when it is incomplete (no backward yet,
+  // or a manual-step Monitor whose step() has not closed it).
+  const Trace& snapshot();
+  void collect_worker();
+  // The current backward has completed.
+  void on_backward_end();
+
+  // Each closed step is appended to `stream` from now on.
+  void stream_to(std::unique_ptr<TraceStream> stream) { stream_ = std::move(stream); }
+  TraceStream* stream() { return stream_.get(); }
+  // Closes the open step when it is whole: auto-step mode, its backward completed. What the
+  // program did so far then reaches the stream (before a report, or as the program ends).
+  void close_whole_step();
+
+  bool next_forward_recorded() const;
+  std::int64_t step() const { return step_; }
+  std::int64_t completed_steps() const { return step_ + (opts_.auto_step && backward_seen_ ? 1 : 0); }
+  void mark_interrupted() { trace_.interrupted = true; }
+
+ private:
+  int record_index(int series);
+  // The index of the series' record in the open step, -1 when it has none.
+  int find_record(int series) const;
+  // Computes the gradient's statistics into the record of `series`; with `merge`, they are
+  // merged into what the record already holds (a second gradient of the same series in a step).
+  void record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge = false);
+  // Moves device and worker results into the open step.
+  void gather();
+  void record_weight(int index, StatsPath path, const at::Tensor& weight);
+  void schedule_backward_end();
+  // ‖θ now − θ at the step's first gradient‖ for every parameter copied in this step.
+  void record_updates();
+  // Sum of every parameter's elements and squares, in double: equal on ranks in sync.
+  double parameter_checksum() const;
+  void reset_step();
+
+  MonitorOptions opts_;
+  std::function<void()> schedule_backward_end_;
+  bool end_scheduled_ = false;
+  std::unique_ptr<TraceStream> stream_;
+  Trace trace_;
+  Trace view_;  // what snapshot() returns
+  std::vector<HookedParam> params_;
+  std::vector<at::Tensor> before_;  // parameters as they were when this step's gradient arrived
+  std::vector<std::string> modules_;
+  ParamLookup lookup_;
+  LayerOutputCache layer_outputs_;
+  std::vector<int> layer_output_series_;  // the series of each of layer_outputs_' outputs
+
+  std::int64_t step_ = 0;
+  bool recording_ = true;
+  StepRecord cur_;
+  bool cur_active_ = false;     // anything happened in this step
+  bool backward_seen_ = false;  // a gradient arrived in this step
+  bool backward_done_ = false;  // a backward of this step completed
+  bool averaged_ = false;       // data-parallel: this step's ranks were already exchanged
+  std::vector<int> record_of_;  // series -> index in cur_.records, -1 when it has none
+  std::vector<std::shared_ptr<torch::autograd::Node>> kept_;  // see keep_for_step
+  DeferredResults deferred_;
+  StatsWorker worker_;
+};
+
+}  // namespace gradflow::detail

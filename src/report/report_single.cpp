@@ -1,0 +1,213 @@
+// The report for one model, or a few models of one program side by side (a GAN's generator and
+// discriminator): how the gradient flowed through each, with no comparison between them.
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "report/figures.h"
+#include "report/report_model.h"
+#include "distributed/report_ranks.h"
+#include "report/svg.h"
+#include "util/text.h"
+
+namespace gradflow {
+
+using detail::html_escape;
+using detail::LineChart;
+using detail::LineSeries;
+
+namespace {
+
+// The weight layers in forward order, named after their module.
+struct Layers {
+  std::vector<int> series;
+  std::vector<std::string> names;
+};
+
+Layers weight_layers(const Trace& t) {
+  Layers l;
+  for (int s : weight_series(t)) {
+    l.series.push_back(s);
+    l.names.push_back(t.series()[s].layer);
+  }
+  return l;
+}
+
+// The update the optimizer applied when the Monitor measured it (MonitorOptions::update_norms),
+// else the gradient, over the weight's norm.
+struct Ratio {
+  bool updates = false;
+  double operator()(const StepRecord& st, int series) const {
+    const Record* r = st.find(series);
+    if (!r || !(r->weight_norm > 0)) return std::numeric_limits<double>::quiet_NaN();
+    return (updates ? r->update_norm : r->grad.norm()) / r->weight_norm;
+  }
+  const char* name() const { return updates ? "update-to-weight ratio |dW| / |W|" : "gradient-to-weight ratio |dL/dW| / |W|"; }
+};
+
+Ratio ratio_of(const RunRecord& r) {
+  Ratio q;
+  for (const auto& st : r.trace.steps())
+    for (const auto& rec : st.records) q.updates = q.updates || std::isfinite(rec.update_norm);
+  return q;
+}
+
+// |dL/dW| (or dL/d(output)) per layer at the first and the last recorded step, layers named.
+std::string profile_chart(const RunRecord& r, const std::vector<int>& chain, const std::vector<std::string>& names,
+                          const std::string& what) {
+  const auto& steps = r.trace.steps();
+  LineChart c = detail::line_chart(what + " per layer, in forward order", "layer", what + " (log scale)",
+                      "A line that falls toward the first layers is a vanishing gradient; one that rises, an exploding one.");
+  c.x_names = names;
+  for (int which = 0; which < (steps.size() > 1 ? 2 : 1); ++which) {
+    const StepRecord& st = which == 0 ? steps.front() : steps.back();
+    LineSeries s;
+    s.label = fmt::format("step {}", st.step);
+    s.dashed = which == 0;
+    for (std::size_t k = 0; k < chain.size(); ++k) {
+      s.x.push_back(static_cast<double>(k + 1));
+      s.y.push_back(detail::norm_at(st, chain[k]));
+      s.tips.push_back(fmt::format("{} at step {}: {:.4g}", names[k], st.step, s.y.back()));
+    }
+    c.series.push_back(std::move(s));
+  }
+  return detail::render(c);
+}
+
+// One line per layer over the recorded steps.
+template <class Value>
+std::string per_layer_over_steps(const RunRecord& r, const Layers& layers, LineChart c, Value value) {
+  for (std::size_t k = 0; k < layers.series.size(); ++k) {
+    LineSeries s;
+    s.label = layers.names[k];
+    s.markers = false;
+    for (const auto& st : r.trace.steps()) {
+      s.x.push_back(static_cast<double>(st.step));
+      s.y.push_back(value(st, layers.series[k]));
+    }
+    c.series.push_back(std::move(s));
+  }
+  return detail::render(c);
+}
+
+std::string loss_chart(const RunRecord& r) {
+  LineChart c = detail::line_chart("Loss at each recorded step", "step", "loss (log scale)", "");
+  LineSeries total;
+  total.label = "loss";
+  total.markers = false;
+  std::size_t parts = 0;
+  for (const auto& st : r.trace.steps()) parts = std::max(parts, st.losses.size());
+  std::vector<LineSeries> each(parts > 1 ? parts : 0);
+  for (std::size_t k = 0; k < each.size(); ++k) each[k].label = fmt::format("loss {}", k + 1), each[k].markers = false, each[k].dashed = true;
+  for (const auto& st : r.trace.steps()) {
+    total.x.push_back(static_cast<double>(st.step));
+    total.y.push_back(st.loss.value_or(std::numeric_limits<double>::quiet_NaN()));
+    for (std::size_t k = 0; k < each.size(); ++k) {
+      each[k].x.push_back(static_cast<double>(st.step));
+      each[k].y.push_back(k < st.losses.size() ? st.losses[k] : std::numeric_limits<double>::quiet_NaN());
+    }
+  }
+  if (each.size() > 1) c.note = "The step's loss is the sum of the losses watched in it; dashed: each one.";
+  c.series.push_back(std::move(total));
+  for (auto& s : each) c.series.push_back(std::move(s));
+  return detail::render(c);
+}
+
+std::string findings_html(const RunRecord& r) {
+  const std::string adversarial =
+      r.traits.adversarial ? "<p>This model's loss is adversarial: it rises and falls by design, so no loss-trend rule (stalled, "
+                             "rising, oscillating) judges it; the gradient rules do.</p>\n"
+                           : "";
+  if (r.findings.empty()) return adversarial + "<p>No finding: the gradient flows.</p>\n";
+  std::string out = adversarial + "<ul>\n";
+  for (const auto& f : r.findings) {
+    std::vector<std::string> evidence;
+    for (const auto& [k, v] : f.evidence) evidence.push_back(fmt::format("{} = {:.4g}", k, v));
+    out += fmt::format("<li><span class=\"sev-{}\">{}</span> <strong>{}</strong> ({}): {}<br>evidence: {}<br>remedy: {}</li>\n",
+                       to_string(f.severity), to_string(f.severity), to_string(f.kind), html_escape(f.where),
+                       html_escape(f.message), html_escape(detail::join(evidence)), html_escape(f.remedy));
+  }
+  return out + "</ul>\n";
+}
+
+std::string setup_html(const RunRecord& r) {
+  std::vector<std::string> settings;
+  for (const auto& e : r.config) settings.push_back(e.key + "=" + e.value);
+  return fmt::format("<p>{} recorded steps of {}; {}</p>\n", r.trace.steps().size(), r.steps_done,
+                     settings.empty() ? std::string("no settings recorded") : html_escape(detail::join(settings)));
+}
+
+std::string model_html(const RunRecord& r) {
+  const Layers layers = weight_layers(r.trace);
+  std::string out = fmt::format("<section><h2>{}</h2>\n<p>loss {}</p>\n<h3>Findings</h3>\n{}", html_escape(r.label),
+                                detail::loss_span(r.summary, detail::Markup::html), findings_html(r));
+  if (r.trace.steps().empty()) return out + "<p>Nothing was recorded.</p>\n</section>\n";
+  if (!layers.series.empty()) out += profile_chart(r, layers.series, layers.names, "|dL/dW|");
+  const auto outputs = r.trace.series_of_kind(SeriesKind::activation);
+  if (outputs.size() >= 2) {
+    std::vector<std::string> names;
+    for (int s : outputs) names.push_back(r.trace.series()[s].name);
+    out += profile_chart(r, outputs, names, "|dL/d(output)|");
+  }
+  out += loss_chart(r);
+  if (!layers.series.empty()) {
+    out += per_layer_over_steps(r, layers, detail::line_chart("Parameter-gradient norm per layer over training", "step", "|dL/dW| (log scale)", ""),
+                                [](const StepRecord& st, int s) { return detail::norm_at(st, s); });
+    const Ratio ratio = ratio_of(r);
+    out += per_layer_over_steps(
+        r, layers, detail::line_chart(std::string(ratio.name()) + " per layer over training", "step", "ratio (log scale)",
+                                      ratio.updates ? "Each step's update as the optimizer applied it; around 1e-3 is the usual rule of thumb."
+                                                    : "With plain SGD the update-to-weight ratio is this times the learning rate "
+                                                      "(MonitorOptions::update_norms records the update itself)."),
+        ratio);
+    out += detail::heatmap_svg(r, layers.series, layers.names, "layer");
+  }
+  out += detail::ranks_html(r.trace);
+  return out + "<h3>Setup</h3>\n" + setup_html(r) + "</section>\n";
+}
+
+std::string labels(const std::vector<RunRecord>& runs) {
+  std::vector<std::string> l;
+  for (const auto& r : runs) l.push_back(r.label);
+  if (l.size() <= 1) return l.empty() ? std::string("a model") : l.front();
+  const std::string last = l.back();
+  l.pop_back();
+  return detail::join(l) + " and " + last;
+}
+
+}  // namespace
+
+std::string models_report_html(const std::vector<RunRecord>& runs) {
+  std::string out = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>gradflow: " + html_escape(labels(runs)) +
+                    "</title>\n<style>" + detail::report_css() +
+                    ".models{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:1.5em}</style></head><body>\n";
+  out += "<h1>Gradient flow of " + html_escape(labels(runs)) + "</h1>\n";
+  out += "<p>The gradient that reached each layer at every recorded step, as gradflow measured it during training. Layers are "
+         "listed in forward order; the first ones are next to the input.</p>\n<div class=\"models\">\n";
+  for (const auto& r : runs) out += model_html(r);
+  return out + "</div>\n<p>Made by gradflow. Every figure is recomputed from the recorded traces.</p>\n</body></html>\n";
+}
+
+std::string models_report_markdown(const std::vector<RunRecord>& runs) {
+  std::string out = "# Gradient flow of " + labels(runs) + "\n";
+  for (const auto& r : runs) {
+    out += "\n## " + r.label + "\n\nloss " + detail::loss_span(r.summary, detail::Markup::plain) + "\n\n";
+    if (r.findings.empty()) out += "- no finding: the gradient flows\n";
+    for (const auto& f : r.findings)
+      out += fmt::format("- [{}] **{}** ({}): {} Remedy: {}\n", to_string(f.severity), to_string(f.kind), f.where, f.message, f.remedy);
+    out += detail::ranks_markdown(r.trace);
+    const Layers layers = weight_layers(r.trace);
+    if (r.trace.steps().empty() || layers.series.empty()) continue;
+    const auto &first = r.trace.steps().front(), &last = r.trace.steps().back();
+    const Ratio ratio = ratio_of(r);
+    out += fmt::format("\n| layer | dL/dW at step {} | dL/dW at step {} | {} at step {} |\n|---|---|---|---|\n", first.step,
+                       last.step, ratio.updates ? "dW / W" : "dL/dW / W", first.step);
+    for (std::size_t k = 0; k < layers.series.size(); ++k)
+      out += fmt::format("| {} | {:.3g} | {:.3g} | {:.3g} |\n", layers.names[k], detail::norm_at(first, layers.series[k]),
+                         detail::norm_at(last, layers.series[k]), ratio(first, layers.series[k]));
+  }
+  return out;
+}
+
+}  // namespace gradflow

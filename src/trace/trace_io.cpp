@@ -1,0 +1,334 @@
+#include "gradflow/trace_io.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "gradflow/atomic_file.h"
+#include "gradflow/error.h"
+#include "trace/trace_json.h"
+
+namespace gradflow {
+namespace detail {
+
+namespace {
+
+Json stats_json(const TensorStats& g) {
+  return {{"norm", num(g.norm())}, {"rms", num(g.rms())},   {"max_abs", num(g.max_abs)},
+          {"mean", num(g.mean())}, {"std", num(g.std())},   {"zero_fraction", num(g.zero_fraction())},
+          {"zeros", g.zeros},      {"nonfinite", g.nonfinite}, {"numel", g.numel}};
+}
+
+TensorStats stats_from(const Json& j, const std::string& where) {
+  TensorStats g;
+  g.numel = get_int(j, "numel", where);
+  g.nonfinite = get_int(j, "nonfinite", where);
+  g.zeros = get_int(j, "zeros", where);
+  if (g.numel < 0 || g.nonfinite < 0 || g.zeros < 0 || g.nonfinite > g.numel || g.zeros > g.numel)
+    throw Error(where + ": counts are out of range");
+  const double norm = get_num(j, "norm", where);
+  g.sum_sq = norm * norm;
+  g.sum = get_num(j, "mean", where) * static_cast<double>(g.finite());
+  g.max_abs = get_num(j, "max_abs", where);
+  return g;
+}
+
+Json numbers_json(const std::vector<double>& values) {
+  Json a = Json::array();
+  for (double v : values) a.push_back(num(v));
+  return a;
+}
+
+std::vector<double> numbers_from(const Json& j, const char* key) {
+  std::vector<double> out;
+  if (auto it = j.find(key); it != j.end() && it->is_array())
+    for (const auto& v : *it) out.push_back(v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN());
+  return out;
+}
+
+Json record_json(const Record& r) {
+  Json j = stats_json(r.grad);
+  j["series"] = r.series;
+  const auto& g = r.grad;
+  if (!std::isnan(r.weight_norm)) {
+    j["weight_norm"] = num(r.weight_norm);
+    j["ratio"] = num(r.weight_norm > 0 ? g.norm() / r.weight_norm
+                                       : std::numeric_limits<double>::quiet_NaN());
+  }
+  if (!std::isnan(r.update_norm)) j["update_norm"] = num(r.update_norm);
+  if (r.forward) {
+    const auto& f = *r.forward;
+    j["forward"] = {{"mean", num(f.mean)},
+                    {"std", num(f.std)},
+                    {"dead_fraction", num(f.dead_fraction)},
+                    {"saturated_fraction", num(f.saturated_fraction)},
+                    {"mean_local_derivative", num(f.mean_local_derivative)}};
+  }
+  if (!r.ranks.empty()) {
+    Json ranks = Json::array();
+    for (const auto& local : r.ranks) ranks.push_back(stats_json(local));
+    j["ranks"] = std::move(ranks);
+  }
+  return j;
+}
+
+Record record_from(const Json& j, int n_series, const std::string& where) {
+  Record r;
+  r.series = static_cast<int>(get_int(j, "series", where));
+  if (r.series < 0 || r.series >= n_series)
+    throw Error(where + ": record names series " + std::to_string(r.series) + " of " +
+                std::to_string(n_series));
+  r.grad = stats_from(j, where);
+  r.weight_norm = get_num_or(j, "weight_norm", std::numeric_limits<double>::quiet_NaN());
+  r.update_norm = get_num_or(j, "update_norm", std::numeric_limits<double>::quiet_NaN());
+  if (auto it = j.find("forward"); it != j.end() && it->is_object()) {
+    ActivationStats f;
+    f.mean = get_num(*it, "mean", where);
+    f.std = get_num(*it, "std", where);
+    f.dead_fraction = get_num(*it, "dead_fraction", where);
+    f.saturated_fraction = get_num(*it, "saturated_fraction", where);
+    f.mean_local_derivative = get_num(*it, "mean_local_derivative", where);
+    r.forward = f;
+  }
+  if (auto it = j.find("ranks"); it != j.end() && it->is_array())
+    for (const auto& local : *it) r.ranks.push_back(stats_from(local, where));
+  return r;
+}
+
+}  // namespace
+
+Json series_json(const SeriesInfo& s) {
+  return {{"name", s.name}, {"kind", to_string(s.kind)}, {"layer", s.layer}, {"shape", s.shape}};
+}
+
+Json step_json(const StepRecord& st) {
+  Json records = Json::array();
+  for (const auto& r : st.records) records.push_back(record_json(r));
+  Json js = {{"step", st.step}, {"backwards", st.backwards}, {"records", std::move(records)}};
+  js["loss"] = st.loss ? num(*st.loss) : Json(nullptr);
+  if (st.losses.size() > 1) {
+    Json losses = Json::array();
+    for (double v : st.losses) losses.push_back(num(v));
+    js["losses"] = std::move(losses);
+  }
+  if (st.partial) js["partial"] = true;
+  if (st.accuracy) js["accuracy"] = num(*st.accuracy);
+  if (!st.rank_losses.empty()) js["rank_losses"] = numbers_json(st.rank_losses);
+  if (!st.rank_checksums.empty()) js["rank_checksums"] = numbers_json(st.rank_checksums);
+  return js;
+}
+
+Json trace_to_json_value(const Trace& trace) {
+  Json series = Json::array();
+  for (const auto& s : trace.series()) series.push_back(series_json(s));
+  Json steps = Json::array();
+  for (const auto& st : trace.steps()) steps.push_back(step_json(st));
+  Json j = {{"schema", kTraceSchema},
+            {"every", trace.every},
+            {"interrupted", trace.interrupted},
+            {"saturation_threshold", trace.saturation_threshold},
+            {"series", std::move(series)},
+            {"steps", std::move(steps)}};
+  if (trace.world_size > 1) j["world_size"] = trace.world_size;
+  if (trace.batch_per_rank > 0) j["batch_per_rank"] = trace.batch_per_rank;
+  if (const auto& nf = trace.first_nonfinite())
+    j["first_nonfinite"] = {{"step", nf->step}, {"series", nf->series}};
+  else
+    j["first_nonfinite"] = nullptr;
+  return j;
+}
+
+namespace {
+Trace trace_from_json_unchecked(const Json& j, const std::string& where);
+}
+
+Trace trace_from_json_value(const Json& j, const std::string& where) {
+  try {
+    return trace_from_json_unchecked(j, where);
+  } catch (const Json::exception& e) {
+    throw Error(where + " is corrupt (" + e.what() + "): give a trace written by gradflow");
+  }
+}
+
+namespace {
+Trace trace_from_json_unchecked(const Json& j, const std::string& where) {
+  if (!j.is_object()) throw Error(where + ": expected a JSON object");
+  const std::string schema = get_str(j, "schema", where);
+  if (schema.rfind("gradflow.trace/", 0) != 0)
+    throw Error(where + ": schema '" + schema + "' is not a gradflow trace");
+  if (schema != kTraceSchema)
+    throw Error(where + ": trace schema '" + schema + "' is not supported (this gradflow reads " +
+                kTraceSchema + ")");
+  Trace t;
+  t.every = get_int(j, "every", where);
+  if (t.every < 1) throw Error(where + ": 'every' must be at least 1");
+  if (auto it = j.find("interrupted"); it != j.end() && it->is_boolean())
+    t.interrupted = it->get<bool>();
+  if (auto it = j.find("saturation_threshold"); it != j.end() && it->is_number())
+    t.saturation_threshold = it->get<double>();
+  if (auto it = j.find("world_size"); it != j.end() && it->is_number_integer()) t.world_size = it->get<int>();
+  if (t.world_size < 1) throw Error(where + ": 'world_size' must be at least 1");
+  if (auto it = j.find("batch_per_rank"); it != j.end() && it->is_number_integer())
+    t.batch_per_rank = it->get<std::int64_t>();
+  for (const auto& s : get_array(j, "series", where)) add_series_from(t, s, where);
+  for (const auto& js : get_array(j, "steps", where)) t.add_step(step_from(js, static_cast<int>(t.series().size()), where));
+  return t;
+}
+}  // namespace
+
+void add_series_from(Trace& t, const Json& s, const std::string& where) {
+  std::vector<std::int64_t> shape;
+  if (auto it = s.find("shape"); it != s.end() && it->is_array())
+    for (const auto& d : *it)
+      if (d.is_number_integer()) shape.push_back(d.get<std::int64_t>());
+  const std::string name = get_str(s, "name", where);
+  if (t.find(name) >= 0) throw Error(where + ": series '" + name + "' appears twice");
+  t.intern(name, series_kind_from_string(get_str(s, "kind", where)), get_str(s, "layer", where), std::move(shape));
+}
+
+StepRecord step_from(const Json& js, int n_series, const std::string& where) {
+  StepRecord st;
+  st.step = get_int(js, "step", where);
+  if (auto it = js.find("backwards"); it != js.end() && it->is_number_integer()) st.backwards = it->get<int>();
+  if (auto it = js.find("loss"); it != js.end() && !it->is_null()) {
+    if (!it->is_number()) throw Error(where + ": a step's loss is not a number");
+    st.loss = it->get<double>();
+  }
+  if (auto it = js.find("losses"); it != js.end() && it->is_array())
+    for (const auto& v : *it) st.losses.push_back(v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN());
+  else if (st.loss)
+    st.losses.push_back(*st.loss);
+  if (auto it = js.find("partial"); it != js.end() && it->is_boolean()) st.partial = it->get<bool>();
+  if (auto it = js.find("accuracy"); it != js.end() && it->is_number()) st.accuracy = it->get<double>();
+  st.rank_losses = numbers_from(js, "rank_losses");
+  st.rank_checksums = numbers_from(js, "rank_checksums");
+  for (const auto& jr : get_array(js, "records", where)) st.records.push_back(record_from(jr, n_series, where));
+  return st;
+}
+
+}  // namespace detail
+
+std::string trace_to_json(const Trace& trace, int indent) {
+  return detail::trace_to_json_value(trace).dump(indent);
+}
+
+Trace trace_from_json(const std::string& text) {
+  return detail::trace_from_json_value(detail::parse_json(text, "trace"), "trace");
+}
+
+namespace {
+
+constexpr int kNoRank = -1;
+
+void csv_row(std::string& out, std::int64_t step, const std::string& name, const char* kind,
+             const char* quantity, double value, int rank = kNoRank) {
+  // Names come from module paths and tap names; quote any that could break the format.
+  const bool quote = name.find_first_of(",\"\n") != std::string::npos;
+  std::string n = name;
+  if (quote) {
+    std::string q = "\"";
+    for (char c : name) q += (c == '"') ? std::string("\"\"") : std::string(1, c);
+    n = q + "\"";
+  }
+  fmt::format_to(std::back_inserter(out), "{},{},{},{},", step, n, kind, quantity);
+  if (std::isnan(value))
+    out += "NaN";
+  else if (std::isinf(value))
+    out += value > 0 ? "Inf" : "-Inf";
+  else
+    fmt::format_to(std::back_inserter(out), "{}", value);
+  out += ',';
+  if (rank != kNoRank) out += std::to_string(rank);
+  out += '\n';
+}
+
+void csv_stats(std::string& out, std::int64_t step, const std::string& name, const char* kind,
+               const TensorStats& g, int rank = kNoRank) {
+  csv_row(out, step, name, kind, "norm", g.norm(), rank);
+  csv_row(out, step, name, kind, "rms", g.rms(), rank);
+  csv_row(out, step, name, kind, "max_abs", g.max_abs, rank);
+  csv_row(out, step, name, kind, "mean", g.mean(), rank);
+  csv_row(out, step, name, kind, "std", g.std(), rank);
+  csv_row(out, step, name, kind, "zero_fraction", g.zero_fraction(), rank);
+  csv_row(out, step, name, kind, "nonfinite", static_cast<double>(g.nonfinite), rank);
+}
+
+// The ranks' local norms in brief, on the record's own row: min, mean and max across ranks.
+void csv_rank_spread(std::string& out, std::int64_t step, const std::string& name, const char* kind,
+                     const std::vector<TensorStats>& ranks) {
+  if (ranks.empty()) return;
+  double lo = std::numeric_limits<double>::infinity(), hi = 0, sum = 0;
+  for (const auto& local : ranks) {
+    lo = std::min(lo, local.norm());
+    hi = std::max(hi, local.norm());
+    sum += local.norm();
+  }
+  csv_row(out, step, name, kind, "local_norm_min", lo);
+  csv_row(out, step, name, kind, "local_norm_mean", sum / static_cast<double>(ranks.size()));
+  csv_row(out, step, name, kind, "local_norm_max", hi);
+}
+
+void csv_per_rank(std::string& out, std::int64_t step, const char* name, const char* quantity,
+                  const std::vector<double>& values) {
+  for (std::size_t k = 0; k < values.size(); ++k)
+    csv_row(out, step, name, "step", quantity, values[k], static_cast<int>(k));
+}
+
+}  // namespace
+
+std::string trace_to_csv(const Trace& trace) {
+  std::string out = "step,name,kind,quantity,value,rank\n";
+  for (const auto& st : trace.steps()) {
+    if (st.loss) csv_row(out, st.step, "loss", "step", "loss", *st.loss);
+    if (st.losses.size() > 1)
+      for (std::size_t k = 0; k < st.losses.size(); ++k)
+        csv_row(out, st.step, "loss." + std::to_string(k + 1), "step", "loss", st.losses[k]);
+    if (st.partial) csv_row(out, st.step, "partial", "step", "partial", 1.0);
+    if (st.accuracy) csv_row(out, st.step, "accuracy", "step", "accuracy", *st.accuracy);
+    csv_per_rank(out, st.step, "loss", "loss", st.rank_losses);
+    csv_per_rank(out, st.step, "checksum", "checksum", st.rank_checksums);
+    for (const auto& r : st.records) {
+      const auto& s = trace.series()[r.series];
+      const char* kind = to_string(s.kind);
+      const auto& g = r.grad;
+      csv_stats(out, st.step, s.name, kind, g);
+      csv_rank_spread(out, st.step, s.name, kind, r.ranks);
+      for (std::size_t k = 0; k < r.ranks.size(); ++k)
+        csv_stats(out, st.step, s.name, kind, r.ranks[k], static_cast<int>(k));
+      if (!std::isnan(r.weight_norm)) {
+        csv_row(out, st.step, s.name, kind, "weight_norm", r.weight_norm);
+        csv_row(out, st.step, s.name, kind, "ratio",
+                r.weight_norm > 0 ? g.norm() / r.weight_norm
+                                  : std::numeric_limits<double>::quiet_NaN());
+      }
+      if (!std::isnan(r.update_norm)) csv_row(out, st.step, s.name, kind, "update_norm", r.update_norm);
+      if (r.forward) {
+        csv_row(out, st.step, s.name, kind, "act_mean", r.forward->mean);
+        csv_row(out, st.step, s.name, kind, "act_std", r.forward->std);
+        csv_row(out, st.step, s.name, kind, "dead_fraction", r.forward->dead_fraction);
+        csv_row(out, st.step, s.name, kind, "saturated_fraction", r.forward->saturated_fraction);
+        csv_row(out, st.step, s.name, kind, "mean_local_derivative",
+                r.forward->mean_local_derivative);
+      }
+    }
+  }
+  return out;
+}
+
+void write_trace_json(const Trace& trace, const std::string& path) {
+  write_file_atomic(path, trace_to_json(trace) + "\n");
+}
+
+void write_trace_csv(const Trace& trace, const std::string& path) {
+  write_file_atomic(path, trace_to_csv(trace));
+}
+
+Trace read_trace_json(const std::string& path) {
+  return detail::trace_from_json_value(detail::parse_json(read_file(path), "'" + path + "'"),
+                                       "'" + path + "'");
+}
+
+}  // namespace gradflow

@@ -1,0 +1,20 @@
+#pragma once
+// The trace as a JSON value, for documents that embed it (run.json, inspect.json).
+
+#include "gradflow/trace.h"
+#include "util/json_util.h"
+
+namespace gradflow::detail {
+
+Json trace_to_json_value(const Trace& trace);
+Trace trace_from_json_value(const Json& j, const std::string& where);
+
+// The pieces a trace is made of, for the append-only stream (trace_stream.cpp).
+Json series_json(const SeriesInfo& s);
+Json step_json(const StepRecord& st);
+// Adds the series `s` describes; throws gradflow::Error when `t` already has one of that name.
+void add_series_from(Trace& t, const Json& s, const std::string& where);
+// Throws Json::exception or gradflow::Error when `js` is not a step of a trace with `n_series` series.
+StepRecord step_from(const Json& js, int n_series, const std::string& where);
+
+}  // namespace gradflow::detail

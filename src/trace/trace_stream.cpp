@@ -1,0 +1,283 @@
+#include "gradflow/trace_stream.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <iterator>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "gradflow/atomic_file.h"
+#include "gradflow/error.h"
+#include "gradflow/option.h"
+#include "trace/trace_json.h"
+
+namespace gradflow {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string stream_path(const std::string& dir) { return (fs::path(dir) / kStreamFile).string(); }
+
+detail::Json header_json(const Trace& t) {
+  detail::Json j = {{"schema", kStreamSchema},
+                    {"every", t.every},
+                    {"saturation_threshold", t.saturation_threshold},
+                    {"world_size", t.world_size},
+                    {"batch_per_rank", t.batch_per_rank}};
+  return j;
+}
+
+}  // namespace
+
+TraceStream::TraceStream(const std::string& dir, const Trace& settings, bool replace)
+    : dir_(dir), path_(stream_path(dir)) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error("cannot create the recording folder '" + dir + "': " + ec.message());
+  const int flags = O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (replace ? O_TRUNC : O_EXCL);
+  fd_ = ::open(path_.c_str(), flags, 0644);
+  if (fd_ < 0 && errno == EEXIST)
+    throw OptionError(Option::monitor_force, "'" + dir + "' already holds a recording (" + kStreamFile +
+                                                 "): choose another folder, or replace it with {}");
+  if (fd_ < 0) throw Error("cannot write '" + path_ + "': " + std::strerror(errno) + " (check that the folder is writable)");
+  write_line(header_json(settings).dump() + "\n");
+  if (fd_ < 0) throw Error("cannot write '" + path_ + "': free some space or write to another folder");
+}
+
+TraceStream::~TraceStream() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void TraceStream::write_line(const std::string& text) {
+  if (fd_ < 0) return;
+  const char* p = text.data();
+  std::size_t left = text.size();
+  while (left > 0) {
+    const ssize_t n = ::write(fd_, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      std::fprintf(stderr, "gradflow: stopped writing '%s': %s; the recording goes on in memory\n", path_.c_str(),
+                   std::strerror(errno));
+      ::close(fd_);
+      fd_ = -1;
+      return;
+    }
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+}
+
+namespace {
+
+// A double as JSON; non-finite values as the strings "Infinity", "-Infinity", "NaN".
+void put_number(std::string& out, double v) {
+  if (std::isfinite(v)) fmt::format_to(std::back_inserter(out), "{}", v);
+  else out += std::isnan(v) ? "\"NaN\"" : (v > 0 ? "\"Infinity\"" : "\"-Infinity\"");
+}
+
+double number_from(const detail::Json& j) {
+  if (j.is_number()) return j.get<double>();
+  const std::string s = j.get<std::string>();  // a type error for anything else: a corrupt line
+  if (s == "Infinity") return std::numeric_limits<double>::infinity();
+  if (s == "-Infinity") return -std::numeric_limits<double>::infinity();
+  if (s == "NaN") return std::numeric_limits<double>::quiet_NaN();
+  throw Error("'" + s + "' is not a number");
+}
+
+// The sums a TensorStats keeps, exactly: numel, zeros, nonfinite, sum, sum of squares, max |x|.
+void put_stats(std::string& out, const TensorStats& g) {
+  fmt::format_to(std::back_inserter(out), "{},{},{},", g.numel, g.zeros, g.nonfinite);
+  put_number(out, g.sum);
+  out += ',';
+  put_number(out, g.sum_sq);
+  out += ',';
+  put_number(out, g.max_abs);
+}
+
+TensorStats stats_from(const detail::Json& row, std::size_t at) {
+  TensorStats g;
+  g.numel = row.at(at).get<std::int64_t>();
+  g.zeros = row.at(at + 1).get<std::int64_t>();
+  g.nonfinite = row.at(at + 2).get<std::int64_t>();
+  if (g.numel < 0 || g.zeros < 0 || g.nonfinite < 0 || g.zeros > g.numel || g.nonfinite > g.numel)
+    throw Error("counts out of range");
+  g.sum = number_from(row.at(at + 3));
+  g.sum_sq = number_from(row.at(at + 4));
+  g.max_abs = number_from(row.at(at + 5));
+  return g;
+}
+
+// One record as a row: [series, the gradient's sums (6), weight norm, update norm] and, when it
+// has them, an object with its forward statistics and each rank's sums. Rows keep the raw sums
+// (a trace's JSON keeps derived figures) and cost a few hundred nanoseconds each to write.
+void put_record(std::string& out, const Record& r) {
+  fmt::format_to(std::back_inserter(out), "[{},", r.series);
+  put_stats(out, r.grad);
+  out += ',';
+  put_number(out, r.weight_norm);
+  out += ',';
+  put_number(out, r.update_norm);
+  if (r.forward || !r.ranks.empty()) {
+    detail::Json extra = detail::Json::object();
+    if (r.forward)
+      extra["forward"] = {r.forward->mean, r.forward->std, r.forward->dead_fraction, r.forward->saturated_fraction,
+                          r.forward->mean_local_derivative};
+    for (const auto& local : r.ranks) {
+      std::string row = "[";
+      put_stats(row, local);
+      extra["ranks"].push_back(detail::Json::parse(row + "]"));
+    }
+    out += ',' + extra.dump();
+  }
+  out += ']';
+}
+
+Record record_from(const detail::Json& row, int n_series) {
+  Record r;
+  r.series = row.at(0).get<int>();
+  if (r.series < 0 || r.series >= n_series) throw Error("a record names series " + std::to_string(r.series));
+  r.grad = stats_from(row, 1);
+  r.weight_norm = number_from(row.at(7));
+  r.update_norm = number_from(row.at(8));
+  if (row.size() > 9) {
+    const detail::Json& extra = row.at(9);
+    if (auto it = extra.find("forward"); it != extra.end())
+      r.forward = ActivationStats{number_from(it->at(0)), number_from(it->at(1)), number_from(it->at(2)),
+                                  number_from(it->at(3)), number_from(it->at(4))};
+    if (auto it = extra.find("ranks"); it != extra.end())
+      for (const auto& local : *it) r.ranks.push_back(stats_from(local, 0));
+  }
+  return r;
+}
+
+// A step's own figures as a trace's JSON has them, with rows in place of its records.
+std::string step_line(const StepRecord& step) {
+  StepRecord bare;
+  bare.step = step.step;
+  bare.loss = step.loss;
+  bare.losses = step.losses;
+  bare.accuracy = step.accuracy;
+  bare.backwards = step.backwards;
+  bare.partial = step.partial;
+  bare.rank_losses = step.rank_losses;
+  bare.rank_checksums = step.rank_checksums;
+  std::string text = detail::Json{{"step", detail::step_json(bare)}}.dump();
+  text.resize(text.size() - 2);  // reopen the step object: its rows follow
+  text += ",\"rows\":[";
+  for (std::size_t i = 0; i < step.records.size(); ++i) {
+    if (i) text += ',';
+    put_record(text, step.records[i]);
+  }
+  text += "]}}\n";
+  return text;
+}
+
+StepRecord step_from(const detail::Json& j, int n_series, const std::string& where) {
+  detail::Json figures = j;
+  figures["records"] = detail::Json::array();
+  StepRecord st = detail::step_from(figures, n_series, where);
+  for (const auto& row : detail::get_array(j, "rows", where)) st.records.push_back(record_from(row, n_series));
+  return st;
+}
+
+}  // namespace
+
+void TraceStream::append(const Trace& trace, const StepRecord& step) {
+  std::string text;
+  for (; series_written_ < trace.series().size(); ++series_written_)
+    text += detail::Json{{"series", detail::series_json(trace.series()[series_written_])}}.dump() + "\n";
+  text += step_line(step);
+  write_line(text);
+}
+
+void TraceStream::finish(std::int64_t completed_steps) {
+  write_line(detail::Json{{"end", {{"completed_steps", completed_steps}}}}.dump() + "\n");
+}
+
+bool has_trace_stream(const std::string& dir) {
+  std::error_code ec;
+  return fs::is_regular_file(stream_path(dir), ec);
+}
+
+namespace {
+
+void read_header(const detail::Json& j, Trace& t, const std::string& where) {
+  const auto it = j.find("schema");
+  const std::string schema = it != j.end() && it->is_string() ? it->get<std::string>() : "";
+  if (schema.rfind("gradflow.stream/", 0) != 0)
+    throw Error(where + " is not a gradflow recording: give the folder a gradflow Monitor streamed to");
+  if (schema != kStreamSchema)
+    throw Error(where + " was written by a newer gradflow (schema '" + schema + "', this one reads " + kStreamSchema +
+                "): read it with that version");
+  t.every = detail::get_int(j, "every", where);
+  if (t.every < 1) throw Error(where + ": 'every' must be at least 1");
+  t.saturation_threshold = detail::get_num_or(j, "saturation_threshold", t.saturation_threshold);
+  t.world_size = static_cast<int>(detail::get_int(j, "world_size", where));
+  t.batch_per_rank = detail::get_int(j, "batch_per_rank", where);
+}
+
+// One line after the header; false when it is not a line of a stream.
+void read_entry(const detail::Json& j, StreamedRun& run, const std::string& where) {
+  if (auto it = j.find("series"); it != j.end()) {
+    detail::add_series_from(run.trace, *it, where);
+  } else if (auto st = j.find("step"); st != j.end()) {
+    run.trace.add_step(step_from(*st, static_cast<int>(run.trace.series().size()), where));
+    run.finished = false;
+  } else if (auto end = j.find("end"); end != j.end()) {
+    run.finished = true;
+    run.completed_steps = detail::get_int(*end, "completed_steps", where);
+  } else {
+    throw Error(where + ": not a line of a gradflow recording");
+  }
+}
+
+}  // namespace
+
+StreamedRun read_trace_stream(const std::string& dir) {
+  const std::string path = stream_path(dir);
+  const std::string text = read_file(path);
+  StreamedRun run;
+  std::size_t pos = 0;
+  int line_no = 0;
+  while (pos < text.size()) {
+    const std::size_t eol = text.find('\n', pos);
+    ++line_no;
+    const std::string where = "'" + path + "' line " + std::to_string(line_no);
+    if (eol == std::string::npos) {  // the program died while writing this line
+      if (line_no == 1) throw Error("'" + path + "' has no complete first line: it is not a gradflow recording");
+      run.torn_tail = true;
+      break;
+    }
+    const std::string line = text.substr(pos, eol - pos);
+    pos = eol + 1;
+    detail::Json j = detail::Json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object()) {
+      if (line_no == 1) throw Error("'" + path + "' is not a gradflow recording: give the folder a gradflow Monitor streamed to");
+      throw Error(where + " is corrupt (not JSON): the file was changed after gradflow wrote it");
+    }
+    try {
+      if (line_no == 1) read_header(j, run.trace, where);
+      else read_entry(j, run, where);
+    } catch (const detail::Json::exception& e) {
+      throw Error(where + " is corrupt (" + std::string(e.what()) + "): the file was changed after gradflow wrote it");
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      if (what.rfind(where, 0) == 0 || what.rfind("'" + path + "'", 0) == 0) throw;
+      throw Error(where + " is corrupt (" + what + "): the file was changed after gradflow wrote it");
+    }
+  }
+  if (line_no == 0) throw Error("'" + path + "' is empty: it is not a gradflow recording");
+  run.trace.interrupted = !run.finished;
+  if (!run.finished && !run.trace.steps().empty()) run.completed_steps = run.trace.steps().back().step + 1;
+  return run;
+}
+
+}  // namespace gradflow
