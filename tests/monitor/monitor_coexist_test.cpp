@@ -119,6 +119,14 @@ TEST_P(CoexistTest, TrainingIsBitIdenticalAndTheProgramsHooksRunAsOftenAsWithout
   EXPECT_EQ(watched.checked_records, 6 * kSteps);
 }
 
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const Case& c = info.param;
+  const char* kind = c.kind == HookKind::scale ? "Scale" : c.kind == HookKind::clip_value ? "ClipValue" : "Zero";
+  const char* how = c.how == Installed::cpp ? "Cpp" : "PythonLike";
+  const char* order = c.order == Order::before_monitor ? "BeforeMonitor" : "AfterMonitor";
+  return std::string(kind) + how + order;
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Hooks, CoexistTest,
     ::testing::Values(Case{HookKind::scale, Installed::cpp, Order::before_monitor},
@@ -126,7 +134,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{HookKind::clip_value, Installed::python_like, Order::before_monitor},
                       Case{HookKind::clip_value, Installed::python_like, Order::after_monitor},
                       Case{HookKind::zero, Installed::python_like, Order::before_monitor},
-                      Case{HookKind::zero, Installed::cpp, Order::after_monitor}));
+                      Case{HookKind::zero, Installed::cpp, Order::after_monitor}),
+    case_name);
 
 // The Monitor's hooks live on the autograd graph's nodes: the tensor's own hook list, which a
 // Python hook resets, stays as the program left it.
