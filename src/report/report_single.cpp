@@ -159,7 +159,7 @@ std::string model_html(const RunRecord& r) {
         r, layers, detail::line_chart(std::string(ratio.name()) + " per layer over training", "step", "ratio (log scale)",
                                       ratio.updates ? "Each step's update as the optimizer applied it; around 1e-3 is the usual rule of thumb."
                                                     : "With plain SGD the update-to-weight ratio is this times the learning rate "
-                                                      "(MonitorOptions::update_norms records the update itself)."),
+                                                      "(the Monitor's update_norms option records the update itself)."),
         ratio);
     out += detail::heatmap_svg(r, layers.series, layers.names, "layer");
   }
