@@ -65,10 +65,10 @@ struct MonitorOptions {
   DataParallel* data_parallel = nullptr;
   /// Examples per rank and step, for the gradient noise scale (0: unknown, no noise scale).
   std::int64_t batch_per_rank = 0;
-  /// A folder to stream the recording to (empty: none, the default): each closed step is
-  /// appended to `out`/trace.jsonl as it closes, so that a program that dies (an exception,
-  /// SIGKILL, the OOM killer) leaves every step it closed; `gradflow report out` builds the
-  /// report from it. In a data-parallel run only rank 0 writes.
+  /// A folder to stream the recording to (empty: none, the default): each recorded step is
+  /// appended to `out`/trace.jsonl once its backward completes (auto-step; at step() otherwise),
+  /// so that a program that dies (an exception, SIGKILL, the OOM killer) leaves every such step;
+  /// `gradflow report out` builds the report from it. In a data-parallel run only rank 0 writes.
   std::string out;
   /// Replace a recording already in `out` (otherwise the Monitor refuses to start on it).
   bool force = false;

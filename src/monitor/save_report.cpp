@@ -105,6 +105,9 @@ std::vector<Finding> save_report(Monitor& monitor, const std::string& dir, const
 }
 
 std::vector<Finding> report_from_stream(const std::string& dir, const std::string& out, const SaveOptions& o) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec))
+    throw UsageError("'" + dir + "' is not a folder: give the folder a Monitor streamed to (its out)");
   if (!has_trace_stream(dir))
     throw UsageError("'" + dir + "' holds no recording (" + kStreamFile + "): give the folder a Monitor streamed to");
   StreamedRun run = read_trace_stream(dir);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "gradflow/data_parallel.h"
@@ -31,8 +32,9 @@ StepRecorder::StepRecorder(MonitorOptions options, std::function<void()> schedul
                                          "): record every k-th step with k >= 1");
   if (!(opts_.saturation_threshold > 0 && opts_.saturation_threshold < 1))
     throw OptionError(Option::saturation_threshold,
-                      "{} must lie strictly between 0 and 1 (got " + std::to_string(opts_.saturation_threshold) +
-                          "): it is a fraction of the activation's largest derivative, 0.1 by default");
+                      fmt::format("{{}} must lie strictly between 0 and 1 (got {}): it is a fraction of the "
+                                  "activation's largest derivative, 0.1 by default",
+                                  opts_.saturation_threshold));
   trace_.every = opts_.every;
   trace_.saturation_threshold = opts_.saturation_threshold;
   if (opts_.data_parallel) {
@@ -70,6 +72,7 @@ int StepRecorder::find_record(int series) const {
 }
 
 int StepRecorder::record_index(int series) {
+  changed_ = true;
   if (series >= static_cast<int>(record_of_.size())) record_of_.resize(trace_.series().size(), -1);
   int& index = record_of_[series];
   if (index < 0) {
@@ -166,6 +169,7 @@ bool StepRecorder::record_loss(const at::Tensor& loss) {
                      " elements: reduce it first (.mean() or .sum())");
   cur_active_ = true;
   if (!recording_) return false;
+  changed_ = true;
   if (loss.defined()) {
     if (loss.device().is_cpu())
       cur_.add_loss(loss.item<double>());  // a float widens to double exactly
@@ -237,9 +241,9 @@ void StepRecorder::record_updates() {
 void StepRecorder::end_step() {
   record_updates();
   gather();
-  if (cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss)) {
+  if (has_content()) {
     trace_.add_step(cur_);
-    if (stream_) stream_->append(trace_, trace_.steps().back());
+    if (stream_ && (!streamed_ || changed_)) stream_->append(trace_, trace_.steps().back());
   }
   ++step_;
   recording_ = (step_ % opts_.every) == 0;
@@ -262,6 +266,8 @@ void StepRecorder::reset_step() {
   cur_active_ = false;
   backward_seen_ = false;
   backward_done_ = false;
+  streamed_ = false;
+  changed_ = false;
   averaged_ = false;
   kept_.clear();
   for (auto& p : params_) p.seen = 0;
@@ -282,6 +288,7 @@ void StepRecorder::on_gradients_averaged() {
   // Every rank runs the same loop, so every rank takes the same branch here.
   if (!attached || !dp || !recording_ || averaged_ || !backward_seen_) return;
   averaged_ = true;
+  changed_ = true;
   gather();
   const int k = dp->options().sync_check_every;
   std::optional<double> checksum;
@@ -297,12 +304,13 @@ void StepRecorder::on_gradients_averaged() {
     else
       deferred_.add(index, ResultField::grad, g.numel(), aten_stats(g));
   }
+  if (stream_ && opts_.auto_step) stream_open_step();
 }
 
 const Trace& StepRecorder::snapshot() {
   gather();
   view_ = trace_;
-  if (cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss)) {
+  if (has_content()) {
     StepRecord open = cur_;
     open.partial = !opts_.auto_step || !backward_seen_;
     view_.add_step(std::move(open));
@@ -320,6 +328,16 @@ void StepRecorder::on_backward_end() {
   end_scheduled_ = false;
   collect_worker();
   backward_done_ = backward_seen_;
+  // A data-parallel step is whole once its gradients are averaged (on_gradients_averaged).
+  if (stream_ && opts_.auto_step && backward_done_ && !opts_.data_parallel) stream_open_step();
+}
+
+void StepRecorder::stream_open_step() {
+  gather();
+  if (!has_content()) return;
+  stream_->append(trace_, cur_);
+  streamed_ = true;
+  changed_ = false;
 }
 
 void StepRecorder::close_whole_step() {

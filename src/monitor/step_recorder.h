@@ -99,6 +99,10 @@ class StepRecorder {
   void gather();
   void record_weight(int index, StatsPath path, const at::Tensor& weight);
   void schedule_backward_end();
+  // Appends the open step to the stream (auto-step mode: it is whole once its backward ended, so
+  // a program killed before its next forward still leaves it).
+  void stream_open_step();
+  bool has_content() const { return cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss); }
   // ‖θ now − θ at the step's first gradient‖ for every parameter copied in this step.
   void record_updates();
   // Sum of every parameter's elements and squares, in double: equal on ranks in sync.
@@ -124,6 +128,10 @@ class StepRecorder {
   bool cur_active_ = false;     // anything happened in this step
   bool backward_seen_ = false;  // a gradient arrived in this step
   bool backward_done_ = false;  // a backward of this step completed
+  // The stream holds this step as it was at the end of its backward; `changed_` says whether
+  // anything was recorded into it since (then its closing writes it again).
+  bool streamed_ = false;
+  bool changed_ = false;
   bool averaged_ = false;       // data-parallel: this step's ranks were already exchanged
   std::vector<int> record_of_;  // series -> index in cur_.records, -1 when it has none
   std::vector<std::shared_ptr<torch::autograd::Node>> kept_;  // see keep_for_step

@@ -229,7 +229,11 @@ void read_entry(const detail::Json& j, StreamedRun& run, const std::string& wher
   if (auto it = j.find("series"); it != j.end()) {
     detail::add_series_from(run.trace, *it, where);
   } else if (auto st = j.find("step"); st != j.end()) {
-    run.trace.add_step(step_from(*st, static_cast<int>(run.trace.series().size()), where));
+    StepRecord step = step_from(*st, static_cast<int>(run.trace.series().size()), where);
+    // A step written again as it closed (after its backward it gained more): the later one holds.
+    auto& steps = run.trace.steps();
+    if (!steps.empty() && steps.back().step == step.step) steps.pop_back();
+    run.trace.add_step(std::move(step));
     run.finished = false;
   } else if (auto end = j.find("end"); end != j.end()) {
     run.finished = true;

@@ -16,13 +16,17 @@ namespace {
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
-// The step lines of a stream, as written.
-std::vector<Json> streamed_steps(const std::string& dir) {
+// The steps of a stream, as a reader takes them: a step written again as it closed replaces the
+// line its backward's end wrote.
+std::vector<Json> streamed_steps(const std::string& dir, int* lines = nullptr) {
   std::ifstream in(dir + "/trace.jsonl");
   std::vector<Json> steps;
   for (std::string line; std::getline(in, line);) {
     const Json j = Json::parse(line, nullptr, false);
-    if (j.is_object() && j.contains("step")) steps.push_back(j["step"]);
+    if (!j.is_object() || !j.contains("step")) continue;
+    if (lines) ++*lines;
+    if (!steps.empty() && steps.back()["step"] == j["step"]["step"]) steps.pop_back();
+    steps.push_back(j["step"]);
   }
   return steps;
 }
@@ -57,6 +61,35 @@ TEST(StreamCli, AProgramKilledAtStepKLeavesStepsBeforeKAndGradflowReportReadsThe
   std::ofstream(killed + "/trace.jsonl", std::ios::app) << "{\"step\":{\"step\":7,\"backwa";
   const CliResult torn = run_cli({"report", killed, "--out", root + "/torn"});
   EXPECT_EQ(torn.exit_code, 0) << torn.err;
+  fs::remove_all(root);
+}
+
+// Killed between steps (the previous step's optimizer step done, the next forward not begun):
+// that last step is in the folder too, as its backward left it.
+TEST(StreamCli, AProgramKilledBetweenStepsKeepsTheStepItFinished) {
+  const std::string root = temp_dir("stream_between");
+  constexpr int kSteps = 10, kKillAt = 6;
+  for (const std::string updates : {"plain", "updates"}) {
+    SCOPED_TRACE(updates);
+    const std::string killed = root + "/killed-" + updates, full = root + "/full-" + updates;
+    const CliResult dead =
+        run_program(GRADFLOW_STREAM_CHILD, {killed, std::to_string(kSteps), std::to_string(kKillAt), "start", updates}, 120000);
+    ASSERT_EQ(dead.exit_code, 128 + SIGKILL) << dead.err;
+    ASSERT_EQ(run_program(GRADFLOW_STREAM_CHILD, {full, std::to_string(kSteps), "-1", "start", updates}, 120000).exit_code, 0);
+    int lines = 0;
+    const auto kept = streamed_steps(killed), all = streamed_steps(full, &lines);
+    ASSERT_EQ(kept.size(), static_cast<std::size_t>(kKillAt));
+    // One write per step; with update norms a second as each closes (the update is known then).
+    EXPECT_EQ(lines, updates == "updates" ? 2 * kSteps : kSteps);
+    for (int s = 0; s + 1 < kKillAt; ++s) EXPECT_EQ(kept[s].dump(), all[s].dump()) << "step " << s;
+    // The last one as its backward left it: the same gradients; its update was never measured.
+    Json last = kept.back(), whole = all[kKillAt - 1];
+    if (updates == "updates") {
+      for (auto* j : {&last, &whole})
+        for (auto& row : (*j)["rows"]) row[8] = nullptr;
+    }
+    EXPECT_EQ(last.dump(), whole.dump());
+  }
   fs::remove_all(root);
 }
 

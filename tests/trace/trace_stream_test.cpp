@@ -121,6 +121,24 @@ TEST(TraceStream, EverySumOfEveryRecordComesBackExactly) {
   EXPECT_EQ(got.ranks[1].numel, 0);
 }
 
+// A step is written as its backward ends and again as it closes when it gained something since
+// (the update's norm): the later line holds.
+TEST(TraceStream, AStepWrittenAgainReplacesItsEarlierLine) {
+  TempDir d;
+  const Trace t = growing_trace(2);
+  {
+    TraceStream stream(d.path, t, false);
+    StepRecord provisional = t.steps()[1];
+    provisional.records.pop_back();
+    stream.append(t, t.steps()[0]);
+    stream.append(t, provisional);
+    stream.append(t, t.steps()[1]);
+    stream.finish(6);
+  }
+  const Trace back = read_trace_stream(d.path).trace;
+  EXPECT_EQ(trace_to_json(back), trace_to_json(t));
+}
+
 TEST(TraceStream, AStreamTheProgramDidNotFinishIsInterrupted) {
   TempDir d;
   const Trace back = streamed(d.path, growing_trace(3), false);
