@@ -318,15 +318,15 @@ PYBIND11_MODULE(_gradflow, m) {
       "under torch.distributed only rank 0 writes and every rank returns rank 0's findings");
   m.def(
       "report",
-      [](const std::string& dir, const std::optional<std::string>& out, const std::string& label, bool force) {
+      [](const std::string& dir, const std::optional<std::string>& out, const std::optional<std::string>& label, bool force) {
         SaveOptions o;
-        o.label = label;
+        o.label = label.value_or("");
         o.force = force;
         return report_from_stream(dir, out.value_or(""), o);
       },
-      py::arg("dir"), py::kw_only(), py::arg("out") = py::none(), py::arg("label") = "model", py::arg("force") = false,
+      py::arg("dir"), py::kw_only(), py::arg("out") = py::none(), py::arg("label") = py::none(), py::arg("force") = false,
       "The report of a folder a Monitor streamed to (out=), also after its program died: written into out "
-      "(default: dir), findings returned");
+      "(default: dir), labelled after the folder unless label= is given, findings returned");
   py::module_::import("atexit").attr("register")(py::cpp_function(&flush_live_monitors));
   m.def(
       "require_healthy",

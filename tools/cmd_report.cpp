@@ -18,8 +18,11 @@ int run_report(const ReportOptions& o) {
 
 void setup_report(CLI::App& app) {
   auto o = std::make_shared<ReportOptions>();
-  auto* sub = app.add_subcommand("report", "Rebuild the comparison report from saved run or compare folders");
-  sub->add_option("inputs", o->inputs, "Folders holding run.json, or compare folders holding summary.json")->required();
+  auto* sub = app.add_subcommand("report", "Rebuild the comparison report from saved run or compare folders, or a Monitor's out folder");
+  sub->add_option("inputs", o->inputs,
+                  "Folders holding run.json, compare folders holding summary.json, or folders a Monitor streamed to "
+                  "(trace.jsonl, also after the program died)")
+      ->required();
   sub->add_option("--out", o->out, "Output folder")->capture_default_str();
   sub->add_flag("--force", o->force, "Replace a report already in --out");
   sub->final_callback([o] { throw CLI::RuntimeError(run_report(*o)); });

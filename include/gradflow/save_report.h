@@ -60,7 +60,8 @@ std::vector<std::vector<Finding>> save_report(const std::vector<std::pair<Monito
 /// The report of a folder a Monitor streamed to (MonitorOptions::out), also after its program
 /// died: reads `dir`/trace.jsonl, writes run.json, trace.csv, report.html, report.md and
 /// summary.json into `out` (empty: `dir`) and returns the findings. A run that did not reach
-/// save_report is marked interrupted.
+/// save_report is marked interrupted. The run is named after `dir`, as `gradflow report` names
+/// it, unless SaveOptions::label is set to another name.
 std::vector<Finding> report_from_stream(const std::string& dir, const std::string& out = "", const SaveOptions& options = {});
 
 /// Thrown by require_healthy(): the gradient is not healthy in a way the caller ruled out.

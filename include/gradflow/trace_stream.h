@@ -54,8 +54,12 @@ struct StreamedRun {
 };
 
 /// Reads `dir`/trace.jsonl. A torn last line is dropped; throws gradflow::Error naming the file
-/// and line for anything else: a file of another program, a newer schema, a corrupt line.
+/// and line for anything else: a file of another program, a newer schema, a corrupt line, and
+/// a stream without a single recorded step.
 StreamedRun read_trace_stream(const std::string& dir);
+
+/// The name a streamed run goes by in its report when the caller gives none: its folder's.
+std::string stream_label(const std::string& dir);
 
 /// Whether `dir` holds a stream.
 bool has_trace_stream(const std::string& dir);

@@ -112,7 +112,9 @@ std::vector<Finding> report_from_stream(const std::string& dir, const std::strin
     throw UsageError("'" + dir + "' holds no recording (" + kStreamFile + "): give the folder a Monitor streamed to");
   StreamedRun run = read_trace_stream(dir);
   const std::string target = out.empty() ? dir : out;
-  RunRecord r = user_run_record(run.trace, run.completed_steps, o.label, o.traits, o.diagnosis);
+  // A label left as it is (or empty) names the run after its folder, as `gradflow report` does.
+  const std::string label = o.label.empty() || o.label == SaveOptions{}.label ? stream_label(dir) : o.label;
+  RunRecord r = user_run_record(run.trace, run.completed_steps, label, o.traits, o.diagnosis);
   prepare_report_dir(target, o.force || same_folder(target, dir));
   write_models_report(r, target);
   return r.findings;

@@ -79,11 +79,7 @@ RunRecord load_run(const fs::path& path) {
 // A folder a Monitor streamed to, its program dead or not: labelled after the folder.
 RunRecord load_stream(const std::string& dir) {
   StreamedRun run = read_trace_stream(dir);
-  fs::path path = fs::absolute(dir).lexically_normal();
-  if (!path.has_filename()) path = path.parent_path();
-  const std::string label = path.filename().string();
-  return user_run_record(run.trace, run.completed_steps, label.empty() || label == "." ? "model" : label, ModelTraits{},
-                         DiagnosisOptions{});
+  return user_run_record(run.trace, run.completed_steps, stream_label(dir), ModelTraits{}, DiagnosisOptions{});
 }
 
 // A comparison folder: its summary.json, the run folders it names and its flow, if any.

@@ -138,10 +138,21 @@ std::string setup_html(const RunRecord& r) {
                      settings.empty() ? std::string("no settings recorded") : html_escape(detail::join(settings)));
 }
 
+// What a run that was cut short holds (empty for a run that finished).
+std::string interrupted_note(const RunRecord& r) {
+  if (!r.interrupted) return "";
+  if (r.trace.steps().empty()) return "The program stopped before any step was recorded.";
+  return fmt::format("The program stopped before it finished: this report holds the steps recorded until then, the last "
+                     "at step {}.",
+                     r.trace.steps().back().step);
+}
+
 std::string model_html(const RunRecord& r) {
   const Layers layers = weight_layers(r.trace);
-  std::string out = fmt::format("<section><h2>{}</h2>\n<p>loss {}</p>\n<h3>Findings</h3>\n{}", html_escape(r.label),
-                                detail::loss_span(r.summary, detail::Markup::html), findings_html(r));
+  std::string out = fmt::format("<section><h2>{}</h2>\n", html_escape(r.label));
+  if (r.interrupted) out += "<p class=\"sev-error\">" + html_escape(interrupted_note(r)) + "</p>\n";
+  out += fmt::format("<p>loss {}</p>\n<h3>Findings</h3>\n{}", detail::loss_span(r.summary, detail::Markup::html),
+                     findings_html(r));
   if (r.trace.steps().empty()) return out + "<p>Nothing was recorded.</p>\n</section>\n";
   if (!layers.series.empty()) out += profile_chart(r, layers.series, layers.names, "|dL/dW|");
   const auto outputs = r.trace.series_of_kind(SeriesKind::activation);
@@ -192,7 +203,9 @@ std::string models_report_html(const std::vector<RunRecord>& runs) {
 std::string models_report_markdown(const std::vector<RunRecord>& runs) {
   std::string out = "# Gradient flow of " + labels(runs) + "\n";
   for (const auto& r : runs) {
-    out += "\n## " + r.label + "\n\nloss " + detail::loss_span(r.summary, detail::Markup::plain) + "\n\n";
+    out += "\n## " + r.label + "\n\n";
+    if (r.interrupted) out += "**" + interrupted_note(r) + "**\n\n";
+    out += "loss " + detail::loss_span(r.summary, detail::Markup::plain) + "\n\n";
     if (r.findings.empty()) out += "- no finding: the gradient flows\n";
     for (const auto& f : r.findings)
       out += fmt::format("- [{}] **{}** ({}): {} Remedy: {}\n", to_string(f.severity), to_string(f.kind), f.where, f.message, f.remedy);

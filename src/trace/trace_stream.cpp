@@ -202,6 +202,13 @@ void TraceStream::finish(std::int64_t completed_steps) {
   write_line(detail::Json{{"end", {{"completed_steps", completed_steps}}}}.dump() + "\n");
 }
 
+std::string stream_label(const std::string& dir) {
+  fs::path path = fs::absolute(dir).lexically_normal();
+  if (!path.has_filename()) path = path.parent_path();
+  const std::string name = path.filename().string();
+  return name.empty() ? "model" : name;
+}
+
 bool has_trace_stream(const std::string& dir) {
   std::error_code ec;
   return fs::is_regular_file(stream_path(dir), ec);
@@ -279,6 +286,9 @@ StreamedRun read_trace_stream(const std::string& dir) {
     }
   }
   if (line_no == 0) throw Error("'" + path + "' is empty: it is not a gradflow recording");
+  if (run.trace.steps().empty())
+    throw Error("'" + path + "' holds no recorded step: the program stopped before the backward of its first "
+                "recorded step completed");
   run.trace.interrupted = !run.finished;
   if (!run.finished && !run.trace.steps().empty()) run.completed_steps = run.trace.steps().back().step + 1;
   return run;

@@ -144,6 +144,10 @@ class SurviveTest(unittest.TestCase):
             out = os.path.join(died, "out")
             findings = gradflow.report(out)
             self.assertIsInstance(findings, list)
+            with open(os.path.join(out, "report.md")) as f:
+                md = f.read()
+            self.assertIn("# Gradient flow of out", md)  # named after its folder
+            self.assertIn("The program stopped before it finished", md)
             with open(os.path.join(out, "run.json")) as f:
                 run = json.load(f)
             self.assertTrue(run["interrupted"])

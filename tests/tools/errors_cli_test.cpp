@@ -59,6 +59,7 @@ std::vector<Case> cases() {
       {"report of a folder without runs", {"report", "@/empty", "--out", "@/o"}, 2, "holds neither run.json, summary.json nor trace.jsonl"},
       {"report of a recording from a newer gradflow", {"report", "@/newer", "--out", "@/o"}, 1, "written by a newer gradflow"},
       {"report of another program's trace.jsonl", {"report", "@/alien", "--out", "@/o"}, 1, "is not a gradflow recording"},
+      {"report of a program that died before its first step", {"report", "@/stepless", "--out", "@/o"}, 1, "holds no recorded step"},
       {"report of a recording changed by hand", {"report", "@/edited", "--out", "@/o"}, 1, "line 2 is corrupt"},
       {"report of a corrupt run.json", {"report", "@/corrupt", "--out", "@/o"}, 1, "not valid JSON"},
       {"report of a foreign run.json", {"report", "@/foreign", "--out", "@/o"}, 1, "not a gradflow run"},
@@ -99,6 +100,8 @@ std::string scratch() {
   std::ofstream(d + "/newer/trace.jsonl") << "{\"schema\":\"gradflow.stream/2\",\"every\":1}\n";
   fs::create_directories(d + "/alien");
   std::ofstream(d + "/alien/trace.jsonl") << "{\"event\":\"epoch\",\"loss\":0.3}\n";
+  fs::create_directories(d + "/stepless");
+  std::ofstream(d + "/stepless/trace.jsonl") << "{\"schema\":\"gradflow.stream/1\",\"every\":1,\"world_size\":1,\"batch_per_rank\":0}\n";
   fs::create_directories(d + "/edited");
   std::ofstream(d + "/edited/trace.jsonl")
       << "{\"schema\":\"gradflow.stream/1\",\"every\":1,\"world_size\":1,\"batch_per_rank\":0}\nloss=0.3\n"

@@ -54,6 +54,11 @@ TEST(StreamCli, AProgramKilledAtStepKLeavesStepsBeforeKAndGradflowReportReadsThe
   EXPECT_TRUE(summary["interrupted"].get<bool>());
   EXPECT_TRUE(fs::exists(root + "/report/report.html"));
   const std::string md = slurp(root + "/report/report.md");
+  EXPECT_NE(md.find("The program stopped before it finished: this report holds the steps recorded until then, the last at step " +
+                    std::to_string(kKillAt - 1)),
+            std::string::npos)
+      << md;
+  EXPECT_NE(slurp(root + "/report/report.html").find("The program stopped before it finished"), std::string::npos);
   EXPECT_NE(md.find("at step " + std::to_string(kKillAt - 1)), std::string::npos) << md;
   EXPECT_EQ(md.find("at step " + std::to_string(kKillAt) + " "), std::string::npos) << md;
 
