@@ -3,6 +3,7 @@
 // and its 150 parameter tensors.
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
@@ -139,7 +140,8 @@ double median_of(std::vector<double> v) {
 // The small MLP (10 layers of 64, batch 128: 20 parameter tensors, 10 layer outputs), one step
 // of a bare copy and one of a watched copy in turn, so that the machine's drift cancels in each
 // pair's difference. Arg: 1 the Monitor attached but not recording (hook dispatch, the lock,
-// the step's bookkeeping); 2 parameters recorded; 3 parameters and layer outputs recorded.
+// the step's bookkeeping); 2 parameters recorded; 3 parameters and layer outputs recorded; 4 the
+// same, each step also appended to MonitorOptions::out.
 // The time shown is the watched step; counters: the bare step, and the median difference in
 // all and per recorded tensor.
 void BM_SmallMlpOverhead(benchmark::State& state) {
@@ -147,8 +149,10 @@ void BM_SmallMlpOverhead(benchmark::State& state) {
   const auto x = torch::randn({128, 32});
   const int mode = static_cast<int>(state.range(0));
   gradflow::MonitorOptions o;
-  o.activations = mode == 3;
+  o.activations = mode >= 3;
   o.every = mode == 1 ? 1000000000 : 1;
+  const std::string out = (std::filesystem::temp_directory_path() / "gradflow-kernels-bench-stream").string();
+  if (mode == 4) o.with_out(out, /*replace=*/true);
   auto mon = std::make_unique<gradflow::Monitor>(*watched, o);
   std::vector<double> bare_s, diff_s;
   for (auto _ : state) {
@@ -160,13 +164,18 @@ void BM_SmallMlpOverhead(benchmark::State& state) {
     // A long run's trace grows; start a fresh one now and then, outside the timing.
     if (bare_s.size() % 2000 == 0) mon = std::make_unique<gradflow::Monitor>(*watched, o);
   }
-  const double tensors = mode == 3 ? 30 : 20;
+  mon.reset();
+  std::filesystem::remove_all(out);
+  const double tensors = mode >= 3 ? 30 : 20;
   state.counters["bare_us"] = 1e6 * median_of(bare_s);
   state.counters["overhead_us"] = 1e6 * median_of(diff_s);
   state.counters["per_tensor_us"] = 1e6 * median_of(diff_s) / tensors;
-  state.SetLabel(mode == 1 ? "attached, not recording" : mode == 2 ? "parameters" : "parameters + layer outputs");
+  state.SetLabel(mode == 1   ? "attached, not recording"
+                 : mode == 2 ? "parameters"
+                 : mode == 3 ? "parameters + layer outputs"
+                             : "parameters + layer outputs, streamed");
 }
-BENCHMARK(BM_SmallMlpOverhead)->DenseRange(1, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_SmallMlpOverhead)->DenseRange(1, 4)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 // The statistics pass alone over one of that MLP's 64 x 64 weight gradients, with the weight.
 void BM_FusedPassSmall(benchmark::State& state) {
