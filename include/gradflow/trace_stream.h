@@ -22,7 +22,8 @@ inline constexpr const char* kStreamSchema = "gradflow.stream/1";
 class TraceStream {
  public:
   /// Creates `dir` and the file with its header (the trace's settings). Throws gradflow::Error
-  /// when the folder cannot be written, and when it already holds a stream unless `replace`.
+  /// when the folder cannot be written, and when it already holds a stream with a step in it
+  /// unless `replace` (a stream without one, whose program stopped early, is replaced).
   TraceStream(const std::string& dir, const Trace& settings, bool replace);
   ~TraceStream();
   TraceStream(const TraceStream&) = delete;

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iterator>
 #include <limits>
 
@@ -35,6 +36,16 @@ detail::Json header_json(const Trace& t) {
   return j;
 }
 
+// Whether the stream at `path` holds a step line (any other file counts as one: it is not ours to replace).
+bool holds_a_step(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  if (!std::getline(in, line) || line.find("\"schema\":\"gradflow.stream/") == std::string::npos) return true;
+  while (std::getline(in, line))
+    if (line.rfind("{\"step\"", 0) == 0) return true;
+  return false;
+}
+
 }  // namespace
 
 TraceStream::TraceStream(const std::string& dir, const Trace& settings, bool replace)
@@ -42,8 +53,10 @@ TraceStream::TraceStream(const std::string& dir, const Trace& settings, bool rep
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw Error("cannot create the recording folder '" + dir + "': " + ec.message());
-  const int flags = O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (replace ? O_TRUNC : O_EXCL);
-  fd_ = ::open(path_.c_str(), flags, 0644);
+  const int flags = O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC;
+  fd_ = ::open(path_.c_str(), flags | (replace ? O_TRUNC : O_EXCL), 0644);
+  // A recording without a step (its program stopped before one) holds nothing to protect.
+  if (fd_ < 0 && errno == EEXIST && !holds_a_step(path_)) fd_ = ::open(path_.c_str(), flags | O_TRUNC, 0644);
   if (fd_ < 0 && errno == EEXIST)
     throw OptionError(Option::monitor_force, "'" + dir + "' already holds a recording (" + kStreamFile +
                                                  "): choose another folder, or replace it with {}");

@@ -204,6 +204,10 @@ class MessagesTest(unittest.TestCase):
                 self.layers = [nn.Linear(2, 2), nn.Linear(2, 2)]  # not registered
 
         self.assertIn("no trainable parameter", self.message(lambda: gradflow.Monitor(PlainList())))
+        with tempfile.TemporaryDirectory() as d:
+            # A program that failed before its first step leaves nothing that blocks its next run.
+            self.assertIn("no trainable parameter", self.message(lambda: gradflow.Monitor(PlainList(), out=d)))
+            gradflow.Monitor(make_model(), out=d)
         model = make_model()
         m = gradflow.Monitor(model)
         per_example = (model(torch.randn(4, 6)) ** 2).mean(dim=1)

@@ -199,6 +199,8 @@ TEST(TraceStream, AFolderThatHoldsARecordingIsNotOverwrittenUnlessAsked) {
   }
   EXPECT_EQ(read_trace_stream(d.path).trace.steps().size(), 2u);
   { TraceStream replaced(d.path, Trace{}, true); }
+  // Its program stopped before a step: the next Monitor may start there without being told to.
+  { TraceStream again(d.path, Trace{}, false); }
   // Replaced by a program that died before its first step: nothing to report, and said so.
   try {
     read_trace_stream(d.path);
