@@ -89,11 +89,11 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 "$build-asan/tests/gradflow_cli_tests" --gtest_brief=1
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
-stage "libFuzzer: spec parser and JSON readers, ${fuzz_seconds}s each"
+stage "libFuzzer: spec parser, JSON readers and the stream reader, ${fuzz_seconds}s each"
 CC=clang CXX=clang++ cmake -S . -B "$build-fuzz" -DGRADFLOW_CORE_ONLY=ON -DGRADFLOW_BUILD_FUZZERS=ON \
   -DGRADFLOW_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER_LAUNCHER= >/dev/null
 cmake --build "$build-fuzz" -j "$jobs" >/dev/null
-for f in spec json; do
+for f in spec json stream; do
   mkdir -p "$work/corpus-$f"
   cp fuzz/corpus/$f/* "$work/corpus-$f/"
   ( cd "$work" && "$root/$build-fuzz/fuzz/${f}_fuzz" -max_total_time="$fuzz_seconds" -max_len=20000 -print_final_stats=0 \

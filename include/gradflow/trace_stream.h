@@ -62,6 +62,9 @@ StreamedRun read_trace_stream(const std::string& dir);
 /// The name a streamed run goes by in its report when the caller gives none: its folder's.
 std::string stream_label(const std::string& dir);
 
+/// The same for a stream's text, `path` naming it in messages.
+StreamedRun parse_trace_stream(const std::string& text, const std::string& path);
+
 /// Whether `dir` holds a stream.
 bool has_trace_stream(const std::string& dir);
 

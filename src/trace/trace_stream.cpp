@@ -267,7 +267,10 @@ void read_entry(const detail::Json& j, StreamedRun& run, const std::string& wher
 
 StreamedRun read_trace_stream(const std::string& dir) {
   const std::string path = stream_path(dir);
-  const std::string text = read_file(path);
+  return parse_trace_stream(read_file(path), path);
+}
+
+StreamedRun parse_trace_stream(const std::string& text, const std::string& path) {
   StreamedRun run;
   std::size_t pos = 0;
   int line_no = 0;
