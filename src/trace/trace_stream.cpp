@@ -139,16 +139,27 @@ void put_record(std::string& out, const Record& r) {
   out += ',';
   put_number(out, r.update_norm);
   if (r.forward || !r.ranks.empty()) {
-    detail::Json extra = detail::Json::object();
-    if (r.forward)
-      extra["forward"] = {r.forward->mean, r.forward->std, r.forward->dead_fraction, r.forward->saturated_fraction,
-                          r.forward->mean_local_derivative};
-    for (const auto& local : r.ranks) {
-      std::string row = "[";
-      put_stats(row, local);
-      extra["ranks"].push_back(detail::Json::parse(row + "]"));
+    // Written like the row itself, so that a non-finite figure keeps its value (not null).
+    out += ",{";
+    if (r.forward) {
+      const ActivationStats& f = *r.forward;
+      out += "\"forward\":[";
+      for (double v : {f.mean, f.std, f.dead_fraction, f.saturated_fraction, f.mean_local_derivative}) {
+        put_number(out, v);
+        out += ',';
+      }
+      out.back() = ']';
     }
-    out += ',' + extra.dump();
+    if (!r.ranks.empty()) {
+      out += r.forward ? ",\"ranks\":[" : "\"ranks\":[";
+      for (const auto& local : r.ranks) {
+        out += '[';
+        put_stats(out, local);
+        out += "],";
+      }
+      out.back() = ']';
+    }
+    out += '}';
   }
   out += ']';
 }
@@ -244,7 +255,7 @@ void read_header(const detail::Json& j, Trace& t, const std::string& where) {
   t.batch_per_rank = detail::get_int(j, "batch_per_rank", where);
 }
 
-// One line after the header; false when it is not a line of a stream.
+// One line after the header; throws gradflow::Error when it is not a line of a stream.
 void read_entry(const detail::Json& j, StreamedRun& run, const std::string& where) {
   if (auto it = j.find("series"); it != j.end()) {
     detail::add_series_from(run.trace, *it, where);

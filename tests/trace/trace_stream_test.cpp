@@ -98,7 +98,7 @@ TEST(TraceStream, EverySumOfEveryRecordComesBackExactly) {
   r.grad.max_abs = std::numeric_limits<double>::quiet_NaN();
   r.grad.nonfinite = 2;
   r.update_norm = 0.125;
-  r.forward = ActivationStats{0.1, 0.2, 0.3, 0.4, 0.5};
+  r.forward = ActivationStats{0.1, std::numeric_limits<double>::quiet_NaN(), 0.3, 0.4, 0.5};
   TensorStats local;
   local.numel = 8;
   local.sum = -2.5e-300;
@@ -113,6 +113,7 @@ TEST(TraceStream, EverySumOfEveryRecordComesBackExactly) {
   EXPECT_EQ(got.update_norm, 0.125);
   EXPECT_TRUE(std::isnan(back.steps()[1].records[1].weight_norm));
   ASSERT_TRUE(got.forward);
+  EXPECT_TRUE(std::isnan(got.forward->std));
   EXPECT_EQ(got.forward->saturated_fraction, 0.4);
   EXPECT_EQ(got.forward->mean_local_derivative, 0.5);
   ASSERT_EQ(got.ranks.size(), 2u);
