@@ -103,7 +103,7 @@ Batch shard_of(Batch b, const DataParallel* dp) {
 }
 
 // What one step reports, fetched from the device in one transfer (and, data-parallel, summed
-// over the ranks in one collective).
+// over the ranks inside the gradient's own allreduce).
 struct StepFigures {
   double loss = 0;
   std::optional<double> accuracy;
@@ -111,27 +111,37 @@ struct StepFigures {
   bool stop = false;                // some rank asked to stop
 };
 
-StepFigures fetch_figures(const torch::Tensor& loss, const torch::Tensor& acc, const torch::Tensor& clip_peak, bool stop,
-                          DataParallel* dp) {
+// The loss, then the accuracy and the clipping peak where defined, in one transfer.
+std::vector<double> host_figures(const torch::Tensor& loss, const torch::Tensor& acc, const torch::Tensor& clip_peak) {
   // Built by push_back: GCC 12 warns (wrongly) inside c10 on a one-element initializer list.
   std::vector<torch::Tensor> parts;
   parts.push_back(loss.detach().to(torch::kDouble).reshape({1}));
   if (acc.defined()) parts.push_back(acc.detach().to(torch::kDouble).reshape({1}));
   if (clip_peak.defined()) parts.push_back(clip_peak.to(torch::kDouble).reshape({1}));
   const torch::Tensor host = torch::cat(parts).to(torch::kCPU).contiguous();
-  std::vector<double> v(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
-  v.push_back(stop ? 1.0 : 0.0);
-  if (dp && dp->world_size() > 1) {
-    v = dp->sum(v);
-    for (std::size_t i = 0; i + 1 < v.size(); ++i) v[i] /= dp->world_size();
-  }
+  return {host.data_ptr<double>(), host.data_ptr<double>() + host.numel()};
+}
+
+// `v`: host_figures' values, then the stop flag.
+StepFigures figures_from(const std::vector<double>& v, bool has_accuracy, bool has_peak) {
   StepFigures f;
   std::size_t i = 0;
-  f.loss = v[i++];
-  if (acc.defined()) f.accuracy = v[i++];
-  if (clip_peak.defined()) f.clip_peak = v[i++];
-  f.stop = v[i] > 0;
+  f.loss = v.at(i++);
+  if (has_accuracy) f.accuracy = v.at(i++);
+  if (has_peak) f.clip_peak = v.at(i++);
+  f.stop = v.at(i) > 0;
   return f;
+}
+
+// Data-parallel: averages the gradients, and the ranks' loss, accuracy and stop requests with
+// them (the figures ride in the last bucket: no collective of their own).
+StepFigures average_step(DataParallel& dp, const std::vector<torch::Tensor>& params, const torch::Tensor& loss,
+                         const torch::Tensor& acc, bool stop) {
+  std::vector<double> v = host_figures(loss, acc, torch::Tensor());
+  v.push_back(stop ? 1.0 : 0.0);
+  v = dp.average_gradients(params, v);
+  for (std::size_t i = 0; i + 1 < v.size(); ++i) v[i] /= dp.world_size();
+  return figures_from(v, acc.defined(), false);
 }
 
 // Clips as asked; returns the largest |g| before value clipping (undefined without it) and
@@ -221,11 +231,18 @@ RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
       torch::Tensor loss = task->loss(out, b);
       mon.watch(loss);
       loss.backward();
-      if (dp) dp->average_gradients(params);
+      const torch::Tensor acc = task->accuracy(out, b);
+      StepFigures f;
+      if (dp) f = average_step(*dp, params, loss, acc, o.should_stop && o.should_stop());
       const torch::Tensor peak = clip(params, o, r);
       opt->step();
-      const bool stop = dp && o.should_stop && o.should_stop();
-      const StepFigures f = fetch_figures(loss, task->accuracy(out, b), peak, stop, dp);
+      if (!dp) {
+        std::vector<double> v = host_figures(loss, acc, peak);
+        v.push_back(0.0);
+        f = figures_from(v, acc.defined(), peak.defined());
+      } else if (peak.defined()) {
+        f.clip_peak = peak.item<double>();  // of the averaged gradient: the same on every rank
+      }
       r.loss.push_back(f.loss);
       if (f.accuracy) r.accuracy.push_back(*f.accuracy);
       if (f.clip_peak && *f.clip_peak > o.clip_value && !(o.clip_norm > 0)) ++r.clipped_steps;

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <optional>
 #include <set>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -49,6 +50,12 @@ std::optional<Distributed> torch_distributed() {
 // How long the other ranks wait in save_report for rank 0's findings.
 constexpr std::chrono::seconds kFindingsWait{300};
 
+// `model` when it is a torch.nn.parallel.DistributedDataParallel, None otherwise.
+py::object ddp_of(const py::object& model) {
+  const py::object ddp_type = py::module_::import("torch.nn.parallel").attr("DistributedDataParallel");
+  return py::isinstance(model, ddp_type) ? model : py::object(py::none());
+}
+
 class PyMonitor;
 // Live Monitors, so that the last whole step reaches their streams when the interpreter exits
 // (also after an uncaught exception).
@@ -61,10 +68,16 @@ std::set<PyMonitor*>& live_monitors() {
 class PyMonitor {
  public:
   // `group`: None, or a torch.distributed process group (the same c10d object underneath).
-  PyMonitor(const py::object& model, const MonitorOptions& options, const py::object& group,
+  PyMonitor(const py::object& given, const MonitorOptions& options, const py::object& group,
             std::int64_t batch_per_rank) {
     MonitorOptions o = options;
     const auto dist = torch_distributed();
+    const py::object ddp = ddp_of(given);
+    // DistributedDataParallel: the model's own names (no `module.`), its engine followed.
+    const py::object model = ddp.is_none() ? given : py::object(ddp.attr("module"));
+    if (!ddp.is_none() && !group.is_none())
+      throw UsageError("gradflow.Monitor takes a DistributedDataParallel model or process_group=, not both: DDP "
+                       "averages the gradients itself");
     if (!group.is_none()) {
       const auto pg = group.cast<c10::intrusive_ptr<c10d::ProcessGroup>>();
       dp_ = dist ? std::make_unique<DataParallel>(pg, dist->store) : std::make_unique<DataParallel>(pg);
@@ -82,7 +95,10 @@ class PyMonitor {
     monitor_ = std::make_unique<Monitor>(o);
     monitor_->attach(params_);
     live_monitors().insert(this);
+    ddp_ = ddp;
   }
+  // The DistributedDataParallel model given, or None.
+  const py::object& ddp() const { return ddp_; }
   ~PyMonitor() { live_monitors().erase(this); }
   PyMonitor(const PyMonitor&) = delete;
   PyMonitor& operator=(const PyMonitor&) = delete;
@@ -102,6 +118,7 @@ class PyMonitor {
   std::unique_ptr<DataParallel> dp_;  // outlives the Monitor, which listens to it
   std::unique_ptr<Monitor> monitor_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
+  py::object ddp_ = py::none();
 };
 
 void flush_live_monitors() {
@@ -151,48 +168,81 @@ py::array text_column(const std::vector<std::string>& values) {
   return py::array(py::dtype("<U" + std::to_string(width)), {static_cast<py::ssize_t>(values.size())}, cells.data());
 }
 
-// The columns of trace_frame(), each read off one record of one step.
+// One row of trace_frame(): one gradient of one record of one step (the one backward produced,
+// the one the optimizer applied, or one rank's local one).
+struct FrameRow {
+  const StepRecord* step;
+  const Record* record;
+  const TensorStats* stats;
+  const char* gradient;
+  std::int64_t rank;  // -1: not one rank's
+};
+
+std::vector<FrameRow> frame_rows(const Trace& t) {
+  std::vector<FrameRow> rows;
+  for (const auto& st : t.steps())
+    for (const auto& r : st.records) {
+      rows.push_back({&st, &r, &r.grad, "produced", -1});
+      if (r.applied) rows.push_back({&st, &r, &*r.applied, "applied", -1});
+      for (std::size_t k = 0; k < r.ranks.size(); ++k)
+        rows.push_back({&st, &r, &r.ranks[k], "local", static_cast<std::int64_t>(k)});
+    }
+  return rows;
+}
+
+// The columns of trace_frame(), each read off one row.
 struct IntColumn {
   const char* name;
-  std::int64_t (*value)(const StepRecord&, const Record&);
+  std::int64_t (*value)(const FrameRow&);
 };
 struct RealColumn {
   const char* name;
-  double (*value)(const StepRecord&, const Record&);
+  double (*value)(const FrameRow&);
 };
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 const IntColumn kIntColumns[] = {
-    {"step", [](const StepRecord& st, const Record&) { return st.step; }},
-    {"numel", [](const StepRecord&, const Record& r) { return r.grad.numel; }},
-    {"nonfinite", [](const StepRecord&, const Record& r) { return r.grad.nonfinite; }},
+    {"step", [](const FrameRow& f) { return f.step->step; }},
+    {"rank", [](const FrameRow& f) { return f.rank; }},
+    {"optimizer_step", [](const FrameRow& f) { return f.step->optimizer_step; }},
+    {"evaluation", [](const FrameRow& f) { return static_cast<std::int64_t>(f.step->evaluation); }},
+    {"skipped", [](const FrameRow& f) { return static_cast<std::int64_t>(f.step->skipped); }},
+    {"numel", [](const FrameRow& f) { return f.stats->numel; }},
+    {"nonfinite", [](const FrameRow& f) { return f.stats->nonfinite; }},
 };
 const RealColumn kRealColumns[] = {
-    {"grad_norm", [](const StepRecord&, const Record& r) { return r.grad.norm(); }},
-    {"grad_mean", [](const StepRecord&, const Record& r) { return r.grad.mean(); }},
-    {"grad_std", [](const StepRecord&, const Record& r) { return r.grad.std(); }},
-    {"grad_max_abs", [](const StepRecord&, const Record& r) { return r.grad.max_abs; }},
-    {"zero_fraction", [](const StepRecord&, const Record& r) { return r.grad.zero_fraction(); }},
-    {"weight_norm", [](const StepRecord&, const Record& r) { return r.weight_norm; }},
-    {"update_norm", [](const StepRecord&, const Record& r) { return r.update_norm; }},
-    {"loss", [](const StepRecord& st, const Record&) { return st.loss ? *st.loss : std::numeric_limits<double>::quiet_NaN(); }},
+    {"grad_norm", [](const FrameRow& f) { return f.stats->norm(); }},
+    {"grad_mean", [](const FrameRow& f) { return f.stats->mean(); }},
+    {"grad_std", [](const FrameRow& f) { return f.stats->std(); }},
+    {"grad_max_abs", [](const FrameRow& f) { return f.stats->max_abs; }},
+    {"zero_fraction", [](const FrameRow& f) { return f.stats->zero_fraction(); }},
+    {"weight_norm", [](const FrameRow& f) { return f.rank < 0 ? f.record->weight_norm : kNaN; }},
+    {"update_norm", [](const FrameRow& f) { return f.rank < 0 ? f.record->update_norm : kNaN; }},
+    {"loss", [](const FrameRow& f) {
+       const auto& st = *f.step;
+       if (f.rank >= 0) return f.rank < static_cast<std::int64_t>(st.rank_losses.size()) ? st.rank_losses[f.rank] : kNaN;
+       return st.loss ? *st.loss : kNaN;
+     }},
+    {"loss_scale", [](const FrameRow& f) { return f.step->loss_scale.value_or(kNaN); }},
 };
 
-// One row per recorded tensor and step: the columns of a pandas DataFrame.
+// One row per recorded gradient and step, labelled: the columns of a pandas DataFrame.
 py::dict trace_frame(Monitor& m) {
   const Trace& t = m.trace();
-  std::vector<std::string> name, kind;
-  for (const auto& st : t.steps())
-    for (const auto& r : st.records) {
-      name.push_back(t.series()[r.series].name);
-      kind.push_back(to_string(t.series()[r.series].kind));
-    }
+  const std::vector<FrameRow> rows = frame_rows(t);
+  std::vector<std::string> name, kind, gradient;
+  for (const auto& f : rows) {
+    name.push_back(t.series()[f.record->series].name);
+    kind.push_back(to_string(t.series()[f.record->series].kind));
+    gradient.push_back(f.gradient);
+  }
   py::dict d;
   d["name"] = text_column(name);
   d["kind"] = text_column(kind);
+  d["gradient"] = text_column(gradient);
   auto fill = [&](const auto& columns) {
     for (const auto& c : columns) {
-      std::vector<decltype(c.value(StepRecord{}, Record{}))> values;
-      for (const auto& st : t.steps())
-        for (const auto& r : st.records) values.push_back(c.value(st, r));
+      std::vector<decltype(c.value(rows.front()))> values;
+      for (const auto& f : rows) values.push_back(c.value(f));
       d[c.name] = column(values);
     }
   };
@@ -244,7 +294,9 @@ void bind_finding(py::module_& m) {
 }
 
 void bind_monitor(py::module_& m) {
-  py::class_<PyMonitor>(m, "Monitor", "Records the gradient flow of a torch.nn.Module's training")
+  // gradflow.Monitor (gradflow/__init__.py) derives from it and adds what Python must do itself:
+  // the optimizer's step, the loss scaler, DistributedDataParallel's communication hook.
+  py::class_<PyMonitor>(m, "_Monitor", "Records the gradient flow of a torch.nn.Module's training")
       .def(py::init([](const py::object& model, std::int64_t every, bool parameters, bool activations, bool weight_norms,
                        bool update_norms, bool auto_step, double saturation_threshold,
                        const py::object& process_group, std::int64_t batch_per_rank, const std::optional<std::string>& out,
@@ -277,6 +329,21 @@ void bind_monitor(py::module_& m) {
           },
           py::arg("tensor"), py::arg("name"), py::arg("group") = "", "Record the gradient that reaches this tensor")
       .def("step", [](PyMonitor& p) { p.monitor().step(); }, "Close the step (only with auto_step=False)")
+      .def("begin_optimizer_step", [](PyMonitor& p) { p.monitor().begin_optimizer_step(); },
+           "Call right before the optimizer reads the gradients (attach_optimizer does it): the gradient it finds is "
+           "recorded as the applied one, and each backward until end_optimizer_step() is an evaluation of its closure")
+      .def("end_optimizer_step", [](PyMonitor& p, std::optional<double> loss) { p.monitor().end_optimizer_step(loss); },
+           py::arg("loss") = py::none(), "Call right after the optimizer step; loss: what step(closure) returned")
+      .def("set_loss_scale", [](PyMonitor& p, double scale) { p.monitor().set_loss_scale(scale); }, py::arg("scale"),
+           "The loss scale of the coming backward (grad_scaler= does it): recorded gradients are divided by it")
+      .def_property_readonly("_ddp", [](PyMonitor& p) { return p.ddp(); })
+      .def("_follow_data_parallel", [](PyMonitor& p, int rank, int world) { p.monitor().follow_data_parallel(rank, world); })
+      .def("_figures_block", [](PyMonitor& p, const at::Tensor& bucket) -> py::object {
+        at::Tensor block = p.monitor().figures_block(bucket);
+        if (!block.defined()) return py::none();
+        return py::cast(block);
+      })
+      .def("_receive_figures_block", [](PyMonitor& p, const at::Tensor& summed) { p.monitor().receive_figures_block(summed); })
       .def("average_gradients", [](PyMonitor& p) { p.group().average_gradients(p.parameters()); },
            "Average the parameters' gradients over the process group (one collective per bucket); "
            "the Monitor then records the averaged gradient")

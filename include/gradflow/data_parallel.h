@@ -116,10 +116,14 @@ class DataParallel {
   /// \overload
   void broadcast_parameters(const std::vector<at::Tensor>& tensors);
   /// Replaces every trainable parameter's .grad() by its mean over the ranks (a parameter with
-  /// no gradient on this rank counts as a zero one). Then tells the Monitors on this group.
+  /// no gradient on this rank counts as a zero one): one allreduce per bucket, in which the
+  /// figures of the Monitors on this group ride (no collective of their own).
   void average_gradients(torch::nn::Module& module);
   /// \overload
   void average_gradients(const std::vector<at::Tensor>& parameters);
+  /// \overload Also sums `figures` (the same length on every rank: a loss, a count) over the
+  /// ranks in the same collective, and returns the sums.
+  std::vector<double> average_gradients(const std::vector<at::Tensor>& parameters, const std::vector<double>& figures);
 
   /// Elementwise sums of `values` over the ranks (the same length on each): one collective.
   std::vector<double> sum(const std::vector<double>& values);
@@ -135,10 +139,16 @@ class DataParallel {
   /// The process group, for the program's own collectives.
   c10d::ProcessGroup& group();
 
-  /// Runs `callback` after each average_gradients(), with the averaged gradients in place;
-  /// returns an id for remove_listener(). Monitors use it.
-  int add_listener(std::function<void()> callback);
-  void remove_listener(int id);
+  /// Figures that travel with the gradients: at each average_gradients() every rank's `row`
+  /// (the same length on every rank) goes into the last bucket's allreduce, and once the average
+  /// is in place `receive` gets every rank's row, by rank. Monitors use it.
+  struct Rider {
+    std::function<std::vector<double>()> row;
+    std::function<void(const std::vector<std::vector<double>>&)> receive;
+  };
+  /// Returns an id for remove_rider().
+  int add_rider(Rider rider);
+  void remove_rider(int id);
 
   struct Impl;
 

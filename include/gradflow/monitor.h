@@ -3,7 +3,9 @@
 /// The Monitor: backward hooks that record how the gradient flows through a LibTorch model.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +17,9 @@
 
 namespace torch::nn {
 class Module;
+}
+namespace torch::optim {
+class Optimizer;
 }
 
 namespace gradflow {
@@ -133,11 +138,15 @@ struct TapOptions {
 /// | several losses and backwards per step | auto_step = false, step() after optimizer.step() | everything between two step() calls |
 /// | gradient accumulation over micro-batches | auto_step = false, step() after optimizer.step() | the micro-batches of one optimizer step |
 /// | two models whose graphs cross (GAN) | one Monitor per model; auto_step = false for one that takes several backwards | that model's optimizer step |
-/// | optimizer.step(closure) calling backward several times | auto_step = false, step() after optimizer.step(closure) | the closure's evaluations of one step |
+/// | optimizer.step(closure) calling backward several times | monitor.optimizer_step(optimizer, closure) | one evaluation of the closure (StepRecord::evaluation), grouped by StepRecord::optimizer_step |
 /// | a backward whose gradient is zeroed without an optimizer step | auto_step = false | the step whose gradient the optimizer applied |
 ///
-/// - A parameter's recorded gradient is its .grad() as the optimizer applies it: the sum of what
-///   every backward of the step added since the last zeroing.
+/// - A parameter's recorded gradient (Record::grad) is its .grad() once backward has added to
+///   it: the sum of what every backward of the step added since the last zeroing, after the
+///   program's tensor hooks; the gradient *produced*. What the program does to it afterwards
+///   (clipping, unscaling, averaging) is seen only when the Monitor is told of the optimizer
+///   step (optimizer_step(), or begin_optimizer_step()/end_optimizer_step()): the gradient the
+///   optimizer found is then Record::applied.
 /// - The step's loss is the sum of the losses watched in it (the objective whose gradient is
 ///   applied); each watched loss is also kept on its own (StepRecord::losses).
 /// - A layer output's or tap's gradient from several backwards of one step (or a tap name given
@@ -190,6 +199,37 @@ class Monitor {
   void tap(const at::Tensor& t, const std::string& name, const TapOptions& options = {});
   /// Ends the current step: its statistics are fetched (one host transfer) into the trace.
   void step();
+  /// Runs `optimizer.step()` (or `optimizer.step(closure)`) between begin_optimizer_step() and
+  /// end_optimizer_step(): the gradient the optimizer applies is recorded beside the one backward
+  /// produced, and with a closure each evaluation is a record. Returns what step() returned.
+  /// In place of `optimizer.step()` in a loop: `monitor.optimizer_step(optimizer);`.
+  at::Tensor optimizer_step(torch::optim::Optimizer& optimizer, const std::function<at::Tensor()>& closure = nullptr);
+  /// Call right before the optimizer reads the gradients (any optimizer, or a manual update):
+  /// each recorded parameter's .grad() as it is now (after clipping, unscaling, averaging) is
+  /// recorded as Record::applied. Until end_optimizer_step(), each further backward (a closure's
+  /// evaluation, as LBFGS makes) opens a record of its own, numbered StepRecord::evaluation.
+  void begin_optimizer_step();
+  /// Call right after the optimizer step; `returned_loss`: what a closure's step returned (the
+  /// step's loss, kept as StepRecord::step_loss). In auto-step mode the step closes here.
+  void end_optimizer_step(std::optional<double> returned_loss = std::nullopt);
+  /// Loss scaling (mixed precision): the scaler's scale now, before each backward. The recorded
+  /// gradients (parameters, layer outputs, taps) are divided by the scale their backward ran at,
+  /// so they are the true gradient. When it is lower than the open step's (the scaler backed off
+  /// after a non-finite gradient), that step is marked skipped: StepRecord::skipped.
+  void set_loss_scale(double scale);
+
+  /// Data-parallel training on an engine the program owns (DistributedDataParallel, through
+  /// the gradflow Python module's communication hook): this process is `rank` of `world_size`.
+  /// The records hold the averaged gradient, read once the engine's end-of-backward work is done;
+  /// each rank's local figures arrive through figures_block()/receive_figures_block().
+  void follow_data_parallel(int rank, int world_size);
+  /// This rank's figures of the open step in a zero-padded ranks × figures block of `bucket`'s
+  /// type and device, to append to the gradient bucket of the engine's last allreduce (sum);
+  /// undefined when the step is not recorded. Every rank's figures come back exactly.
+  at::Tensor figures_block(const at::Tensor& bucket);
+  /// The summed block, after the allreduce.
+  void receive_figures_block(const at::Tensor& summed);
+
   /// Closes the step in progress if it is whole (auto-step mode, its backward completed), so
   /// that it reaches the trace and the stream now rather than at the next forward. save_report
   /// and the destructor call it; a program that goes on training loses nothing by it.

@@ -52,6 +52,11 @@ struct Record {
   /// otherwise, and for a step not yet closed).
   double update_norm = std::numeric_limits<double>::quiet_NaN();
   std::optional<ActivationStats> forward;  ///< taps with an activation function only
+  /// Parameters, when the Monitor saw the optimizer step (Monitor::begin_optimizer_step): the
+  /// gradient as the optimizer found it in .grad(), after whatever the program did between
+  /// backward and the step (clipping, unscaling, averaging). `grad` stays the gradient backward
+  /// produced. Empty otherwise, and for an evaluation of a closure (LBFGS) that is not its step's first.
+  std::optional<TensorStats> applied;
   /// Data-parallel runs: each rank's local gradient, index = rank (before the average, for
   /// parameters); empty in a one-process run. `grad` then holds the averaged gradient the
   /// optimizer applies (parameters), or for layer outputs and taps the gradient of the averaged
@@ -74,6 +79,22 @@ struct StepRecord {
   std::vector<Record> records;
   /// Data-parallel runs: each rank's own loss (index = rank); `loss` is then their mean.
   std::vector<double> rank_losses;
+  /// The optimizer step this record belongs to (0-based, counted by the Monitor), -1 when the
+  /// Monitor was not told of optimizer steps.
+  std::int64_t optimizer_step = -1;
+  /// Evaluations of a closure (`optimizer.step(closure)`): this one's index within its optimizer
+  /// step, each evaluation being a record of its own; -1 for a step without closure.
+  int evaluation = -1;
+  /// A closure's optimizer step, on its last evaluation: the loss optimizer.step() returned.
+  std::optional<double> step_loss;
+  /// The loss scale this step's gradients were multiplied by (GradScaler) and that the recorded
+  /// figures were divided by again: they are the unscaled gradient. Empty: no loss scaling.
+  std::optional<double> loss_scale;
+  /// The scale the loss scaler chose after this step (it lowers it when it skips a step).
+  std::optional<double> scale_after;
+  /// The loss scaler skipped this optimizer step (a non-finite scaled gradient): the optimizer
+  /// applied nothing.
+  bool skipped = false;
   /// Data-parallel runs, at the steps the ranks' parameters were compared: a checksum of each
   /// rank's parameters (index = rank); equal on every rank while they stay in sync.
   std::vector<double> rank_checksums;
@@ -130,5 +151,23 @@ class Trace {
   std::vector<StepRecord> steps_;
   std::optional<NonFiniteMark> first_nonfinite_;
 };
+
+/// How a record's parameter gradient relates to the one its optimizer step applied: the totals
+/// over every parameter of the step.
+struct AppliedChange {
+  double produced_norm = 0;  ///< ‖g‖ as backward produced it (all parameters)
+  double applied_norm = 0;   ///< ‖g‖ as the optimizer found it
+  /// Parameters whose applied gradient differs from the produced one (any figure).
+  int changed = 0;
+  /// applied_norm / produced_norm (1 when they are equal; NaN when either is not finite or zero).
+  double factor() const;
+};
+/// The totals of a step whose records carry `applied`, nullopt when none does.
+std::optional<AppliedChange> applied_change(const StepRecord& step, const Trace& trace);
+
+/// What the gradient figures of a trace are, in words: "produced by backward", "averaged over 4
+/// ranks", "unscaled (÷ the loss scale)", "applied by the optimizer beside it", "one record per
+/// closure evaluation" (the labels the report and the CSV carry).
+std::vector<std::string> gradient_labels(const Trace& trace);
 
 }  // namespace gradflow

@@ -16,12 +16,57 @@ from ._gradflow import (  # noqa: F401
     Finding,
     GradflowError,
     GradientHealthError,
-    Monitor,
     UsageError,
+    _Monitor,
     report,
     require_healthy,
     save_report,
 )
+from . import _hooks
+
+
+class Monitor(_Monitor):
+    """Records the gradient flow of a torch.nn.Module's training.
+
+    Monitor(model, *, optimizer=None, grad_scaler=None, every=1, parameters=True, activations=True,
+            weight_norms=True, update_norms=False, auto_step=True, saturation_threshold=0.1,
+            process_group=None, batch_per_rank=0, out=None, force=False)
+
+    model: a torch.nn.Module, or a DistributedDataParallel one (its gradient is then recorded as
+    averaged, every rank's local one beside it, through DDP's own allreduce).
+    optimizer: also record the gradient the optimizer applies (after clipping, unscaling) and
+    one record per evaluation of a closure (LBFGS); the same as attach_optimizer(optimizer).
+    grad_scaler: a torch.cuda.amp.GradScaler (or any object with get_scale()): recorded gradients
+    are divided by the scale, and the steps it skips are marked skipped.
+    """
+
+    def __init__(self, model, *, optimizer=None, grad_scaler=None, **options):
+        super().__init__(model, **options)
+        self._grad_scaler = grad_scaler
+        if self._ddp is not None:
+            _hooks.follow_ddp(self, self._ddp)
+        if optimizer is not None:
+            self.attach_optimizer(optimizer)
+
+    def attach_optimizer(self, optimizer):
+        """Tell the Monitor of each optimizer.step(): the gradient it applies is recorded beside the
+        one backward produced, and each evaluation of a closure is a record of its own."""
+        _hooks.wrap_optimizer_step(self, optimizer)
+
+    def watch(self, loss):
+        """Record the loss (before scaling) and hook the layer outputs below it; call before backward."""
+        self._read_scale()
+        super().watch(loss)
+
+    def step(self):
+        """Close the step (only with auto_step=False)."""
+        self._read_scale()
+        super().step()
+
+    def _read_scale(self):
+        if self._grad_scaler is not None:
+            self.set_loss_scale(float(self._grad_scaler.get_scale()))
+
 
 __all__ = ["Monitor", "Finding", "save_report", "report", "require_healthy", "GradflowError", "UsageError",
            "GradientHealthError"]

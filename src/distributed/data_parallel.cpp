@@ -16,6 +16,7 @@
 #endif
 
 #include "distributed/rank_figures.h"
+#include "distributed/rider_block.h"
 #include "util/text.h"
 
 namespace gradflow {
@@ -64,8 +65,8 @@ struct DataParallel::Impl {
   c10::intrusive_ptr<c10d::Store> store;  // null for a group the program built
   c10::intrusive_ptr<c10d::ProcessGroup> group;
   at::Device device = at::kCPU;  // where the group's own small tensors live
-  std::map<int, std::function<void()>> listeners;
-  int next_listener = 0;
+  std::map<int, DataParallel::Rider> riders;
+  int next_rider = 0;
 
   // The ranks that no longer answer, asked through the store once a collective failed: each
   // rank still alive leaves its mark there.
@@ -188,19 +189,41 @@ struct DataParallel::Impl {
     }
   }
 
-  void allreduce_bucket(std::vector<at::Tensor>& grads) {
-    std::vector<at::Tensor> flat{torch::cat([&] {
-      std::vector<at::Tensor> parts;
-      for (const auto& g : grads) parts.push_back(g.reshape({-1}));
-      return parts;
-    }())};
+  // Gradients of one dtype and device per bucket, up to bucket_bytes each (a missing gradient
+  // becomes a zero one).
+  std::vector<std::vector<at::Tensor>> buckets_of(const std::vector<at::Tensor>& parameters) const {
+    std::vector<std::vector<at::Tensor>> buckets;
+    std::int64_t bytes = 0;
+    for (const auto& p : parameters) {
+      if (!p.requires_grad()) continue;
+      at::Tensor& g = const_cast<at::Tensor&>(p).mutable_grad();
+      if (!g.defined()) g = torch::zeros_like(p);
+      const std::int64_t size = g.numel() * static_cast<std::int64_t>(g.element_size());
+      if (buckets.empty() || buckets.back().front().scalar_type() != g.scalar_type() ||
+          buckets.back().front().device() != g.device() || bytes + size > opts.bucket_bytes) {
+        buckets.emplace_back();
+        bytes = 0;
+      }
+      buckets.back().push_back(g);
+      bytes += size;
+    }
+    return buckets;
+  }
+
+  // Sums the bucket over the ranks and divides by their number; `rider` (a zero-padded block of
+  // every rank's figures, see rider_block.h) travels in the same collective and comes back summed.
+  void allreduce_bucket(std::vector<at::Tensor>& grads, at::Tensor* rider = nullptr) {
+    std::vector<at::Tensor> parts;
+    for (const auto& g : grads) parts.push_back(g.reshape({-1}));
+    if (rider) parts.push_back(*rider);
+    std::vector<at::Tensor> flat{torch::cat(parts)};
     guarded("the gradient average", [&] { group->allreduce(flat)->wait(); });
-    flat[0].div_(opts.world_size);
     std::int64_t offset = 0;
     for (auto& g : grads) {
-      g.copy_(flat[0].narrow(0, offset, g.numel()).view_as(g));
+      g.copy_(flat[0].narrow(0, offset, g.numel()).view_as(g).div_(opts.world_size));
       offset += g.numel();
     }
+    if (rider) *rider = flat[0].narrow(0, offset, rider->numel());
   }
 };
 
@@ -278,29 +301,38 @@ void DataParallel::broadcast_parameters(const std::vector<at::Tensor>& tensors) 
 
 void DataParallel::average_gradients(torch::nn::Module& module) { average_gradients(module.parameters(true)); }
 
-void DataParallel::average_gradients(const std::vector<at::Tensor>& parameters) {
+void DataParallel::average_gradients(const std::vector<at::Tensor>& parameters) { average_gradients(parameters, {}); }
+
+std::vector<double> DataParallel::average_gradients(const std::vector<at::Tensor>& parameters,
+                                                    const std::vector<double>& figures) {
   torch::NoGradGuard no_grad;
-  // Buckets hold gradients of one dtype and device, up to bucket_bytes each.
-  std::vector<at::Tensor> bucket;
-  std::int64_t bytes = 0;
-  auto flush = [&] {
-    if (!bucket.empty()) impl_->allreduce_bucket(bucket);
-    bucket.clear();
-    bytes = 0;
-  };
-  for (const auto& p : parameters) {
-    if (!p.requires_grad()) continue;
-    at::Tensor& g = const_cast<at::Tensor&>(p).mutable_grad();
-    if (!g.defined()) g = torch::zeros_like(p);
-    const std::int64_t size = g.numel() * static_cast<std::int64_t>(g.element_size());
-    if (!bucket.empty() && (bucket.front().scalar_type() != g.scalar_type() || bucket.front().device() != g.device() ||
-                            bytes + size > impl_->opts.bucket_bytes))
-      flush();
-    bucket.push_back(g);
-    bytes += size;
+  std::vector<std::vector<at::Tensor>> buckets = impl_->buckets_of(parameters);
+  // Each rank's row: the figures to sum, then every rider's own.
+  std::vector<double> row = figures;
+  std::vector<std::size_t> lengths;
+  for (auto& [id, rider] : impl_->riders) {
+    const std::vector<double> own = rider.row();
+    lengths.push_back(own.size());
+    row.insert(row.end(), own.begin(), own.end());
   }
-  flush();
-  for (auto& [id, callback] : impl_->listeners) callback();
+  // A group whose model has no gradient still sends its figures, in a bucket of their own.
+  if (buckets.empty()) buckets.emplace_back();
+  const at::Tensor like = buckets.back().empty() ? torch::zeros({0}, torch::TensorOptions(torch::kDouble).device(impl_->device))
+                                                  : buckets.back().front();
+  at::Tensor block = detail::rider_block(row, rank(), world_size(), like);
+  for (std::size_t b = 0; b < buckets.size(); ++b) impl_->allreduce_bucket(buckets[b], b + 1 == buckets.size() ? &block : nullptr);
+  const auto rows = detail::rider_rows(block, world_size(), row.size());
+  std::vector<double> sums(figures.size(), 0.0);
+  for (const auto& r : rows)
+    for (std::size_t k = 0; k < sums.size(); ++k) sums[k] += r[k];
+  std::size_t offset = figures.size(), k = 0;
+  for (auto& [id, rider] : impl_->riders) {
+    std::vector<std::vector<double>> own;
+    for (const auto& r : rows) own.emplace_back(r.begin() + offset, r.begin() + offset + lengths[k]);
+    offset += lengths[k++];
+    rider.receive(own);
+  }
+  return sums;
 }
 
 std::vector<double> DataParallel::sum(const std::vector<double>& values) {
@@ -325,11 +357,11 @@ std::vector<std::vector<double>> DataParallel::all_gather(const std::vector<doub
   return result;
 }
 
-int DataParallel::add_listener(std::function<void()> callback) {
-  impl_->listeners.emplace(impl_->next_listener, std::move(callback));
-  return impl_->next_listener++;
+int DataParallel::add_rider(Rider rider) {
+  impl_->riders.emplace(impl_->next_rider, std::move(rider));
+  return impl_->next_rider++;
 }
 
-void DataParallel::remove_listener(int id) { impl_->listeners.erase(id); }
+void DataParallel::remove_rider(int id) { impl_->riders.erase(id); }
 
 }  // namespace gradflow

@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include "distributed/rank_block.h"
 #include "stats/tensor_stats_torch.h"
 
 namespace gradflow::detail {
@@ -44,9 +45,11 @@ void DeferredResults::fill(StepRecord& step, const Slot& slot, const double* v) 
     return;
   }
   Record& r = step.records.at(slot.record);
+  const double unscale = step.loss_scale.value_or(1.0);
   switch (slot.field) {
-    case ResultField::grad: r.grad = stats_from_aten(v, slot.numel); break;
-    case ResultField::grad_merge: r.grad.merge(stats_from_aten(v, slot.numel)); break;
+    case ResultField::grad: r.grad = scaled(stats_from_aten(v, slot.numel), unscale); break;
+    case ResultField::grad_merge: r.grad.merge(scaled(stats_from_aten(v, slot.numel), unscale)); break;
+    case ResultField::applied: r.applied = stats_from_aten(v, slot.numel); break;
     case ResultField::weight: r.weight_norm = std::sqrt(v[0]); break;
     case ResultField::update: r.update_norm = std::sqrt(v[0]); break;
     case ResultField::forward: r.forward = activation_stats_from(v); break;

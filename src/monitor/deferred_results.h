@@ -14,6 +14,7 @@ namespace gradflow::detail {
 enum class ResultField {
   grad,        // a gradient's statistics, replacing the record's
   grad_merge,  // a further gradient of the same series in the step, merged into the record's
+  applied,     // the gradient the optimizer step found
   weight,
   update,      // the sum of squares of an optimizer update
   forward,
@@ -26,7 +27,8 @@ class DeferredResults {
   // device_activation_stats for forward, the loss itself for loss (`record` is ignored then).
   void add(int record, ResultField field, std::int64_t numel, const at::Tensor& values);
   bool empty() const { return values_.empty(); }
-  // Copies every pending value to the host, one transfer per device, into `step`, and forgets them.
+  // Copies every pending value to the host, one transfer per device, into `step`, and forgets
+  // them. Gradients produced by backward are divided by the step's loss scale.
   void fetch_into(StepRecord& step);
 
  private:

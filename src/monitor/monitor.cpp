@@ -4,12 +4,14 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "gradflow/data_parallel.h"
 #include "gradflow/error.h"
 #include "gradflow/option.h"
 #include "util/guarded.h"
+#include "distributed/rider_block.h"
 #include "monitor/step_recorder.h"
 
 namespace gradflow {
@@ -30,12 +32,15 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
 
   int rank() const {
     if (opts.data_parallel) return opts.data_parallel->rank();
+    if (follow_rank > 0) return follow_rank;
     return opts.rank > 0 ? opts.rank : 0;
   }
 
   const MonitorOptions opts;
   detail::Guarded<detail::StepRecorder> recorder;
-  int listener = -1;  // on opts.data_parallel
+  int rider = -1;  // on opts.data_parallel
+  int follow_rank = 0;  // follow_data_parallel()
+  std::size_t row_length = 0;  // of the figures block in flight
 };
 
 namespace {
@@ -133,9 +138,19 @@ void Monitor::attach(const std::vector<std::pair<std::string, at::Tensor>>& name
   }
   if (auto* dp = state_->opts.data_parallel) {
     std::weak_ptr<State> weak = state_;
-    state_->listener = dp->add_listener([weak] {
-      if (auto st = weak.lock()) st->recorder.lock()->on_gradients_averaged();
-    });
+    DataParallel::Rider rider;
+    rider.row = [weak] {
+      auto st = weak.lock();
+      return st ? st->recorder.lock()->rank_row() : std::vector<double>{};
+    };
+    rider.receive = [weak](const std::vector<std::vector<double>>& rows) {
+      if (auto st = weak.lock()) {
+        auto rec = st->recorder.lock();
+        rec->on_rank_rows(rows);
+        rec->on_gradients_averaged();
+      }
+    };
+    state_->rider = dp->add_rider(std::move(rider));
   }
   rec->attached = true;
 }
@@ -149,8 +164,8 @@ void Monitor::detach() {
       if (p.accumulator) p.accumulator->del_post_hook(p.hook);
       p.accumulator.reset();
     }
-  if (state_->listener >= 0) state_->opts.data_parallel->remove_listener(state_->listener);
-  state_->listener = -1;
+  if (state_->rider >= 0) state_->opts.data_parallel->remove_rider(state_->rider);
+  state_->rider = -1;
   rec->attached = false;
 }
 
@@ -184,6 +199,50 @@ void Monitor::tap(const at::Tensor& t, const std::string& name, const TapOptions
 }
 
 void Monitor::step() { state_->recorder.lock()->end_step(); }
+
+void Monitor::begin_optimizer_step() { state_->recorder.lock()->begin_optimizer_step(); }
+
+void Monitor::end_optimizer_step(std::optional<double> returned_loss) {
+  state_->recorder.lock()->end_optimizer_step(returned_loss);
+}
+
+at::Tensor Monitor::optimizer_step(torch::optim::Optimizer& optimizer, const std::function<at::Tensor()>& closure) {
+  begin_optimizer_step();
+  at::Tensor loss;
+  try {
+    loss = closure ? optimizer.step(closure) : optimizer.step();
+  } catch (...) {
+    end_optimizer_step(std::nullopt);
+    throw;
+  }
+  std::optional<double> value;
+  if (loss.defined() && loss.numel() == 1) value = loss.item<double>();
+  end_optimizer_step(value);
+  return loss;
+}
+
+void Monitor::set_loss_scale(double scale) { state_->recorder.lock()->set_loss_scale(scale); }
+
+void Monitor::follow_data_parallel(int rank, int world_size) {
+  if (state_->opts.data_parallel)
+    throw UsageError("this Monitor already follows a gradflow DataParallel group: give it one engine, not two");
+  if (rank < 0 || rank >= world_size)
+    throw UsageError(fmt::format("rank {} is not in a group of {}: ranks go from 0 to world size - 1", rank, world_size));
+  state_->recorder.lock()->follow_ranks(world_size);
+  state_->follow_rank = rank;
+}
+
+at::Tensor Monitor::figures_block(const at::Tensor& bucket) {
+  const std::vector<double> row = state_->recorder.lock()->rank_row();
+  if (row.empty()) return at::Tensor();
+  state_->row_length = row.size();
+  return detail::rider_block(row, rank(), state_->recorder.lock()->world_size(), bucket);
+}
+
+void Monitor::receive_figures_block(const at::Tensor& summed) {
+  auto rec = state_->recorder.lock();
+  rec->on_rank_rows(detail::rider_rows(summed, rec->world_size(), state_->row_length));
+}
 
 void Monitor::flush() { state_->recorder.lock()->close_whole_step(); }
 

@@ -90,7 +90,7 @@ void StepRecorder::record(int series, const at::Tensor& grad, const at::Tensor& 
   const int index = record_index(series);
   Record& r = cur_.records[index];
   if (merge) {
-    if (plan.grad == StatsPath::fused) r.grad.merge(fused_stats(grad));
+    if (plan.grad == StatsPath::fused) r.grad.merge(scaled(fused_stats(grad), unscale_factor()));
     else deferred_.add(index, ResultField::grad_merge, grad.numel(), aten_stats(grad));
     return;
   }
@@ -108,6 +108,7 @@ void StepRecorder::record(int series, const at::Tensor& grad, const at::Tensor& 
       } else {
         r.grad = fused_stats(grad);
       }
+      r.grad = scaled(r.grad, unscale_factor());
       break;
     case StatsPath::device:
       // The count now; the sums arrive with the step's single transfer.
@@ -129,14 +130,18 @@ void StepRecorder::record_weight(int index, StatsPath path, const at::Tensor& we
 void StepRecorder::on_param_grad(int param) {
   if (!attached) return;
   HookedParam& p = params_[param];
-  if (opts_.auto_step && p.seen > 0) end_step();
+  // A second gradient for a parameter: the next step, or the closure's next evaluation.
+  if ((opts_.auto_step || in_optimizer_) && p.seen > 0) end_step();
+  stamp_evaluation();
+  stamp_loss_scale();
   ++p.seen;
   cur_active_ = true;
   backward_seen_ = true;
   cur_.backwards = std::max(cur_.backwards, p.seen);
   const at::Tensor& grad = p.tensor.grad();
   if (!recording_ || !grad.defined()) return;
-  if (stream_) schedule_backward_end();
+  // The end of backward streams the step, and reads a followed engine's averaged gradient.
+  if (stream_ || follow_world_ > 0) schedule_backward_end();
   if (opts_.update_norms && p.seen == 1) {
     torch::NoGradGuard no_grad;
     before_[param] = p.tensor.detach().clone();
@@ -149,6 +154,7 @@ void StepRecorder::on_param_grad(int param) {
 
 void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad) {
   if (!attached || hooked_at != step_ || !recording_ || !grad.defined()) return;
+  stamp_loss_scale();
   cur_active_ = true;
   backward_seen_ = true;
   // A further gradient of the same layer output or tap in this step (another backward, or a
@@ -160,7 +166,75 @@ void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::
 }
 
 void StepRecorder::begin_forward() {
+  if ((opts_.auto_step || in_optimizer_) && backward_seen_) end_step();
+  stamp_evaluation();
+}
+
+void StepRecorder::stamp_evaluation() {
+  if (!in_optimizer_ || cur_.evaluation >= 0) return;
+  cur_.optimizer_step = optimizer_steps_;
+  cur_.evaluation = evaluations_++;
+}
+
+void StepRecorder::stamp_loss_scale() {
+  if (scale_ && !cur_.loss_scale) cur_.loss_scale = scale_;
+}
+
+void StepRecorder::set_loss_scale(double scale) {
+  if (!(scale > 0) || !std::isfinite(scale))
+    throw UsageError(fmt::format("the loss scale must be a positive finite number (got {}): pass the scaler's current "
+                                 "scale (GradScaler.get_scale())",
+                                 scale));
+  // The open step ran its backward at its own scale: a lower one now means the scaler skipped it.
+  if (backward_seen_ && cur_.loss_scale) {
+    cur_.scale_after = scale;
+    cur_.skipped = scale < *cur_.loss_scale;
+    changed_ = true;
+  }
+  scale_ = scale;
+}
+
+void StepRecorder::begin_optimizer_step() {
+  if (in_optimizer_)
+    throw UsageError("an optimizer step began inside another: call begin_optimizer_step() and end_optimizer_step() "
+                     "once around each optimizer.step()");
+  // The open record is the previous optimizer step's last closure evaluation.
+  if (cur_.optimizer_step >= 0) end_step();
+  in_optimizer_ = true;
+  evaluations_ = 0;
+  if (!backward_seen_) return;  // a closure: its evaluations are the records
+  cur_.optimizer_step = optimizer_steps_;
+  changed_ = true;
+  if (recording_) record_applied();
+}
+
+void StepRecorder::end_optimizer_step(std::optional<double> returned_loss) {
+  if (!in_optimizer_)
+    throw UsageError("end_optimizer_step() without begin_optimizer_step(): call them around each optimizer.step()");
+  in_optimizer_ = false;
+  if (evaluations_ > 0 && returned_loss && has_content()) {
+    cur_.step_loss = returned_loss;
+    changed_ = true;
+  }
+  ++optimizer_steps_;
+  // The step is whole: its update is measured and it reaches the stream now.
   if (opts_.auto_step && backward_seen_) end_step();
+}
+
+void StepRecorder::record_applied() {
+  collect_worker();
+  torch::NoGradGuard no_grad;
+  for (const auto& p : params_) {
+    const int index = find_record(p.series);
+    const at::Tensor& g = p.tensor.grad();
+    if (index < 0 || !g.defined()) continue;
+    if (fused_applicable(g)) {
+      cur_.records[index].applied = fused_stats(g);
+    } else {
+      cur_.records[index].applied = TensorStats{};
+      deferred_.add(index, ResultField::applied, g.numel(), aten_stats(g));
+    }
+  }
 }
 
 bool StepRecorder::record_loss(const at::Tensor& loss) {
@@ -170,6 +244,7 @@ bool StepRecorder::record_loss(const at::Tensor& loss) {
   cur_active_ = true;
   if (!recording_) return false;
   changed_ = true;
+  stamp_loss_scale();
   if (loss.defined()) {
     if (loss.device().is_cpu())
       cur_.add_loss(loss.item<double>());  // a float widens to double exactly
@@ -269,6 +344,8 @@ void StepRecorder::reset_step() {
   streamed_ = false;
   changed_ = false;
   averaged_ = false;
+  engine_done_ = false;
+  ranks_in_ = false;
   kept_.clear();
   for (auto& p : params_) p.seen = 0;
 }
@@ -283,28 +360,47 @@ double StepRecorder::parameter_checksum() const {
   return sums.empty() ? 0.0 : torch::stack(sums).sum().item<double>();
 }
 
-void StepRecorder::on_gradients_averaged() {
-  DataParallel* dp = opts_.data_parallel;
+std::vector<double> StepRecorder::rank_row() {
   // Every rank runs the same loop, so every rank takes the same branch here.
-  if (!attached || !dp || !recording_ || averaged_ || !backward_seen_) return;
+  if (!attached || !recording_ || averaged_ || !backward_seen_) return {};
+  gather();
+  std::optional<double> checksum;
+  if (DataParallel* dp = opts_.data_parallel) {
+    const int k = dp->options().sync_check_every;
+    if (k > 0 && (step_ / opts_.every) % k == 0) checksum = parameter_checksum();
+  }
+  return encode_local(cur_, checksum);
+}
+
+void StepRecorder::on_rank_rows(const std::vector<std::vector<double>>& rows) {
+  if (!attached || rows.empty() || rows.front().empty()) return;
+  gather();
+  decode_ranks(cur_, rows, trace_);
+  ranks_in_ = true;
+  changed_ = true;
+}
+
+void StepRecorder::on_gradients_averaged() {
+  if (!attached || !recording_ || averaged_ || !ranks_in_) return;
   averaged_ = true;
   changed_ = true;
-  gather();
-  const int k = dp->options().sync_check_every;
-  std::optional<double> checksum;
-  if (k > 0 && (step_ / opts_.every) % k == 0) checksum = parameter_checksum();
-  decode_ranks(cur_, dp->all_gather(encode_local(cur_, checksum)), trace_);
   // The averaged gradient, computed here and not on the worker: backward is over.
   for (const auto& p : params_) {
     const int index = find_record(p.series);
     if (index < 0 || !p.tensor.grad().defined()) continue;
     const at::Tensor& g = p.tensor.grad();
     if (fused_applicable(g))
-      cur_.records[index].grad = fused_stats(g);
+      cur_.records[index].grad = scaled(fused_stats(g), unscale_factor());
     else
       deferred_.add(index, ResultField::grad, g.numel(), aten_stats(g));
   }
   if (stream_ && opts_.auto_step) stream_open_step();
+}
+
+void StepRecorder::follow_ranks(int world_size) {
+  if (world_size < 1) throw UsageError("a data-parallel group has at least one rank (got " + std::to_string(world_size) + ")");
+  follow_world_ = world_size;
+  trace_.world_size = world_size;
 }
 
 const Trace& StepRecorder::snapshot() {
@@ -328,6 +424,18 @@ void StepRecorder::on_backward_end() {
   end_scheduled_ = false;
   collect_worker();
   backward_done_ = backward_seen_;
+  if (follow_world_ > 0 && backward_seen_) {
+    // DistributedDataParallel copies the averaged gradient into .grad in its own end-of-backward
+    // callback, queued after ours: run once more after it (the engine runs callbacks queued by callbacks).
+    if (!engine_done_) {
+      engine_done_ = true;
+      schedule_backward_end();
+      return;
+    }
+    engine_done_ = false;
+    on_gradients_averaged();
+    return;
+  }
   // A data-parallel step is whole once its gradients are averaged (on_gradients_averaged).
   if (stream_ && opts_.auto_step && backward_done_ && !opts_.data_parallel) stream_open_step();
 }
@@ -348,7 +456,7 @@ void StepRecorder::collect_worker() {
   end_scheduled_ = false;
   for (const auto& res : worker_.collect()) {
     Record& r = cur_.records.at(res.record);
-    r.grad = res.grad;
+    r.grad = scaled(res.grad, unscale_factor());
     if (res.weight_sum_sq) r.weight_norm = std::sqrt(*res.weight_sum_sq);
   }
 }

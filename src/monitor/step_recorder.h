@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -66,9 +67,24 @@ class StepRecorder {
   void end_step();
   // Drops the open step unrecorded.
   void abandon_step();
-  // Data-parallel: the gradients were just averaged; exchanges the step's local figures with
-  // the other ranks (one collective) and records the averaged gradient.
+  // Data-parallel: this rank's figures of the open step, to ride in the gradient's allreduce
+  // (empty when the step is not recorded: every rank takes the same branch).
+  std::vector<double> rank_row();
+  // Every rank's row, by rank: each record's ranks, the ranks' losses and checksums.
+  void on_rank_rows(const std::vector<std::vector<double>>& rows);
+  // The gradients were just averaged: the records take the averaged gradient.
   void on_gradients_averaged();
+  // Data-parallel training on an engine the Monitor does not own (DistributedDataParallel):
+  // the averaged gradient is read once the engine's own end-of-backward work is done.
+  void follow_ranks(int world_size);
+  int world_size() const { return trace_.world_size; }
+
+  // The optimizer step begins: the gradient it finds in .grad() is recorded as `applied`, and
+  // each backward until end_optimizer_step() is an evaluation of its closure, a record of its own.
+  void begin_optimizer_step();
+  void end_optimizer_step(std::optional<double> returned_loss);
+  // The loss scaler's scale now (see Monitor::set_loss_scale).
+  void set_loss_scale(double scale);
   // The closed steps, and the open one marked partial when it is incomplete (no backward yet,
   // or a manual-step Monitor whose step() has not closed it).
   const Trace& snapshot();
@@ -103,6 +119,13 @@ class StepRecorder {
   // a program killed before its next forward still leaves it).
   void stream_open_step();
   bool has_content() const { return cur_active_ && recording_ && (!cur_.records.empty() || cur_.loss); }
+  // The gradient each recorded parameter holds now, as `applied`.
+  void record_applied();
+  // Inside an optimizer step, the open record is an evaluation of its closure.
+  void stamp_evaluation();
+  // The open step's loss scale, once it has a gradient or a loss.
+  void stamp_loss_scale();
+  double unscale_factor() const { return cur_.loss_scale.value_or(1.0); }
   // ‖θ now − θ at the step's first gradient‖ for every parameter copied in this step.
   void record_updates();
   // Sum of every parameter's elements and squares, in double: equal on ranks in sync.
@@ -133,6 +156,13 @@ class StepRecorder {
   bool streamed_ = false;
   bool changed_ = false;
   bool averaged_ = false;       // data-parallel: this step's ranks were already exchanged
+  int follow_world_ = 0;        // > 0: ranks of an engine the Monitor does not own
+  bool engine_done_ = false;    // that engine's end-of-backward work has run for this backward
+  bool ranks_in_ = false;       // the ranks' rows of this step arrived
+  std::int64_t optimizer_steps_ = 0;  // optimizer steps begun
+  bool in_optimizer_ = false;
+  int evaluations_ = 0;               // closure evaluations in the current optimizer step
+  std::optional<double> scale_;       // the loss scaler's latest scale
   std::vector<int> record_of_;  // series -> index in cur_.records, -1 when it has none
   std::vector<std::shared_ptr<torch::autograd::Node>> kept_;  // see keep_for_step
   DeferredResults deferred_;

@@ -1,6 +1,8 @@
 #include "gradflow/trace.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "util/enum_names.h"
 #include "gradflow/error.h"
@@ -41,7 +43,8 @@ int Trace::find(const std::string& name) const {
 }
 
 void Trace::add_step(StepRecord step) {
-  if (!first_nonfinite_) {
+  // A step the loss scaler skipped overflowed by design: its optimizer applied nothing.
+  if (!first_nonfinite_ && !step.skipped) {
     for (const auto& r : step.records) {
       if (r.grad.nonfinite > 0) {
         first_nonfinite_ = NonFiniteMark{step.step, series_.at(r.series).name};
@@ -55,6 +58,9 @@ void Trace::add_step(StepRecord step) {
     if (step.loss) last.loss = step.loss;
     if (step.accuracy) last.accuracy = step.accuracy;
     last.backwards = std::max(last.backwards, step.backwards);
+    if (step.step_loss) last.step_loss = step.step_loss;
+    if (step.scale_after) last.scale_after = step.scale_after;
+    last.skipped = last.skipped || step.skipped;
     for (auto& r : step.records) {
       auto it = std::find_if(last.records.begin(), last.records.end(),
                              [&](const Record& o) { return o.series == r.series; });
@@ -78,6 +84,56 @@ Trace Trace::complete_steps() const {
   for (const auto& st : steps_)
     if (!st.partial) t.add_step(st);
   return t;
+}
+
+double AppliedChange::factor() const {
+  if (applied_norm == produced_norm) return 1.0;
+  if (!(produced_norm > 0) || !std::isfinite(produced_norm) || !std::isfinite(applied_norm))
+    return std::numeric_limits<double>::quiet_NaN();
+  return applied_norm / produced_norm;
+}
+
+namespace {
+bool same_figures(const TensorStats& a, const TensorStats& b) {
+  return a.numel == b.numel && a.nonfinite == b.nonfinite && a.zeros == b.zeros && a.sum == b.sum &&
+         a.sum_sq == b.sum_sq && a.max_abs == b.max_abs;
+}
+}  // namespace
+
+std::optional<AppliedChange> applied_change(const StepRecord& step, const Trace& trace) {
+  std::optional<AppliedChange> c;
+  double produced = 0, applied = 0;
+  bool bad = false;
+  for (const auto& r : step.records) {
+    if (!r.applied || trace.series().at(r.series).kind != SeriesKind::parameter) continue;
+    if (!c) c = AppliedChange{};
+    produced += r.grad.sum_sq;
+    applied += r.applied->sum_sq;
+    bad = bad || r.grad.nonfinite > 0 || r.applied->nonfinite > 0;
+    if (!same_figures(r.grad, *r.applied)) ++c->changed;
+  }
+  if (c) {
+    const double inf = std::numeric_limits<double>::infinity();
+    c->produced_norm = bad ? inf : std::sqrt(produced);
+    c->applied_norm = bad ? inf : std::sqrt(applied);
+  }
+  return c;
+}
+
+std::vector<std::string> gradient_labels(const Trace& trace) {
+  bool applied = false, unscaled = false, closure = false;
+  for (const auto& st : trace.steps()) {
+    unscaled = unscaled || st.loss_scale.has_value();
+    closure = closure || st.evaluation >= 0;
+    for (const auto& r : st.records) applied = applied || r.applied.has_value();
+  }
+  std::vector<std::string> labels{"produced by backward (after the program's tensor hooks)"};
+  if (trace.world_size > 1)
+    labels.push_back("averaged over " + std::to_string(trace.world_size) + " ranks, each rank's local gradient beside it");
+  if (unscaled) labels.push_back("unscaled: divided by the step's loss scale");
+  if (applied) labels.push_back("the gradient the optimizer applied beside it (after clipping, unscaling, averaging)");
+  if (closure) labels.push_back("one record per evaluation of the optimizer's closure");
+  return labels;
 }
 
 std::vector<int> Trace::series_of_kind(SeriesKind kind) const {

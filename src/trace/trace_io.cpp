@@ -49,6 +49,14 @@ std::vector<double> numbers_from(const Json& j, const char* key) {
   return out;
 }
 
+std::optional<double> optional_number(const Json& j, const char* key) {
+  if (auto it = j.find(key); it != j.end()) {
+    if (it->is_number()) return it->get<double>();
+    if (it->is_null()) return std::numeric_limits<double>::quiet_NaN();
+  }
+  return std::nullopt;
+}
+
 Json record_json(const Record& r) {
   Json j = stats_json(r.grad);
   j["series"] = r.series;
@@ -72,6 +80,7 @@ Json record_json(const Record& r) {
     for (const auto& local : r.ranks) ranks.push_back(stats_json(local));
     j["ranks"] = std::move(ranks);
   }
+  if (r.applied) j["applied"] = stats_json(*r.applied);
   return j;
 }
 
@@ -95,6 +104,7 @@ Record record_from(const Json& j, int n_series, const std::string& where) {
   }
   if (auto it = j.find("ranks"); it != j.end() && it->is_array())
     for (const auto& local : *it) r.ranks.push_back(stats_from(local, where));
+  if (auto it = j.find("applied"); it != j.end() && it->is_object()) r.applied = stats_from(*it, where);
   return r;
 }
 
@@ -118,6 +128,12 @@ Json step_json(const StepRecord& st) {
   if (st.accuracy) js["accuracy"] = num(*st.accuracy);
   if (!st.rank_losses.empty()) js["rank_losses"] = numbers_json(st.rank_losses);
   if (!st.rank_checksums.empty()) js["rank_checksums"] = numbers_json(st.rank_checksums);
+  if (st.optimizer_step >= 0) js["optimizer_step"] = st.optimizer_step;
+  if (st.evaluation >= 0) js["evaluation"] = st.evaluation;
+  if (st.step_loss) js["step_loss"] = num(*st.step_loss);
+  if (st.loss_scale) js["loss_scale"] = num(*st.loss_scale);
+  if (st.scale_after) js["scale_after"] = num(*st.scale_after);
+  if (st.skipped) js["skipped"] = true;
   return js;
 }
 
@@ -205,6 +221,12 @@ StepRecord step_from(const Json& js, int n_series, const std::string& where) {
   if (auto it = js.find("accuracy"); it != js.end() && it->is_number()) st.accuracy = it->get<double>();
   st.rank_losses = numbers_from(js, "rank_losses");
   st.rank_checksums = numbers_from(js, "rank_checksums");
+  if (auto it = js.find("optimizer_step"); it != js.end() && it->is_number_integer()) st.optimizer_step = it->get<std::int64_t>();
+  if (auto it = js.find("evaluation"); it != js.end() && it->is_number_integer()) st.evaluation = it->get<int>();
+  st.step_loss = optional_number(js, "step_loss");
+  st.loss_scale = optional_number(js, "loss_scale");
+  st.scale_after = optional_number(js, "scale_after");
+  if (auto it = js.find("skipped"); it != js.end() && it->is_boolean()) st.skipped = it->get<bool>();
   for (const auto& jr : get_array(js, "records", where)) st.records.push_back(record_from(jr, n_series, where));
   return st;
 }
@@ -223,8 +245,21 @@ namespace {
 
 constexpr int kNoRank = -1;
 
+// Which gradient a row's figure is of: the CSV's `gradient` column.
+enum class Gradient { none, produced, applied, local };
+
+const char* gradient_column(Gradient g) {
+  switch (g) {
+    case Gradient::produced: return "produced";
+    case Gradient::applied: return "applied";
+    case Gradient::local: return "local";
+    case Gradient::none: break;
+  }
+  return "";
+}
+
 void csv_row(std::string& out, std::int64_t step, const std::string& name, const char* kind,
-             const char* quantity, double value, int rank = kNoRank) {
+             const char* quantity, double value, int rank = kNoRank, Gradient gradient = Gradient::none) {
   // Names come from module paths and tap names; quote any that could break the format.
   const bool quote = name.find_first_of(",\"\n") != std::string::npos;
   std::string n = name;
@@ -242,18 +277,31 @@ void csv_row(std::string& out, std::int64_t step, const std::string& name, const
     fmt::format_to(std::back_inserter(out), "{}", value);
   out += ',';
   if (rank != kNoRank) out += std::to_string(rank);
+  out += ',';
+  out += gradient_column(gradient);
   out += '\n';
 }
 
 void csv_stats(std::string& out, std::int64_t step, const std::string& name, const char* kind,
-               const TensorStats& g, int rank = kNoRank) {
-  csv_row(out, step, name, kind, "norm", g.norm(), rank);
-  csv_row(out, step, name, kind, "rms", g.rms(), rank);
-  csv_row(out, step, name, kind, "max_abs", g.max_abs, rank);
-  csv_row(out, step, name, kind, "mean", g.mean(), rank);
-  csv_row(out, step, name, kind, "std", g.std(), rank);
-  csv_row(out, step, name, kind, "zero_fraction", g.zero_fraction(), rank);
-  csv_row(out, step, name, kind, "nonfinite", static_cast<double>(g.nonfinite), rank);
+               const TensorStats& g, Gradient gradient, int rank = kNoRank) {
+  csv_row(out, step, name, kind, "norm", g.norm(), rank, gradient);
+  csv_row(out, step, name, kind, "rms", g.rms(), rank, gradient);
+  csv_row(out, step, name, kind, "max_abs", g.max_abs, rank, gradient);
+  csv_row(out, step, name, kind, "mean", g.mean(), rank, gradient);
+  csv_row(out, step, name, kind, "std", g.std(), rank, gradient);
+  csv_row(out, step, name, kind, "zero_fraction", g.zero_fraction(), rank, gradient);
+  csv_row(out, step, name, kind, "nonfinite", static_cast<double>(g.nonfinite), rank, gradient);
+}
+
+// What the step is, beside its loss: its optimizer step and closure evaluation, its loss scale.
+void csv_step_labels(std::string& out, const StepRecord& st) {
+  auto row = [&](const char* quantity, double value) { csv_row(out, st.step, quantity, "step", quantity, value); };
+  if (st.optimizer_step >= 0) row("optimizer_step", static_cast<double>(st.optimizer_step));
+  if (st.evaluation >= 0) row("evaluation", st.evaluation);
+  if (st.step_loss) row("step_loss", *st.step_loss);
+  if (st.loss_scale) row("loss_scale", *st.loss_scale);
+  if (st.scale_after) row("scale_after", *st.scale_after);
+  if (st.skipped) row("skipped", 1.0);
 }
 
 // The ranks' local norms in brief, on the record's own row: min, mean and max across ranks.
@@ -280,7 +328,7 @@ void csv_per_rank(std::string& out, std::int64_t step, const char* name, const c
 }  // namespace
 
 std::string trace_to_csv(const Trace& trace) {
-  std::string out = "step,name,kind,quantity,value,rank\n";
+  std::string out = "step,name,kind,quantity,value,rank,gradient\n";
   for (const auto& st : trace.steps()) {
     if (st.loss) csv_row(out, st.step, "loss", "step", "loss", *st.loss);
     if (st.losses.size() > 1)
@@ -290,14 +338,16 @@ std::string trace_to_csv(const Trace& trace) {
     if (st.accuracy) csv_row(out, st.step, "accuracy", "step", "accuracy", *st.accuracy);
     csv_per_rank(out, st.step, "loss", "loss", st.rank_losses);
     csv_per_rank(out, st.step, "checksum", "checksum", st.rank_checksums);
+    csv_step_labels(out, st);
     for (const auto& r : st.records) {
       const auto& s = trace.series()[r.series];
       const char* kind = to_string(s.kind);
       const auto& g = r.grad;
-      csv_stats(out, st.step, s.name, kind, g);
+      csv_stats(out, st.step, s.name, kind, g, Gradient::produced);
+      if (r.applied) csv_stats(out, st.step, s.name, kind, *r.applied, Gradient::applied);
       csv_rank_spread(out, st.step, s.name, kind, r.ranks);
       for (std::size_t k = 0; k < r.ranks.size(); ++k)
-        csv_stats(out, st.step, s.name, kind, r.ranks[k], static_cast<int>(k));
+        csv_stats(out, st.step, s.name, kind, r.ranks[k], Gradient::local, static_cast<int>(k));
       if (!std::isnan(r.weight_norm)) {
         csv_row(out, st.step, s.name, kind, "weight_norm", r.weight_norm);
         csv_row(out, st.step, s.name, kind, "ratio",

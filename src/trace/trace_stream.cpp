@@ -138,9 +138,10 @@ void put_record(std::string& out, const Record& r) {
   put_number(out, r.weight_norm);
   out += ',';
   put_number(out, r.update_norm);
-  if (r.forward || !r.ranks.empty()) {
+  if (r.forward || !r.ranks.empty() || r.applied) {
     // Written like the row itself, so that a non-finite figure keeps its value (not null).
     out += ",{";
+    const char* sep = "";
     if (r.forward) {
       const ActivationStats& f = *r.forward;
       out += "\"forward\":[";
@@ -149,15 +150,24 @@ void put_record(std::string& out, const Record& r) {
         out += ',';
       }
       out.back() = ']';
+      sep = ",";
     }
     if (!r.ranks.empty()) {
-      out += r.forward ? ",\"ranks\":[" : "\"ranks\":[";
+      out += sep;
+      out += "\"ranks\":[";
       for (const auto& local : r.ranks) {
         out += '[';
         put_stats(out, local);
         out += "],";
       }
       out.back() = ']';
+      sep = ",";
+    }
+    if (r.applied) {
+      out += sep;
+      out += "\"applied\":[";
+      put_stats(out, *r.applied);
+      out += ']';
     }
     out += '}';
   }
@@ -178,21 +188,15 @@ Record record_from(const detail::Json& row, int n_series) {
                                   number_from(it->at(3)), number_from(it->at(4))};
     if (auto it = extra.find("ranks"); it != extra.end())
       for (const auto& local : *it) r.ranks.push_back(stats_from(local, 0));
+    if (auto it = extra.find("applied"); it != extra.end()) r.applied = stats_from(*it, 0);
   }
   return r;
 }
 
 // A step's own figures as a trace's JSON has them, with rows in place of its records.
 std::string step_line(const StepRecord& step) {
-  StepRecord bare;
-  bare.step = step.step;
-  bare.loss = step.loss;
-  bare.losses = step.losses;
-  bare.accuracy = step.accuracy;
-  bare.backwards = step.backwards;
-  bare.partial = step.partial;
-  bare.rank_losses = step.rank_losses;
-  bare.rank_checksums = step.rank_checksums;
+  StepRecord bare = step;
+  bare.records.clear();
   std::string text = detail::Json{{"step", detail::step_json(bare)}}.dump();
   text.resize(text.size() - 2);  // reopen the step object: its rows follow
   text += ",\"rows\":[";

@@ -43,7 +43,8 @@ def train(net, monitor, shard=slice(None), average=False):
 
 def norms(monitor):
     f = monitor.trace_frame()
-    return {(int(s), str(n)): float(v) for s, n, v in zip(f["step"], f["name"], f["grad_norm"])}
+    return {(int(s), str(n)): float(v) for s, n, v, g in zip(f["step"], f["name"], f["grad_norm"], f["gradient"])
+            if g == "produced"}
 
 
 def rank_main(rank, world, port, out):

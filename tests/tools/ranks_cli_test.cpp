@@ -94,7 +94,7 @@ TEST(RanksCli, TwoRanksRecordTheAveragedGradientOneProcessRecords) {
   EXPECT_EQ(compared, 6 * 15);
   // The CSV's per-rank rows carry their rank; the averaged rows leave it empty.
   const std::string csv = slurp(dir + "/two/trace.csv");
-  EXPECT_EQ(csv.substr(0, csv.find('\n')), "step,name,kind,quantity,value,rank");
+  EXPECT_EQ(csv.substr(0, csv.find('\n')), "step,name,kind,quantity,value,rank,gradient");
   EXPECT_NE(csv.find("0,fc0.weight,parameter,norm,"), std::string::npos);
   EXPECT_NE(csv.find(",1\n"), std::string::npos);
   fs::remove_all(dir);

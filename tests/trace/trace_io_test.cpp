@@ -111,7 +111,7 @@ TEST(TraceIo, CsvIsLongFormatWithOneValuePerRow) {
   std::istringstream in(csv);
   std::string line;
   std::getline(in, line);
-  EXPECT_EQ(line, "step,name,kind,quantity,value,rank");
+  EXPECT_EQ(line, "step,name,kind,quantity,value,rank,gradient");
   int rows = 0;
   bool saw_quoted = false, saw_loss = false, saw_ratio = false;
   while (std::getline(in, line)) {

@@ -1,0 +1,90 @@
+"""How the gradflow Monitor learns what happens outside backward: the optimizer's step, and
+DistributedDataParallel's allreduce (its figures ride in the last gradient bucket)."""
+import functools
+import types
+import weakref
+
+import torch
+
+from ._gradflow import UsageError
+
+
+def wrap_optimizer_step(monitor, optimizer):
+    """Makes optimizer.step tell the Monitor where it begins and ends.
+
+    The wrapper is a bound method of the optimizer, as its own step is, so that learning-rate
+    schedulers (which wrap optimizer.step again) and GradScaler.step keep working.
+    """
+    step = optimizer.step
+    if getattr(step, "_gradflow_monitor", None) is not None:
+        raise UsageError("this optimizer is already attached to a gradflow Monitor: attach it to one Monitor")
+    ref = weakref.ref(monitor)
+
+    @functools.wraps(step)
+    def gradflow_step(self, *args, **kwargs):
+        m = ref()
+        if m is None:
+            return step(*args, **kwargs)
+        m.begin_optimizer_step()
+        try:
+            result = step(*args, **kwargs)
+        except BaseException:
+            m.end_optimizer_step(None)
+            raise
+        loss = None
+        if isinstance(result, torch.Tensor) and result.numel() == 1:
+            loss = float(result)
+        elif isinstance(result, (int, float)):
+            loss = float(result)
+        m.end_optimizer_step(loss)
+        return result
+
+    bound = types.MethodType(gradflow_step, optimizer)
+    bound.__func__._gradflow_monitor = ref
+    optimizer.step = bound
+
+
+def figures_comm_hook(monitor, process_group):
+    """DistributedDataParallel's communication hook with gradflow's figures inside: each bucket is
+    averaged as DDP's default hook does (divide by the world size, allreduce sum); the last one
+    carries every rank's recorded figures as a zero-padded block, so recording adds no collective.
+    A function (DDP reads the hook's name)."""
+    ref = weakref.ref(monitor)
+    world = process_group.size()
+
+    def gradflow_figures_hook(state, bucket):
+        buf = bucket.buffer()
+        buf.div_(world)
+        m = ref()
+        block = m._figures_block(buf) if m is not None and bucket.is_last() else None
+        if block is None:
+            return process_group.allreduce([buf]).get_future().then(lambda fut: fut.value()[0])
+        n = buf.numel()
+
+        def unpack(fut):
+            out = fut.value()[0]
+            receiver = ref()
+            if receiver is not None:
+                receiver._receive_figures_block(out[n:])
+            buf.copy_(out[:n])
+            return buf
+
+        return process_group.allreduce([torch.cat([buf, block])]).get_future().then(unpack)
+
+    return gradflow_figures_hook
+
+
+def follow_ddp(monitor, ddp):
+    """Registers the figures hook on a DistributedDataParallel model."""
+    group = ddp.process_group
+    monitor._follow_data_parallel(group.rank(), group.size())
+    try:
+        ddp.register_comm_hook(None, figures_comm_hook(monitor, group))
+    except RuntimeError as e:
+        if "once" not in str(e):
+            raise
+        raise UsageError(
+            "this DistributedDataParallel model already has a communication hook, and DDP takes one: gradflow's "
+            "figures ride in DDP's allreduce through its own (which averages as DDP's default does); monitor a model "
+            "without a hook, or train without DDP: gradflow.Monitor(model, process_group=...) and "
+            "monitor.average_gradients()") from None
