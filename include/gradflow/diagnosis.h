@@ -77,6 +77,10 @@ struct DiagnosisOptions {
   double oscillation_fraction = 0.3;
   double oscillation_rise = 0.25;
   int min_steps = 20;
+  /// Steps a loss scaler skipped (StepRecord::skipped) are left out of every rule while fewer
+  /// than this many come in a row: their overflow is the scaler's probing. From this many on,
+  /// the gradient is non-finite at any scale: a non_finite finding.
+  int persistent_skips = 10;
   /// The global gradient norm growing by more than this many orders during training: exploding.
   double norm_growth_orders = 3.0;
   /// Data-parallel: a rank whose local gradient norm is above this multiple of the median of

@@ -27,6 +27,15 @@ struct Attenuation {
   std::optional<double> gain() const;
 };
 
+/// The gradient the optimizer applied against the one backward produced, over the steps where
+/// the Monitor saw the optimizer step (see AppliedChange).
+struct AppliedSummary {
+  int steps = 0;          ///< steps with both gradients
+  int changed_steps = 0;  ///< steps where they differ (clipping, unscaling, averaging between them)
+  /// applied ‖g‖ / produced ‖g‖ over the changed steps (1 when none changed).
+  double smallest_factor = 1, median_factor = 1, largest_factor = 1;
+};
+
 /// The summary block of run.json (docs/run-schema.md documents each field).
 struct RunSummary {
   std::optional<double> grad_norm_first;        ///< first weight layer's gradient norm, first recorded step
@@ -40,7 +49,13 @@ struct RunSummary {
   std::optional<double> loss_first;
   std::optional<double> loss_last;
   int recorded_steps = 0;
+  std::optional<AppliedSummary> applied;
+  /// Recorded steps the loss scaler skipped (non-finite scaled gradient, nothing applied).
+  int skipped_steps = 0;
 };
+
+/// The AppliedSummary of a trace, nullopt when no step has an applied gradient.
+std::optional<AppliedSummary> summarize_applied(const Trace& trace);
 
 /// The hidden-state series across depth: taps of group "h" when the model has them, else the
 /// activation series without the last one (the output layer), in forward order.

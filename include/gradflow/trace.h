@@ -3,6 +3,7 @@
 /// What a Monitor recorded: plain host data, no LibTorch types.
 
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
@@ -129,6 +130,8 @@ class Trace {
 
   /// The same trace without its partial steps (what findings are drawn from).
   Trace complete_steps() const;
+  /// The same trace with only the steps `keep` accepts.
+  Trace steps_where(const std::function<bool(const StepRecord&)>& keep) const;
 
   /// Series of one kind, in the order they were first recorded.
   std::vector<int> series_of_kind(SeriesKind kind) const;
@@ -157,7 +160,8 @@ class Trace {
 struct AppliedChange {
   double produced_norm = 0;  ///< ‖g‖ as backward produced it (all parameters)
   double applied_norm = 0;   ///< ‖g‖ as the optimizer found it
-  /// Parameters whose applied gradient differs from the produced one (any figure).
+  /// Parameters whose applied gradient differs from the produced one (norm or largest element,
+  /// beyond rounding: 1e-6 relative).
   int changed = 0;
   /// applied_norm / produced_norm (1 when they are equal; NaN when either is not finite or zero).
   double factor() const;

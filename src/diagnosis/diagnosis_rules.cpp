@@ -199,6 +199,12 @@ std::optional<Finding> saturation_rule(const DiagnosisInput& in, const Diagnosis
   return f;
 }
 
+namespace {
+int skipped_steps(const Trace& t) {
+  return static_cast<int>(std::count_if(t.steps().begin(), t.steps().end(), [](const StepRecord& st) { return st.skipped; }));
+}
+}  // namespace
+
 std::optional<Finding> non_finite_rule(const DiagnosisInput& in, const DiagnosisOptions&) {
   const auto bad = std::find_if(in.loss.begin(), in.loss.end(), [](double v) { return !std::isfinite(v); });
   const auto& grad = in.trace.first_nonfinite();
@@ -210,6 +216,12 @@ std::optional<Finding> non_finite_rule(const DiagnosisInput& in, const Diagnosis
     f.where = fmt::format("{} at step {}", grad->series, grad->step);
     f.message = "first non-finite gradient in " + f.where;
     f.evidence.emplace_back("step", static_cast<double>(grad->step));
+    if (const int skipped = skipped_steps(in.trace); skipped > 0) {
+      f.message += fmt::format("; the loss scaler skipped {} of {} recorded steps: the gradient stays non-finite at every "
+                               "scale it tried, so the model itself overflows",
+                               skipped, in.trace.steps().size());
+      f.evidence.emplace_back("skipped_steps", skipped);
+    }
   }
   if (bad != in.loss.end()) {
     const auto step = loss_step(in, static_cast<std::size_t>(bad - in.loss.begin()));

@@ -33,11 +33,43 @@ std::vector<double> global_grad_norms(const Trace& trace) {
   return out;
 }
 
+namespace {
+
+int longest_skip_run(const Trace& t) {
+  int run = 0, longest = 0;
+  for (const auto& st : t.steps()) longest = std::max(longest, run = st.skipped ? run + 1 : 0);
+  return longest;
+}
+
+struct Judged {
+  Trace trace;
+  std::vector<double> loss;
+};
+
+// The steps findings are drawn from: no partial step (its numbers are incomplete), and no step
+// the loss scaler skipped while skips stay occasional (their overflow is the scaler probing).
+Judged judged_steps(const Trace& trace, const std::vector<double>& loss, int persistent_skips) {
+  Judged j{trace.complete_steps(), loss};
+  if (longest_skip_run(j.trace) == 0 || longest_skip_run(j.trace) >= persistent_skips) return j;
+  // A Monitor's run has a loss per recorded step: they leave together.
+  if (j.loss.size() == j.trace.steps().size()) {
+    std::vector<double> kept;
+    for (std::size_t i = 0; i < j.loss.size(); ++i)
+      if (!j.trace.steps()[i].skipped) kept.push_back(j.loss[i]);
+    j.loss = std::move(kept);
+  }
+  j.trace = j.trace.steps_where([](const StepRecord& st) { return !st.skipped; });
+  return j;
+}
+
+}  // namespace
+
 void RunRecord::analyse(const DiagnosisOptions& options) {
-  // A partial step's numbers are incomplete: no summary figure or finding is drawn from them.
-  const Trace judged = trace.complete_steps();
-  summary = summarize(judged, loss, tiny > 0 ? tiny : std::numeric_limits<float>::denorm_min());
-  findings = diagnose(judged, summary, loss, global_grad_norms(judged), traits, options);
+  const Judged judged = judged_steps(trace, loss, options.persistent_skips);
+  summary = summarize(judged.trace, judged.loss, tiny > 0 ? tiny : std::numeric_limits<float>::denorm_min());
+  summary.skipped_steps = 0;
+  for (const auto& st : trace.complete_steps().steps()) summary.skipped_steps += st.skipped ? 1 : 0;
+  findings = diagnose(judged.trace, summary, judged.loss, global_grad_norms(judged.trace), traits, options);
 }
 
 RunRecord user_run_record(const Trace& trace, std::int64_t completed_steps, const std::string& label,
@@ -162,6 +194,13 @@ Json summary_json(const RunSummary& s) {
   j["loss_first"] = opt_num(s.loss_first);
   j["loss_last"] = opt_num(s.loss_last);
   j["recorded_steps"] = s.recorded_steps;
+  if (s.applied)
+    j["applied"] = {{"steps", s.applied->steps},
+                    {"changed_steps", s.applied->changed_steps},
+                    {"smallest_factor", num(s.applied->smallest_factor)},
+                    {"median_factor", num(s.applied->median_factor)},
+                    {"largest_factor", num(s.applied->largest_factor)}};
+  if (s.skipped_steps > 0) j["skipped_steps"] = s.skipped_steps;
   j["detail"] = {{"depth", attenuation_json(s.depth)},
                  {"depth_final", attenuation_json(s.depth_final)},
                  {"time", attenuation_json(s.time)},
@@ -196,6 +235,16 @@ RunSummary summary_from(const Json& j) {
   s.loss_first = opt_from(j, "loss_first");
   s.loss_last = opt_from(j, "loss_last");
   s.recorded_steps = j.value("recorded_steps", 0);
+  if (auto it = j.find("applied"); it != j.end() && it->is_object()) {
+    AppliedSummary a;
+    a.steps = it->value("steps", 0);
+    a.changed_steps = it->value("changed_steps", 0);
+    a.smallest_factor = get_num_or(*it, "smallest_factor", 1.0);
+    a.median_factor = get_num_or(*it, "median_factor", 1.0);
+    a.largest_factor = get_num_or(*it, "largest_factor", 1.0);
+    s.applied = a;
+  }
+  s.skipped_steps = j.value("skipped_steps", 0);
   if (auto it = j.find("detail"); it != j.end() && it->is_object()) {
     if (it->contains("depth")) s.depth = attenuation_from((*it)["depth"]);
     if (it->contains("depth_final")) s.depth_final = attenuation_from((*it)["depth_final"]);

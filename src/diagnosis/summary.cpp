@@ -85,9 +85,33 @@ std::optional<Attenuation> chain_attenuation(const Trace& t, const StepRecord& s
 
 }  // namespace
 
+std::optional<AppliedSummary> summarize_applied(const Trace& trace) {
+  std::optional<AppliedSummary> a;
+  std::vector<double> factors;
+  for (const auto& st : trace.steps()) {
+    const auto c = applied_change(st, trace);
+    if (!c) continue;
+    if (!a) a = AppliedSummary{};
+    ++a->steps;
+    if (c->changed == 0) continue;
+    ++a->changed_steps;
+    if (std::isfinite(c->factor())) factors.push_back(c->factor());
+  }
+  if (a && !factors.empty()) {
+    std::sort(factors.begin(), factors.end());
+    a->smallest_factor = factors.front();
+    a->largest_factor = factors.back();
+    const std::size_t n = factors.size();
+    a->median_factor = n % 2 ? factors[n / 2] : (factors[n / 2 - 1] + factors[n / 2]) / 2;
+  }
+  return a;
+}
+
 RunSummary summarize(const Trace& trace, const std::vector<double>& loss, double tiny) {
   RunSummary s;
   s.recorded_steps = static_cast<int>(trace.steps().size());
+  s.applied = summarize_applied(trace);
+  for (const auto& st : trace.steps()) s.skipped_steps += st.skipped ? 1 : 0;
   if (!loss.empty()) {
     if (std::isfinite(loss.front())) s.loss_first = loss.front();
     if (std::isfinite(loss.back())) s.loss_last = loss.back();

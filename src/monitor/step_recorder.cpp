@@ -140,8 +140,9 @@ void StepRecorder::on_param_grad(int param) {
   cur_.backwards = std::max(cur_.backwards, p.seen);
   const at::Tensor& grad = p.tensor.grad();
   if (!recording_ || !grad.defined()) return;
-  // The end of backward streams the step, and reads a followed engine's averaged gradient.
-  if (stream_ || follow_world_ > 0) schedule_backward_end();
+  // The end of backward makes the step whole (flush() may close it), streams it, and reads a
+  // followed engine's averaged gradient.
+  schedule_backward_end();
   if (opts_.update_norms && p.seen == 1) {
     torch::NoGradGuard no_grad;
     before_[param] = p.tensor.detach().clone();

@@ -114,6 +114,46 @@ std::string loss_chart(const RunRecord& r) {
   return detail::render(c);
 }
 
+// Which gradient the figures are, in words, and what the optimizer applied instead.
+std::vector<std::string> gradient_sentences(const RunRecord& r) {
+  std::vector<std::string> out{"Gradient figures: " + detail::join(gradient_labels(r.trace), "; ") + "."};
+  if (const auto& a = r.summary.applied)
+    out.push_back(fmt::format("The optimizer step changed the gradient on {} of {} steps (clipping, unscaling or averaging "
+                              "between backward and the step){}; the charts show the gradient backward produced, and the "
+                              "global norm chart the one applied by the optimizer beside it.",
+                              a->changed_steps, a->steps,
+                              a->changed_steps == 0 ? std::string()
+                                                    : fmt::format(": the applied norm was {:.3g}× to {:.3g}× the produced "
+                                                                  "one (median {:.3g}×)",
+                                                                  a->smallest_factor, a->largest_factor, a->median_factor)));
+  if (r.summary.skipped_steps > 0)
+    out.push_back(fmt::format("The loss scaler skipped {} recorded steps (a non-finite scaled gradient; nothing was "
+                              "applied): they are shown, but no finding is drawn from them unless the skips persist.",
+                              r.summary.skipped_steps));
+  return out;
+}
+
+// The global gradient norm per step, produced and applied.
+std::string applied_chart(const RunRecord& r) {
+  LineChart c = detail::line_chart("Global gradient norm: produced by backward, applied by the optimizer", "step",
+                                   "‖g‖ (log scale)", "");
+  LineSeries produced, applied;
+  produced.label = "produced";
+  applied.label = "applied";
+  applied.dashed = true;
+  for (const auto& st : r.trace.steps()) {
+    const auto change = applied_change(st, r.trace);
+    if (!change) continue;
+    produced.x.push_back(static_cast<double>(st.step));
+    produced.y.push_back(change->produced_norm);
+    applied.x.push_back(static_cast<double>(st.step));
+    applied.y.push_back(change->applied_norm);
+  }
+  c.series.push_back(std::move(produced));
+  c.series.push_back(std::move(applied));
+  return detail::render(c);
+}
+
 std::string findings_html(const RunRecord& r) {
   const std::string adversarial =
       r.traits.adversarial ? "<p>This model's loss is adversarial: it rises and falls by design, so no loss-trend rule (stalled, "
@@ -151,8 +191,9 @@ std::string model_html(const RunRecord& r) {
   const Layers layers = weight_layers(r.trace);
   std::string out = fmt::format("<section><h2>{}</h2>\n", html_escape(r.label));
   if (r.interrupted) out += "<p class=\"sev-error\">" + html_escape(interrupted_note(r)) + "</p>\n";
-  out += fmt::format("<p>loss {}</p>\n<h3>Findings</h3>\n{}", detail::loss_span(r.summary, detail::Markup::html),
-                     findings_html(r));
+  out += fmt::format("<p>loss {}</p>\n", detail::loss_span(r.summary, detail::Markup::html));
+  for (const auto& sentence : gradient_sentences(r)) out += "<p>" + html_escape(sentence) + "</p>\n";
+  out += "<h3>Findings</h3>\n" + findings_html(r);
   if (r.trace.steps().empty()) return out + "<p>Nothing was recorded.</p>\n</section>\n";
   if (!layers.series.empty()) out += profile_chart(r, layers.series, layers.names, "|dL/dW|");
   const auto outputs = r.trace.series_of_kind(SeriesKind::activation);
@@ -162,6 +203,7 @@ std::string model_html(const RunRecord& r) {
     out += profile_chart(r, outputs, names, "|dL/d(output)|");
   }
   out += loss_chart(r);
+  if (r.summary.applied) out += applied_chart(r);
   if (!layers.series.empty()) {
     out += per_layer_over_steps(r, layers, detail::line_chart("Parameter-gradient norm per layer over training", "step", "|dL/dW| (log scale)", ""),
                                 [](const StepRecord& st, int s) { return detail::norm_at(st, s); });
@@ -206,6 +248,7 @@ std::string models_report_markdown(const std::vector<RunRecord>& runs) {
     out += "\n## " + r.label + "\n\n";
     if (r.interrupted) out += "**" + interrupted_note(r) + "**\n\n";
     out += "loss " + detail::loss_span(r.summary, detail::Markup::plain) + "\n\n";
+    for (const auto& sentence : gradient_sentences(r)) out += sentence + "\n\n";
     if (r.findings.empty()) out += "- no finding: the gradient flows\n";
     for (const auto& f : r.findings)
       out += fmt::format("- [{}] **{}** ({}): {} Remedy: {}\n", to_string(f.severity), to_string(f.kind), f.where, f.message, f.remedy);

@@ -117,7 +117,7 @@ TEST(TraceIo, CsvIsLongFormatWithOneValuePerRow) {
   while (std::getline(in, line)) {
     ++rows;
     if (line.rfind("0,\"h,1\",tap,dead_fraction,0.25", 0) == 0) saw_quoted = true;
-    if (line == "2,loss,step,loss,0.5,") saw_loss = true;
+    if (line == "2,loss,step,loss,0.5,,") saw_loss = true;
     if (line.rfind("0,fc1.weight,parameter,ratio,", 0) == 0) saw_ratio = true;
   }
   EXPECT_TRUE(saw_quoted);
