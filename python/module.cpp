@@ -176,6 +176,8 @@ struct FrameRow {
   const TensorStats* stats;
   const char* gradient;
   std::int64_t rank;  // -1: not one rank's
+  // A rank's figures beyond 64 ranks: norm, largest |g| and a non-finite flag only.
+  bool compact() const { return rank >= 0 && record->ranks_compact; }
 };
 
 std::vector<FrameRow> frame_rows(const Trace& t) {
@@ -211,10 +213,10 @@ const IntColumn kIntColumns[] = {
 };
 const RealColumn kRealColumns[] = {
     {"grad_norm", [](const FrameRow& f) { return f.stats->norm(); }},
-    {"grad_mean", [](const FrameRow& f) { return f.stats->mean(); }},
-    {"grad_std", [](const FrameRow& f) { return f.stats->std(); }},
+    {"grad_mean", [](const FrameRow& f) { return f.compact() ? kNaN : f.stats->mean(); }},
+    {"grad_std", [](const FrameRow& f) { return f.compact() ? kNaN : f.stats->std(); }},
     {"grad_max_abs", [](const FrameRow& f) { return f.stats->max_abs; }},
-    {"zero_fraction", [](const FrameRow& f) { return f.stats->zero_fraction(); }},
+    {"zero_fraction", [](const FrameRow& f) { return f.compact() ? kNaN : f.stats->zero_fraction(); }},
     {"weight_norm", [](const FrameRow& f) { return f.rank < 0 ? f.record->weight_norm : kNaN; }},
     {"update_norm", [](const FrameRow& f) { return f.rank < 0 ? f.record->update_norm : kNaN; }},
     {"loss", [](const FrameRow& f) {

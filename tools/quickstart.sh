@@ -11,7 +11,7 @@ build="${GRADFLOW_BUILD_DIR:-build}"
 jobs="${GRADFLOW_JOBS:-2}"
 
 packages=(cmake g++ make ccache libtorch-dev libgloo-dev libfmt-dev libcli11-dev libgtest-dev nlohmann-json3-dev
-          libopenblas0-pthread libopenblas-dev libbenchmark-dev python3-torch python3-dev pybind11-dev)
+          libopenblas0-pthread libopenblas-dev libbenchmark-dev python3-torch python3-torchvision python3-dev pybind11-dev)
 if [ "$mode" = test ]; then
   packages+=(clang libclang-rt-14-dev chromium)
 fi

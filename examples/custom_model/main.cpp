@@ -54,7 +54,7 @@ int run(int argc, char** argv) {
     auto loss = torch::mse_loss(model->forward(x), torch::sin(x.mm(teacher)));
     monitor.watch(loss);                                  // + records the loss and dL/d(layer output)
     loss.backward();
-    optimizer.step();
+    monitor.optimizer_step(optimizer);                    // + in place of optimizer.step(): the applied gradient too
   }
   auto findings = gradflow::save_report(monitor, out);     // + writes report.html, run.json, trace.csv
   gradflow::require_healthy(findings, {gradflow::FindingKind::vanishing, gradflow::FindingKind::non_finite});

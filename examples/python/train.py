@@ -16,7 +16,7 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 x, y = torch.randn(256, 20), torch.randn(256, 1)
 out = sys.argv[1] if len(sys.argv) > 1 else "gradflow-report"
 
-monitor = gradflow.Monitor(model, out=out, force=True)  # gradflow: each step reaches out/trace.jsonl
+monitor = gradflow.Monitor(model, optimizer=optimizer, out=out, force=True)  # gradflow: streams to out/trace.jsonl
 for step in range(100):
     loss = nn.functional.mse_loss(model(x), y)
     monitor.watch(loss)  # gradflow

@@ -139,12 +139,13 @@ class DataParallel {
   /// The process group, for the program's own collectives.
   c10d::ProcessGroup& group();
 
-  /// Figures that travel with the gradients: at each average_gradients() every rank's `row`
-  /// (the same length on every rank) goes into the last bucket's allreduce, and once the average
-  /// is in place `receive` gets every rank's row, by rank. Monitors use it.
+  /// Figures that travel with the gradients: at each average_gradients() `block` gives this
+  /// rank's contribution (a tensor summed with the other ranks' in the last bucket's allreduce,
+  /// converted to the bucket's type; undefined: nothing this time, on every rank alike), and once
+  /// the average is in place `receive` gets the summed block. Monitors use it.
   struct Rider {
-    std::function<std::vector<double>()> row;
-    std::function<void(const std::vector<std::vector<double>>&)> receive;
+    std::function<at::Tensor(const at::Tensor& bucket)> block;
+    std::function<void(const at::Tensor& summed)> receive;
   };
   /// Returns an id for remove_rider().
   int add_rider(Rider rider);

@@ -62,8 +62,8 @@ struct MonitorOptions {
   /// Try it where cores do not share that much (`gradflow bench` shows the effect).
   bool async = false;
   /// Data-parallel training: the group whose average_gradients() the Monitor follows (it must
-  /// outlive the Monitor). Each rank records its local gradient in its hooks; after the average
-  /// one collective per recorded step brings every rank's figures to every rank (Record::ranks,
+  /// outlive the Monitor). Each rank records its local gradient in its hooks; those figures ride
+  /// in the average's last allreduce (no collective of their own) to every rank (Record::ranks,
   /// StepRecord::rank_losses), the records then hold the averaged gradient, the step's loss is
   /// the ranks' mean, and every `sync_check_every`-th recorded step compares the ranks'
   /// parameter checksums. Rank 0 writes the trace.

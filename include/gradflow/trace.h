@@ -63,6 +63,10 @@ struct Record {
   /// optimizer applies (parameters), or for layer outputs and taps the gradient of the averaged
   /// loss: every rank's local dL/dh taken together, divided by the number of ranks.
   std::vector<TensorStats> ranks;
+  /// Beyond 64 ranks each rank's entry holds only its gradient's norm (sum_sq), largest |g|
+  /// (max_abs), both rounded to the gradient's type, and whether it had a non-finite value
+  /// (nonfinite 0 or 1); its other figures are not carried.
+  bool ranks_compact = false;
 };
 
 /// Everything recorded at one step.

@@ -43,6 +43,7 @@ class Monitor(_Monitor):
     def __init__(self, model, *, optimizer=None, grad_scaler=None, **options):
         super().__init__(model, **options)
         self._grad_scaler = grad_scaler
+        self._restore_steps = []
         if self._ddp is not None:
             _hooks.follow_ddp(self, self._ddp)
         if optimizer is not None:
@@ -51,7 +52,14 @@ class Monitor(_Monitor):
     def attach_optimizer(self, optimizer):
         """Tell the Monitor of each optimizer.step(): the gradient it applies is recorded beside the
         one backward produced, and each evaluation of a closure is a record of its own."""
-        _hooks.wrap_optimizer_step(self, optimizer)
+        self._restore_steps.append(_hooks.wrap_optimizer_step(self, optimizer))
+
+    def detach(self):
+        """Remove every hook, and give the optimizer its own step back; recorded data stays."""
+        for restore in self._restore_steps:
+            restore()
+        self._restore_steps.clear()
+        super().detach()
 
     def watch(self, loss):
         """Record the loss (before scaling) and hook the layer outputs below it; call before backward."""

@@ -10,14 +10,18 @@ from ._gradflow import UsageError
 
 
 def wrap_optimizer_step(monitor, optimizer):
-    """Makes optimizer.step tell the Monitor where it begins and ends.
+    """Makes optimizer.step tell the Monitor where it begins and ends; returns a function that
+    puts the optimizer's step back.
 
     The wrapper is a bound method of the optimizer, as its own step is, so that learning-rate
     schedulers (which wrap optimizer.step again) and GradScaler.step keep working.
     """
     step = optimizer.step
-    if getattr(step, "_gradflow_monitor", None) is not None:
-        raise UsageError("this optimizer is already attached to a gradflow Monitor: attach it to one Monitor")
+    attached = getattr(step, "_gradflow_monitor", None)
+    if attached is not None:
+        if attached() is not None:
+            raise UsageError("this optimizer is already attached to a gradflow Monitor: attach it to one Monitor")
+        step = step._gradflow_original  # its Monitor is gone
     ref = weakref.ref(monitor)
 
     @functools.wraps(step)
@@ -31,17 +35,27 @@ def wrap_optimizer_step(monitor, optimizer):
         except BaseException:
             m.end_optimizer_step(None)
             raise
-        loss = None
-        if isinstance(result, torch.Tensor) and result.numel() == 1:
-            loss = float(result)
-        elif isinstance(result, (int, float)):
-            loss = float(result)
-        m.end_optimizer_step(loss)
+        m.end_optimizer_step(_loss_value(result))
         return result
 
-    bound = types.MethodType(gradflow_step, optimizer)
-    bound.__func__._gradflow_monitor = ref
-    optimizer.step = bound
+    gradflow_step._gradflow_monitor = ref
+    gradflow_step._gradflow_original = step
+    optimizer.step = types.MethodType(gradflow_step, optimizer)
+
+    def restore():
+        if getattr(optimizer.step, "_gradflow_monitor", None) is ref:
+            optimizer.step = step
+
+    return restore
+
+
+def _loss_value(result):
+    """What optimizer.step returned, as a number (a closure's loss), or None."""
+    if isinstance(result, torch.Tensor) and result.numel() == 1:
+        return float(result)
+    if isinstance(result, (int, float)):
+        return float(result)
+    return None
 
 
 def figures_comm_hook(monitor, process_group):

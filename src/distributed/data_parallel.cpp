@@ -307,30 +307,31 @@ std::vector<double> DataParallel::average_gradients(const std::vector<at::Tensor
                                                     const std::vector<double>& figures) {
   torch::NoGradGuard no_grad;
   std::vector<std::vector<at::Tensor>> buckets = impl_->buckets_of(parameters);
-  // Each rank's row: the figures to sum, then every rider's own.
-  std::vector<double> row = figures;
-  std::vector<std::size_t> lengths;
+  const at::Tensor like = buckets.empty() ? torch::zeros({0}, torch::TensorOptions(torch::kDouble).device(impl_->device))
+                                          : buckets.back().front();
+  // The block: the figures to sum, then each rider's contribution.
+  std::vector<at::Tensor> parts{detail::rider_block(figures, rank(), world_size(), like)};
+  std::vector<std::int64_t> sizes;
   for (auto& [id, rider] : impl_->riders) {
-    const std::vector<double> own = rider.row();
-    lengths.push_back(own.size());
-    row.insert(row.end(), own.begin(), own.end());
+    const at::Tensor b = rider.block(like);
+    sizes.push_back(b.defined() ? b.numel() : -1);
+    if (b.defined()) parts.push_back(b.reshape({-1}).to(like.options()));
   }
+  at::Tensor block = torch::cat(parts);
+  if (buckets.empty() && block.numel() == 0) return {};
   // A group whose model has no gradient still sends its figures, in a bucket of their own.
   if (buckets.empty()) buckets.emplace_back();
-  const at::Tensor like = buckets.back().empty() ? torch::zeros({0}, torch::TensorOptions(torch::kDouble).device(impl_->device))
-                                                  : buckets.back().front();
-  at::Tensor block = detail::rider_block(row, rank(), world_size(), like);
   for (std::size_t b = 0; b < buckets.size(); ++b) impl_->allreduce_bucket(buckets[b], b + 1 == buckets.size() ? &block : nullptr);
-  const auto rows = detail::rider_rows(block, world_size(), row.size());
+  std::int64_t offset = parts.front().numel();
   std::vector<double> sums(figures.size(), 0.0);
-  for (const auto& r : rows)
-    for (std::size_t k = 0; k < sums.size(); ++k) sums[k] += r[k];
-  std::size_t offset = figures.size(), k = 0;
+  for (const auto& row : detail::rider_rows(block.narrow(0, 0, offset), world_size(), figures.size()))
+    for (std::size_t k = 0; k < sums.size(); ++k) sums[k] += row[k];
+  std::size_t k = 0;
   for (auto& [id, rider] : impl_->riders) {
-    std::vector<std::vector<double>> own;
-    for (const auto& r : rows) own.emplace_back(r.begin() + offset, r.begin() + offset + lengths[k]);
-    offset += lengths[k++];
-    rider.receive(own);
+    const std::int64_t n = sizes[k++];
+    if (n < 0) continue;
+    rider.receive(block.narrow(0, offset, n));
+    offset += n;
   }
   return sums;
 }

@@ -47,6 +47,11 @@ void check_same_shape(const std::vector<std::vector<double>>& blocks, const Step
       throw Error("rank " + std::to_string(r) + " recorded other series than rank 0 at step " + std::to_string(step.step) +
                   ": every rank must run the same model, loop and Monitor options");
   }
+  bool mine = first.records() == step.records.size();
+  for (std::size_t i = 0; mine && i < step.records.size(); ++i) mine = first.record(i)[0] == step.records[i].series;
+  if (!mine)
+    throw Error("this rank recorded other series than rank 0 at step " + std::to_string(step.step) +
+                ": every rank must run the same model, loop and Monitor options");
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "distributed/exact_chunks.h"
+#include "distributed/figures_layout.h"
 #include "gradflow/error.h"
 
 namespace gradflow::detail {
@@ -23,8 +24,16 @@ int bits_of(at::ScalarType type) {
 
 }  // namespace
 
-std::int64_t rider_block_numel(std::size_t row_len, int world, const at::Tensor& bucket) {
-  return static_cast<std::int64_t>(row_len * chunks_per_value(bits_of(bucket.scalar_type()))) * world;
+at::Tensor figures_block(const StepRecord& step, std::optional<double> checksum, int rank, int world,
+                         const at::Tensor& bucket) {
+  const std::vector<double> block = figures_contribution(step, checksum, rank, world, bits_of(bucket.scalar_type()));
+  return torch::tensor(block, torch::kDouble).to(bucket.options());
+}
+
+void receive_figures_block(const at::Tensor& summed, StepRecord& step, const Trace& trace, int world) {
+  const at::Tensor host = summed.detach().to(torch::kCPU, torch::kDouble).contiguous();
+  receive_figures(host.data_ptr<double>(), static_cast<std::size_t>(host.numel()), step, trace, world,
+                  bits_of(summed.scalar_type()));
 }
 
 at::Tensor rider_block(const std::vector<double>& row, int rank, int world, const at::Tensor& bucket) {

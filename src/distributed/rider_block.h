@@ -6,13 +6,22 @@
 #include <cstddef>
 #include <vector>
 
+#include <optional>
+
 #include <ATen/core/Tensor.h>
+
+#include "gradflow/trace.h"
 
 namespace gradflow::detail {
 
-// Elements the block takes in a bucket like `bucket`, for rows of `row_len` doubles.
-std::int64_t rider_block_numel(std::size_t row_len, int world, const at::Tensor& bucket);
-// The block with this rank's `row` in its place and zeros elsewhere, on the bucket's device.
+// The Monitor's block for this step (figures_layout.h), in the bucket's type and on its device.
+at::Tensor figures_block(const StepRecord& step, std::optional<double> checksum, int rank, int world,
+                         const at::Tensor& bucket);
+// The summed block into `step`.
+void receive_figures_block(const at::Tensor& summed, StepRecord& step, const Trace& trace, int world);
+
+// Figures to be summed over the ranks: the block with this rank's `row` in its place and zeros
+// elsewhere (exact chunks), on the bucket's device.
 at::Tensor rider_block(const std::vector<double>& row, int rank, int world, const at::Tensor& bucket);
 // Every rank's row, by rank, out of the summed block.
 std::vector<std::vector<double>> rider_rows(const at::Tensor& summed, int world, std::size_t row_len);

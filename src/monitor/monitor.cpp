@@ -11,7 +11,6 @@
 #include "gradflow/error.h"
 #include "gradflow/option.h"
 #include "util/guarded.h"
-#include "distributed/rider_block.h"
 #include "monitor/step_recorder.h"
 
 namespace gradflow {
@@ -40,7 +39,6 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
   detail::Guarded<detail::StepRecorder> recorder;
   int rider = -1;  // on opts.data_parallel
   int follow_rank = 0;  // follow_data_parallel()
-  std::size_t row_length = 0;  // of the figures block in flight
 };
 
 namespace {
@@ -139,14 +137,14 @@ void Monitor::attach(const std::vector<std::pair<std::string, at::Tensor>>& name
   if (auto* dp = state_->opts.data_parallel) {
     std::weak_ptr<State> weak = state_;
     DataParallel::Rider rider;
-    rider.row = [weak] {
+    rider.block = [weak](const at::Tensor& bucket) {
       auto st = weak.lock();
-      return st ? st->recorder.lock()->rank_row() : std::vector<double>{};
+      return st ? st->recorder.lock()->figures_block(bucket) : at::Tensor();
     };
-    rider.receive = [weak](const std::vector<std::vector<double>>& rows) {
+    rider.receive = [weak](const at::Tensor& summed) {
       if (auto st = weak.lock()) {
         auto rec = st->recorder.lock();
-        rec->on_rank_rows(rows);
+        rec->receive_figures_block(summed);
         rec->on_gradients_averaged();
       }
     };
@@ -228,21 +226,13 @@ void Monitor::follow_data_parallel(int rank, int world_size) {
     throw UsageError("this Monitor already follows a gradflow DataParallel group: give it one engine, not two");
   if (rank < 0 || rank >= world_size)
     throw UsageError(fmt::format("rank {} is not in a group of {}: ranks go from 0 to world size - 1", rank, world_size));
-  state_->recorder.lock()->follow_ranks(world_size);
+  state_->recorder.lock()->follow_ranks(rank, world_size);
   state_->follow_rank = rank;
 }
 
-at::Tensor Monitor::figures_block(const at::Tensor& bucket) {
-  const std::vector<double> row = state_->recorder.lock()->rank_row();
-  if (row.empty()) return at::Tensor();
-  state_->row_length = row.size();
-  return detail::rider_block(row, rank(), state_->recorder.lock()->world_size(), bucket);
-}
+at::Tensor Monitor::figures_block(const at::Tensor& bucket) { return state_->recorder.lock()->figures_block(bucket); }
 
-void Monitor::receive_figures_block(const at::Tensor& summed) {
-  auto rec = state_->recorder.lock();
-  rec->on_rank_rows(detail::rider_rows(summed, rec->world_size(), state_->row_length));
-}
+void Monitor::receive_figures_block(const at::Tensor& summed) { state_->recorder.lock()->receive_figures_block(summed); }
 
 void Monitor::flush() { state_->recorder.lock()->close_whole_step(); }
 

@@ -10,6 +10,7 @@
 #include "gradflow/error.h"
 #include "gradflow/option.h"
 #include "distributed/rank_block.h"
+#include "distributed/rider_block.h"
 #include "stats/tensor_stats_torch.h"
 
 namespace gradflow::detail {
@@ -39,6 +40,7 @@ StepRecorder::StepRecorder(MonitorOptions options, std::function<void()> schedul
   trace_.saturation_threshold = opts_.saturation_threshold;
   if (opts_.data_parallel) {
     trace_.world_size = opts_.data_parallel->world_size();
+    rank_ = opts_.data_parallel->rank();
     trace_.batch_per_rank = opts_.batch_per_rank;
   }
 }
@@ -361,22 +363,22 @@ double StepRecorder::parameter_checksum() const {
   return sums.empty() ? 0.0 : torch::stack(sums).sum().item<double>();
 }
 
-std::vector<double> StepRecorder::rank_row() {
+at::Tensor StepRecorder::figures_block(const at::Tensor& bucket) {
   // Every rank runs the same loop, so every rank takes the same branch here.
-  if (!attached || !recording_ || averaged_ || !backward_seen_) return {};
+  if (!attached || !recording_ || averaged_ || !backward_seen_) return at::Tensor();
   gather();
   std::optional<double> checksum;
   if (DataParallel* dp = opts_.data_parallel) {
     const int k = dp->options().sync_check_every;
     if (k > 0 && (step_ / opts_.every) % k == 0) checksum = parameter_checksum();
   }
-  return encode_local(cur_, checksum);
+  return detail::figures_block(cur_, checksum, rank_, trace_.world_size, bucket);
 }
 
-void StepRecorder::on_rank_rows(const std::vector<std::vector<double>>& rows) {
-  if (!attached || rows.empty() || rows.front().empty()) return;
+void StepRecorder::receive_figures_block(const at::Tensor& summed) {
+  if (!attached) return;
   gather();
-  decode_ranks(cur_, rows, trace_);
+  detail::receive_figures_block(summed, cur_, trace_, trace_.world_size);
   ranks_in_ = true;
   changed_ = true;
 }
@@ -398,9 +400,9 @@ void StepRecorder::on_gradients_averaged() {
   if (stream_ && opts_.auto_step) stream_open_step();
 }
 
-void StepRecorder::follow_ranks(int world_size) {
-  if (world_size < 1) throw UsageError("a data-parallel group has at least one rank (got " + std::to_string(world_size) + ")");
+void StepRecorder::follow_ranks(int rank, int world_size) {
   follow_world_ = world_size;
+  rank_ = rank;
   trace_.world_size = world_size;
 }
 

@@ -67,16 +67,17 @@ class StepRecorder {
   void end_step();
   // Drops the open step unrecorded.
   void abandon_step();
-  // Data-parallel: this rank's figures of the open step, to ride in the gradient's allreduce
-  // (empty when the step is not recorded: every rank takes the same branch).
-  std::vector<double> rank_row();
-  // Every rank's row, by rank: each record's ranks, the ranks' losses and checksums.
-  void on_rank_rows(const std::vector<std::vector<double>>& rows);
+  // Data-parallel: this rank's figures of the open step as a block of `bucket`'s type, to ride in
+  // the gradient's allreduce (undefined when the step is not recorded: every rank takes the
+  // same branch).
+  at::Tensor figures_block(const at::Tensor& bucket);
+  // The summed block: each record's ranks, the ranks' losses and checksums.
+  void receive_figures_block(const at::Tensor& summed);
   // The gradients were just averaged: the records take the averaged gradient.
   void on_gradients_averaged();
   // Data-parallel training on an engine the Monitor does not own (DistributedDataParallel):
   // the averaged gradient is read once the engine's own end-of-backward work is done.
-  void follow_ranks(int world_size);
+  void follow_ranks(int rank, int world_size);
   int world_size() const { return trace_.world_size; }
 
   // The optimizer step begins: the gradient it finds in .grad() is recorded as `applied`, and
@@ -157,6 +158,7 @@ class StepRecorder {
   bool changed_ = false;
   bool averaged_ = false;       // data-parallel: this step's ranks were already exchanged
   int follow_world_ = 0;        // > 0: ranks of an engine the Monitor does not own
+  int rank_ = 0;                // this process's rank in a data-parallel group
   bool engine_done_ = false;    // that engine's end-of-backward work has run for this backward
   bool ranks_in_ = false;       // the ranks' rows of this step arrived
   std::int64_t optimizer_steps_ = 0;  // optimizer steps begun

@@ -22,6 +22,21 @@ Json stats_json(const TensorStats& g) {
           {"zeros", g.zeros},      {"nonfinite", g.nonfinite}, {"numel", g.numel}};
 }
 
+// A rank's entry beyond 64 ranks (Record::ranks_compact): the figures it carries, and no other.
+Json compact_stats_json(const TensorStats& g) {
+  return {{"norm", num(g.norm())}, {"max_abs", num(g.max_abs)}, {"nonfinite", g.nonfinite}, {"numel", g.numel}};
+}
+
+TensorStats compact_stats_from(const Json& j, const std::string& where) {
+  TensorStats g;
+  g.numel = get_int(j, "numel", where);
+  g.nonfinite = get_int(j, "nonfinite", where);
+  const double norm = get_num(j, "norm", where);
+  g.sum_sq = norm * norm;
+  g.max_abs = get_num(j, "max_abs", where);
+  return g;
+}
+
 TensorStats stats_from(const Json& j, const std::string& where) {
   TensorStats g;
   g.numel = get_int(j, "numel", where);
@@ -77,8 +92,9 @@ Json record_json(const Record& r) {
   }
   if (!r.ranks.empty()) {
     Json ranks = Json::array();
-    for (const auto& local : r.ranks) ranks.push_back(stats_json(local));
+    for (const auto& local : r.ranks) ranks.push_back(r.ranks_compact ? compact_stats_json(local) : stats_json(local));
     j["ranks"] = std::move(ranks);
+    if (r.ranks_compact) j["ranks_compact"] = true;
   }
   if (r.applied) j["applied"] = stats_json(*r.applied);
   return j;
@@ -102,8 +118,9 @@ Record record_from(const Json& j, int n_series, const std::string& where) {
     f.mean_local_derivative = get_num(*it, "mean_local_derivative", where);
     r.forward = f;
   }
+  r.ranks_compact = j.value("ranks_compact", false);
   if (auto it = j.find("ranks"); it != j.end() && it->is_array())
-    for (const auto& local : *it) r.ranks.push_back(stats_from(local, where));
+    for (const auto& local : *it) r.ranks.push_back(r.ranks_compact ? compact_stats_from(local, where) : stats_from(local, where));
   if (auto it = j.find("applied"); it != j.end() && it->is_object()) r.applied = stats_from(*it, where);
   return r;
 }
@@ -346,8 +363,16 @@ std::string trace_to_csv(const Trace& trace) {
       csv_stats(out, st.step, s.name, kind, g, Gradient::produced);
       if (r.applied) csv_stats(out, st.step, s.name, kind, *r.applied, Gradient::applied);
       csv_rank_spread(out, st.step, s.name, kind, r.ranks);
-      for (std::size_t k = 0; k < r.ranks.size(); ++k)
-        csv_stats(out, st.step, s.name, kind, r.ranks[k], Gradient::local, static_cast<int>(k));
+      for (std::size_t k = 0; k < r.ranks.size(); ++k) {
+        const int rank = static_cast<int>(k);
+        if (!r.ranks_compact) {
+          csv_stats(out, st.step, s.name, kind, r.ranks[k], Gradient::local, rank);
+          continue;
+        }
+        csv_row(out, st.step, s.name, kind, "norm", r.ranks[k].norm(), rank, Gradient::local);
+        csv_row(out, st.step, s.name, kind, "max_abs", r.ranks[k].max_abs, rank, Gradient::local);
+        csv_row(out, st.step, s.name, kind, "nonfinite", static_cast<double>(r.ranks[k].nonfinite), rank, Gradient::local);
+      }
       if (!std::isnan(r.weight_norm)) {
         csv_row(out, st.step, s.name, kind, "weight_norm", r.weight_norm);
         csv_row(out, st.step, s.name, kind, "ratio",

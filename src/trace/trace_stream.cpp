@@ -161,6 +161,7 @@ void put_record(std::string& out, const Record& r) {
         out += "],";
       }
       out.back() = ']';
+      if (r.ranks_compact) out += ",\"ranks_compact\":true";
       sep = ",";
     }
     if (r.applied) {
@@ -189,6 +190,7 @@ Record record_from(const detail::Json& row, int n_series) {
     if (auto it = extra.find("ranks"); it != extra.end())
       for (const auto& local : *it) r.ranks.push_back(stats_from(local, 0));
     if (auto it = extra.find("applied"); it != extra.end()) r.applied = stats_from(*it, 0);
+    r.ranks_compact = extra.value("ranks_compact", false);
   }
   return r;
 }
