@@ -235,7 +235,7 @@ RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
       StepFigures f;
       if (dp) f = average_step(*dp, params, loss, acc, o.should_stop && o.should_stop());
       const torch::Tensor peak = clip(params, o, r);
-      opt->step();
+      mon.optimizer_step(*opt);  // the applied (averaged, clipped) gradient beside the produced one
       if (!dp) {
         std::vector<double> v = host_figures(loss, acc, peak);
         v.push_back(0.0);

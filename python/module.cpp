@@ -359,7 +359,8 @@ void bind_monitor(py::module_& m) {
       .def_property_readonly("recording", [](PyMonitor& p) { return p.monitor().recording(); })
       .def_property_readonly("steps", [](PyMonitor& p) { return p.monitor().completed_steps(); })
       .def("trace_frame", [](PyMonitor& p) { return trace_frame(p.monitor()); },
-           "The trace as columns of numpy arrays, one row per recorded tensor and step: pandas.DataFrame(...)")
+           "The trace as columns of numpy arrays, one row per recorded gradient and step (gradient: produced, applied "
+           "or local, with its rank): pandas.DataFrame(...)")
       .def("save_csv", [](PyMonitor& p, const std::string& path) { write_trace_csv(p.monitor().trace(), path); },
            py::arg("path"))
       .def("save_json", [](PyMonitor& p, const std::string& path) { write_trace_json(p.monitor().trace(), path); },

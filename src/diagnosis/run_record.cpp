@@ -87,6 +87,8 @@ RunRecord user_run_record(const Trace& trace, std::int64_t completed_steps, cons
   r.tiny = std::numeric_limits<float>::denorm_min();
   r.config = {{"every", std::to_string(trace.every), ConfigRole::recording}};
   r.analyse(diagnosis);
+  // A program's own clipping (or any change between backward and the step) is seen as such.
+  if (r.summary.applied) r.clipped_steps = r.summary.applied->changed_steps;
   return r;
 }
 

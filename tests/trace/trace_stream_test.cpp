@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "gradflow/atomic_file.h"
 #include "gradflow/error.h"
@@ -120,6 +121,74 @@ TEST(TraceStream, EverySumOfEveryRecordComesBackExactly) {
   EXPECT_EQ(got.ranks[0].sum, -2.5e-300);
   EXPECT_EQ(got.ranks[0].sum_sq, 7.0);
   EXPECT_EQ(got.ranks[1].numel, 0);
+}
+
+// Which gradient each figure is: the applied gradient, the optimizer step and closure evaluation,
+// the loss scale and a skipped step, compact rank figures — through the stream and the JSON alike.
+TEST(TraceStream, TheLabelsOfEveryRecordComeBack) {
+  TempDir d;
+  Trace t = growing_trace(3);
+  t.world_size = 2;
+  StepRecord& st = t.steps()[1];
+  st.optimizer_step = 4;
+  st.evaluation = 2;
+  st.step_loss = 0.75;
+  st.loss_scale = 1024;
+  st.scale_after = 512;
+  st.skipped = true;
+  Record& r = st.records[0];
+  TensorStats applied = r.grad;
+  applied.sum_sq = 0.0625;
+  applied.max_abs = 0.125;
+  r.applied = applied;
+  TensorStats local;
+  local.numel = 8;
+  local.sum_sq = 4;
+  local.max_abs = 1.5;
+  local.nonfinite = 1;
+  r.ranks = {local, local};
+  r.ranks_compact = true;
+  const Trace back = streamed(d.path, t, true);
+  const StepRecord& got = back.steps()[1];
+  EXPECT_EQ(got.optimizer_step, 4);
+  EXPECT_EQ(got.evaluation, 2);
+  EXPECT_EQ(got.step_loss, 0.75);
+  EXPECT_EQ(got.loss_scale, 1024);
+  EXPECT_EQ(got.scale_after, 512);
+  EXPECT_TRUE(got.skipped);
+  EXPECT_EQ(back.steps()[0].optimizer_step, -1);
+  EXPECT_EQ(back.steps()[0].evaluation, -1);
+  EXPECT_FALSE(back.steps()[0].loss_scale.has_value());
+  ASSERT_TRUE(got.records[0].applied.has_value());
+  EXPECT_EQ(got.records[0].applied->sum_sq, 0.0625);
+  EXPECT_EQ(got.records[0].applied->max_abs, 0.125);
+  EXPECT_FALSE(got.records[1].applied.has_value());
+  EXPECT_TRUE(got.records[0].ranks_compact);
+  EXPECT_EQ(got.records[0].ranks[1].max_abs, 1.5);
+  // The JSON keeps them too, and says which of a compact rank's figures it has.
+  const Trace json = trace_from_json(trace_to_json(back));
+  const StepRecord& js = json.steps()[1];
+  EXPECT_EQ(js.optimizer_step, 4);
+  EXPECT_EQ(js.evaluation, 2);
+  EXPECT_EQ(js.step_loss, 0.75);
+  EXPECT_EQ(js.loss_scale, 1024);
+  EXPECT_EQ(js.scale_after, 512);
+  EXPECT_TRUE(js.skipped);
+  EXPECT_TRUE(js.records[0].ranks_compact);
+  EXPECT_DOUBLE_EQ(js.records[0].applied->norm(), 0.25);
+  EXPECT_DOUBLE_EQ(js.records[0].ranks[1].norm(), 2.0);
+  const auto j = nlohmann::json::parse(trace_to_json(back));
+  const auto& compact = j["steps"][1]["records"][0];
+  EXPECT_TRUE(compact["ranks_compact"].get<bool>());
+  EXPECT_FALSE(compact["ranks"][0].contains("mean"));
+  EXPECT_EQ(compact["ranks"][0]["max_abs"].get<double>(), 1.5);
+  EXPECT_EQ(compact["applied"]["norm"].get<double>(), 0.25);
+  const std::string csv = trace_to_csv(back);
+  EXPECT_NE(csv.find("3,fc.weight,parameter,norm,0.25,,applied\n"), std::string::npos);
+  EXPECT_NE(csv.find("3,fc.weight,parameter,max_abs,1.5,1,local\n"), std::string::npos);
+  EXPECT_EQ(csv.find("3,fc.weight,parameter,mean,0,1,local\n"), std::string::npos);  // not carried: not written
+  EXPECT_NE(csv.find("3,skipped,step,skipped,1,,\n"), std::string::npos);
+  EXPECT_NE(csv.find("3,evaluation,step,evaluation,2,,\n"), std::string::npos);
 }
 
 // A step is written as its backward ends and again as it closes when it gained something since
