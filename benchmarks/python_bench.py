@@ -7,7 +7,6 @@ Each mode runs in interleaved blocks of steps; the overhead is the median over r
 mode's time / the bare loop's time in the same round, - 1.
 """
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -17,6 +16,7 @@ import torch
 import torch.nn as nn
 
 import gradflow
+from bench_models import run_models
 
 MODELS = {"mlp": (50, 256), "mlp-small": (10, 64)}
 BATCH = 128
@@ -124,19 +124,10 @@ def main():
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
           f"median over {rounds} interleaved rounds")
     print(f"{'model':10} {'bare ms':>8} {'gradflow':>9} {'overhead':>9} {'hand ms':>8} {'overhead':>9} {'share':>6}")
-    records = []
-    for name in a.models.split(","):
-        if name not in MODELS:
-            sys.exit(f"python_bench: unknown model '{name}': name some of {', '.join(MODELS)}")
-        steps = 3 if name == "mlp" else 20
-        r = measure(name, rounds, steps, rng)
-        records.append(r)
-        print(f"{name:10} {r['bare_ms']:8.2f} {r['gradflow_ms']:9.2f} {100 * r['gradflow_overhead']:+8.1f}% "
-              f"{r['hand-written_ms']:8.2f} {100 * r['hand-written_overhead']:+8.1f}% {r['gradflow_share_of_hand_written']:6.2f}",
-              flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(records, f, indent=1)
+    run_models("python_bench", a.models, MODELS, lambda name: measure(name, rounds, 3 if name == "mlp" else 20, rng),
+               lambda name, r: f"{name:10} {r['bare_ms']:8.2f} {r['gradflow_ms']:9.2f} {100 * r['gradflow_overhead']:+8.1f}% "
+                               f"{r['hand-written_ms']:8.2f} {100 * r['hand-written_overhead']:+8.1f}% "
+                               f"{r['gradflow_share_of_hand_written']:6.2f}", a.json)
 
 
 if __name__ == "__main__":

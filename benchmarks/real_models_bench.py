@@ -11,7 +11,6 @@ a ratio is the median over rounds of (step / the round's bare step). Every step 
 recorded ratio; every 10th step costs (recorded + 9 × unrecorded) / 10.
 """
 import argparse
-import json
 import math
 import random
 import statistics
@@ -22,6 +21,7 @@ import torch
 import torch.nn as nn
 
 import gradflow
+from bench_models import run_models
 
 BLOCK = 10  # every=10: one recorded step in ten
 VOCAB, SEQ = 2000, 64
@@ -122,18 +122,10 @@ def main():
     rng = random.Random(1)
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, 1 thread; median over {a.rounds} "
           f"interleaved rounds; clipped loop, optimizer attached")
-    records = []
-    for name in a.models.split(","):
-        if name not in MODELS:
-            sys.exit(f"real_models_bench: unknown model '{name}': name some of {', '.join(MODELS)}")
-        r = measure(name, a.rounds, rng)
-        records.append(r)
-        print(f"{name:15} bare {r['bare_ms']:8.1f} ms/step   every step {100 * r['every step']:+6.2f}%   "
-              f"every 10th {100 * r['every 10th']:+6.2f}%   (a step not recorded {100 * r['unrecorded_step']:+6.2f}%)",
-              flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(records, f, indent=1)
+    run_models("real_models_bench", a.models, MODELS, lambda name: measure(name, a.rounds, rng),
+               lambda name, r: f"{name:15} bare {r['bare_ms']:8.1f} ms/step   every step {100 * r['every step']:+6.2f}%   "
+                               f"every 10th {100 * r['every 10th']:+6.2f}%   "
+                               f"(a step not recorded {100 * r['unrecorded_step']:+6.2f}%)", a.json)
 
 
 if __name__ == "__main__":

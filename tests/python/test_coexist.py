@@ -4,7 +4,6 @@ writes under torch.distributed, and messages name Python's arguments."""
 import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import gradflow
+from ranks import run_ranks
 
 STEPS = 5
 
@@ -259,21 +259,10 @@ def rank_main(rank, world, port, folder, ddp):
 
 class OneWriterTest(unittest.TestCase):
     def ranks(self, ddp):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         with tempfile.TemporaryDirectory() as d:
             folder = os.path.join(d, "report")
-            procs = [subprocess.Popen([sys.executable, __file__, str(r), "2", str(port), folder, str(int(ddp))],
-                                      stderr=subprocess.PIPE, text=True) for r in range(2)]
-            try:
-                errs = [p.communicate(timeout=180)[1] for p in procs]
-            finally:
-                for p in procs:
-                    if p.poll() is None:
-                        p.kill()
-                        p.wait()
-            self.assertEqual([p.returncode for p in procs], [0, 0], errs)
+            codes, errs = run_ranks(__file__, 2, [folder, int(ddp)], timeout=180)
+            self.assertEqual(codes, [0, 0], errs)
             found = []
             for r in range(2):
                 with open(os.path.join(d, f"findings.{r}.json")) as f:

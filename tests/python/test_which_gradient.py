@@ -7,7 +7,6 @@ import datetime
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import gradflow
+from ranks import free_port, run_ranks
 
 STEPS = 8
 
@@ -378,20 +378,9 @@ def ddp_rank_main(rank, world, port, out):
 
 class DistributedDataParallelTest(unittest.TestCase):
     def test_averaged_and_local_gradients_ride_in_ddps_allreduce(self):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         with tempfile.TemporaryDirectory() as d:
-            procs = [subprocess.Popen([sys.executable, __file__, str(r), "2", str(port), d], stderr=subprocess.PIPE,
-                                      text=True) for r in range(2)]
-            try:
-                errs = [p.communicate(timeout=240)[1] for p in procs]
-            finally:
-                for p in procs:
-                    if p.poll() is None:
-                        p.kill()
-                        p.wait()
-            self.assertEqual([p.returncode for p in procs], [0, 0], errs)
+            codes, errs = run_ranks(__file__, 2, [d], timeout=240)
+            self.assertEqual(codes, [0, 0], errs)
             results = []
             for r in range(2):
                 with open(os.path.join(d, f"rank{r}.json")) as fh:
@@ -421,10 +410,7 @@ class DistributedDataParallelTest(unittest.TestCase):
             "    gradflow.Monitor(ddp)\n"
             "except gradflow.UsageError as e:\n"
             "    print('refused:', e)\n")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        r = subprocess.run([sys.executable, "-c", code % port], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-c", code % free_port()], capture_output=True, text=True, timeout=120)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("refused: this DistributedDataParallel model already has a communication hook", r.stdout)
 

@@ -148,14 +148,20 @@ TEST(TraceStream, TheLabelsOfEveryRecordComeBack) {
   local.nonfinite = 1;
   r.ranks = {local, local};
   r.ranks_compact = true;
+  const auto expect_labels = [](const StepRecord& got) {
+    EXPECT_EQ(got.optimizer_step, 4);
+    EXPECT_EQ(got.evaluation, 2);
+    EXPECT_EQ(got.step_loss, 0.75);
+    EXPECT_EQ(got.loss_scale, 1024);
+    EXPECT_EQ(got.scale_after, 512);
+    EXPECT_TRUE(got.skipped);
+    EXPECT_TRUE(got.records[0].ranks_compact);
+    EXPECT_DOUBLE_EQ(got.records[0].applied->norm(), 0.25);
+    EXPECT_DOUBLE_EQ(got.records[0].ranks[1].norm(), 2.0);
+  };
   const Trace back = streamed(d.path, t, true);
   const StepRecord& got = back.steps()[1];
-  EXPECT_EQ(got.optimizer_step, 4);
-  EXPECT_EQ(got.evaluation, 2);
-  EXPECT_EQ(got.step_loss, 0.75);
-  EXPECT_EQ(got.loss_scale, 1024);
-  EXPECT_EQ(got.scale_after, 512);
-  EXPECT_TRUE(got.skipped);
+  expect_labels(got);
   EXPECT_EQ(back.steps()[0].optimizer_step, -1);
   EXPECT_EQ(back.steps()[0].evaluation, -1);
   EXPECT_FALSE(back.steps()[0].loss_scale.has_value());
@@ -163,20 +169,9 @@ TEST(TraceStream, TheLabelsOfEveryRecordComeBack) {
   EXPECT_EQ(got.records[0].applied->sum_sq, 0.0625);
   EXPECT_EQ(got.records[0].applied->max_abs, 0.125);
   EXPECT_FALSE(got.records[1].applied.has_value());
-  EXPECT_TRUE(got.records[0].ranks_compact);
   EXPECT_EQ(got.records[0].ranks[1].max_abs, 1.5);
   // The JSON keeps them too, and says which of a compact rank's figures it has.
-  const Trace json = trace_from_json(trace_to_json(back));
-  const StepRecord& js = json.steps()[1];
-  EXPECT_EQ(js.optimizer_step, 4);
-  EXPECT_EQ(js.evaluation, 2);
-  EXPECT_EQ(js.step_loss, 0.75);
-  EXPECT_EQ(js.loss_scale, 1024);
-  EXPECT_EQ(js.scale_after, 512);
-  EXPECT_TRUE(js.skipped);
-  EXPECT_TRUE(js.records[0].ranks_compact);
-  EXPECT_DOUBLE_EQ(js.records[0].applied->norm(), 0.25);
-  EXPECT_DOUBLE_EQ(js.records[0].ranks[1].norm(), 2.0);
+  expect_labels(trace_from_json(trace_to_json(back)).steps()[1]);
   const auto j = nlohmann::json::parse(trace_to_json(back));
   const auto& compact = j["steps"][1]["records"][0];
   EXPECT_TRUE(compact["ranks_compact"].get<bool>());
