@@ -56,6 +56,29 @@ py::object ddp_of(const py::object& model) {
   return py::isinstance(model, ddp_type) ? model : py::object(py::none());
 }
 
+// traits= from Python: a dict with the names run.json's "traits" uses. An unknown key or value is
+// a usage error naming the valid ones.
+ModelTraits traits_from_dict(const py::dict& d) {
+  ModelTraits t;
+  for (const auto& [key, value] : d) {
+    const std::string k = py::str(key).cast<std::string>();
+    if (k == "activation") t.activation = activation_from_string(py::str(value).cast<std::string>());
+    else if (k == "init") t.init = init_from_string(py::str(value).cast<std::string>());
+    else if (k == "norm") t.norm = norm_from_string(py::str(value).cast<std::string>());
+    else if (k == "cell") t.cell = cell_from_string(py::str(value).cast<std::string>());
+    else if (k == "residual") t.residual = value.cast<bool>();
+    else if (k == "recurrent") t.recurrent = value.cast<bool>();
+    else if (k == "adversarial") t.adversarial = value.cast<bool>();
+    else if (k == "clip_norm") t.clip_norm = value.cast<double>();
+    else if (k == "clip_value") t.clip_value = value.cast<double>();
+    else if (k == "forget_bias") t.forget_bias = value.cast<double>();
+    else
+      throw UsageError("traits= has no '" + k + "': give some of activation, init, norm, cell, residual, recurrent, "
+                       "adversarial, clip_norm, clip_value, forget_bias");
+  }
+  return t;
+}
+
 class PyMonitor;
 // Live Monitors, so that the last whole step reaches their streams when the interpreter exits
 // (also after an uncaught exception).
@@ -99,6 +122,14 @@ class PyMonitor {
   }
   // The DistributedDataParallel model given, or None.
   const py::object& ddp() const { return ddp_; }
+  // What the program said of its model (traits=), for save_report.
+  std::optional<ModelTraits> traits;
+  // The program's loss scaler (grad_scaler=), or None: its scale is read before each backward and
+  // whenever a step may close, so that a skipped step is known as such (also the last one).
+  py::object scaler = py::none();
+  void read_scale() {
+    if (!scaler.is_none()) monitor_->set_loss_scale(scaler.attr("get_scale")().cast<double>());
+  }
   ~PyMonitor() { live_monitors().erase(this); }
   PyMonitor(const PyMonitor&) = delete;
   PyMonitor& operator=(const PyMonitor&) = delete;
@@ -124,6 +155,7 @@ class PyMonitor {
 void flush_live_monitors() {
   for (PyMonitor* p : live_monitors()) {
     try {
+      p->read_scale();
       p->monitor().flush();
     } catch (const std::exception&) {
     }
@@ -302,7 +334,7 @@ void bind_monitor(py::module_& m) {
       .def(py::init([](const py::object& model, std::int64_t every, bool parameters, bool activations, bool weight_norms,
                        bool update_norms, bool auto_step, double saturation_threshold,
                        const py::object& process_group, std::int64_t batch_per_rank, const std::optional<std::string>& out,
-                       bool force) {
+                       bool force, const std::optional<py::dict>& traits, const py::object& grad_scaler) {
              MonitorOptions o;
              o.every = every;
              o.parameters = parameters;
@@ -313,24 +345,47 @@ void bind_monitor(py::module_& m) {
              o.saturation_threshold = saturation_threshold;
              o.out = out.value_or("");
              o.force = force;
-             return std::make_unique<PyMonitor>(model, o, process_group, batch_per_rank);
+             auto m = std::make_unique<PyMonitor>(model, o, process_group, batch_per_rank);
+             if (traits) m->traits = traits_from_dict(*traits);
+             if (!grad_scaler.is_none() && !py::hasattr(grad_scaler, "get_scale"))
+               throw UsageError("grad_scaler= takes a torch.cuda.amp.GradScaler (an object with get_scale()), got " +
+                                py::str(py::type::of(grad_scaler).attr("__name__")).cast<std::string>());
+             m->scaler = grad_scaler;
+             return m;
            }),
            py::arg("model"), py::kw_only(), py::arg("every") = 1, py::arg("parameters") = true,
            py::arg("activations") = true, py::arg("weight_norms") = true, py::arg("update_norms") = false,
            py::arg("auto_step") = true, py::arg("saturation_threshold") = 0.1,
            py::arg("process_group") = py::none(), py::arg("batch_per_rank") = 0, py::arg("out") = py::none(),
-           py::arg("force") = false)
-      .def("watch", [](PyMonitor& p, const at::Tensor& loss) { p.monitor().watch(loss); }, py::arg("loss"),
-           "Record the loss and hook the layer outputs below it; call before loss.backward()")
+           py::arg("force") = false, py::arg("traits") = py::none(), py::arg("grad_scaler") = py::none())
+      .def("watch",
+           [](PyMonitor& p, const at::Tensor& loss) {
+             p.read_scale();
+             p.monitor().watch(loss);
+           },
+           py::arg("loss"), "Record the loss (before scaling) and hook the layer outputs below it; call before loss.backward()")
       .def(
           "tap",
-          [](PyMonitor& p, const at::Tensor& t, const std::string& name, const std::string& group) {
+          [](PyMonitor& p, const at::Tensor& t, const std::string& name, const std::string& group,
+             const std::optional<std::string>& activation, const std::optional<at::Tensor>& preactivation,
+             const std::optional<at::Tensor>& activation_output) {
             TapOptions o;
             o.group = group;
+            if (activation) o.activation = activation_from_string(*activation);
+            if (preactivation) o.preactivation = *preactivation;
+            if (activation_output) o.activation_output = *activation_output;
             p.monitor().tap(t, name, o);
           },
-          py::arg("tensor"), py::arg("name"), py::arg("group") = "", "Record the gradient that reaches this tensor")
-      .def("step", [](PyMonitor& p) { p.monitor().step(); }, "Close the step (only with auto_step=False)")
+          py::arg("tensor"), py::arg("name"), py::arg("group") = "", py::arg("activation") = py::none(),
+          py::arg("preactivation") = py::none(), py::arg("activation_output") = py::none(),
+          "Record the gradient that reaches this tensor; activation= (\"relu\", \"sigmoid\", \"tanh\", \"gelu\" ...) "
+          "names the function that produced it, for dead and saturated units (preactivation=: GELU's input)")
+      .def("step",
+           [](PyMonitor& p) {
+             p.read_scale();
+             p.monitor().step();
+           },
+           "Close the step (only with auto_step=False)")
       .def("begin_optimizer_step", [](PyMonitor& p) { p.monitor().begin_optimizer_step(); },
            "Call right before the optimizer reads the gradients (attach_optimizer does it): the gradient it finds is "
            "recorded as the applied one, and each backward until end_optimizer_step() is an evaluation of its closure")
@@ -352,7 +407,11 @@ void bind_monitor(py::module_& m) {
       .def("broadcast_parameters", [](PyMonitor& p) { p.group().broadcast_parameters(p.parameters()); },
            "Copy rank 0's parameters to every rank of the process group")
       .def("detach", [](PyMonitor& p) { p.monitor().detach(); })
-      .def("flush", [](PyMonitor& p) { p.monitor().flush(); },
+      .def("flush",
+           [](PyMonitor& p) {
+             p.read_scale();
+             p.monitor().flush();
+           },
            "Close the step in progress if its backward completed, so that it reaches the trace and out= now")
       .def_property_readonly("rank", [](PyMonitor& p) { return p.monitor().rank(); },
                              "This process's rank under torch.distributed (0 otherwise): only rank 0 writes")
@@ -380,11 +439,18 @@ PYBIND11_MODULE(_gradflow, m) {
   bind_monitor(m);
   m.def(
       "save_report",
-      [](PyMonitor& p, const std::string& dir, const std::string& label, bool force) {
-        return save_report(p.monitor(), dir, save_options(label, force));
+      [](PyMonitor& p, const std::string& dir, const std::string& label, bool force, const std::optional<py::dict>& traits) {
+        SaveOptions o = save_options(label, force);
+        if (traits) o.traits = traits_from_dict(*traits);
+        else if (p.traits) o.traits = *p.traits;
+        p.read_scale();
+        return save_report(p.monitor(), dir, o);
       },
       py::arg("monitor"), py::arg("dir"), py::kw_only(), py::arg("label") = "model", py::arg("force") = false,
-      "Diagnose the trace, write run.json, trace.csv, report.html, report.md and summary.json, return the findings; "
+      py::arg("traits") = py::none(),
+      "Diagnose the trace, write run.json, trace.csv, report.html, report.md and summary.json, return the findings "
+      "(traits=: what the model is, e.g. {\"activation\": \"relu\", \"init\": \"he_normal\", \"norm\": \"batch\", "
+      "\"residual\": True}, else the Monitor's; remedies are chosen to fit it); "
       "under torch.distributed only rank 0 writes and every rank returns rank 0's findings");
   m.def(
       "report",

@@ -25,6 +25,7 @@ enum class FindingKind {
   rank_non_finite,    ///< data-parallel: a non-finite local gradient on some ranks only
   ranks_out_of_sync,  ///< data-parallel: the ranks' parameters differ
   rank_outlier,       ///< data-parallel: one rank's local gradient norm far from the others'
+  no_gradient,        ///< every parameter's gradient exactly 0 for several recorded steps
 };
 /// How bad it is.
 enum class Severity { info, warning, error };
@@ -83,6 +84,8 @@ struct DiagnosisOptions {
   int persistent_skips = 10;
   /// The global gradient norm growing by more than this many orders during training: exploding.
   double norm_growth_orders = 3.0;
+  /// Every parameter's gradient exactly 0 on this many recorded steps in a row: no_gradient.
+  int no_gradient_steps = 3;
   /// Data-parallel: a rank whose local gradient norm is above this multiple of the median of
   /// the other ranks' ...
   double rank_outlier_factor = 5.0;

@@ -56,7 +56,7 @@ struct Record {
   /// Parameters, when the Monitor saw the optimizer step (Monitor::begin_optimizer_step): the
   /// gradient as the optimizer found it in .grad(), after whatever the program did between
   /// backward and the step (clipping, unscaling, averaging). `grad` stays the gradient backward
-  /// produced. Empty otherwise, and for an evaluation of a closure (LBFGS) that is not its step's first.
+  /// produced. Empty otherwise, and for a closure's evaluations (LBFGS applies its own combination of them).
   std::optional<TensorStats> applied;
   /// Data-parallel runs: each rank's local gradient, index = rank (before the average, for
   /// parameters); empty in a one-process run. `grad` then holds the averaged gradient the

@@ -30,7 +30,7 @@ class Monitor(_Monitor):
 
     Monitor(model, *, optimizer=None, grad_scaler=None, every=1, parameters=True, activations=True,
             weight_norms=True, update_norms=False, auto_step=True, saturation_threshold=0.1,
-            process_group=None, batch_per_rank=0, out=None, force=False)
+            process_group=None, batch_per_rank=0, out=None, force=False, traits=None)
 
     model: a torch.nn.Module, or a DistributedDataParallel one (its gradient is then recorded as
     averaged, every rank's local one beside it, through DDP's own allreduce).
@@ -38,12 +38,12 @@ class Monitor(_Monitor):
     one record per evaluation of a closure (LBFGS); the same as attach_optimizer(optimizer).
     grad_scaler: a torch.cuda.amp.GradScaler (or any object with get_scale()): recorded gradients
     are divided by the scale, and the steps it skips are marked skipped.
+    traits: what the model is ({"activation": "relu", "norm": "batch", ...}), for save_report's remedies.
     """
 
-    def __init__(self, model, *, optimizer=None, grad_scaler=None, **options):
+    def __init__(self, model, *, optimizer=None, **options):
         super().__init__(model, **options)
-        self._grad_scaler = grad_scaler
-        self._restore_steps = []
+        self._detach_steps = []
         if self._ddp is not None:
             _hooks.follow_ddp(self, self._ddp)
         if optimizer is not None:
@@ -52,28 +52,14 @@ class Monitor(_Monitor):
     def attach_optimizer(self, optimizer):
         """Tell the Monitor of each optimizer.step(): the gradient it applies is recorded beside the
         one backward produced, and each evaluation of a closure is a record of its own."""
-        self._restore_steps.append(_hooks.wrap_optimizer_step(self, optimizer))
+        self._detach_steps.append(_hooks.wrap_optimizer_step(self, optimizer))
 
     def detach(self):
-        """Remove every hook, and give the optimizer its own step back; recorded data stays."""
-        for restore in self._restore_steps:
-            restore()
-        self._restore_steps.clear()
+        """Remove every hook, and let the optimizer's step go on as without gradflow; recorded data stays."""
+        for detach_step in self._detach_steps:
+            detach_step()
+        self._detach_steps.clear()
         super().detach()
-
-    def watch(self, loss):
-        """Record the loss (before scaling) and hook the layer outputs below it; call before backward."""
-        self._read_scale()
-        super().watch(loss)
-
-    def step(self):
-        """Close the step (only with auto_step=False)."""
-        self._read_scale()
-        super().step()
-
-    def _read_scale(self):
-        if self._grad_scaler is not None:
-            self.set_loss_scale(float(self._grad_scaler.get_scale()))
 
 
 __all__ = ["Monitor", "Finding", "save_report", "report", "require_healthy", "GradflowError", "UsageError",

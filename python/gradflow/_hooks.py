@@ -11,22 +11,22 @@ from ._gradflow import UsageError
 
 def wrap_optimizer_step(monitor, optimizer):
     """Makes optimizer.step tell the Monitor where it begins and ends; returns a function that
-    puts the optimizer's step back.
+    detaches it again.
 
     The wrapper is a bound method of the optimizer, as its own step is, so that learning-rate
-    schedulers (which wrap optimizer.step again) and GradScaler.step keep working.
+    schedulers (which wrap optimizer.step again) and GradScaler.step keep working. Detaching puts
+    the optimizer's step back when nothing wrapped ours since; otherwise ours stays in the chain
+    and only passes the call on, so that a scheduler's wrapper around it keeps counting.
     """
     step = optimizer.step
-    attached = getattr(step, "_gradflow_monitor", None)
-    if attached is not None:
-        if attached() is not None:
-            raise UsageError("this optimizer is already attached to a gradflow Monitor: attach it to one Monitor")
-        step = step._gradflow_original  # its Monitor is gone
-    ref = weakref.ref(monitor)
+    state = getattr(step, "_gradflow_state", None)  # a scheduler's wrapper copies it from ours
+    if state is not None and state["monitor"] is not None and state["monitor"]() is not None:
+        raise UsageError("this optimizer is already attached to a gradflow Monitor: attach it to one Monitor")
+    state = {"monitor": weakref.ref(monitor)}
 
     @functools.wraps(step)
     def gradflow_step(self, *args, **kwargs):
-        m = ref()
+        m = state["monitor"]() if state["monitor"] is not None else None
         if m is None:
             return step(*args, **kwargs)
         m.begin_optimizer_step()
@@ -38,15 +38,16 @@ def wrap_optimizer_step(monitor, optimizer):
         m.end_optimizer_step(_loss_value(result))
         return result
 
-    gradflow_step._gradflow_monitor = ref
-    gradflow_step._gradflow_original = step
-    optimizer.step = types.MethodType(gradflow_step, optimizer)
+    gradflow_step._gradflow_state = state
+    ours = types.MethodType(gradflow_step, optimizer)
+    optimizer.step = ours
 
-    def restore():
-        if getattr(optimizer.step, "_gradflow_monitor", None) is ref:
+    def detach():
+        state["monitor"] = None
+        if optimizer.step == ours:
             optimizer.step = step
 
-    return restore
+    return detach
 
 
 def _loss_value(result):
@@ -60,7 +61,7 @@ def _loss_value(result):
 
 def figures_comm_hook(monitor, process_group):
     """DistributedDataParallel's communication hook with gradflow's figures inside: each bucket is
-    averaged as DDP's default hook does (divide by the world size, allreduce sum); the last one
+    averaged as DDP's reducer does without a hook (times 1/world size, allreduce sum); the last one
     carries every rank's recorded figures as a zero-padded block, so recording adds no collective.
     A function (DDP reads the hook's name)."""
     ref = weakref.ref(monitor)
@@ -68,7 +69,7 @@ def figures_comm_hook(monitor, process_group):
 
     def gradflow_figures_hook(state, bucket):
         buf = bucket.buffer()
-        buf.div_(world)
+        buf.mul_(1.0 / world)  # as DDP's own reducer does (times 1/world, not divided by world)
         m = ref()
         block = m._figures_block(buf) if m is not None and bucket.is_last() else None
         if block is None:

@@ -233,6 +233,44 @@ std::optional<Finding> non_finite_rule(const DiagnosisInput& in, const Diagnosis
   return f;
 }
 
+namespace {
+// Whether every parameter gradient of the step is exactly 0 (and the step has one).
+bool all_gradients_zero(const Trace& t, const StepRecord& st) {
+  bool any = false;
+  for (const auto& r : st.records) {
+    if (t.series()[r.series].kind != SeriesKind::parameter) continue;
+    if (r.grad.nonfinite > 0 || r.grad.zeros != r.grad.numel) return false;
+    any = true;
+  }
+  return any;
+}
+}  // namespace
+
+std::optional<Finding> no_gradient_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  const auto& steps = in.trace.steps();
+  std::size_t zero = 0, run = 0, best = 0, best_end = 0;
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    const bool z = all_gradients_zero(in.trace, steps[i]);
+    zero += z;
+    run = z ? run + 1 : 0;
+    if (run > best) best = run, best_end = i;
+  }
+  if (best < static_cast<std::size_t>(std::max(1, o.no_gradient_steps))) return std::nullopt;
+  const std::int64_t first = steps[best_end + 1 - best].step, last = steps[best_end].step;
+  Finding f;
+  f.kind = FindingKind::no_gradient;
+  f.severity = Severity::error;
+  f.where = fmt::format("steps {} .. {}", first, last);
+  f.message = fmt::format("every parameter's gradient was exactly 0 on {} of {} recorded steps ({} in a row, steps {} .. {}): "
+                          "nothing trains",
+                          zero, steps.size(), best, first, last);
+  f.evidence = {{"zero_steps", static_cast<double>(zero)}, {"first_step", static_cast<double>(first)},
+                {"last_step", static_cast<double>(last)}};
+  f.remedy = "make the loss depend on the parameters (no .detach(), .item() or argmax on its path), or revive a dead "
+             "network (every ReLU inactive): a smaller learning rate, He initialisation, a leaky ReLU";
+  return f;
+}
+
 std::optional<Finding> norm_growth_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
   const auto& g = in.grad_norm;
   if (g.size() < 2 || !std::isfinite(g.front()) || !(g.front() > 0)) return std::nullopt;

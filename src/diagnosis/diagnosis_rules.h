@@ -24,6 +24,8 @@ std::optional<Finding> norm_growth_rule(const DiagnosisInput& in, const Diagnosi
 std::optional<Finding> unstable_loss_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
 // A loss that barely moves.
 std::optional<Finding> stalled_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
+// Every parameter's gradient exactly 0 for several recorded steps in a row: nothing trains.
+std::optional<Finding> no_gradient_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
 
 // Data-parallel runs (rank_rules.cpp): a non-finite local gradient on some ranks only; ranks
 // whose parameter checksums differ; a rank whose local gradient norm stands out for several steps.

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "util/median.h"
+
 namespace gradflow {
 
 std::optional<double> Attenuation::gain() const {
@@ -98,11 +100,10 @@ std::optional<AppliedSummary> summarize_applied(const Trace& trace) {
     if (std::isfinite(c->factor())) factors.push_back(c->factor());
   }
   if (a && !factors.empty()) {
-    std::sort(factors.begin(), factors.end());
-    a->smallest_factor = factors.front();
-    a->largest_factor = factors.back();
-    const std::size_t n = factors.size();
-    a->median_factor = n % 2 ? factors[n / 2] : (factors[n / 2 - 1] + factors[n / 2]) / 2;
+    const auto [lo, hi] = std::minmax_element(factors.begin(), factors.end());
+    a->smallest_factor = *lo;
+    a->largest_factor = *hi;
+    a->median_factor = detail::median(factors);
   }
   return a;
 }

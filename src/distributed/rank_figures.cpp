@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "util/median.h"
 #include "util/text.h"
 
 namespace gradflow::detail {
@@ -43,10 +44,7 @@ std::optional<RankFigures> rank_figures(const Trace& trace) {
     spreads.push_back(*hi / *lo);
     if (spreads.back() > f.max_spread) f.max_spread = spreads.back(), f.max_spread_step = st.step;
   }
-  if (!spreads.empty()) {
-    std::sort(spreads.begin(), spreads.end());
-    f.median_spread = spreads[spreads.size() / 2];
-  }
+  if (!spreads.empty()) f.median_spread = detail::median(spreads);
   f.noise = noise_scales(trace);
   return f;
 }

@@ -127,9 +127,10 @@ std::vector<std::string> gradient_sentences(const RunRecord& r) {
                                                                   "one (median {:.3g}×)",
                                                                   a->smallest_factor, a->largest_factor, a->median_factor)));
   if (r.summary.skipped_steps > 0)
-    out.push_back(fmt::format("The loss scaler skipped {} recorded steps (a non-finite scaled gradient; nothing was "
-                              "applied): they are shown, but no finding is drawn from them unless the skips persist.",
-                              r.summary.skipped_steps));
+    out.push_back(fmt::format("The loss scaler skipped {} recorded step{} (a non-finite scaled gradient; nothing was "
+                              "applied): shown, but no finding is drawn from {} unless the skips persist.",
+                              r.summary.skipped_steps, r.summary.skipped_steps == 1 ? "" : "s",
+                              r.summary.skipped_steps == 1 ? "it" : "them"));
   return out;
 }
 

@@ -196,6 +196,35 @@ TEST(Diagnosis, NonFiniteGradientOrLoss) {
   EXPECT_NE(get(g, FindingKind::non_finite)->where.find("fc1.weight at step 1"), std::string::npos);
 }
 
+// Gradients exactly 0 (a zero count equal to the element count), not merely small.
+TEST(Diagnosis, EveryGradientExactlyZeroForSeveralStepsIsNoGradient) {
+  const auto zero_step = [](TraceBuilder& b, std::int64_t s, bool one_alive) {
+    StepRecord st;
+    st.step = s;
+    for (std::size_t i = 0; i < b.w.size(); ++i) {
+      Record r = TraceBuilder::rec(b.w[i], one_alive && i == 0 ? 1e-30 : 0.0);
+      r.grad.zeros = one_alive && i == 0 ? 31 : r.grad.numel;
+      st.records.push_back(r);
+    }
+    b.t.add_step(st);
+  };
+  TraceBuilder dead(0, 3);
+  for (int s = 0; s < 6; ++s) zero_step(dead, 10 * s, s == 0 || s == 5);
+  const auto f = diagnose(dead.t, {}, {}, ModelTraits{});
+  const Finding* g = get(f, FindingKind::no_gradient);
+  ASSERT_NE(g, nullptr);
+  EXPECT_EQ(g->severity, Severity::error);
+  EXPECT_EQ(g->where, "steps 10 .. 40");
+  EXPECT_NE(g->message.find("4 of 6 recorded steps"), std::string::npos) << g->message;
+  // Two zero steps in a row are not enough; a gradient of 1e-30 is not zero.
+  TraceBuilder brief(0, 3);
+  for (int s = 0; s < 6; ++s) zero_step(brief, s, s % 3 == 2);
+  EXPECT_FALSE(has(diagnose(brief.t, {}, {}, ModelTraits{}), FindingKind::no_gradient));
+  TraceBuilder tiny(0, 3);
+  for (int s = 0; s < 6; ++s) zero_step(tiny, s, true);
+  EXPECT_FALSE(has(diagnose(tiny.t, {}, {}, ModelTraits{}), FindingKind::no_gradient));
+}
+
 TEST(Diagnosis, ExplodingGradientNormDuringTraining) {
   TraceBuilder b(1, 1);
   b.step(0, {1}, {1});

@@ -185,6 +185,77 @@ class Vanishing(nn.Module):
         return self.net(x)
 
 
+class ModelFactsTest(unittest.TestCase):
+    """What the program says of its model (traits=, tap(activation=)) and what no gradient looks like."""
+
+    def report(self, monitor, **kwargs):
+        with tempfile.TemporaryDirectory() as d:
+            return gradflow.save_report(monitor, os.path.join(d, "r"), **kwargs)
+
+    def vanishing_remedy(self, **kwargs):
+        model = Vanishing()
+        monitor = gradflow.Monitor(model, **kwargs.pop("monitor", {}))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            loss = nn.functional.mse_loss(model(model.x), model.y)
+            monitor.watch(loss)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        found = [f for f in self.report(monitor, **kwargs) if f.kind == "vanishing"]
+        self.assertTrue(found)
+        return found[0].remedy
+
+    def test_traits_choose_remedies_that_fit_the_model(self):
+        plain = self.vanishing_remedy()
+        self.assertIn("batch normalisation", plain)
+        self.assertIn("residual connections", plain)
+        declared = self.vanishing_remedy(traits={"activation": "sigmoid", "norm": "batch", "residual": True})
+        self.assertNotIn("batch normalisation", declared)
+        self.assertNotIn("residual connections", declared)
+        self.assertIn("ReLU", declared)
+        # Given to the Monitor, they reach save_report too.
+        self.assertEqual(self.vanishing_remedy(monitor={"traits": {"norm": "batch", "residual": True,
+                                                                   "activation": "sigmoid"}}), declared)
+        with self.assertRaises(gradflow.UsageError) as e:
+            gradflow.Monitor(Vanishing(), traits={"depth": 3})
+        self.assertIn("traits= has no 'depth'", str(e.exception))
+
+    def test_a_tap_with_its_activation_records_dead_units(self):
+        torch.manual_seed(0)
+        lin = nn.Linear(8, 16)
+        with torch.no_grad():
+            lin.bias[:8] = -100.0  # half the units never fire
+        monitor = gradflow.Monitor(lin)
+        x = torch.randn(32, 8)
+        h = torch.relu(lin(x))
+        monitor.tap(h, "h.1", activation="relu")
+        loss = h.sum()
+        monitor.watch(loss)
+        loss.backward()
+        monitor.flush()
+        with tempfile.TemporaryDirectory() as d:
+            monitor.save_json(os.path.join(d, "t.json"))
+            with open(os.path.join(d, "t.json")) as f:
+                trace = json.load(f)
+        names = [s["name"] for s in trace["series"]]
+        tap = [r for r in trace["steps"][0]["records"] if names[r["series"]] == "h.1"][0]
+        truth = (h == 0).all(dim=0).double().mean().item()
+        self.assertEqual(tap["forward"]["dead_fraction"], truth)
+        self.assertGreaterEqual(truth, 0.5)
+
+    def test_a_loss_without_gradient_is_no_gradient(self):
+        model = Vanishing(depth=3)
+        monitor = gradflow.Monitor(model)
+        for _ in range(4):
+            loss = (model(model.x) * 0.0).sum()  # depends on the parameters with derivative 0
+            monitor.watch(loss)
+            loss.backward()
+            model.zero_grad()
+        kinds = [f.kind for f in self.report(monitor)]
+        self.assertIn("no_gradient", kinds)
+
+
 class SameFindingsAsTheCppApi(unittest.TestCase):
     STEPS, LR = 20, 0.1
 
