@@ -275,6 +275,103 @@ class ManualUpdateTest(unittest.TestCase):
         self.assertEqual(checked, len(updates[-1]))
 
 
+# ---- patterns of public programs ----
+
+class WordLanguageModel(nn.Module):
+    """pytorch/examples word_language_model's RNNModel: embedding, a 2-layer nn.LSTM, a decoder tied
+    to the embedding; its loop clips the gradient at 0.25 between backward and the update."""
+
+    def __init__(self, vocab=50, size=16):
+        super().__init__()
+        self.encoder = nn.Embedding(vocab, size)
+        self.rnn = nn.LSTM(size, size, 2)
+        self.decoder = nn.Linear(size, vocab)
+        self.decoder.weight = self.encoder.weight
+
+    def forward(self, tokens):
+        out, _ = self.rnn(self.encoder(tokens))
+        return self.decoder(out)
+
+
+class TimeSequence(nn.Module):
+    """pytorch/examples time_sequence_prediction's Sequence: two LSTMCells and a Linear, in double,
+    trained with LBFGS(lr=0.8) and a closure."""
+
+    def __init__(self, hidden=12):
+        super().__init__()
+        self.hidden = hidden
+        self.lstm1, self.lstm2, self.linear = nn.LSTMCell(1, hidden), nn.LSTMCell(hidden, hidden), nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        h = [torch.zeros(x.size(0), self.hidden, dtype=x.dtype) for _ in range(4)]
+        outputs = []
+        for x_t in x.split(1, dim=1):
+            h[0], h[1] = self.lstm1(x_t, (h[0], h[1]))
+            h[2], h[3] = self.lstm2(h[0], (h[2], h[3]))
+            outputs.append(self.linear(h[2]))
+        return torch.cat(outputs, dim=1)
+
+
+class PublicPatternsTest(unittest.TestCase):
+    def test_a_word_language_model_clipped_at_a_quarter(self):
+        torch.manual_seed(1)
+        model = WordLanguageModel()
+        opt = torch.optim.SGD(model.parameters(), lr=20.0)
+        monitor = gradflow.Monitor(model, optimizer=opt)
+        tokens = torch.randint(0, 50, (21, 4), generator=torch.Generator().manual_seed(2))
+        produced, applied, clipped = [], [], 0
+        for _ in range(6):
+            out = model(tokens[:-1])
+            loss = nn.functional.cross_entropy(out.reshape(-1, 50), tokens[1:].reshape(-1))
+            monitor.watch(loss)
+            loss.backward()
+            produced.append(grads(model))
+            clipped += nn.utils.clip_grad_norm_(model.parameters(), 0.25).item() > 0.25
+            applied.append(grads(model))
+            opt.step()
+            opt.zero_grad()
+        got_produced, got_applied = rows(monitor, "produced"), rows(monitor, "applied")
+        for step in range(6):
+            for name, g in produced[step].items():  # the tied weight once, under its first name
+                self.assertLess(rel(got_produced[(step, name)]["grad_norm"], g.norm().item()), 1e-9, (step, name))
+                self.assertLess(rel(got_applied[(step, name)]["grad_norm"], applied[step][name].norm().item()), 1e-9)
+        with tempfile.TemporaryDirectory() as d:
+            gradflow.save_report(monitor, os.path.join(d, "r"))
+            with open(os.path.join(d, "r", "summary.json")) as f:
+                self.assertEqual(json.load(f)["runs"][0]["summary"]["applied"]["changed_steps"], clipped)
+        self.assertGreater(clipped, 0)
+
+    def test_a_time_sequence_trained_with_lbfgs(self):
+        torch.manual_seed(0)
+        model = TimeSequence().double()
+        opt = torch.optim.LBFGS(model.parameters(), lr=0.8, max_iter=6)
+        monitor = gradflow.Monitor(model, optimizer=opt)
+        t = torch.arange(30, dtype=torch.double) + torch.randint(-40, 40, (6, 1)).double()
+        data = torch.sin(t / 20)
+        losses, returned = [], []
+
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(data[:, :-1]), data[:, 1:])
+            monitor.watch(loss)
+            loss.backward()
+            losses.append(loss.item())
+            return loss
+
+        for _ in range(2):
+            returned.append(opt.step(closure).item())
+        frame = monitor.trace_frame()
+        recorded = {}
+        for s, l, k in zip(frame["step"], frame["loss"], frame["kind"]):
+            recorded[int(s)] = float(l)
+        self.assertEqual([recorded[k] for k in sorted(recorded)], losses)
+        with tempfile.TemporaryDirectory() as d:
+            monitor.save_json(os.path.join(d, "t.json"))
+            with open(os.path.join(d, "t.json")) as f:
+                steps = json.load(f)["steps"]
+        self.assertEqual([st["step_loss"] for st in steps if "step_loss" in st], returned)
+
+
 # ---- DistributedDataParallel on two Gloo ranks ----
 
 class CountingGroup(dist.ProcessGroup):
