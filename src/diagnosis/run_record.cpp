@@ -1,5 +1,6 @@
 #include "gradflow/run_record.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 
@@ -67,8 +68,8 @@ Judged judged_steps(const Trace& trace, const std::vector<double>& loss, int per
 void RunRecord::analyse(const DiagnosisOptions& options) {
   const Judged judged = judged_steps(trace, loss, options.persistent_skips);
   summary = summarize(judged.trace, judged.loss, tiny > 0 ? tiny : std::numeric_limits<float>::denorm_min());
-  summary.skipped_steps = 0;
-  for (const auto& st : trace.complete_steps().steps()) summary.skipped_steps += st.skipped ? 1 : 0;
+  summary.skipped_steps = static_cast<int>(std::count_if(trace.steps().begin(), trace.steps().end(),
+                                                        [](const StepRecord& st) { return st.skipped && !st.partial; }));
   findings = diagnose(judged.trace, summary, judged.loss, global_grad_norms(judged.trace), traits, options);
 }
 
