@@ -2,6 +2,7 @@
 // discriminator): how the gradient flowed through each, with no comparison between them.
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include <fmt/format.h>
 
@@ -19,7 +20,8 @@ using detail::LineSeries;
 
 namespace {
 
-// The weight layers in forward order, named after their module.
+// The weight layers in forward order, named after their module, or after the parameter where a
+// module has several weights (an LSTM's weight_ih and weight_hh): every row's name is its own.
 struct Layers {
   std::vector<int> series;
   std::vector<std::string> names;
@@ -27,9 +29,12 @@ struct Layers {
 
 Layers weight_layers(const Trace& t) {
   Layers l;
+  std::map<std::string, int> weights_of;
+  for (int s : weight_series(t)) ++weights_of[t.series()[s].layer];
   for (int s : weight_series(t)) {
+    const SeriesInfo& info = t.series()[s];
     l.series.push_back(s);
-    l.names.push_back(t.series()[s].layer);
+    l.names.push_back(weights_of[info.layer] > 1 ? info.name : info.layer);
   }
   return l;
 }
@@ -221,6 +226,9 @@ std::string model_html(const RunRecord& r) {
   return out + "<h3>Setup</h3>\n" + setup_html(r) + "</section>\n";
 }
 
+// A table's figure: three significant digits; a dash where the layer has none at that step.
+std::string table_figure(double v) { return std::isnan(v) ? std::string("—") : fmt::format("{:.3g}", v); }
+
 std::string labels(const std::vector<RunRecord>& runs) {
   std::vector<std::string> l;
   for (const auto& r : runs) l.push_back(r.label);
@@ -261,8 +269,8 @@ std::string models_report_markdown(const std::vector<RunRecord>& runs) {
     out += fmt::format("\n| layer | dL/dW at step {} | dL/dW at step {} | {} at step {} |\n|---|---|---|---|\n", first.step,
                        last.step, ratio.updates ? "dW / W" : "dL/dW / W", first.step);
     for (std::size_t k = 0; k < layers.series.size(); ++k)
-      out += fmt::format("| {} | {:.3g} | {:.3g} | {:.3g} |\n", layers.names[k], detail::norm_at(first, layers.series[k]),
-                         detail::norm_at(last, layers.series[k]), ratio(first, layers.series[k]));
+      out += fmt::format("| {} | {} | {} | {} |\n", layers.names[k], table_figure(detail::norm_at(first, layers.series[k])),
+                         table_figure(detail::norm_at(last, layers.series[k])), table_figure(ratio(first, layers.series[k])));
   }
   return out;
 }

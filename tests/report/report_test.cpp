@@ -195,6 +195,33 @@ TEST(Report, TheModelsReportNamesLayersAndComparesNothing) {
             std::string::npos) << md;
 }
 
+// A module with two weight matrices (an LSTM's input and recurrent weights) gets a row for each,
+// named after the parameter: no two rows of the table share a name.
+TEST(Report, EveryLayerRowHasItsOwnName) {
+  RunRecord r = user_run("lstm");
+  const int ih = r.trace.intern("rnn.weight_ih_l0", SeriesKind::parameter, "rnn", {16, 4});
+  const int hh = r.trace.intern("rnn.weight_hh_l0", SeriesKind::parameter, "rnn", {16, 4});
+  for (auto& st : r.trace.steps())
+    for (int s : {ih, hh}) {
+      Record rec;
+      rec.series = s;
+      rec.grad.numel = 64;
+      rec.grad.sum_sq = 1.0;
+      rec.weight_norm = 1.0;
+      st.records.push_back(rec);
+    }
+  const std::string md = models_report_markdown({r});
+  EXPECT_NE(md.find("| rnn.weight_ih_l0 | 1 | 1 |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| rnn.weight_hh_l0 | 1 | 1 |"), std::string::npos) << md;
+  EXPECT_EQ(md.find("| rnn |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| head.fc |"), std::string::npos) << md;
+  // A layer with no record at a step: a dash, not "nan".
+  r.trace.steps().front().records.pop_back();
+  const std::string gap = models_report_markdown({r});
+  EXPECT_NE(gap.find("| rnn.weight_hh_l0 | — | 1 | — |"), std::string::npos) << gap;
+  EXPECT_EQ(gap.find("nan"), std::string::npos);
+}
+
 TEST(Report, TwoModelsOfOneProgramShareOneReport) {
   const std::string html = models_report_html({user_run("generator"), user_run("discriminator")});
   EXPECT_NE(html.find("<h1>Gradient flow of generator and discriminator</h1>"), std::string::npos);
