@@ -43,8 +43,7 @@ struct Compact {
   Compact(std::size_t records, int world, int bits)
       : records(records), world(static_cast<std::size_t>(world)), per(chunks_per_value(bits)),
         words((static_cast<std::size_t>(world) + static_cast<std::size_t>(bits) - 1) / static_cast<std::size_t>(bits)) {}
-  // Rank 0 writes the series of its records, exactly: [count, series...].
-  std::size_t header() const { return 0; }
+  // The block opens with rank 0's [count, series...] as exact chunks.
   std::size_t per_record() const { return 2 * world + 2 + words; }
   std::size_t record(std::size_t i) const { return (1 + records) * per + i * per_record(); }
   std::size_t losses() const { return record(records); }
