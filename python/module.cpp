@@ -380,6 +380,12 @@ void bind_monitor(py::module_& m) {
           py::arg("preactivation") = py::none(), py::arg("activation_output") = py::none(),
           "Record the gradient that reaches this tensor; activation= (\"relu\", \"sigmoid\", \"tanh\", \"gelu\" ...) "
           "names the function that produced it, for dead and saturated units (preactivation=: GELU's input)")
+      .def("_layer_output",
+           [](PyMonitor& p, const at::Tensor& output, const std::string& module, int time_dim) {
+             // The step this forward closes learns its scaler's verdict first (as watch() does).
+             if (p.monitor().forward_closes_step()) p.read_scale();
+             p.monitor().layer_output(output, module, time_dim);
+           })
       .def("step",
            [](PyMonitor& p) {
              p.read_scale();

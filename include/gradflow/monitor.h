@@ -197,6 +197,15 @@ class Monitor {
   /// the forward on every step: the hook belongs to this step's tensor. No-op when the step is not
   /// recorded or `t` does not require grad.
   void tap(const at::Tensor& t, const std::string& name, const TapOptions& options = {});
+  /// Names `output` as one call's output of the module `module`: the next watch(loss) hooks it,
+  /// and its series then holds dL/d(output) as a forward hook on the module receives it (the
+  /// gradflow Python module calls it from forward hooks, in place of the graph walk of watch();
+  /// a backward the program runs before watch(), such as a gradient penalty's, is not recorded).
+  /// Each call in a step adds to the module's one series, and its norm to the record's profile
+  /// (Record::profile); `time_dim` >= 0 names the time dimension of a sequence output, whose time
+  /// steps are then the profile of a module called once. No-op when the step is not recorded or
+  /// `output` has no grad_fn.
+  void layer_output(const at::Tensor& output, const std::string& module, int time_dim = -1);
   /// Ends the current step: its statistics are fetched (one host transfer) into the trace.
   void step();
   /// Runs `optimizer.step()` (or `optimizer.step(closure)`) between begin_optimizer_step() and
@@ -238,6 +247,9 @@ class Monitor {
   /// Whether the step the next forward belongs to is recorded (its index % every == 0). Models
   /// check it before tapping, so steps in between cost nothing.
   bool recording() const;
+  /// Whether the next forward (watch, tap, layer_output) closes the open step: auto-step mode,
+  /// after its backward. A loss scaler's scale must be given before then to mark the step skipped.
+  bool forward_closes_step() const;
   std::int64_t step_index() const;
   /// Steps closed so far: step() calls, plus in auto-step mode the current step once its
   /// backward has run (the optimizer steps of a plain loop).

@@ -43,6 +43,15 @@ struct ActivationStats {
   double mean_local_derivative = 0.0; ///< mean of the activation's derivative (the chain-rule factor)
 };
 
+/// What the entries of Record::profile follow.
+enum class ProfileAxis {
+  calls,  ///< one entry per call of the module in the step, in forward order
+  time,   ///< one entry per time step of the module's output sequence (a fused recurrent module)
+};
+
+/// Name of a ProfileAxis as written to JSON ("calls", "time").
+const char* to_string(ProfileAxis axis);
+
 /// One series at one recorded step.
 struct Record {
   int series = 0;   ///< index into Trace::series()
@@ -67,6 +76,14 @@ struct Record {
   /// (max_abs), both rounded to the gradient's type, and whether it had a non-finite value
   /// (nonfinite 0 or 1); its other figures are not carried.
   bool ranks_compact = false;
+  /// Layer outputs: the gradient's L2 norm along `profile_axis` within the step. A module called
+  /// several times (a cell at every time step, a policy at every environment step, a siamese
+  /// twin) is one series whose `grad` holds all its calls together and whose profile holds each
+  /// call's norm, in forward order: a time profile, never depth. A recurrent module's output
+  /// sequence (nn.LSTM) has one entry per time step. Empty for a module called once without a
+  /// sequence, and in data-parallel runs (the profile would be one rank's).
+  std::vector<double> profile;
+  ProfileAxis profile_axis = ProfileAxis::calls;
 };
 
 /// Everything recorded at one step.

@@ -41,8 +41,13 @@ class Monitor(_Monitor):
     traits: what the model is ({"activation": "relu", "norm": "batch", ...}), for save_report's remedies.
     """
 
-    def __init__(self, model, *, optimizer=None, **options):
-        super().__init__(model, **options)
+    def __init__(self, model, *, optimizer=None, activations=True, **options):
+        inner = getattr(model, "module", model) if _hooks.is_ddp(model) else model
+        # A live module's outputs are found by forward hooks (what each call returns); a
+        # TorchScript module's, by walking the autograd graph from the watched loss.
+        hook_outputs = activations and isinstance(inner, torch.nn.Module) and not isinstance(inner, torch.jit.ScriptModule)
+        super().__init__(model, activations=activations and not hook_outputs, **options)
+        self._output_hooks = _hooks.hook_module_outputs(self, inner) if hook_outputs else []
         self._detach_steps = []
         if self._ddp is not None:
             _hooks.follow_ddp(self, self._ddp)
@@ -59,6 +64,9 @@ class Monitor(_Monitor):
         for detach_step in self._detach_steps:
             detach_step()
         self._detach_steps.clear()
+        for handle in self._output_hooks:
+            handle.remove()
+        self._output_hooks = []
         super().detach()
 
 

@@ -103,3 +103,62 @@ def follow_ddp(monitor, ddp):
             "figures ride in DDP's allreduce through its own (which averages as DDP's default does); monitor a model "
             "without a hook, or train without DDP: gradflow.Monitor(model, process_group=...) and "
             "monitor.average_gradients()") from None
+
+
+def is_ddp(model):
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
+
+
+def hook_module_outputs(monitor, model):
+    """A forward hook on every module with a trainable parameter of its own: each call's output is
+    given to the Monitor under the module's name, so that its series holds dL/d(output) as a
+    forward hook on the module sees it (the first tensor of a tuple output: an RNN's sequence, an
+    attention's output). Returns the hooks' handles."""
+    ref = weakref.ref(monitor)
+    handles = []
+    for name, module in model.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            hook = _output_hook(ref, name or "(root)", _time_dim(module))
+            handles.append(module.register_forward_hook(hook))
+    return handles
+
+
+def _output_hook(ref, name, time_dim):
+    def gradflow_output_hook(module, inputs, output):
+        if not torch.is_grad_enabled():
+            return None
+        m = ref()
+        if m is None or not m.recording:
+            return None
+        t = _first_tensor(output)
+        if t is None or t.grad_fn is None:
+            return None
+        packed = isinstance(output, tuple) and output and isinstance(output[0], torch.nn.utils.rnn.PackedSequence)
+        m._layer_output(t, name, time_dim(t) if time_dim is not None and not packed else -1)
+        return None
+
+    return gradflow_output_hook
+
+
+def _time_dim(module):
+    """For a recurrent module's output sequence, the function giving its time dimension."""
+    if not isinstance(module, torch.nn.RNNBase):
+        return None
+    batch_first = bool(getattr(module, "batch_first", False))
+    # (T, B, H), (B, T, H) when batch_first, (T, H) unbatched.
+    return lambda t: (1 if batch_first else 0) if t.dim() == 3 else (0 if t.dim() == 2 else -1)
+
+
+def _first_tensor(output):
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, torch.nn.utils.rnn.PackedSequence):
+        return output.data  # its time steps are interleaved there: no sequence to profile
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            t = _first_tensor(item)
+            if t is not None:
+                return t
+    return None

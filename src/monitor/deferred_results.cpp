@@ -12,8 +12,16 @@
 
 namespace gradflow::detail {
 
-void DeferredResults::add(int record, ResultField field, std::int64_t numel, const at::Tensor& values) {
-  slots_.push_back(Slot{record, field, numel});
+void add_profile_squares(Record& r, std::size_t at, const double* squares, std::size_t n, double unscale) {
+  if (r.profile.size() < at + n) r.profile.resize(at + n, 0.0);
+  for (std::size_t k = 0; k < n; ++k) {
+    const double old = r.profile[at + k];
+    r.profile[at + k] = std::sqrt(old * old + squares[k] / (unscale * unscale));
+  }
+}
+
+void DeferredResults::add(int record, ResultField field, std::int64_t numel, const at::Tensor& values, int slot) {
+  slots_.push_back(Slot{record, field, numel, slot});
   values_.push_back(values);
 }
 
@@ -53,6 +61,8 @@ void DeferredResults::fill(StepRecord& step, const Slot& slot, const double* v) 
     case ResultField::weight: r.weight_norm = std::sqrt(v[0]); break;
     case ResultField::update: r.update_norm = std::sqrt(v[0]); break;
     case ResultField::forward: r.forward = activation_stats_from(v); break;
+    case ResultField::call_norm: add_profile_squares(r, static_cast<std::size_t>(slot.slot), v, 1, unscale); break;
+    case ResultField::time_norms: add_profile_squares(r, 0, v, static_cast<std::size_t>(slot.numel), unscale); break;
     case ResultField::loss: break;
   }
 }

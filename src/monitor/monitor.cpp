@@ -50,17 +50,19 @@ namespace {
 // dL/d(one output of a node): a layer output or a tap. Sees the gradient as it reaches the node,
 // after the hooks registered on that output before it.
 struct OutputGradHook : torch::autograd::FunctionPreHook {
-  OutputGradHook(std::weak_ptr<Monitor::State> s, int series, std::int64_t step, std::size_t output)
-      : state(std::move(s)), series(series), step(step), output(output) {}
+  OutputGradHook(std::weak_ptr<Monitor::State> s, int series, std::int64_t step, std::size_t output,
+                 detail::ProfileSlot slot = {})
+      : state(std::move(s)), series(series), step(step), output(output), slot(slot) {}
   torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
     if (output >= grads.size() || !grads[output].defined()) return grads;
-    if (auto st = state.lock()) st->recorder.lock()->on_tensor_grad(series, step, grads[output]);
+    if (auto st = state.lock()) st->recorder.lock()->on_tensor_grad(series, step, grads[output], slot);
     return grads;
   }
   std::weak_ptr<Monitor::State> state;
   int series;
   std::int64_t step;
   std::size_t output;
+  detail::ProfileSlot slot;
 };
 
 // A parameter's gradient once its accumulator has added it to .grad: after every hook the
@@ -173,12 +175,25 @@ void Monitor::watch(const at::Tensor& loss) {
   auto rec = state_->recorder.lock();
   rec->begin_forward();
   if (!rec->record_loss(loss)) return;
-  if (!state_->opts.activations || !rec->attached || !loss.defined() || !loss.requires_grad() || !loss.grad_fn())
-    return;
+  if (!rec->attached || !loss.defined() || !loss.requires_grad() || !loss.grad_fn()) return;
   // Runs on the user's thread before backward: no hook of this graph can fire meanwhile.
   const std::int64_t step = rec->step();
-  for (const auto& [node, series] : rec->layer_output_series(loss.grad_fn().get()))
-    node->add_pre_hook(std::make_unique<OutputGradHook>(state_, series, step, 0));
+  // Named outputs are hooked here, not as they are named: a backward the program runs before
+  // (a gradient penalty's autograd.grad) is not the step's.
+  for (const auto& named : rec->take_named_outputs())
+    named.node->add_pre_hook(std::make_unique<OutputGradHook>(state_, named.series, step, named.output, named.slot));
+  if (!state_->opts.activations) return;
+  for (const auto& found : rec->layer_output_series(loss.grad_fn().get()))
+    found.node->add_pre_hook(
+        std::make_unique<OutputGradHook>(state_, found.series, step, 0, detail::ProfileSlot{found.call, -1}));
+}
+
+void Monitor::layer_output(const at::Tensor& output, const std::string& module, int time_dim) {
+  if (module.empty()) throw UsageError("layer_output() needs the module's name, as named_modules() gives it");
+  auto rec = state_->recorder.lock();
+  rec->begin_forward();
+  if (!rec->attached || !output.defined() || !output.grad_fn()) return;
+  rec->name_output(output.grad_fn(), output.output_nr(), module, time_dim);
 }
 
 void Monitor::tap(const at::Tensor& t, const std::string& name, const TapOptions& options) {
@@ -249,6 +264,7 @@ void Monitor::finish_stream() {
 }
 
 bool Monitor::recording() const { return state_->recorder.lock()->next_forward_recorded(); }
+bool Monitor::forward_closes_step() const { return state_->recorder.lock()->forward_closes_step(); }
 std::int64_t Monitor::step_index() const { return state_->recorder.lock()->step(); }
 std::int64_t Monitor::completed_steps() const { return state_->recorder.lock()->completed_steps(); }
 const MonitorOptions& Monitor::options() const { return state_->opts; }

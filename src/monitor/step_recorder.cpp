@@ -155,7 +155,7 @@ void StepRecorder::on_param_grad(int param) {
   record(p.series, grad, opts_.weight_norms && p.seen == 1 ? p.tensor : at::Tensor());
 }
 
-void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad) {
+void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad, ProfileSlot slot) {
   if (!attached || hooked_at != step_ || !recording_ || !grad.defined()) return;
   stamp_loss_scale();
   cur_active_ = true;
@@ -166,6 +166,54 @@ void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::
   const bool merge = existing >= 0 && cur_.records[existing].grad.numel > 0;
   if (merge) collect_worker();
   record(series, grad, at::Tensor(), merge);
+  if (slot.call >= 0 || slot.time_dim >= 0) record_profile(record_index(series), grad, slot);
+}
+
+void StepRecorder::record_profile(int index, const at::Tensor& grad, ProfileSlot slot) {
+  Record& r = cur_.records[index];
+  // A module called several times profiles its calls; a sequence only its one call's time steps.
+  const bool by_time = slot.time_dim >= 0 && slot.time_dim < grad.dim() && calls_[r.series] <= 1;
+  r.profile_axis = by_time ? ProfileAxis::time : ProfileAxis::calls;
+  if (!by_time && slot.call < 0) return;
+  torch::NoGradGuard no_grad;
+  at::Tensor squares;
+  if (by_time) {
+    std::vector<std::int64_t> others;
+    for (std::int64_t d = 0; d < grad.dim(); ++d)
+      if (d != slot.time_dim) others.push_back(d);
+    squares = grad.detach().to(at::kDouble).pow(2).sum(others);
+  } else {
+    squares = grad.detach().to(at::kDouble).pow(2).sum().reshape({1});
+  }
+  const int at = by_time ? 0 : slot.call;
+  if (squares.device().is_cpu()) {
+    const at::Tensor host = squares.contiguous();
+    add_profile_squares(r, static_cast<std::size_t>(at), host.data_ptr<double>(), static_cast<std::size_t>(host.numel()),
+                        unscale_factor());
+  } else {
+    deferred_.add(index, by_time ? ResultField::time_norms : ResultField::call_norm, squares.numel(), squares, at);
+  }
+}
+
+int StepRecorder::next_call(int series) { return calls_[series]++; }
+
+void StepRecorder::name_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& module,
+                               int time_dim) {
+  if (!recording_) return;
+  const int series = trace_.intern(module, SeriesKind::activation, module);
+  named_outputs_.push_back(NamedOutput{std::move(node), output, series, ProfileSlot{next_call(series), time_dim}});
+}
+
+std::vector<StepRecorder::NamedOutput> StepRecorder::take_named_outputs() {
+  std::vector<NamedOutput> out;
+  out.swap(named_outputs_);
+  return out;
+}
+
+StepRecord StepRecorder::closed_view(StepRecord step) const {
+  for (auto& r : step.records)
+    if ((r.profile_axis == ProfileAxis::calls && r.profile.size() <= 1) || trace_.world_size > 1) r.profile.clear();
+  return step;
 }
 
 void StepRecorder::begin_forward() {
@@ -257,21 +305,23 @@ bool StepRecorder::record_loss(const at::Tensor& loss) {
   return true;
 }
 
-std::vector<std::pair<torch::autograd::Node*, int>> StepRecorder::layer_output_series(torch::autograd::Node* root) {
+std::vector<StepRecorder::FoundOutput> StepRecorder::layer_output_series(torch::autograd::Node* root) {
   bool walked = false;
   const std::vector<LayerOutput>& outputs = layer_outputs_.find(root, lookup_, &walked);
   if (walked) {
-    // A new graph shape: its names are interned once, and kept while the shape lasts.
+    // A new graph shape: its names are interned once, and kept while the shape lasts. Every call
+    // of a module is the module's one series (its calls are the record's profile, not depth).
     layer_output_series_.clear();
     for (const auto& o : outputs) {
       const std::string& module = modules_[o.module];
-      const std::string name = o.call > 0 ? module + "#" + std::to_string(o.call) : module;
-      layer_output_series_.push_back(trace_.intern(name, SeriesKind::activation, module));
+      layer_output_series_.push_back(trace_.intern(module, SeriesKind::activation, module));
     }
   }
-  std::vector<std::pair<torch::autograd::Node*, int>> out;
+  std::vector<FoundOutput> out;
   out.reserve(outputs.size());
-  for (std::size_t k = 0; k < outputs.size(); ++k) out.emplace_back(outputs[k].node, layer_output_series_[k]);
+  // Outputs come in forward order, so calls are numbered in forward order.
+  for (std::size_t k = 0; k < outputs.size(); ++k)
+    out.push_back(FoundOutput{outputs[k].node, layer_output_series_[k], next_call(layer_output_series_[k])});
   return out;
 }
 
@@ -320,7 +370,7 @@ void StepRecorder::end_step() {
   record_updates();
   gather();
   if (has_content()) {
-    trace_.add_step(cur_);
+    trace_.add_step(closed_view(cur_));
     if (stream_ && (!streamed_ || changed_)) stream_->append(trace_, trace_.steps().back());
   }
   ++step_;
@@ -350,6 +400,8 @@ void StepRecorder::reset_step() {
   engine_done_ = false;
   ranks_in_ = false;
   kept_.clear();
+  calls_.clear();
+  named_outputs_.clear();
   for (auto& p : params_) p.seen = 0;
 }
 
@@ -410,7 +462,7 @@ const Trace& StepRecorder::snapshot() {
   gather();
   view_ = trace_;
   if (has_content()) {
-    StepRecord open = cur_;
+    StepRecord open = closed_view(cur_);
     open.partial = !opts_.auto_step || !backward_seen_;
     view_.add_step(std::move(open));
   }
@@ -446,7 +498,7 @@ void StepRecorder::on_backward_end() {
 void StepRecorder::stream_open_step() {
   gather();
   if (!has_content()) return;
-  stream_->append(trace_, cur_);
+  stream_->append(trace_, closed_view(cur_));
   streamed_ = true;
   changed_ = false;
 }

@@ -31,6 +31,12 @@ struct HookedParam {
   int seen = 0;  // hook firings in the current step
 };
 
+// Where one gradient of a layer output sits in its record's profile (Record::profile).
+struct ProfileSlot {
+  int call = -1;      // the call's index within the step (forward order); -1: not a module call
+  int time_dim = -1;  // the output's time dimension (a recurrent module's sequence); -1: none
+};
+
 class StepRecorder {
  public:
   // `schedule_backward_end` arranges for on_backward_end() to run, under the lock, when the
@@ -49,14 +55,32 @@ class StepRecorder {
   // A backward has added its gradient to the parameter's .grad().
   void on_param_grad(int param);
   // A layer output's or a tap's hook fired; `hooked_at` is the step it was registered in.
-  void on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad);
+  void on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad, ProfileSlot slot = {});
 
   // A forward begins (watch, tap): in auto-step mode, after a backward it opens the next step.
   void begin_forward();
   // Records the loss of the current step; false when the step is not recorded.
   bool record_loss(const at::Tensor& loss);
-  // The layer outputs found below the loss, as (node, series) pairs for hooking.
-  std::vector<std::pair<torch::autograd::Node*, int>> layer_output_series(torch::autograd::Node* root);
+  // A layer output found below the loss, with its series and its call's place in the step.
+  struct FoundOutput {
+    torch::autograd::Node* node;
+    int series;
+    int call;
+  };
+  std::vector<FoundOutput> layer_output_series(torch::autograd::Node* root);
+  // A layer output the program names (Monitor::layer_output), kept until watch() hooks it.
+  struct NamedOutput {
+    std::shared_ptr<torch::autograd::Node> node;
+    std::size_t output;
+    int series;
+    ProfileSlot slot;
+  };
+  // Notes output `output` of `node` as one call of `module`; nothing when the step is not recorded.
+  void name_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& module, int time_dim);
+  // The outputs named since the last call, in forward order.
+  std::vector<NamedOutput> take_named_outputs();
+  // The index of the next call of a layer output's series in the open step.
+  int next_call(int series);
   // The tap's series, with its forward statistics queued when it names an activation; -1 when
   // the step is not recorded.
   int tap_series(const at::Tensor& t, const std::string& name, const TapOptions& options);
@@ -101,6 +125,7 @@ class StepRecorder {
   void close_whole_step();
 
   bool next_forward_recorded() const;
+  bool forward_closes_step() const { return (opts_.auto_step || in_optimizer_) && backward_seen_; }
   std::int64_t step() const { return step_; }
   std::int64_t completed_steps() const { return step_ + (opts_.auto_step && backward_seen_ ? 1 : 0); }
   void mark_interrupted() { trace_.interrupted = true; }
@@ -127,6 +152,11 @@ class StepRecorder {
   // The open step's loss scale, once it has a gradient or a loss.
   void stamp_loss_scale();
   double unscale_factor() const { return cur_.loss_scale.value_or(1.0); }
+  // The gradient's norm at the slot's call, or along its time dimension, into the record's profile.
+  void record_profile(int index, const at::Tensor& grad, ProfileSlot slot);
+  // `step` as the trace keeps it: without the profiles that say nothing beyond a record's totals
+  // (one call) or that would be one rank's.
+  StepRecord closed_view(StepRecord step) const;
   // ‖θ now − θ at the step's first gradient‖ for every parameter copied in this step.
   void record_updates();
   // Sum of every parameter's elements and squares, in double: equal on ranks in sync.
@@ -166,6 +196,8 @@ class StepRecorder {
   int evaluations_ = 0;               // closure evaluations in the current optimizer step
   std::optional<double> scale_;       // the loss scaler's latest scale
   std::vector<int> record_of_;  // series -> index in cur_.records, -1 when it has none
+  std::unordered_map<int, int> calls_;  // layer-output series -> its calls hooked in the open step
+  std::vector<NamedOutput> named_outputs_;  // see name_output
   std::vector<std::shared_ptr<torch::autograd::Node>> kept_;  // see keep_for_step
   DeferredResults deferred_;
   StatsWorker worker_;

@@ -12,7 +12,10 @@ namespace gradflow {
 namespace {
 constexpr detail::Named<SeriesKind> kKinds[] = {
     {SeriesKind::parameter, "parameter"}, {SeriesKind::activation, "activation"}, {SeriesKind::tap, "tap"}};
+constexpr detail::Named<ProfileAxis> kAxes[] = {{ProfileAxis::calls, "calls"}, {ProfileAxis::time, "time"}};
 }  // namespace
+
+const char* to_string(ProfileAxis axis) { return detail::name_of(kAxes, axis); }
 
 const char* to_string(SeriesKind kind) { return detail::name_of(kKinds, kind); }
 

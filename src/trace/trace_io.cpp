@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -97,6 +98,7 @@ Json record_json(const Record& r) {
     if (r.ranks_compact) j["ranks_compact"] = true;
   }
   if (r.applied) j["applied"] = stats_json(*r.applied);
+  if (!r.profile.empty()) j[to_string(r.profile_axis)] = numbers_json(r.profile);
   return j;
 }
 
@@ -122,10 +124,21 @@ Record record_from(const Json& j, int n_series, const std::string& where) {
   if (auto it = j.find("ranks"); it != j.end() && it->is_array())
     for (const auto& local : *it) r.ranks.push_back(r.ranks_compact ? compact_stats_from(local, where) : stats_from(local, where));
   if (auto it = j.find("applied"); it != j.end() && it->is_object()) r.applied = stats_from(*it, where);
+  if (const Json* profile = find_profile(j, &r.profile_axis))
+    for (const auto& v : *profile) r.profile.push_back(v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN());
   return r;
 }
 
 }  // namespace
+
+const Json* find_profile(const Json& obj, ProfileAxis* axis) {
+  for (ProfileAxis a : {ProfileAxis::calls, ProfileAxis::time})
+    if (auto it = obj.find(to_string(a)); it != obj.end() && it->is_array()) {
+      *axis = a;
+      return &*it;
+    }
+  return nullptr;
+}
 
 Json series_json(const SeriesInfo& s) {
   return {{"name", s.name}, {"kind", to_string(s.kind)}, {"layer", s.layer}, {"shape", s.shape}};
@@ -276,7 +289,7 @@ const char* gradient_column(Gradient g) {
 }
 
 void csv_row(std::string& out, std::int64_t step, const std::string& name, const char* kind,
-             const char* quantity, double value, int rank = kNoRank, Gradient gradient = Gradient::none) {
+             std::string_view quantity, double value, int rank = kNoRank, Gradient gradient = Gradient::none) {
   // Names come from module paths and tap names; quote any that could break the format.
   const bool quote = name.find_first_of(",\"\n") != std::string::npos;
   std::string n = name;
@@ -380,6 +393,8 @@ std::string trace_to_csv(const Trace& trace) {
                                   : std::numeric_limits<double>::quiet_NaN());
       }
       if (!std::isnan(r.update_norm)) csv_row(out, st.step, s.name, kind, "update_norm", r.update_norm);
+      for (std::size_t k = 0; k < r.profile.size(); ++k)
+        csv_row(out, st.step, s.name, kind, fmt::format("{}_norm.{}", to_string(r.profile_axis), k + 1), r.profile[k]);
       if (r.forward) {
         csv_row(out, st.step, s.name, kind, "act_mean", r.forward->mean);
         csv_row(out, st.step, s.name, kind, "act_std", r.forward->std);

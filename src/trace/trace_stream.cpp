@@ -138,7 +138,7 @@ void put_record(std::string& out, const Record& r) {
   put_number(out, r.weight_norm);
   out += ',';
   put_number(out, r.update_norm);
-  if (r.forward || !r.ranks.empty() || r.applied) {
+  if (r.forward || !r.ranks.empty() || r.applied || !r.profile.empty()) {
     // Written like the row itself, so that a non-finite figure keeps its value (not null).
     out += ",{";
     const char* sep = "";
@@ -169,6 +169,15 @@ void put_record(std::string& out, const Record& r) {
       out += "\"applied\":[";
       put_stats(out, *r.applied);
       out += ']';
+      sep = ",";
+    }
+    if (!r.profile.empty()) {
+      fmt::format_to(std::back_inserter(out), "{}\"{}\":[", sep, to_string(r.profile_axis));
+      for (double v : r.profile) {
+        put_number(out, v);
+        out += ',';
+      }
+      out.back() = ']';
     }
     out += '}';
   }
@@ -191,6 +200,8 @@ Record record_from(const detail::Json& row, int n_series) {
       for (const auto& local : *it) r.ranks.push_back(stats_from(local, 0));
     if (auto it = extra.find("applied"); it != extra.end()) r.applied = stats_from(*it, 0);
     r.ranks_compact = extra.value("ranks_compact", false);
+    if (const detail::Json* profile = detail::find_profile(extra, &r.profile_axis))
+      for (const auto& v : *profile) r.profile.push_back(number_from(v));
   }
   return r;
 }

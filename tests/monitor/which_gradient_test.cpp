@@ -120,7 +120,9 @@ TEST_F(WhichGradientTest, EachClosureEvaluationIsARecordOfItsOwn) {
       expect_stats_equal(record_of(t, st, names[i]).grad, evaluations[k].grads[i], 1e-12, names[i]);
     const bool last_of_step = k + 1 == evaluations.size() || t.steps()[k + 1].optimizer_step != st.optimizer_step;
     EXPECT_EQ(st.step_loss.has_value(), last_of_step) << k;
-    if (last_of_step) EXPECT_DOUBLE_EQ(*st.step_loss, returned.at(static_cast<std::size_t>(st.optimizer_step)));
+    if (last_of_step) {
+      EXPECT_DOUBLE_EQ(*st.step_loss, returned.at(static_cast<std::size_t>(st.optimizer_step)));
+    }
   }
   EXPECT_EQ(last_step, 2);
 }
