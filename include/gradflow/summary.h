@@ -16,13 +16,23 @@ namespace gradflow {
 /// holds an upper bound computed from the smallest representable value and `underflow` is set:
 /// the gradient lost *at least* that many orders of magnitude. `overflow` marks an infinite or
 /// non-finite norm; `log10` is then empty. No NaN or infinity is ever stored.
+///
+/// The two ends are compared per element (RMS, ‖g‖/sqrt(n)): layers of different sizes (a
+/// 16×64×32×32 feature map and a 16×512×2×2 one) are then comparable; for equal sizes it is the
+/// ratio of norms.
 struct Attenuation {
   std::optional<double> log10;
   bool underflow = false;
   bool overflow = false;
-  int span = 0;        ///< layers (or time steps) between the two norms
-  double from = 0.0;   ///< norm at the far end (first hidden layer, first time step)
-  double to = 0.0;     ///< norm at the near end (last hidden layer, last time step)
+  int span = 0;        ///< layers (or time steps) between the two ends
+  double from = 0.0;   ///< RMS of the gradient at the far end (first hidden layer, first time step)
+  double to = 0.0;     ///< RMS at the near end (last hidden layer, last time step)
+  /// The one link of the chain (two neighbouring layers) that grows the gradient most toward the
+  /// far end: its log10 RMS ratio, and the index of its far layer in the chain (-1: none). A
+  /// constant scale in the graph (an embedding's × sqrt(d)) or one normalisation is such a link,
+  /// not a gain that compounds with depth.
+  double largest_link_log10 = 0.0;
+  int largest_link_at = -1;
   /// Mean factor per layer (or step): 10^(log10/span); empty with log10 or span 0.
   std::optional<double> gain() const;
 };
@@ -65,8 +75,8 @@ std::vector<int> numbered_series(const Trace& trace, const std::string& group);
 /// Weight series (parameters with 2 or more dimensions) in forward order.
 std::vector<int> weight_series(const Trace& trace);
 
-/// log10(norm(from)/norm(to)); `tiny` is the dtype's smallest positive value (for the bound).
-Attenuation attenuation(double from, double to, std::int64_t numel_from, int span, double tiny);
+/// log10(rms(from)/rms(to)); `tiny` is the dtype's smallest positive value (for the bound).
+Attenuation attenuation(double from, double to, int span, double tiny);
 
 /// Computes the summary from a trace and the per-step loss series. `tiny`: see attenuation().
 RunSummary summarize(const Trace& trace, const std::vector<double>& loss, double tiny);

@@ -79,7 +79,8 @@ struct Record {
   /// Layer outputs: the gradient's L2 norm along `profile_axis` within the step. A module called
   /// several times (a cell at every time step, a policy at every environment step, a siamese
   /// twin) is one series whose `grad` holds all its calls together and whose profile holds each
-  /// call's norm, in forward order: a time profile, never depth. A recurrent module's output
+  /// call's norm, in forward order (the calls whose gradient the step's watched backward
+  /// reached): a time profile, never depth. A recurrent module's output
   /// sequence (nn.LSTM) has one entry per time step. Empty for a module called once without a
   /// sequence, and in data-parallel runs (the profile would be one rank's).
   std::vector<double> profile;

@@ -73,26 +73,90 @@ std::optional<Finding> vanishing_finding(const Attenuation& a, const char* when,
   return f;
 }
 
-std::optional<Finding> exploding_finding(const Attenuation& a, const char* when, const std::string& where,
+std::string exploding_remedy(const ModelTraits& t) {
+  if (t.norm == Norm::batch)
+    return t.clipped() ? "expected with batch norm and ReLU (Yang et al. 2019); a smaller learning rate if it hurts"
+                       : "expected with batch norm and ReLU (Yang et al. 2019); gradient clipping if it hurts";
+  std::vector<std::string> r;
+  if (!is_he(t.init) && !is_xavier(t.init)) r.push_back("a scale-preserving initialisation (He for ReLU, Xavier for tanh)");
+  else r.push_back("a smaller initialisation scale than " + to_string(t.init));
+  if (!t.clipped()) r.push_back("gradient clipping");
+  return join_alternatives(r);
+}
+
+// Growth that compounds across depth: the growth without its largest single link. One link (a
+// constant × sqrt(d), a final LayerNorm feeding the residual stream) is a scale, not an explosion.
+double compounding_log10(const Attenuation& a) { return *a.log10 - std::max(0.0, a.largest_link_log10); }
+
+std::optional<Finding> exploding_finding(const Attenuation& a, const char* when, const std::vector<std::string>& chain,
                                          const DiagnosisOptions& o, const ModelTraits& traits) {
   const double lg = *a.log10;
+  const double compounding = compounding_log10(a);
   Finding f;
   f.kind = FindingKind::exploding;
-  f.severity = lg > 2 * o.exploding_orders ? Severity::error : lg > o.exploding_orders ? Severity::warning : Severity::info;
-  f.where = where;
-  f.message = fmt::format("{}: dL/dh grows {:.1f} orders of magnitude toward the input across {} layers", when, lg, a.span);
+  f.severity = compounding > 2 * o.exploding_orders ? Severity::error
+               : compounding > o.exploding_orders   ? Severity::warning
+                                                     : Severity::info;
+  f.where = chain.front() + " .. " + chain.back();
+  f.message = fmt::format("{}: dL/dh grows {:.1f} orders of magnitude toward the input across {} layers (per element)", when,
+                          lg, a.span);
+  // The link is named when it stands out: more than twice the mean link.
+  if (a.largest_link_at >= 0 && a.largest_link_log10 > 2 * lg / a.span)
+    f.message += fmt::format(", {:.1f} of them at one link ({} -> {}), {:.2g}x per layer elsewhere",
+                             a.largest_link_log10, chain[a.largest_link_at + 1], chain[a.largest_link_at],
+                             a.span > 1 ? std::pow(10.0, compounding / (a.span - 1)) : 1.0);
   f.evidence = attenuation_evidence(a);
-  f.remedy = traits.norm == Norm::batch ? "expected with batch norm and ReLU (Yang et al. 2019); gradient clipping if it hurts"
-                                        : "a smaller initialisation (He for ReLU, Xavier for tanh) or gradient clipping";
+  f.evidence.emplace_back("compounding_log10", compounding);
+  f.remedy = exploding_remedy(traits);
   return f;
 }
 
-std::optional<Finding> depth_finding(const std::optional<Attenuation>& a, const char* when, const std::string& where,
-                                     const DiagnosisInput& in, const DiagnosisOptions& o) {
-  if (!a || !a->log10) return std::nullopt;
-  if (*a->log10 < -o.vanishing_orders) return vanishing_finding(*a, when, where, false, o.vanishing_orders, in.traits);
-  if (*a->log10 > o.exploding_info_orders) return exploding_finding(*a, when, where, o, in.traits);
+// Where a chain's gradient is exactly 0 from some layer down while the layer above it receives a
+// normal one: no float underflow (that shrinks gradually) but a layer that passes nothing back.
+// The far-most layer above the cut, and the cut's layer; nullopt when there is none.
+std::optional<Finding> zero_cut_finding(const Trace& t, const StepRecord& st, const std::vector<int>& chain, const char* when) {
+  constexpr double kNormalRms = 1e-30;  // far above float's smallest values: not an underflow
+  for (std::size_t k = chain.size() - 1; k > 0; --k) {
+    const Record* near = st.find(chain[k]);
+    const Record* far = st.find(chain[k - 1]);
+    if (!near || !far || far->grad.numel == 0 || far->grad.zeros != far->grad.numel) continue;
+    if (!(near->grad.rms() > kNormalRms)) continue;
+    Finding f;
+    f.kind = FindingKind::dead_units;
+    f.severity = Severity::error;
+    f.where = t.series()[chain[k - 1]].name;
+    f.message = fmt::format("{}: dL/dh is exactly 0 at {} and below, while {} receives {:.3g} per element: a layer there "
+                            "passes no gradient back (units inactive for the whole batch, or a detach)",
+                            when, f.where, t.series()[chain[k]].name, near->grad.rms());
+    f.evidence = {{"step", static_cast<double>(st.step)}, {"rms_above", near->grad.rms()}};
+    f.remedy = "revive the units: He initialisation, a smaller learning rate, or a leaky ReLU; or remove the detach";
+    return f;
+  }
   return std::nullopt;
+}
+
+std::optional<Finding> depth_finding(const std::optional<Attenuation>& a, const char* when, const StepRecord& st,
+                                     const std::vector<std::string>& chain, const DiagnosisInput& in,
+                                     const DiagnosisOptions& o) {
+  if (!a || !a->log10) return std::nullopt;
+  const std::string where = chain.front() + " .. " + chain.back();
+  if (*a->log10 < -o.vanishing_orders) {
+    if (a->underflow)
+      if (auto cut = zero_cut_finding(in.trace, st, depth_series(in.trace), when)) return cut;
+    return vanishing_finding(*a, when, where, false, o.vanishing_orders, in.traits);
+  }
+  if (compounding_log10(*a) > o.exploding_info_orders) return exploding_finding(*a, when, chain, o, in.traits);
+  return std::nullopt;
+}
+
+// A vanishing at the start that training overcame: told with its recovery, as information.
+Finding recovered(Finding f, const std::optional<Attenuation>& end, const char* span) {
+  f.severity = Severity::info;
+  if (end && end->log10)
+    f.message += fmt::format("; training recovered it: {:.1f} orders across the same {} at the last recorded step",
+                             -*end->log10, span);
+  if (end && end->log10) f.evidence.emplace_back("attenuation_log10_final", *end->log10);
+  return f;
 }
 
 // Layers whose forward statistics at the last recorded step pass a threshold, with the worst.
@@ -124,16 +188,26 @@ UnitGroup units_over(const Trace& trace, double threshold, Fraction fraction) {
 }  // namespace
 
 std::vector<Finding> depth_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
-  const auto depth = depth_series(in.trace);
-  const std::string where =
-      depth.size() >= 2 ? in.trace.series()[depth.front()].name + " .. " + in.trace.series()[depth.back()].name : "";
+  std::vector<std::string> chain;
+  for (int s : depth_series(in.trace)) chain.push_back(in.trace.series()[s].name);
   std::vector<Finding> out;
-  if (auto f = depth_finding(in.summary.depth, "at the first recorded step", where, in, o)) out.push_back(*f);
-  if (in.trace.steps().size() <= 1) return out;
-  // A gradient that vanished at the start and still does is one finding, not two.
-  const bool vanished_at_start = vanishes(in.summary.depth, o.vanishing_orders);
-  if (auto f = depth_finding(in.summary.depth_final, "at the last recorded step", where, in, o))
-    if (!(vanished_at_start && f->kind == FindingKind::vanishing)) out.push_back(*f);
+  if (chain.size() < 2) return out;
+  const auto& steps = in.trace.steps();
+  auto first = depth_finding(in.summary.depth, "at the first recorded step", steps.front(), chain, in, o);
+  if (steps.size() <= 1) {
+    if (first) out.push_back(*first);
+    return out;
+  }
+  auto last = depth_finding(in.summary.depth_final, "at the last recorded step", steps.back(), chain, in, o);
+  // A gradient lost at the start and still lost is one finding, not two; one lost at the start
+  // that training recovered is told with its recovery, not as an error.
+  auto lost = [](const std::optional<Finding>& f) {
+    return f && (f->kind == FindingKind::vanishing || f->kind == FindingKind::dead_units);
+  };
+  const bool still = lost(first) && lost(last) && last->kind == first->kind;
+  if (lost(first)) out.push_back(still || lost(last) ? *first : recovered(*first, in.summary.depth_final, "layers"));
+  else if (first) out.push_back(*first);
+  if (last && !still) out.push_back(*last);
   return out;
 }
 
@@ -143,10 +217,13 @@ std::vector<Finding> time_rule(const DiagnosisInput& in, const DiagnosisOptions&
   if (time.size() < 2) return out;
   const std::string where = "time steps 1 .. " + std::to_string(time.size());
   const double orders = o.time_vanishing_orders;
-  if (vanishes(in.summary.time, orders))
-    out.push_back(*vanishing_finding(*in.summary.time, "at the first recorded step", where, true, orders, in.traits));
-  if (in.trace.steps().size() > 1 && vanishes(in.summary.time_final, orders))
-    out.push_back(*vanishing_finding(*in.summary.time_final, "after training", where, true, orders, in.traits));
+  const bool several = in.trace.steps().size() > 1;
+  const bool at_end = several && vanishes(in.summary.time_final, orders);
+  if (vanishes(in.summary.time, orders)) {
+    Finding f = *vanishing_finding(*in.summary.time, "at the first recorded step", where, true, orders, in.traits);
+    out.push_back(several && !at_end ? recovered(f, in.summary.time_final, "time steps") : f);
+  }
+  if (at_end) out.push_back(*vanishing_finding(*in.summary.time_final, "after training", where, true, orders, in.traits));
   return out;
 }
 
@@ -337,10 +414,51 @@ std::pair<double, double> loss_ends(const std::vector<double>& loss) {
   return {mean_of(loss, 0, tenth), mean_of(loss, n - tenth, n)};
 }
 
-// The loss-trend rules judge an objective that training minimises: not an adversarial one,
+// Whether the number of calls of some module differs between recorded steps: the step's loss
+// then sums a varying number of terms (an episode's length, a variable sequence), and two
+// steps' losses do not measure the same thing.
+bool terms_vary(const Trace& t) {
+  std::vector<std::size_t> calls(t.series().size(), 0);
+  for (const auto& st : t.steps())
+    for (const auto& r : st.records) {
+      if (r.profile_axis != ProfileAxis::calls) continue;
+      const std::size_t n = std::max<std::size_t>(r.profile.size(), 1);
+      auto& seen = calls[static_cast<std::size_t>(r.series)];
+      if (seen != 0 && seen != n) return true;
+      seen = n;
+    }
+  return false;
+}
+
+// The loss-trend rules judge an objective that training minimises, one step's loss against
+// another's: not an adversarial one, not one whose number of terms varies from step to step,
 // and not a run too short to have a trend.
 bool trend_applies(const DiagnosisInput& in, const DiagnosisOptions& o) {
-  return !in.traits.adversarial && in.loss.size() >= static_cast<std::size_t>(o.min_steps);
+  return !in.traits.adversarial && in.loss.size() >= static_cast<std::size_t>(o.min_steps) && !terms_vary(in.trace);
+}
+
+// A loss that passed divergence_factor × its first value: diverged when the run ends above its
+// start (an error), a spike when it came back (a warning saying so).
+Finding diverged_or_spiked(const DiagnosisInput& in, double first, double worst) {
+  const std::size_t n = in.loss.size();
+  const auto peak = std::find(in.loss.begin(), in.loss.end(), worst) - in.loss.begin();
+  const auto [start, end] = loss_ends(in.loss);
+  Finding f;
+  f.kind = FindingKind::unstable_loss;
+  f.where = fmt::format("steps {} .. {}", loss_step(in, 0), loss_step(in, n - 1));
+  f.evidence = {{"loss_first", first}, {"loss_max", worst}, {"peak_step", static_cast<double>(loss_step(in, peak))}};
+  f.remedy = in.traits.clipped() ? "a smaller learning rate" : "a smaller learning rate or gradient clipping";
+  if (std::isfinite(end) && end <= std::max(first, start)) {
+    f.severity = Severity::warning;
+    f.message = fmt::format("the loss spiked to {:.3g} ({:.0f}x its first value) at step {} and recovered: {:.4g} over the "
+                            "last tenth of the run",
+                            worst, worst / first, loss_step(in, peak), end);
+    f.evidence.emplace_back("loss_end", end);
+    return f;
+  }
+  f.severity = Severity::error;
+  f.message = fmt::format("the loss diverged: it reached {:.3g}, {:.0f}x its first value", worst, worst / first);
+  return f;
 }
 
 std::optional<Finding> rising_finding(const DiagnosisInput& in, const DiagnosisOptions& o) {
@@ -369,14 +487,7 @@ std::optional<Finding> unstable_loss_rule(const DiagnosisInput& in, const Diagno
     if (std::isfinite(v)) worst = std::max(worst, v);
   Finding f;
   f.kind = FindingKind::unstable_loss;
-  if (std::isfinite(first) && first > 0 && worst > o.divergence_factor * first) {
-    f.severity = Severity::error;
-    f.where = fmt::format("steps {} .. {}", loss_step(in, 0), loss_step(in, n - 1));
-    f.message = fmt::format("the loss diverged: it reached {:.3g}, {:.0f}x its first value", worst, worst / first);
-    f.evidence = {{"loss_first", first}, {"loss_max", worst}};
-    f.remedy = "a smaller learning rate or gradient clipping";
-    return f;
-  }
+  if (std::isfinite(first) && first > 0 && worst > o.divergence_factor * first) return diverged_or_spiked(in, first, worst);
   const auto [rise_fraction, win] = rising_windows(loss, o.oscillation_rise);
   if (!(rise_fraction > o.oscillation_fraction)) return rising_finding(in, o);
   f.severity = Severity::warning;

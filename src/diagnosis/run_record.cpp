@@ -151,6 +151,7 @@ Json attenuation_json(const std::optional<Attenuation>& a) {
             {"span", a->span},
             {"from", num(a->from)},
             {"to", num(a->to)}};
+  if (a->largest_link_at >= 0) j["largest_link"] = {{"log10", num(a->largest_link_log10)}, {"at", a->largest_link_at}};
   const auto g = a->gain();
   j["gain"] = g ? num(*g) : Json(nullptr);
   return j;
@@ -165,6 +166,10 @@ std::optional<Attenuation> attenuation_from(const Json& j) {
   a.span = j.value("span", 0);
   a.from = get_num_or(j, "from", 0.0);
   a.to = get_num_or(j, "to", 0.0);
+  if (auto it = j.find("largest_link"); it != j.end() && it->is_object()) {
+    a.largest_link_log10 = get_num_or(*it, "log10", 0.0);
+    a.largest_link_at = it->value("at", -1);
+  }
   return a;
 }
 

@@ -45,7 +45,7 @@ std::vector<int> weight_series(const Trace& trace) {
   return out;
 }
 
-Attenuation attenuation(double from, double to, std::int64_t numel_from, int span, double tiny) {
+Attenuation attenuation(double from, double to, int span, double tiny) {
   Attenuation a;
   a.from = from;
   a.to = to;
@@ -56,9 +56,9 @@ Attenuation attenuation(double from, double to, std::int64_t numel_from, int spa
   }
   if (to <= 0.0) return a;  // nothing reached the near end: no ratio to speak of
   if (from <= 0.0) {
-    // Every element rounded to zero, so each was below `tiny`: the norm was below sqrt(n)*tiny.
+    // Every element rounded to zero, so each was below `tiny`: so was their RMS.
     a.underflow = true;
-    a.log10 = std::log10(std::sqrt(static_cast<double>(std::max<std::int64_t>(numel_from, 1))) * tiny) - std::log10(to);
+    a.log10 = std::log10(tiny) - std::log10(to);
     return a;
   }
   a.log10 = std::log10(from) - std::log10(to);
@@ -75,14 +75,34 @@ std::optional<double> norm_at(const StepRecord& st, int series) {
   return r->grad.norm();
 }
 
-std::optional<Attenuation> chain_attenuation(const Trace& t, const StepRecord& st, const std::vector<int>& chain,
-                                             double tiny) {
+std::optional<double> rms_at(const StepRecord& st, int series) {
+  const Record* r = series < 0 ? nullptr : st.find(series);
+  if (!r) return std::nullopt;
+  if (r->grad.nonfinite > 0) return std::numeric_limits<double>::infinity();
+  return r->grad.rms();
+}
+
+// The link whose far layer's RMS exceeds its near neighbour's the most (log10).
+void find_largest_link(Attenuation& a, const StepRecord& st, const std::vector<int>& chain) {
+  for (std::size_t k = 0; k + 1 < chain.size(); ++k) {
+    const auto far = rms_at(st, chain[k]), near = rms_at(st, chain[k + 1]);
+    if (!far || !near || !(*far > 0) || !(*near > 0) || !std::isfinite(*far) || !std::isfinite(*near)) continue;
+    const double link = std::log10(*far) - std::log10(*near);
+    if (a.largest_link_at < 0 || link > a.largest_link_log10) {
+      a.largest_link_log10 = link;
+      a.largest_link_at = static_cast<int>(k);
+    }
+  }
+}
+
+std::optional<Attenuation> chain_attenuation(const StepRecord& st, const std::vector<int>& chain, double tiny) {
   if (chain.size() < 2) return std::nullopt;
-  const auto from = norm_at(st, chain.front());
-  const auto to = norm_at(st, chain.back());
+  const auto from = rms_at(st, chain.front());
+  const auto to = rms_at(st, chain.back());
   if (!from || !to) return std::nullopt;
-  const Record* r = st.find(chain.front());
-  return attenuation(*from, *to, r ? r->grad.numel : 1, static_cast<int>(chain.size()) - 1, tiny);
+  Attenuation a = attenuation(*from, *to, static_cast<int>(chain.size()) - 1, tiny);
+  find_largest_link(a, st, chain);
+  return a;
 }
 
 }  // namespace
@@ -132,11 +152,11 @@ RunSummary summarize(const Trace& trace, const std::vector<double>& loss, double
     s.grad_norm_last_final = finite(norm_at(last, weights.back()));
   }
   const auto depth = depth_series(trace);
-  s.depth = chain_attenuation(trace, first, depth, tiny);
-  s.depth_final = chain_attenuation(trace, last, depth, tiny);
+  s.depth = chain_attenuation(first, depth, tiny);
+  s.depth_final = chain_attenuation(last, depth, tiny);
   const auto time = numbered_series(trace, "time");
-  s.time = chain_attenuation(trace, first, time, tiny);
-  s.time_final = chain_attenuation(trace, last, time, tiny);
+  s.time = chain_attenuation(first, time, tiny);
+  s.time_final = chain_attenuation(last, time, tiny);
   return s;
 }
 

@@ -13,9 +13,9 @@
 namespace gradflow::detail {
 
 void add_profile_squares(Record& r, std::size_t at, const double* squares, std::size_t n, double unscale) {
-  if (r.profile.size() < at + n) r.profile.resize(at + n, 0.0);
+  if (r.profile.size() < at + n) r.profile.resize(at + n, kNoGradient);
   for (std::size_t k = 0; k < n; ++k) {
-    const double old = r.profile[at + k];
+    const double old = r.profile[at + k] == kNoGradient ? 0.0 : r.profile[at + k];
     r.profile[at + k] = std::sqrt(old * old + squares[k] / (unscale * unscale));
   }
 }

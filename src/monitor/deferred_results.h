@@ -23,6 +23,10 @@ enum class ResultField {
   time_norms,  // sums of squares along a sequence's time steps, added into the record's profile
 };
 
+// A profile entry no gradient reached (a call whose backward the step did not record): a norm
+// is never negative, so the marker cannot be a value.
+constexpr double kNoGradient = -1.0;
+
 // Adds `n` sums of squares, divided by `unscale`², to the record's profile from entry `at` on
 // (the profile grows to hold them; each entry is a norm): one call's, or a sequence's time steps.
 void add_profile_squares(Record& r, std::size_t at, const double* squares, std::size_t n, double unscale);

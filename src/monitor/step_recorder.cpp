@@ -211,8 +211,12 @@ std::vector<StepRecorder::NamedOutput> StepRecorder::take_named_outputs() {
 }
 
 StepRecord StepRecorder::closed_view(StepRecord step) const {
-  for (auto& r : step.records)
+  for (auto& r : step.records) {
+    // A call whose gradient never arrived (its backward ran before watch(), or was not the
+    // step's) is no entry: the profile lists the calls whose gradient the step recorded.
+    r.profile.erase(std::remove(r.profile.begin(), r.profile.end(), kNoGradient), r.profile.end());
     if ((r.profile_axis == ProfileAxis::calls && r.profile.size() <= 1) || trace_.world_size > 1) r.profile.clear();
+  }
   return step;
 }
 

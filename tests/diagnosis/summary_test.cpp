@@ -56,11 +56,11 @@ TEST(Summary, AttenuationIsTheLog10RatioOfTheEndNormsWithItsGain) {
 
 TEST(Summary, AZeroFarEndIsABoundNotMinusInfinity) {
   const double tiny = std::numeric_limits<float>::denorm_min();
-  const Attenuation a = attenuation(0.0, 1.0, 100, 19, tiny);
+  const Attenuation a = attenuation(0.0, 1.0, 19, tiny);
   ASSERT_TRUE(a.log10.has_value());
   EXPECT_TRUE(a.underflow);
-  EXPECT_NEAR(*a.log10, std::log10(10.0 * tiny), 1e-9);  // sqrt(100) elements each below tiny
-  const Attenuation inf = attenuation(std::numeric_limits<double>::infinity(), 1.0, 4, 3, tiny);
+  EXPECT_NEAR(*a.log10, std::log10(tiny), 1e-9);  // every element, so their RMS, below tiny
+  const Attenuation inf = attenuation(std::numeric_limits<double>::infinity(), 1.0, 3, tiny);
   EXPECT_TRUE(inf.overflow);
   EXPECT_FALSE(inf.log10.has_value());
 }

@@ -1,0 +1,343 @@
+"""gradflow.Monitor on real PyTorch training programs (real_models.py), checked three ways:
+
+(a) exactness: every recorded layer output's gradient norm equals what a forward hook on that
+    module's output receives (all calls of the step together; the trace's "calls" profile equals
+    each call's norm, an nn.LSTM's "time" profile each time step's), and every parameter's equals
+    the norm of p.grad right after backward;
+(b) a healthy run draws no warning and no error;
+(c) a broken variant of a program draws the finding that names what is broken.
+
+Run: cd tests/python && PYTHONPATH=../../build/python python3 -m unittest test_real_models -v
+"""
+import functools
+import json
+import math
+import os
+import re
+import tempfile
+import unittest
+
+import torch
+
+import gradflow
+import real_models as rm
+
+torch.set_num_threads(1)
+
+ACT_REL = 1e-6
+PARAM_REL = 1e-9
+
+
+def rel_close(a, b, rel):
+    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-300)
+
+
+# Each program is trained once; the tests of one program share its run.
+RUNS = {
+    "transformer_post_ln": lambda: rm.run_transformer_lm(norm_first=False),
+    "transformer_pre_ln": lambda: rm.run_transformer_lm(norm_first=True),
+    "gpt": rm.run_gpt,
+    "lstm_lm": rm.run_lstm_lm,
+    "time_sequence": rm.run_time_sequence,
+    "resnet18": lambda: rm.run_torchvision("resnet18"),
+    "mobilenet_v2": lambda: rm.run_torchvision("mobilenet_v2"),
+    "siamese": rm.run_siamese,
+    "vae": rm.run_vae,
+    "actor_critic": rm.run_actor_critic,
+    "gan": rm.run_gan,
+    # Broken variants.
+    "lstm_lm_high_lr": lambda: rm.run_lstm_lm(lr=200.0, clip=None),
+    "transformer_nan": lambda: rm.run_transformer_lm(norm_first=False, nan_at_step=NAN_STEP),
+    "gpt_zeroed_grads": lambda: rm.run_gpt(zero_grads=True),
+    "vae_dead_relu": lambda: rm.run_vae(dead_bias=-10.0),
+    "siamese_deep_sigmoid": lambda: rm.run_siamese(deep_sigmoid=True),
+}
+NAN_STEP = 8
+
+
+@functools.lru_cache(maxsize=None)
+def run(name):
+    return RUNS[name]()
+
+
+@functools.lru_cache(maxsize=None)
+def findings_of(r):
+    with tempfile.TemporaryDirectory() as d:
+        return tuple(gradflow.save_report(r.monitor, os.path.join(d, "report"), label=r.name, traits=r.traits))
+
+
+@functools.lru_cache(maxsize=None)
+def trace_json(r):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "trace.json")
+        r.monitor.save_json(path)
+        with open(path) as f:
+            return json.load(f)
+
+
+def describe(findings):
+    if not findings:
+        return "  (no findings)"
+    return "\n".join(f"  [{f.severity}] {f.kind} @ {f.where}: {f.message}" for f in findings)
+
+
+def call_norms(calls):
+    """A module's calls in a step: the norm of each (0 for a call whose output got no
+    gradient), and the norm of all of them together."""
+    each = [math.sqrt(c["sq"]) if c["sq"] is not None else 0.0 for c in calls]
+    return each, math.sqrt(sum(c["sq"] for c in calls if c["sq"] is not None))
+
+
+class RealModelCase(unittest.TestCase):
+    maxDiff = None
+
+    # (a) --------------------------------------------------------------------------------------
+    def assert_exact(self, r):
+        rec = r.recorder
+        trace = trace_json(r)
+        names = [s["name"] for s in trace["series"]]
+        kinds = [s["kind"] for s in trace["series"]]
+        # Partial steps (still open when the trace was read: the discriminator's after the
+        # generator's backward ran through it) are not recorded steps; save_report leaves them out.
+        steps = [s for s in trace["steps"] if not s.get("partial", False)]
+        self.assertEqual(len(steps), len(rec.steps),
+                         f"{r.name}: {len(steps)} complete steps in the trace, {len(rec.steps)} in the program")
+        problems = []
+        checked = {"activation": 0, "parameter": 0, "calls": 0, "time": 0}
+        frame = r.monitor.trace_frame()
+        frame_norms = {}
+        for step, name, kind, grad, norm in zip(frame["step"], frame["name"], frame["kind"], frame["gradient"],
+                                                frame["grad_norm"]):
+            if kind in ("activation", "parameter") and grad in ("produced", ""):
+                frame_norms[(int(step), str(name))] = float(norm)
+        for i, (st, expected_calls, expected_params) in enumerate(zip(steps, rec.steps, rec.params)):
+            s = st["step"]
+            records = {names[rec_["series"]]: rec_ for rec_ in st["records"]}
+            # Layer outputs: the modules whose outputs received a gradient in this step.
+            want_act = {n: calls for n, calls in expected_calls.items() if any(c["sq"] is not None for c in calls)}
+            got_act = {n for n, rc in records.items() if kinds[names.index(n)] == "activation"}
+            if set(want_act) != got_act:
+                problems.append(f"step {s}: layer outputs recorded {sorted(got_act ^ set(want_act))} differ: "
+                                f"missing {sorted(set(want_act) - got_act)}, extra {sorted(got_act - set(want_act))}")
+            for n, calls in want_act.items():
+                if n not in records:
+                    continue
+                each, total = call_norms(calls)
+                got = records[n]["norm"]
+                checked["activation"] += 1
+                if got is None or not rel_close(got, total, ACT_REL):
+                    problems.append(f"step {s}: activation {n}: recorded {got!r}, hook {total!r} ({len(calls)} call(s))")
+                fr = frame_norms.get((s, n))
+                if fr is None or not rel_close(fr, total, ACT_REL):
+                    problems.append(f"step {s}: activation {n}: trace_frame {fr!r}, hook {total!r}")
+                if len(calls) > 1:
+                    checked["calls"] += 1
+                    got_calls = records[n].get("calls")
+                    if got_calls is None or len(got_calls) != len(each) or not all(
+                            g is not None and rel_close(g, e, ACT_REL) for g, e in zip(got_calls, each)):
+                        problems.append(f"step {s}: activation {n}: calls {got_calls!r}, hook per call {each!r}")
+                elif calls[0]["time"] is not None:
+                    checked["time"] += 1
+                    want_t = [math.sqrt(x) for x in calls[0]["time"]]
+                    got_t = records[n].get("time")
+                    if got_t is None or len(got_t) != len(want_t) or not all(
+                            g is not None and rel_close(g, e, ACT_REL) for g, e in zip(got_t, want_t)):
+                        problems.append(f"step {s}: activation {n}: time {got_t!r}, hook per time step {want_t!r}")
+            # Parameters: the gradient produced, p.grad right after backward.
+            got_par = {n for n, rc in records.items() if kinds[names.index(n)] == "parameter"}
+            if set(expected_params) != got_par:
+                problems.append(f"step {s}: parameters recorded differ: missing {sorted(set(expected_params) - got_par)}, "
+                                f"extra {sorted(got_par - set(expected_params))}")
+            for n, want in expected_params.items():
+                fr = frame_norms.get((s, n))
+                checked["parameter"] += 1
+                if fr is None or not rel_close(fr, want, PARAM_REL):
+                    problems.append(f"step {s}: parameter {n}: recorded {fr!r}, p.grad {want!r}")
+        self.assertGreater(checked["activation"], 0)
+        self.assertGreater(checked["parameter"], 0)
+        if problems:
+            self.fail(f"{r.name}: {len(problems)} mismatch(es) over {checked} checked; the first ones:\n"
+                      + "\n".join(problems[:20]))
+        return checked
+
+    # (b) --------------------------------------------------------------------------------------
+    def assert_healthy(self, r):
+        findings = findings_of(r)
+        bad = [f for f in findings if f.severity in ("warning", "error")]
+        self.assertEqual(bad, [], f"{r.name} trained healthily (loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g}) "
+                                  f"but the report says:\n{describe(findings)}")
+
+    # (c) --------------------------------------------------------------------------------------
+    def assert_finding(self, r, kinds, where_has=None, severities=("warning", "error")):
+        findings = findings_of(r)
+        hits = [f for f in findings if f.kind in kinds and f.severity in severities]
+        self.assertTrue(hits, f"{r.name}: expected one of {kinds}, got:\n{describe(findings)}")
+        if where_has is not None:
+            self.assertTrue(any(all(w in f.where for w in where_has) for f in hits),
+                            f"{r.name}: expected {kinds} at {where_has}, got:\n{describe(findings)}")
+        return hits
+
+
+class TransformerPostLN(RealModelCase):
+    def test_exact(self):
+        self.assert_exact(run("transformer_post_ln"))
+
+    def test_healthy(self):
+        r = run("transformer_post_ln")
+        self.assertLess(r.losses[-1], 0.7 * r.losses[0])
+        self.assert_healthy(r)
+
+    def test_nan_at_a_known_step_is_non_finite_there(self):
+        r = run("transformer_nan")
+        self.assertTrue(all(math.isfinite(x) for x in r.losses[:NAN_STEP]))
+        self.assertFalse(math.isfinite(r.losses[NAN_STEP]))
+        hits = self.assert_finding(r, {"non_finite"}, severities=("error",))
+        # where names the step the NaN entered (and the layer backward met it in first: the decoder).
+        self.assertTrue(any(re.search(rf"\bstep {NAN_STEP}\b", f.where) for f in hits), describe(hits))
+        self.assertTrue(any("decoder" in f.where for f in hits), describe(hits))
+
+
+class TransformerPreLN(RealModelCase):
+    def test_exact(self):
+        self.assert_exact(run("transformer_pre_ln"))
+
+    def test_healthy(self):
+        r = run("transformer_pre_ln")
+        self.assertLess(r.losses[-1], 0.8 * r.losses[0])
+        self.assert_healthy(r)
+
+
+class GPTBlocks(RealModelCase):
+    def test_exact(self):
+        self.assert_exact(run("gpt"))
+
+    def test_healthy(self):
+        r = run("gpt")
+        self.assertLess(r.losses[-1], 0.8 * r.losses[0])
+        self.assert_healthy(r)
+
+    def test_gradients_zeroed_by_hooks_are_no_gradient(self):
+        r = run("gpt_zeroed_grads")
+        self.assert_finding(r, {"no_gradient"}, severities=("error",))
+
+
+class LSTMWordLM(RealModelCase):
+    def test_exact(self):
+        checked = self.assert_exact(run("lstm_lm"))
+        self.assertGreater(checked["time"], 0, "the fused LSTM's time profile was checked")
+
+    def test_healthy(self):
+        r = run("lstm_lm")
+        self.assertLess(sum(r.losses[-3:]), sum(r.losses[:3]))
+        self.assert_healthy(r)
+
+    def test_high_learning_rate_without_clipping_diverges(self):
+        r = run("lstm_lm_high_lr")
+        self.assert_finding(r, {"exploding", "non_finite", "unstable_loss"}, severities=("error",))
+
+
+class LSTMCellSequence(RealModelCase):
+    def test_exact(self):
+        r = run("time_sequence")
+        checked = self.assert_exact(r)
+        self.assertGreater(checked["calls"], 0, "the cells' per-call profile was checked")
+        # One record per evaluation of LBFGS's closure, numbered within its optimizer step.
+        f = r.monitor.trace_frame()
+        self.assertEqual(len(set(int(s) for s in f["step"])), len(r.losses))
+        self.assertEqual(sorted(set(int(o) for o in f["optimizer_step"])), [0, 1, 2])
+
+    def test_healthy(self):
+        r = run("time_sequence")
+        self.assertLess(r.losses[-1], 0.1 * r.losses[0])
+        self.assert_healthy(r)
+
+
+class ResNet18(RealModelCase):
+    def test_exact(self):
+        self.assert_exact(run("resnet18"))
+
+    def test_healthy(self):
+        r = run("resnet18")
+        self.assertLess(sum(r.losses[-3:]), sum(r.losses[:3]))
+        self.assert_healthy(r)
+
+
+class MobileNetV2(RealModelCase):
+    def test_exact(self):
+        self.assert_exact(run("mobilenet_v2"))
+
+    def test_healthy(self):
+        r = run("mobilenet_v2")
+        self.assertLess(sum(r.losses[-3:]), sum(r.losses[:3]))
+        self.assert_healthy(r)
+
+
+class Siamese(RealModelCase):
+    def test_exact(self):
+        checked = self.assert_exact(run("siamese"))
+        self.assertGreater(checked["calls"], 0, "the shared encoder's two calls were checked")
+
+    def test_healthy(self):
+        r = run("siamese")
+        self.assertLess(r.losses[-1], 0.5 * r.losses[0])
+        self.assert_healthy(r)
+
+    def test_deep_sigmoid_encoder_vanishes(self):
+        r = run("siamese_deep_sigmoid")
+        hits = self.assert_finding(r, {"vanishing"})
+        # Named from the first sigmoid layer (fc.0) to the last hidden one.
+        self.assertTrue(any("fc.0" in f.where for f in hits), describe(hits))
+
+
+class VariationalAutoencoder(RealModelCase):
+    def test_exact(self):
+        self.assert_exact(run("vae"))
+
+    def test_healthy(self):
+        r = run("vae")
+        self.assertLess(r.losses[-1], 0.98 * r.losses[0])
+        self.assert_healthy(r)
+
+    def test_dead_relus_are_dead_units(self):
+        r = run("vae_dead_relu")
+        h1 = r.model.fc1(torch.rand(8, 64)).relu()
+        self.assertEqual(int((h1 > 0).sum()), 0, "every unit of h.1 is inactive")
+        self.assert_finding(r, {"dead_units", "no_gradient"}, where_has=["h.1"], severities=("error",))
+
+
+class ActorCritic(RealModelCase):
+    def test_exact(self):
+        r = run("actor_critic")
+        checked = self.assert_exact(r)
+        self.assertGreater(checked["calls"], 0)
+        self.assertGreater(len(set(r.lengths)), 3, f"episodes of varying length: {r.lengths}")
+        # The policy is called once per environment step: the calls profile has one entry per step.
+        trace = trace_json(r)
+        names = [s["name"] for s in trace["series"]]
+        for st, length in zip(trace["steps"], r.lengths):
+            for record in st["records"]:
+                if names[record["series"]] == "affine1" and length > 1:
+                    self.assertEqual(len(record.get("calls", [])), length, (st["step"], length))
+
+    def test_healthy(self):
+        r = run("actor_critic")
+        self.assert_healthy(r)
+
+
+class GAN(RealModelCase):
+    def test_exact_generator(self):
+        self.assert_exact(run("gan")[0])
+
+    def test_exact_discriminator(self):
+        checked = self.assert_exact(run("gan")[1])
+        self.assertGreater(checked["calls"], 0, "netD on real and on fake: two calls a step")
+
+    def test_healthy_generator(self):
+        self.assert_healthy(run("gan")[0])
+
+    def test_healthy_discriminator(self):
+        self.assert_healthy(run("gan")[1])
+
+
+if __name__ == "__main__":
+    unittest.main()
