@@ -72,6 +72,10 @@ std::optional<AppliedSummary> summarize_applied(const Trace& trace);
 std::vector<int> depth_series(const Trace& trace);
 /// Taps of group `group` ("time", "cell") ordered by their numeric suffix.
 std::vector<int> numbered_series(const Trace& trace, const std::string& group);
+/// Every parameter series in forward order: the order in which their modules' outputs were
+/// first recorded (a module whose output has no series takes its nearest ancestor's place, as
+/// nn.MultiheadAttention's out_proj takes the attention's), then registration order.
+std::vector<int> parameters_in_forward_order(const Trace& trace);
 /// Weight series (parameters with 2 or more dimensions) in forward order.
 std::vector<int> weight_series(const Trace& trace);
 

@@ -38,7 +38,9 @@ class Monitor(_Monitor):
     one record per evaluation of a closure (LBFGS); the same as attach_optimizer(optimizer).
     grad_scaler: a torch.cuda.amp.GradScaler (or any object with get_scale()): recorded gradients
     are divided by the scale, and the steps it skips are marked skipped.
-    traits: what the model is ({"activation": "relu", "norm": "batch", ...}), for save_report's remedies.
+    traits: what the model is ({"activation": "relu", "norm": "batch", ...}), for save_report's remedies;
+    what its module tree shows (normalisation layers, a recurrent cell, its one activation module
+    kind) is read from it, and traits= adds to or overrides that.
     """
 
     def __init__(self, model, *, optimizer=None, activations=True, **options):
@@ -46,6 +48,10 @@ class Monitor(_Monitor):
         # A live module's outputs are found by forward hooks (what each call returns); a
         # TorchScript module's, by walking the autograd graph from the watched loss.
         hook_outputs = activations and isinstance(inner, torch.nn.Module) and not isinstance(inner, torch.jit.ScriptModule)
+        # What the module tree shows (normalisation, a recurrent cell, the activation), under what
+        # the program said (traits=): remedies are chosen from both.
+        if isinstance(inner, torch.nn.Module):
+            options["traits"] = {**_hooks.model_traits(inner), **(options.get("traits") or {})}
         super().__init__(model, activations=activations and not hook_outputs, **options)
         self._output_hooks = _hooks.hook_module_outputs(self, inner) if hook_outputs else []
         self._detach_steps = []

@@ -162,3 +162,36 @@ def _first_tensor(output):
             if t is not None:
                 return t
     return None
+
+
+_ACTIVATIONS = [
+    (torch.nn.ReLU, "relu"), (torch.nn.LeakyReLU, "leaky_relu"), (torch.nn.GELU, "gelu"), (torch.nn.Tanh, "tanh"),
+    (torch.nn.Sigmoid, "sigmoid"), (torch.nn.ELU, "elu"), (torch.nn.SELU, "selu"), (torch.nn.Softsign, "softsign"),
+]
+_CELLS = [
+    ((torch.nn.LSTM, torch.nn.LSTMCell), "lstm"), ((torch.nn.GRU, torch.nn.GRUCell), "gru"),
+]
+
+
+def model_traits(model):
+    """What the module tree shows of the architecture, as traits= keys: normalisation layers, a
+    recurrent cell, the one activation module kind it uses (a functional activation is not
+    seen). Residual connections and the initialisation are not visible in it."""
+    traits = {}
+    modules = [m for _, m in model.named_modules()]
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in modules):
+        traits["norm"] = "batch"
+    elif any(isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm)) for m in modules):
+        traits["norm"] = "layer"
+    for kinds, cell in _CELLS:
+        if any(isinstance(m, kinds) for m in modules):
+            traits.update(recurrent=True, cell=cell)
+            break
+    else:
+        rnn = [m for m in modules if isinstance(m, (torch.nn.RNN, torch.nn.RNNCell))]
+        if rnn:
+            traits.update(recurrent=True, cell="rnn_relu" if rnn[0].nonlinearity == "relu" else "rnn_tanh")
+    used = {name for kind, name in _ACTIVATIONS if any(type(m) is kind for m in modules)}
+    if len(used) == 1:
+        traits["activation"] = used.pop()
+    return traits

@@ -450,14 +450,14 @@ Finding diverged_or_spiked(const DiagnosisInput& in, double first, double worst)
   f.remedy = in.traits.clipped() ? "a smaller learning rate" : "a smaller learning rate or gradient clipping";
   if (std::isfinite(end) && end <= std::max(first, start)) {
     f.severity = Severity::warning;
-    f.message = fmt::format("the loss spiked to {:.3g} ({:.0f}x its first value) at step {} and recovered: {:.4g} over the "
+    f.message = fmt::format("the loss spiked to {:.3g} ({:.3g}x its first value) at step {} and recovered: {:.4g} over the "
                             "last tenth of the run",
                             worst, worst / first, loss_step(in, peak), end);
     f.evidence.emplace_back("loss_end", end);
     return f;
   }
   f.severity = Severity::error;
-  f.message = fmt::format("the loss diverged: it reached {:.3g}, {:.0f}x its first value", worst, worst / first);
+  f.message = fmt::format("the loss diverged: it reached {:.3g}, {:.3g}x its first value", worst, worst / first);
   return f;
 }
 

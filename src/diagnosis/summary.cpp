@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <string>
+#include <unordered_map>
 
 #include "util/median.h"
 
@@ -38,9 +40,34 @@ std::vector<int> depth_series(const Trace& trace) {
   return acts;
 }
 
+namespace {
+
+// Where a module's parameters stand in forward order: its output's position among the layer
+// outputs, or its nearest ancestor's; after every layer output when none has one.
+std::size_t forward_position(const std::unordered_map<std::string, std::size_t>& output_at, std::string module) {
+  for (;;) {
+    if (auto it = output_at.find(module); it != output_at.end()) return it->second;
+    const auto dot = module.rfind('.');
+    if (dot == std::string::npos) return output_at.size();
+    module.resize(dot);
+  }
+}
+
+}  // namespace
+
+std::vector<int> parameters_in_forward_order(const Trace& trace) {
+  std::unordered_map<std::string, std::size_t> output_at;
+  for (int s : trace.series_of_kind(SeriesKind::activation)) output_at.emplace(trace.series()[s].layer, output_at.size());
+  std::vector<int> params = trace.series_of_kind(SeriesKind::parameter);
+  std::vector<std::size_t> at(trace.series().size(), 0);
+  for (int p : params) at[static_cast<std::size_t>(p)] = forward_position(output_at, trace.series()[p].layer);
+  std::stable_sort(params.begin(), params.end(), [&](int a, int b) { return at[a] < at[b]; });
+  return params;
+}
+
 std::vector<int> weight_series(const Trace& trace) {
   std::vector<int> out;
-  for (int i : trace.series_of_kind(SeriesKind::parameter))
+  for (int i : parameters_in_forward_order(trace))
     if (trace.series()[i].shape.size() >= 2) out.push_back(i);
   return out;
 }

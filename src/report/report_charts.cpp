@@ -163,17 +163,31 @@ double binned_log10(const std::vector<StepRecord>& steps, std::size_t b, std::si
   return sum / static_cast<double>(e - b);
 }
 
-std::string heatmap(const RunRecord& r) {
+Heatmap heatmap(const RunRecord& r) {
   const auto chain = r.traits.recurrent ? numbered_series(r.trace, "time") : depth_series(r.trace);
   std::vector<std::string> names;
   for (int s : chain) names.push_back(r.trace.series()[s].name);
-  return heatmap_svg(r, chain, names, r.traits.recurrent ? "time step" : "hidden layer");
+  return layer_heatmap(r, chain, names, r.traits.recurrent ? "time step" : "hidden layer");
 }
 
 }  // namespace
 
-std::string heatmap_svg(const RunRecord& r, const std::vector<int>& chain, const std::vector<std::string>& names,
-                        const std::string& y_label) {
+std::string render_on_one_scale(std::vector<Heatmap> maps) {
+  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+  for (const auto& m : maps)
+    for (const auto& row : m.log10_values)
+      for (double v : row)
+        if (std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
+  std::string out;
+  for (auto& m : maps) {
+    if (std::isfinite(lo) && hi - lo > 1e-9) m.range = std::make_pair(lo, hi);
+    out += render(m);
+  }
+  return out;
+}
+
+Heatmap layer_heatmap(const RunRecord& r, const std::vector<int>& chain, const std::vector<std::string>& names,
+                      const std::string& y_label) {
   const auto& steps = r.trace.steps();
   Heatmap h;
   h.title = r.label;
@@ -195,7 +209,7 @@ std::string heatmap_svg(const RunRecord& r, const std::vector<int>& chain, const
     h.log10_values.push_back(row);
   }
   h.row_height = chain.size() > 40 ? 6 : 12;
-  return render(h);
+  return h;
 }
 
 std::string charts_html(const Comparison& c) {
@@ -209,10 +223,11 @@ std::string charts_html(const Comparison& c) {
   out += fmt::format("<h2>Layer &times; step heatmaps</h2>\n<p>log10 of the gradient norm at each recorded step: rows are hidden layers "
                      "(feed-forward) or time steps (recurrent). Dark is little gradient. A run of more than {} recorded steps "
                      "is shown in {} columns of consecutive steps, each the geometric mean of its norms; grey: a step in it "
-                     "recorded no gradient, zero or a non-finite one.</p>\n",
+                     "recorded no gradient, zero or a non-finite one. Every heatmap uses the same colour scale.</p>\n",
                      kHeatmapColumns, kHeatmapColumns);
-  for (const auto& r : c.runs) out += heatmap(r);
-  return out;
+  std::vector<Heatmap> maps;
+  for (const auto& r : c.runs) maps.push_back(heatmap(r));
+  return out + render_on_one_scale(std::move(maps));
 }
 
 }  // namespace gradflow::detail

@@ -44,9 +44,11 @@ std::vector<RankingRow> time_ranking(const Comparison& c);
 inline constexpr std::size_t kHeatmapColumns = 40;
 
 // A layer x step heatmap of the norms of `chain` (forward order; shown output side on top),
-// rows named `names`, steps binned to kHeatmapColumns.
-std::string heatmap_svg(const RunRecord& r, const std::vector<int>& chain, const std::vector<std::string>& names,
-                        const std::string& y_label);
+// rows named `names`, steps binned to kHeatmapColumns; render() draws it.
+Heatmap layer_heatmap(const RunRecord& r, const std::vector<int>& chain, const std::vector<std::string>& names,
+                      const std::string& y_label);
+// Draws heatmaps set side by side on one colour scale, so that one colour is one gradient in each.
+std::string render_on_one_scale(std::vector<Heatmap> maps);
 
 // A line chart with its titles, ready for series; x counts something (ticks at whole numbers).
 LineChart line_chart(std::string title, std::string x_label, std::string y_label, std::string note = "");

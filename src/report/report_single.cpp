@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -20,23 +21,24 @@ using detail::LineSeries;
 
 namespace {
 
-// The weight layers in forward order, named after their module, or after the parameter where a
-// module has several weights (an LSTM's weight_ih and weight_hh): every row's name is its own.
+// Every parameter in forward order, named after itself: biases and normalisation weights too.
 struct Layers {
   std::vector<int> series;
   std::vector<std::string> names;
 };
 
-Layers weight_layers(const Trace& t) {
+Layers parameter_layers(const Trace& t) {
   Layers l;
-  std::map<std::string, int> weights_of;
-  for (int s : weight_series(t)) ++weights_of[t.series()[s].layer];
-  for (int s : weight_series(t)) {
-    const SeriesInfo& info = t.series()[s];
+  for (int s : parameters_in_forward_order(t)) {
     l.series.push_back(s);
-    l.names.push_back(weights_of[info.layer] > 1 ? info.name : info.layer);
+    l.names.push_back(t.series()[s].name);
   }
   return l;
+}
+
+double rms_at(const StepRecord& st, int series) {
+  const Record* r = st.find(series);
+  return r ? r->grad.rms() : std::numeric_limits<double>::quiet_NaN();
 }
 
 // The update the optimizer applied when the Monitor measured it (MonitorOptions::update_norms),
@@ -58,12 +60,15 @@ Ratio ratio_of(const RunRecord& r) {
   return q;
 }
 
-// |dL/dW| (or dL/d(output)) per layer at the first and the last recorded step, layers named.
+// The RMS of dL/dW (or dL/d(output)) per layer at the first and the last recorded step, layers
+// named: per element, so that layers of different sizes compare.
 std::string profile_chart(const RunRecord& r, const std::vector<int>& chain, const std::vector<std::string>& names,
                           const std::string& what) {
   const auto& steps = r.trace.steps();
-  LineChart c = detail::line_chart(what + " per layer, in forward order", "layer", what + " (log scale)",
-                      "A line that falls toward the first layers is a vanishing gradient; one that rises, an exploding one.");
+  LineChart c = detail::line_chart("RMS of " + what + " per layer, in forward order", "layer", "RMS (log scale)",
+                                   "Per element (‖g‖ / sqrt(elements)), so that layers of different sizes compare. A line "
+                                   "that falls toward the first layers is a vanishing gradient; one that rises, an "
+                                   "exploding one.");
   c.x_names = names;
   for (int which = 0; which < (steps.size() > 1 ? 2 : 1); ++which) {
     const StepRecord& st = which == 0 ? steps.front() : steps.back();
@@ -72,8 +77,8 @@ std::string profile_chart(const RunRecord& r, const std::vector<int>& chain, con
     s.dashed = which == 0;
     for (std::size_t k = 0; k < chain.size(); ++k) {
       s.x.push_back(static_cast<double>(k + 1));
-      s.y.push_back(detail::norm_at(st, chain[k]));
-      s.tips.push_back(fmt::format("{} at step {}: {:.4g}", names[k], st.step, s.y.back()));
+      s.y.push_back(rms_at(st, chain[k]));
+      s.tips.push_back(fmt::format("{} at step {}: RMS {:.4g}", names[k], st.step, s.y.back()));
     }
     c.series.push_back(std::move(s));
   }
@@ -96,6 +101,10 @@ std::string per_layer_over_steps(const RunRecord& r, const Layers& layers, LineC
   return detail::render(c);
 }
 
+bool all_positive(const std::vector<double>& v) {
+  return std::all_of(v.begin(), v.end(), [](double x) { return !std::isfinite(x) || x > 0; });
+}
+
 std::string loss_chart(const RunRecord& r) {
   LineChart c = detail::line_chart("Loss at each recorded step", "step", "loss (log scale)", "");
   LineSeries total;
@@ -116,7 +125,56 @@ std::string loss_chart(const RunRecord& r) {
   if (each.size() > 1) c.note = "The step's loss is the sum of the losses watched in it; dashed: each one.";
   c.series.push_back(std::move(total));
   for (auto& s : each) c.series.push_back(std::move(s));
+  // A loss that reaches 0 or below (a negative log-likelihood of densities, a policy's
+  // objective) is drawn on a linear axis: a log axis would drop it.
+  for (const auto& s : c.series) c.log_y = c.log_y && all_positive(s.y);
+  if (!c.log_y) c.y_label = "loss";
   return detail::render(c);
+}
+
+// The gradient at each call of a module within a step (a cell at each time step, a policy at
+// each environment step), or at each time step of a recurrent module's output: one line per
+// module with a profile, at the last recorded step that has one.
+std::string calls_chart(const RunRecord& r, ProfileAxis axis) {
+  const std::size_t kMaxLines = 12;
+  LineChart c = detail::line_chart(axis == ProfileAxis::calls ? "dL/d(output) at each call of a module within a step"
+                                                              : "dL/d(output) at each time step of a recurrent module",
+                                   axis == ProfileAxis::calls ? "call, in forward order" : "time step", "‖g‖ (log scale)",
+                                   axis == ProfileAxis::calls
+                                       ? "A module called several times in a step is one layer: these are its calls "
+                                         "(time steps, environment steps, a twin's branches), not depth."
+                                       : "");
+  for (int series : r.trace.series_of_kind(SeriesKind::activation)) {
+    if (c.series.size() == kMaxLines) break;
+    for (auto st = r.trace.steps().rbegin(); st != r.trace.steps().rend(); ++st) {
+      const Record* rec = st->find(series);
+      if (!rec || rec->profile.empty() || rec->profile_axis != axis) continue;
+      LineSeries s;
+      s.label = fmt::format("{} (step {})", r.trace.series()[series].name, st->step);
+      s.markers = rec->profile.size() <= 60;
+      for (std::size_t k = 0; k < rec->profile.size(); ++k) {
+        s.x.push_back(static_cast<double>(k + 1));
+        s.y.push_back(rec->profile[k]);
+      }
+      c.series.push_back(std::move(s));
+      break;
+    }
+  }
+  return c.series.empty() ? std::string() : detail::render(c);
+}
+
+// Modules with parameters whose output has no series, and why.
+std::string unrecorded_outputs_note(const Trace& t) {
+  std::set<std::string> recorded, missing;
+  for (int s : t.series_of_kind(SeriesKind::activation)) recorded.insert(t.series()[s].layer);
+  if (recorded.empty()) return "";
+  for (int s : t.series_of_kind(SeriesKind::parameter))
+    if (!recorded.count(t.series()[s].layer)) missing.insert(t.series()[s].layer);
+  if (missing.empty()) return "";
+  return "No layer-output series for " + detail::join(std::vector<std::string>(missing.begin(), missing.end())) +
+         ": the module was not called in the watched forward (its parent uses its parameters directly, as "
+         "nn.MultiheadAttention uses out_proj's), or its output was not on the path of the watched loss. Its "
+         "parameters are in the parameter views.";
 }
 
 // Which gradient the figures are, in words, and what the optimizer applied instead.
@@ -194,20 +252,22 @@ std::string interrupted_note(const RunRecord& r) {
 }
 
 std::string model_html(const RunRecord& r) {
-  const Layers layers = weight_layers(r.trace);
+  const Layers layers = parameter_layers(r.trace);
   std::string out = fmt::format("<section><h2>{}</h2>\n", html_escape(r.label));
   if (r.interrupted) out += "<p class=\"sev-error\">" + html_escape(interrupted_note(r)) + "</p>\n";
   out += fmt::format("<p>loss {}</p>\n", detail::loss_span(r.summary, detail::Markup::html));
   for (const auto& sentence : gradient_sentences(r)) out += "<p>" + html_escape(sentence) + "</p>\n";
   out += "<h3>Findings</h3>\n" + findings_html(r);
   if (r.trace.steps().empty()) return out + "<p>Nothing was recorded.</p>\n</section>\n";
-  if (!layers.series.empty()) out += profile_chart(r, layers.series, layers.names, "|dL/dW|");
+  if (!layers.series.empty()) out += profile_chart(r, layers.series, layers.names, "dL/dW");
   const auto outputs = r.trace.series_of_kind(SeriesKind::activation);
   if (outputs.size() >= 2) {
     std::vector<std::string> names;
     for (int s : outputs) names.push_back(r.trace.series()[s].name);
-    out += profile_chart(r, outputs, names, "|dL/d(output)|");
+    out += profile_chart(r, outputs, names, "dL/d(output)");
   }
+  if (const std::string note = unrecorded_outputs_note(r.trace); !note.empty()) out += "<p>" + html_escape(note) + "</p>\n";
+  out += calls_chart(r, ProfileAxis::calls) + calls_chart(r, ProfileAxis::time);
   out += loss_chart(r);
   if (r.summary.applied) out += applied_chart(r);
   if (!layers.series.empty()) {
@@ -220,7 +280,7 @@ std::string model_html(const RunRecord& r) {
                                                     : "With plain SGD the update-to-weight ratio is this times the learning rate "
                                                       "(the Monitor's update_norms option records the update itself)."),
         ratio);
-    out += detail::heatmap_svg(r, layers.series, layers.names, "layer");
+    out += detail::render(detail::layer_heatmap(r, layers.series, layers.names, "parameter"));
   }
   out += detail::ranks_html(r.trace);
   return out + "<h3>Setup</h3>\n" + setup_html(r) + "</section>\n";
@@ -262,7 +322,8 @@ std::string models_report_markdown(const std::vector<RunRecord>& runs) {
     for (const auto& f : r.findings)
       out += fmt::format("- [{}] **{}** ({}): {} Remedy: {}\n", to_string(f.severity), to_string(f.kind), f.where, f.message, f.remedy);
     out += detail::ranks_markdown(r.trace);
-    const Layers layers = weight_layers(r.trace);
+    const Layers layers = parameter_layers(r.trace);
+    if (const std::string note = unrecorded_outputs_note(r.trace); !note.empty()) out += "\n" + note + "\n";
     if (r.trace.steps().empty() || layers.series.empty()) continue;
     const auto &first = r.trace.steps().front(), &last = r.trace.steps().back();
     const Ratio ratio = ratio_of(r);

@@ -3,16 +3,26 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include <fmt/format.h>
 
 namespace gradflow::detail {
 
+namespace {
+constexpr std::size_t kPaletteSize = 13;
+}  // namespace
+
 const std::string& palette(std::size_t i) {
-  static const std::vector<std::string> colours = {
+  static const std::string colours[kPaletteSize] = {
       "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#000000", "#56B4E9", "#E69F00", "#882255",
       "#332288", "#117733", "#44AA99", "#999933", "#AA4499"};
-  return colours[i % colours.size()];
+  return colours[i % kPaletteSize];
+}
+
+std::string tick_label(const std::string& name) {
+  if (name.size() <= kMaxTickChars) return name;
+  return "\u2026" + name.substr(name.size() - (kMaxTickChars - 1));
 }
 
 std::string html_escape(const std::string& s) {
@@ -130,17 +140,30 @@ std::string y_ticks(const Frame& f) {
   return out;
 }
 
-// One tick per category, its name turned so that long layer names do not overlap.
+// Ticks for at most kMaxTickLabels categories, names turned so that they do not overlap; the
+// whole name is the tick's hover title.
 std::string category_ticks(const Frame& f, const std::vector<std::string>& names) {
   std::string out;
-  const std::size_t step = std::max<std::size_t>(1, (names.size() + 39) / 40);
+  const std::size_t step = std::max<std::size_t>(1, (names.size() + kMaxTickLabels - 1) / kMaxTickLabels);
   for (std::size_t i = 0; i < names.size(); i += step) {
     const double x = f.X(static_cast<double>(i + 1));
     out += fmt::format("<line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{}\" y2=\"{}\" class=\"grid\"/>"
-                       "<text transform=\"translate({:.1f},{}) rotate(-35)\" class=\"tick\" text-anchor=\"end\">{}</text>\n",
-                       x, x, f.top, f.top + f.ph, x + 3, f.top + f.ph + 12, html_escape(names[i]));
+                       "<text transform=\"translate({:.1f},{}) rotate(-35)\" class=\"tick\" text-anchor=\"end\">{}<title>{}</title></text>\n",
+                       x, x, f.top, f.top + f.ph, x + 3, f.top + f.ph + 12, html_escape(tick_label(names[i])),
+                       html_escape(names[i]));
   }
   return out;
+}
+
+// Beyond the palette's colours, lines repeat them dashed, then dotted.
+const char* dash_of(const LineSeries& s, std::size_t si) {
+  if (s.dashed) return " stroke-dasharray=\"6 4\"";
+  if (s.colour >= 0) return "";
+  switch ((si / kPaletteSize) % 3) {
+    case 1: return " stroke-dasharray=\"6 4\"";
+    case 2: return " stroke-dasharray=\"2 3\"";
+    default: return "";
+  }
 }
 
 std::string x_ticks(const Frame& f, const LineChart& c) {
@@ -166,7 +189,8 @@ std::string x_ticks(const Frame& f, const LineChart& c) {
 // One series: its path (broken at invalid points), its markers with hover titles, its legend entry.
 std::string series_svg(const Frame& f, const LineSeries& s, std::size_t si) {
   const std::string& col = palette(s.colour >= 0 ? static_cast<std::size_t>(s.colour) : si);
-  const std::string legend = s.label.size() > 38 ? s.label.substr(0, 36) + "..." : s.label;
+  // The end of a long name is its most specific part (a module path's last components).
+  const std::string legend = s.label.size() > 38 ? "\u2026" + s.label.substr(s.label.size() - 37) : s.label;
   std::string path, marks, out;
   bool pen = false;
   for (std::size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
@@ -183,7 +207,7 @@ std::string series_svg(const Frame& f, const LineSeries& s, std::size_t si) {
                            html_escape(tip));
     }
   }
-  const char* dash = s.dashed ? " stroke-dasharray=\"6 4\"" : "";
+  const char* dash = dash_of(s, si);
   if (!path.empty())
     out += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"{}><title>{}</title></path>\n", path, col,
                        dash, html_escape(s.label));
@@ -202,11 +226,13 @@ std::string render(const LineChart& c) {
   f.W = c.width;
   // Room for the legend: one line a series, beside the plot, never over it.
   f.H = std::max(c.height, f.top + 8 + 16 * static_cast<int>(c.series.size()) + f.bottom);
-  // Room under the plot for turned category names.
+  // Room under the plot, and left of it, for turned category names (about 5 px a character
+  // across and 4 down at -35 degrees).
   std::size_t longest = 0;
-  for (const auto& n : c.x_names) longest = std::max(longest, n.size());
-  f.bottom += static_cast<int>(std::min<std::size_t>(longest, 40) * 4);
-  f.H += static_cast<int>(std::min<std::size_t>(longest, 40) * 4);
+  for (const auto& n : c.x_names) longest = std::max(longest, std::min(n.size(), kMaxTickChars));
+  f.bottom += static_cast<int>(longest * 4);
+  f.H += static_cast<int>(longest * 4);
+  f.left = std::max(f.left, static_cast<int>(longest * 5));
   f.pw = f.W - f.left - f.right;
   f.ph = f.H - f.top - f.bottom;
   std::string out = fmt::format(
@@ -243,6 +269,7 @@ std::string render(const Heatmap& m) {
   for (const auto& r : m.log10_values)
     for (double v : r)
       if (std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
+  if (m.range && std::isfinite(lo)) std::tie(lo, hi) = *m.range;
   std::string out = fmt::format("<figure class=\"chart\"><svg viewBox=\"0 0 {} {}\" width=\"{}\" height=\"{}\" role=\"img\" aria-label=\"{}\">\n",
                                 m.width, H, m.width, H, html_escape(m.title));
   out += fmt::format("<text x=\"{}\" y=\"20\" class=\"title\">{}</text>\n", left, html_escape(m.title));
@@ -295,7 +322,8 @@ std::string render(const Heatmap& m) {
                        lh / 20.0 + 0.5, colour(v));
   }
   out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"tick\">{}</text><text x=\"{}\" y=\"{}\" class=\"tick\">{}</text>\n", lx + 18,
-                     top + 10, fmt::format("1e{:.1f}", hi), lx + 18, top + lh, fmt::format("1e{:.1f}", lo));
+                     top + 10, fmt::format("{:.2g}", std::pow(10.0, hi)), lx + 18, top + lh,
+                     fmt::format("{:.2g}", std::pow(10.0, lo)));
   out += "</svg></figure>\n";
   return out;
 }

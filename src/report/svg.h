@@ -3,6 +3,7 @@
 // cell carries a <title>, which browsers show on hover.
 
 #include <optional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,13 @@ struct LineSeries {
   bool markers = true;
   int colour = -1;  // palette slot; -1: the series' position
 };
+
+// At most this many category names under an axis; names longer than kMaxTickChars show their end.
+constexpr std::size_t kMaxTickLabels = 20;
+constexpr std::size_t kMaxTickChars = 28;
+// A category name as a tick shows it: its last kMaxTickChars characters (the most specific part
+// of a module path), led by "…" when cut.
+std::string tick_label(const std::string& name);
 
 struct LineChart {
   std::string title;
@@ -52,6 +60,8 @@ struct Heatmap {
   int row_height = 14;
   /// Left margin for the row names; 0: wide enough for the longest one.
   int left = 0;
+  /// The colour scale's log10 range, shared by heatmaps set side by side; empty: this one's data.
+  std::optional<std::pair<double, double>> range;
 };
 std::string render(const Heatmap& map);
 

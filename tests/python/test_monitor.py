@@ -224,6 +224,30 @@ class ModelFactsTest(unittest.TestCase):
             gradflow.Monitor(Vanishing(), traits={"depth": 3})
         self.assertIn("traits= has no 'depth'", str(e.exception))
 
+    def saved_traits(self, model, x, **kwargs):
+        monitor = gradflow.Monitor(model, **kwargs)
+        out = model(x)
+        loss = (out[0] if isinstance(out, tuple) else out).pow(2).mean()
+        monitor.watch(loss)
+        loss.backward()
+        with tempfile.TemporaryDirectory() as d:
+            gradflow.save_report(monitor, os.path.join(d, "r"))
+            with open(os.path.join(d, "r", "run.json")) as f:
+                return json.load(f)["traits"]
+
+    def test_the_module_tree_says_what_the_model_has(self):
+        bn = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
+        traits = self.saved_traits(bn, torch.randn(32, 8))
+        self.assertEqual((traits["norm"], traits["activation"]), ("batch", "relu"))
+        lstm = self.saved_traits(nn.LSTM(4, 8), torch.randn(5, 3, 4))
+        self.assertEqual((lstm["recurrent"], lstm["cell"]), (True, "lstm"))
+        ln = self.saved_traits(nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.GELU(), nn.Tanh()), torch.randn(4, 8))
+        self.assertEqual(ln["norm"], "layer")
+        self.assertEqual(ln["activation"], "none")  # two kinds of activation: none is assumed
+        # What the program says wins over what the tree shows.
+        said = self.saved_traits(bn, torch.randn(32, 8), traits={"activation": "leaky_relu"})
+        self.assertEqual((said["norm"], said["activation"]), ("batch", "leaky_relu"))
+
     def test_a_tap_with_its_activation_records_dead_units(self):
         torch.manual_seed(0)
         lin = nn.Linear(8, 16)

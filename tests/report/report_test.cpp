@@ -7,6 +7,8 @@
 
 #include "gradflow/atomic_file.h"
 #include "gradflow/error.h"
+#include "report/report_model.h"
+#include "report/svg.h"
 
 #include <filesystem>
 #include <unistd.h>
@@ -176,8 +178,9 @@ TEST(Report, TheModelsReportNamesLayersAndComparesNothing) {
   const std::string body = html.substr(html.find("</style>"));
   for (const char* comparison_words : {"comparison", "verdict", "Verdict", "constant answer", "remedy</th>"})
     EXPECT_EQ(body.find(comparison_words), std::string::npos) << comparison_words;
-  // The layers' names on the profile's axis, in forward order.
-  const auto a = html.find(">encoder.conv1</text>"), b = html.find(">encoder.conv2</text>"), c = html.find(">head.fc</text>");
+  // The parameters' names on the profile's axis, in forward order.
+  const auto a = html.find(">encoder.conv1.weight<title>"), b = html.find(">encoder.conv2.weight<title>"),
+             c = html.find(">head.fc.weight<title>");
   ASSERT_NE(a, std::string::npos);
   ASSERT_NE(b, std::string::npos);
   ASSERT_NE(c, std::string::npos);
@@ -191,12 +194,12 @@ TEST(Report, TheModelsReportNamesLayersAndComparesNothing) {
   EXPECT_GT(ticks, 0);
   // The gradient-to-weight ratio is the recorded numbers': head.fc's is 10^-0.5 / 2.
   const std::string md = models_report_markdown({user_run("my net")});
-  EXPECT_NE(md.find(fmt::format("| head.fc | {:.3g} | {:.3g} | {:.3g} |", std::sqrt(0.1), std::sqrt(0.1), std::sqrt(0.1) / 2.0)),
+  EXPECT_NE(md.find(fmt::format("| head.fc.weight | {:.3g} | {:.3g} | {:.3g} |", std::sqrt(0.1), std::sqrt(0.1), std::sqrt(0.1) / 2.0)),
             std::string::npos) << md;
 }
 
-// A module with two weight matrices (an LSTM's input and recurrent weights) gets a row for each,
-// named after the parameter: no two rows of the table share a name.
+// Every parameter gets a row named after it (an LSTM's input and recurrent weights, biases):
+// no two rows of the table share a name.
 TEST(Report, EveryLayerRowHasItsOwnName) {
   RunRecord r = user_run("lstm");
   const int ih = r.trace.intern("rnn.weight_ih_l0", SeriesKind::parameter, "rnn", {16, 4});
@@ -214,12 +217,86 @@ TEST(Report, EveryLayerRowHasItsOwnName) {
   EXPECT_NE(md.find("| rnn.weight_ih_l0 | 1 | 1 |"), std::string::npos) << md;
   EXPECT_NE(md.find("| rnn.weight_hh_l0 | 1 | 1 |"), std::string::npos) << md;
   EXPECT_EQ(md.find("| rnn |"), std::string::npos) << md;
-  EXPECT_NE(md.find("| head.fc |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| head.fc.weight |"), std::string::npos) << md;
   // A layer with no record at a step: a dash, not "nan".
   r.trace.steps().front().records.pop_back();
   const std::string gap = models_report_markdown({r});
   EXPECT_NE(gap.find("| rnn.weight_hh_l0 | — | 1 | — |"), std::string::npos) << gap;
   EXPECT_EQ(gap.find("nan"), std::string::npos);
+}
+
+// A real model's report: parameters in the order their modules ran (the embedding first, though
+// registered last), a module's calls drawn as a profile, a negative loss drawn, at most 20 names
+// under an axis however many layers.
+TEST(Report, ARealModelsReportFollowsItsStructure) {
+  RunRecord r = user_run("lm");
+  const int emb_w = r.trace.intern("embedding.weight", SeriesKind::parameter, "embedding", {100, 8});
+  std::vector<int> outputs;
+  for (const char* m : {"embedding", "encoder.conv1", "encoder.conv2", "head.fc"})
+    outputs.push_back(r.trace.intern(m, SeriesKind::activation, m));
+  std::vector<int> many;
+  for (int k = 0; k < 45; ++k) many.push_back(r.trace.intern(fmt::format("blocks.{}.mlp.c_fc", k), SeriesKind::activation,
+                                                              fmt::format("blocks.{}.mlp.c_fc", k)));
+  for (auto& st : r.trace.steps()) {
+    for (int s : outputs) {
+      Record rec;
+      rec.series = s;
+      rec.grad.numel = 16;
+      rec.grad.sum_sq = 1.0;
+      if (s == outputs[1]) rec.profile = {0.5, 0.6, 0.7};
+      st.records.push_back(rec);
+    }
+    for (int s : many) {
+      Record rec;
+      rec.series = s;
+      rec.grad.numel = 16;
+      rec.grad.sum_sq = 4.0;
+      st.records.push_back(rec);
+    }
+    Record rec;
+    rec.series = emb_w;
+    rec.grad.numel = 800;
+    rec.grad.sum_sq = 1.0;
+    st.records.push_back(rec);
+  }
+  for (auto& st : r.trace.steps()) st.loss = -1.0 - 0.1 * static_cast<double>(st.step);
+  r.loss.clear();
+  for (const auto& st : r.trace.steps()) r.loss.push_back(*st.loss);
+  r.analyse();
+  const std::string md = models_report_markdown({r});
+  EXPECT_LT(md.find("| embedding.weight |"), md.find("| encoder.conv1.weight |")) << md;
+  const std::string html = models_report_html({r});
+  EXPECT_NE(html.find("dL/d(output) at each call of a module within a step"), std::string::npos);
+  EXPECT_NE(html.find("encoder.conv1 (step 6)"), std::string::npos);
+  // The loss, all below 0, on a linear axis.
+  const auto loss_at = html.find("Loss at each recorded step");
+  ASSERT_NE(loss_at, std::string::npos);
+  const std::string loss_svg = html.substr(loss_at, html.find("</svg>", loss_at) - loss_at);
+  EXPECT_EQ(loss_svg.find("log scale"), std::string::npos);
+  EXPECT_NE(loss_svg.find("<path d="), std::string::npos);
+  // 49 layer outputs, at most 20 names under the axis, long ones shown by their end.
+  const auto outputs_at = html.find("RMS of dL/d(output) per layer");
+  const std::string outputs_svg = html.substr(outputs_at, html.find("</svg>", outputs_at) - outputs_at);
+  int names = 0;
+  for (auto at = outputs_svg.find("rotate(-35)"); at != std::string::npos; at = outputs_svg.find("rotate(-35)", at + 1)) ++names;
+  EXPECT_EQ(names, 17);  // every third of 49
+  EXPECT_EQ(detail::tick_label("transformer_encoder.layers.11.self_attn"), "\u2026encoder.layers.11.self_attn");
+}
+
+TEST(Report, HeatmapsSideBySideShareOneColourScale) {
+  detail::Heatmap a, b;
+  a.rows = b.rows = {"h.1"};
+  a.cols = b.cols = {"0", "1"};
+  a.log10_values = {{-1.0, -2.0}};
+  b.log10_values = {{-5.0, -6.0}};
+  const std::string both = detail::render_on_one_scale({a, b});
+  // The darkest colour is b's -6, not a's -2; the colour bar of each reads 0.1 .. 1e-06.
+  EXPECT_EQ(both.find("fill=\"#440154\"><title>h.1 at 1: 0.01"), std::string::npos);
+  EXPECT_NE(both.find("fill=\"#440154\"><title>h.1 at 1: 1e-06"), std::string::npos);
+  int bars = 0;
+  for (auto at = both.find(">0.1</text>"); at != std::string::npos; at = both.find(">0.1</text>", at + 1)) ++bars;
+  EXPECT_EQ(bars, 2);
+  EXPECT_NE(both.find(">1e-06</text>"), std::string::npos);
 }
 
 TEST(Report, TwoModelsOfOneProgramShareOneReport) {
@@ -228,7 +305,7 @@ TEST(Report, TwoModelsOfOneProgramShareOneReport) {
   EXPECT_NE(html.find("<h2>generator</h2>"), std::string::npos);
   EXPECT_NE(html.find("<h2>discriminator</h2>"), std::string::npos);
   const std::string md = models_report_markdown({user_run("generator"), user_run("discriminator")});
-  EXPECT_NE(md.find("| encoder.conv2 |"), std::string::npos);
+  EXPECT_NE(md.find("| encoder.conv2.weight |"), std::string::npos);
   // A model whose Monitor recorded the updates shows the update-to-weight ratio; the other the
   // gradient-to-weight ratio, named as such.
   RunRecord with_updates = user_run("with updates");
@@ -237,7 +314,7 @@ TEST(Report, TwoModelsOfOneProgramShareOneReport) {
   const std::string both = models_report_html({with_updates, user_run("without")});
   EXPECT_NE(both.find("update-to-weight ratio |dW| / |W| per layer"), std::string::npos);
   EXPECT_NE(both.find("gradient-to-weight ratio |dL/dW| / |W| per layer"), std::string::npos);
-  EXPECT_NE(models_report_markdown({with_updates}).find("| encoder.conv1 | 0.0316 | 0.0316 | 0.001 |"), std::string::npos);
+  EXPECT_NE(models_report_markdown({with_updates}).find("| encoder.conv1.weight | 0.0316 | 0.0316 | 0.001 |"), std::string::npos);
 }
 
 TEST(Report, ASingleRunFolderIsReportedOnItsOwn) {
