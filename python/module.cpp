@@ -13,6 +13,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <torch/csrc/autograd/python_cpp_function.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 #include <torch/extension.h>
@@ -385,6 +386,15 @@ void bind_monitor(py::module_& m) {
              // The step this forward closes learns its scaler's verdict first (as watch() does).
              if (p.monitor().forward_closes_step()) p.read_scale();
              p.monitor().layer_output(output, module, time_dim);
+           })
+      .def("_layer_sequence",
+           [](PyMonitor& p, const py::object& grad_fn, const std::string& name, const std::string& module) {
+             if (!torch::autograd::THPCppFunction_Check(grad_fn.ptr()))
+               throw UsageError("_layer_sequence() takes an autograd node implemented in C++ (a grad_fn)");
+             if (p.monitor().forward_closes_step()) p.read_scale();
+             // The node's one output is the layer's sequence, stacked along dimension 0 (time).
+             p.monitor().layer_output(reinterpret_cast<torch::autograd::THPCppFunction*>(grad_fn.ptr())->cdata, 0, name,
+                                      module, 0);
            })
       .def("step",
            [](PyMonitor& p) {

@@ -21,6 +21,9 @@ class Module;
 namespace torch::optim {
 class Optimizer;
 }
+namespace torch::autograd {
+struct Node;
+}
 
 namespace gradflow {
 
@@ -206,6 +209,11 @@ class Monitor {
   /// steps are then the profile of a module called once. No-op when the step is not recorded or
   /// `output` has no grad_fn.
   void layer_output(const at::Tensor& output, const std::string& module, int time_dim = -1);
+  /// The same for an output the program cannot reach as a tensor: output `output` of the
+  /// autograd node `node`, recorded as the series `name` of `module` (a fused recurrent module's
+  /// layer k, "rnn.l0", whose sequence only its grad_fn holds).
+  void layer_output(const std::shared_ptr<torch::autograd::Node>& node, std::size_t output, const std::string& name,
+                    const std::string& module, int time_dim = -1);
   /// Ends the current step: its statistics are fetched (one host transfer) into the trace.
   void step();
   /// Runs `optimizer.step()` (or `optimizer.step(closure)`) between begin_optimizer_step() and

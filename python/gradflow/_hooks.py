@@ -105,6 +105,9 @@ def follow_ddp(monitor, ddp):
             "monitor.average_gradients()") from None
 
 
+_ROOT = "(root)"  # the module path of the model's own parameters, as the Monitor names it
+
+
 def is_ddp(model):
     return isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
@@ -117,10 +120,61 @@ def hook_module_outputs(monitor, model):
     ref = weakref.ref(monitor)
     handles = []
     for name, module in model.named_modules():
-        if any(p.requires_grad for p in module.parameters(recurse=False)):
-            hook = _output_hook(ref, name or "(root)", _time_dim(module))
-            handles.append(module.register_forward_hook(hook))
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+            continue
+        if _layered(module):
+            hook = _layers_hook(ref, name or _ROOT, module)
+        else:
+            hook = _output_hook(ref, name or _ROOT, _time_dim(module))
+        handles.append(module.register_forward_hook(hook))
     return handles
+
+
+def _layered(module):
+    """A fused recurrent module of several layers, one direction: recorded per layer."""
+    return isinstance(module, torch.nn.RNNBase) and module.num_layers > 1 and not module.bidirectional
+
+
+def _layers_hook(ref, name, module):
+    """Each layer of a fused nn.LSTM/GRU/RNN as its own series, "rnn.l0" .. : the gradient that
+    reaches the layer's output sequence, one entry per time step. Where the module's graph does
+    not show its layers (a cuDNN kernel, a packed sequence), the module's output, as for any
+    module."""
+    fallback = _output_hook(ref, name, _time_dim(module))
+    num_layers = module.num_layers
+
+    def gradflow_layers_hook(module, inputs, output):
+        if not torch.is_grad_enabled():
+            return None
+        m = ref()
+        if m is None or not m.recording:
+            return None
+        t = _first_tensor(output)
+        layers = _layer_sequences(t, num_layers) if t is not None and not isinstance(output[0], _Packed) else None
+        if layers is None:
+            return fallback(module, inputs, output)
+        for k, node in enumerate(layers):
+            m._layer_sequence(node, "l{}".format(k) if name == _ROOT else "{}.l{}".format(name, k), name)
+        return None
+
+    return gradflow_layers_hook
+
+
+def _layer_sequences(t, num_layers):
+    """The nodes that stack each layer's outputs into its sequence, layer 0 first; None unless
+    there is one per layer."""
+    if t.grad_fn is None:
+        return None
+    found, seen, queue = [], set(), [t.grad_fn]
+    while queue and len(found) < num_layers:
+        node = queue.pop(0)
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "StackBackward0":
+            found.append(node)
+        queue.extend(child for child, _ in node.next_functions)
+    return found[::-1] if len(found) == num_layers else None
 
 
 def _output_hook(ref, name, time_dim):
@@ -147,6 +201,9 @@ def _time_dim(module):
     batch_first = bool(getattr(module, "batch_first", False))
     # (T, B, H), (B, T, H) when batch_first, (T, H) unbatched.
     return lambda t: (1 if batch_first else 0) if t.dim() == 3 else (0 if t.dim() == 2 else -1)
+
+
+_Packed = torch.nn.utils.rnn.PackedSequence
 
 
 def _first_tensor(output):

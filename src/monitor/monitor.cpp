@@ -193,7 +193,17 @@ void Monitor::layer_output(const at::Tensor& output, const std::string& module, 
   auto rec = state_->recorder.lock();
   rec->begin_forward();
   if (!rec->attached || !output.defined() || !output.grad_fn()) return;
-  rec->name_output(output.grad_fn(), output.output_nr(), module, time_dim);
+  rec->name_output(output.grad_fn(), output.output_nr(), module, module, time_dim);
+}
+
+void Monitor::layer_output(const std::shared_ptr<torch::autograd::Node>& node, std::size_t output, const std::string& name,
+                           const std::string& module, int time_dim) {
+  if (name.empty() || module.empty())
+    throw UsageError("layer_output() needs the series' name and its module's, as named_modules() gives it");
+  auto rec = state_->recorder.lock();
+  rec->begin_forward();
+  if (!rec->attached || !node) return;
+  rec->name_output(node, output, name, module, time_dim);
 }
 
 void Monitor::tap(const at::Tensor& t, const std::string& name, const TapOptions& options) {

@@ -197,10 +197,10 @@ void StepRecorder::record_profile(int index, const at::Tensor& grad, ProfileSlot
 
 int StepRecorder::next_call(int series) { return calls_[series]++; }
 
-void StepRecorder::name_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& module,
-                               int time_dim) {
+void StepRecorder::name_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& name,
+                               const std::string& module, int time_dim) {
   if (!recording_) return;
-  const int series = trace_.intern(module, SeriesKind::activation, module);
+  const int series = trace_.intern(name, SeriesKind::activation, module);
   named_outputs_.push_back(NamedOutput{std::move(node), output, series, ProfileSlot{next_call(series), time_dim}});
 }
 

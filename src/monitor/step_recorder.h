@@ -75,8 +75,10 @@ class StepRecorder {
     int series;
     ProfileSlot slot;
   };
-  // Notes output `output` of `node` as one call of `module`; nothing when the step is not recorded.
-  void name_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& module, int time_dim);
+  // Notes output `output` of `node` as one call of the series `name` of `module`; nothing when
+  // the step is not recorded.
+  void name_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& name,
+                   const std::string& module, int time_dim);
   // The outputs named since the last call, in forward order.
   std::vector<NamedOutput> take_named_outputs();
   // The index of the next call of a layer output's series in the open step.

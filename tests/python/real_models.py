@@ -133,8 +133,11 @@ class GradRecorder:
 class Run:
     """What a training run left: the model, its Monitor(s), the reference, the losses."""
 
-    def __init__(self, name, model, monitor, recorder, losses, traits=None):
+    def __init__(self, name, model, monitor, recorder, losses, traits=None, layers_of=None):
         self.name = name
+        # A fused recurrent module recorded per layer: its series, layer 0 first; the last one
+        # holds the module's output.
+        self.layers_of = layers_of or {}
         self.model = model
         self.monitor = monitor
         self.recorder = recorder
@@ -487,7 +490,7 @@ def run_lstm_lm(steps=30, seed=0, lr=20.0, clip=0.25, tied=True):
             p.data.add_(p.grad, alpha=-lr)
         losses.append(loss.item())
     rec.remove()
-    return Run("lstm_lm", model, monitor, rec, losses, traits=traits)
+    return Run("lstm_lm", model, monitor, rec, losses, traits=traits, layers_of={"rnn": ["rnn.l0", "rnn.l1"]})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -188,6 +188,49 @@ class Vanishing(nn.Module):
         return self.net(x)
 
 
+class FusedRecurrentLayersTest(unittest.TestCase):
+    """A fused nn.LSTM of several layers is recorded per layer ("rnn.l0", "rnn.l1"), each with the
+    gradient that reaches its output sequence at every time step: checked against the same
+    network unfused (one single-layer LSTM per layer, weights copied), where autograd reaches
+    layer 0's sequence."""
+
+    def test_each_layer_and_time_step_equals_the_unfused_networks_gradient(self):
+        torch.manual_seed(0)
+        for batch_first in (False, True):
+            fused = nn.LSTM(4, 6, num_layers=2, batch_first=batch_first)
+            layers = [nn.LSTM(4 if k == 0 else 6, 6, batch_first=batch_first) for k in range(2)]
+            with torch.no_grad():
+                for k, layer in enumerate(layers):
+                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                        getattr(layer, name + "_l0").copy_(getattr(fused, f"{name}_l{k}"))
+            x = torch.randn((3, 7, 4) if batch_first else (7, 3, 4))
+            target = torch.randn((3, 7, 6) if batch_first else (7, 3, 6))
+            seq0, _ = layers[0](x)
+            seq1, _ = layers[1](seq0)
+            truth = torch.autograd.grad(nn.functional.mse_loss(seq1, target), [seq0, seq1])
+            monitor = gradflow.Monitor(fused)
+            out, _ = fused(x)
+            loss = nn.functional.mse_loss(out, target)
+            monitor.watch(loss)
+            loss.backward()
+            with tempfile.TemporaryDirectory() as d:
+                monitor.save_json(os.path.join(d, "t.json"))
+                with open(os.path.join(d, "t.json")) as f:
+                    trace = json.load(f)
+            names = [s["name"] for s in trace["series"]]
+            records = {names[r["series"]]: r for r in trace["steps"][0]["records"]}
+            self.assertNotIn("(root)", records)  # the module's output is its last layer's
+            time_dim = 1 if batch_first else 0
+            for k, name in enumerate(["l0", "l1"]):
+                g = truth[k].double()
+                rec = records[name]
+                self.assertTrue(rel_close(rec["norm"], g.norm().item(), 1e-6), (batch_first, name))
+                per_step = g.pow(2).sum(dim=[d for d in range(3) if d != time_dim]).sqrt()
+                self.assertEqual(len(rec["time"]), 7)
+                for got, want in zip(rec["time"], per_step.tolist()):
+                    self.assertTrue(rel_close(got, want, 1e-6), (batch_first, name, got, want))
+
+
 class ModelFactsTest(unittest.TestCase):
     """What the program says of its model (traits=, tap(activation=)) and what no gradient looks like."""
 

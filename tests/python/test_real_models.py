@@ -113,9 +113,15 @@ class RealModelCase(unittest.TestCase):
         for i, (st, expected_calls, expected_params) in enumerate(zip(steps, rec.steps, rec.params)):
             s = st["step"]
             records = {names[rec_["series"]]: rec_ for rec_ in st["records"]}
-            # Layer outputs: the modules whose outputs received a gradient in this step.
-            want_act = {n: calls for n, calls in expected_calls.items() if any(c["sq"] is not None for c in calls)}
-            got_act = {n for n, rc in records.items() if kinds[names.index(n)] == "activation"}
+            # Layer outputs: the modules whose outputs received a gradient in this step; a fused
+            # recurrent module's output is its last layer's series, its other layers' series are
+            # checked against an unfused replica in test_monitor.
+            want_act = {r.layers_of.get(n, [n])[-1]: calls for n, calls in expected_calls.items()
+                        if any(c["sq"] is not None for c in calls)}
+            lower_layers = {n for layers in r.layers_of.values() for n in layers[:-1]}
+            got_act = {n for n, rc in records.items() if kinds[names.index(n)] == "activation"} - lower_layers
+            if not lower_layers <= set(records):
+                problems.append(f"step {s}: no series for the lower layers {sorted(lower_layers - set(records))}")
             if set(want_act) != got_act:
                 problems.append(f"step {s}: layer outputs recorded {sorted(got_act ^ set(want_act))} differ: "
                                 f"missing {sorted(set(want_act) - got_act)}, extra {sorted(got_act - set(want_act))}")
