@@ -68,7 +68,9 @@ struct RunSummary {
 std::optional<AppliedSummary> summarize_applied(const Trace& trace);
 
 /// The hidden-state series across depth: taps of group "h" when the model has them, else the
-/// activation series without the last one (the output layer), in forward order.
+/// layer outputs without the last one (the output layer), in forward order: along the longest
+/// path through distinct modules where the trace knows which feeds which (SeriesInfo::inputs),
+/// so that parallel branches are not chained; every layer output otherwise.
 std::vector<int> depth_series(const Trace& trace);
 /// Taps of group `group` ("time", "cell") ordered by their numeric suffix.
 std::vector<int> numbered_series(const Trace& trace, const std::string& group);

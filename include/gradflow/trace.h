@@ -32,6 +32,11 @@ struct SeriesInfo {
   SeriesKind kind = SeriesKind::parameter;
   std::string layer;  ///< owning module path ("layers.3"); for taps, the tap's group ("h", "time")
   std::vector<std::int64_t> shape;  ///< shape at first record
+  /// Layer outputs: the layer-output series whose output reaches this module's input with no
+  /// other module between them (the model's graph, one edge per pair). Parallel branches (a
+  /// VAE's two heads) feed the same module but not each other. Only series recorded before this
+  /// one (forward order). Empty when unknown.
+  std::vector<int> inputs;
 };
 
 /// Forward-pass statistics of a tapped activation, for dead and saturated units.
@@ -142,6 +147,9 @@ class Trace {
              std::vector<std::int64_t> shape = {});
   /// Index of a series by name, or -1.
   int find(const std::string& name) const;
+  /// Records that series `from`'s output feeds series `to` (SeriesInfo::inputs); false when it was
+  /// known, or `from` was not recorded before `to` (edges follow forward order: no cycle).
+  bool add_input(int to, int from);
 
   const std::vector<SeriesInfo>& series() const { return series_; }
   const std::vector<StepRecord>& steps() const { return steps_; }

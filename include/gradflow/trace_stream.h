@@ -44,6 +44,7 @@ class TraceStream {
   std::string path_;
   int fd_ = -1;
   std::size_t series_written_ = 0;
+  std::vector<std::size_t> inputs_written_;  // per written series: its inputs written so far
 };
 
 /// What a stream holds.

@@ -32,10 +32,41 @@ std::vector<int> numbered_series(const Trace& trace, const std::string& group) {
   return out;
 }
 
+namespace {
+
+// The longest path through the layer outputs' graph (SeriesInfo::inputs), ending at the layer
+// closest to the output among the longest: depth counts distinct modules one after another,
+// parallel branches (a VAE's two heads, an actor's and a critic's) are not chained.
+std::vector<int> longest_path(const Trace& trace, const std::vector<int>& outputs) {
+  std::unordered_map<int, int> length, previous;
+  int end = -1;
+  for (int s : outputs) {
+    length[s] = 1;
+    previous[s] = -1;
+    for (int from : trace.series()[s].inputs)
+      if (auto it = length.find(from); it != length.end() && it->second + 1 > length[s]) {
+        length[s] = it->second + 1;
+        previous[s] = from;
+      }
+    if (end < 0 || length[s] >= length[end]) end = s;
+  }
+  std::vector<int> path;
+  for (int s = end; s >= 0; s = previous[s]) path.push_back(s);
+  std::reverse(path.begin(), path.end());
+  return path;
+}
+
+bool has_graph(const Trace& trace, const std::vector<int>& outputs) {
+  return std::any_of(outputs.begin(), outputs.end(), [&](int s) { return !trace.series()[s].inputs.empty(); });
+}
+
+}  // namespace
+
 std::vector<int> depth_series(const Trace& trace) {
   auto h = numbered_series(trace, "h");
   if (!h.empty()) return h;
   auto acts = trace.series_of_kind(SeriesKind::activation);
+  if (has_graph(trace, acts)) acts = longest_path(trace, acts);
   if (!acts.empty()) acts.pop_back();
   return acts;
 }

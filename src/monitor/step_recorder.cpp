@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -207,7 +209,43 @@ void StepRecorder::name_output(std::shared_ptr<torch::autograd::Node> node, std:
 std::vector<StepRecorder::NamedOutput> StepRecorder::take_named_outputs() {
   std::vector<NamedOutput> out;
   out.swap(named_outputs_);
+  link_outputs(out);
   return out;
+}
+
+void StepRecorder::link_outputs(const std::vector<NamedOutput>& outputs) {
+  using torch::autograd::Node;
+  std::unordered_map<const Node*, int> series_of;
+  bool unlinked = false;
+  for (const auto& o : outputs) {
+    series_of.emplace(o.node.get(), o.series);
+    unlinked = unlinked || o.series >= static_cast<int>(linked_.size()) || !linked_[o.series];
+  }
+  if (!unlinked) return;
+  for (const auto& o : outputs) {
+    if (o.series < static_cast<int>(linked_.size()) && linked_[o.series]) continue;
+    std::vector<const Node*> stack;
+    std::unordered_set<const Node*> seen;
+    auto push_inputs = [&](const Node* n) {
+      for (const auto& edge : n->next_edges())
+        if (edge.function) stack.push_back(edge.function.get());
+    };
+    push_inputs(o.node.get());
+    while (!stack.empty()) {
+      const Node* n = stack.back();
+      stack.pop_back();
+      if (!seen.insert(n).second) continue;
+      if (auto it = series_of.find(n); it != series_of.end()) {
+        trace_.add_input(o.series, it->second);
+        continue;  // another module's output: what lies below it feeds that module
+      }
+      push_inputs(n);
+    }
+  }
+  for (const auto& o : outputs) {
+    if (o.series >= static_cast<int>(linked_.size())) linked_.resize(trace_.series().size(), false);
+    linked_[o.series] = true;
+  }
 }
 
 StepRecord StepRecorder::closed_view(StepRecord step) const {

@@ -79,7 +79,8 @@ class StepRecorder {
   // the step is not recorded.
   void name_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& name,
                    const std::string& module, int time_dim);
-  // The outputs named since the last call, in forward order.
+  // The outputs named since the last call, in forward order; the first time a series is among
+  // them, which of them feed it is added to the trace (SeriesInfo::inputs).
   std::vector<NamedOutput> take_named_outputs();
   // The index of the next call of a layer output's series in the open step.
   int next_call(int series);
@@ -156,6 +157,9 @@ class StepRecorder {
   double unscale_factor() const { return cur_.loss_scale.value_or(1.0); }
   // The gradient's norm at the slot's call, or along its time dimension, into the record's profile.
   void record_profile(int index, const at::Tensor& grad, ProfileSlot slot);
+  // Adds, for each output whose series was never linked, the outputs reached below it before
+  // any other output: the modules that feed it.
+  void link_outputs(const std::vector<NamedOutput>& outputs);
   // `step` as the trace keeps it: without the profiles that say nothing beyond a record's totals
   // (one call) or that would be one rank's.
   StepRecord closed_view(StepRecord step) const;
@@ -200,6 +204,7 @@ class StepRecorder {
   std::vector<int> record_of_;  // series -> index in cur_.records, -1 when it has none
   std::unordered_map<int, int> calls_;  // layer-output series -> its calls hooked in the open step
   std::vector<NamedOutput> named_outputs_;  // see name_output
+  std::vector<bool> linked_;                // series -> its inputs were looked for
   std::vector<std::shared_ptr<torch::autograd::Node>> kept_;  // see keep_for_step
   DeferredResults deferred_;
   StatsWorker worker_;

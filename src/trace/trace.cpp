@@ -40,6 +40,15 @@ int Trace::intern(const std::string& name, SeriesKind kind, const std::string& l
   return id;
 }
 
+bool Trace::add_input(int to, int from) {
+  auto& in = series_.at(static_cast<std::size_t>(to)).inputs;
+  // Only from a series recorded before: forward order keeps the graph acyclic (a module called
+  // again after its consumer, as in a loop, adds no edge back).
+  if (from < 0 || from >= to || std::find(in.begin(), in.end(), from) != in.end()) return false;
+  in.push_back(from);
+  return true;
+}
+
 int Trace::find(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? -1 : it->second;

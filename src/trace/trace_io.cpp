@@ -141,7 +141,19 @@ const Json* find_profile(const Json& obj, ProfileAxis* axis) {
 }
 
 Json series_json(const SeriesInfo& s) {
-  return {{"name", s.name}, {"kind", to_string(s.kind)}, {"layer", s.layer}, {"shape", s.shape}};
+  Json j = {{"name", s.name}, {"kind", to_string(s.kind)}, {"layer", s.layer}, {"shape", s.shape}};
+  if (!s.inputs.empty()) j["inputs"] = s.inputs;
+  return j;
+}
+
+void add_inputs_from(Trace& t, int to, const Json& from, const std::string& where) {
+  if (!from.is_array()) throw Error(where + ": a series' inputs are not a list");
+  for (const auto& f : from) {
+    const int i = f.is_number_integer() ? f.get<int>() : -1;
+    if (i < 0 || i >= to || to >= static_cast<int>(t.series().size()))
+      throw Error(where + ": an input names a series that does not come before it");
+    t.add_input(to, i);
+  }
 }
 
 Json step_json(const StepRecord& st) {
@@ -232,7 +244,9 @@ void add_series_from(Trace& t, const Json& s, const std::string& where) {
       if (d.is_number_integer()) shape.push_back(d.get<std::int64_t>());
   const std::string name = get_str(s, "name", where);
   if (t.find(name) >= 0) throw Error(where + ": series '" + name + "' appears twice");
-  t.intern(name, series_kind_from_string(get_str(s, "kind", where)), get_str(s, "layer", where), std::move(shape));
+  const int id = t.intern(name, series_kind_from_string(get_str(s, "kind", where)), get_str(s, "layer", where), std::move(shape));
+  // Inputs name earlier series (a module's inputs ran before it): each exists by now.
+  if (auto it = s.find("inputs"); it != s.end()) add_inputs_from(t, id, *it, where);
 }
 
 StepRecord step_from(const Json& js, int n_series, const std::string& where) {

@@ -14,6 +14,8 @@ Json series_json(const SeriesInfo& s);
 Json step_json(const StepRecord& st);
 // Adds the series `s` describes; throws gradflow::Error when `t` already has one of that name.
 void add_series_from(Trace& t, const Json& s, const std::string& where);
+// Adds the series indices in `from` to series `to`'s inputs; throws gradflow::Error for one that does not exist.
+void add_inputs_from(Trace& t, int to, const Json& from, const std::string& where);
 // A record's profile in `obj` (under its axis' name), with the axis; nullptr when it has none.
 const Json* find_profile(const Json& obj, ProfileAxis* axis);
 // Throws Json::exception or gradflow::Error when `js` is not a step of a trace with `n_series` series.

@@ -233,8 +233,18 @@ StepRecord step_from(const detail::Json& j, int n_series, const std::string& whe
 
 void TraceStream::append(const Trace& trace, const StepRecord& step) {
   std::string text;
-  for (; series_written_ < trace.series().size(); ++series_written_)
+  // Inputs found since a series was written (a module first fed by another in a later step).
+  for (std::size_t i = 0; i < series_written_; ++i) {
+    const auto& inputs = trace.series()[i].inputs;
+    if (inputs.size() <= inputs_written_[i]) continue;
+    const std::vector<int> added(inputs.begin() + static_cast<std::ptrdiff_t>(inputs_written_[i]), inputs.end());
+    text += detail::Json{{"inputs", {{"series", i}, {"from", added}}}}.dump() + "\n";
+    inputs_written_[i] = inputs.size();
+  }
+  for (; series_written_ < trace.series().size(); ++series_written_) {
     text += detail::Json{{"series", detail::series_json(trace.series()[series_written_])}}.dump() + "\n";
+    inputs_written_.push_back(trace.series()[series_written_].inputs.size());
+  }
   text += step_line(step);
   write_line(text);
 }
@@ -276,6 +286,8 @@ void read_header(const detail::Json& j, Trace& t, const std::string& where) {
 void read_entry(const detail::Json& j, StreamedRun& run, const std::string& where) {
   if (auto it = j.find("series"); it != j.end()) {
     detail::add_series_from(run.trace, *it, where);
+  } else if (auto in = j.find("inputs"); in != j.end()) {
+    detail::add_inputs_from(run.trace, static_cast<int>(detail::get_int(*in, "series", where)), in->at("from"), where);
   } else if (auto st = j.find("step"); st != j.end()) {
     StepRecord step = step_from(*st, static_cast<int>(run.trace.series().size()), where);
     // A step written again as it closed (after its backward it gained more): the later one holds.

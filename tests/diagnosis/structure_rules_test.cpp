@@ -144,6 +144,31 @@ TEST(StructureRules, AGradientThatStopsDeadIsDeadUnitsNotUnderflow) {
   EXPECT_NE(d->message.find("while block3 receives 0.02"), std::string::npos) << d->message;
 }
 
+TEST(StructureRules, DepthFollowsTheLongestPathAndKeepsParallelBranchesApart) {
+  // A VAE: fc1 -> (fc21 | fc22) -> fc3 -> fc4. Depth is fc1, fc21, fc3 (fc4 the output).
+  Trace t;
+  const int fc1 = t.intern("fc1", SeriesKind::activation, "fc1"), fc21 = t.intern("fc21", SeriesKind::activation, "fc21"),
+            fc22 = t.intern("fc22", SeriesKind::activation, "fc22"), fc3 = t.intern("fc3", SeriesKind::activation, "fc3"),
+            fc4 = t.intern("fc4", SeriesKind::activation, "fc4");
+  EXPECT_EQ(depth_series(t), (std::vector<int>{fc1, fc21, fc22, fc3}));  // no graph known: every layer output
+  EXPECT_TRUE(t.add_input(fc21, fc1));
+  t.add_input(fc22, fc1);
+  t.add_input(fc3, fc21);
+  t.add_input(fc3, fc22);
+  t.add_input(fc4, fc3);
+  EXPECT_FALSE(t.add_input(fc1, fc3));  // against forward order: no cycle
+  EXPECT_FALSE(t.add_input(fc3, fc21));  // known
+  EXPECT_EQ(depth_series(t), (std::vector<int>{fc1, fc21, fc3}));
+  // Two heads on one trunk (an actor and a critic): no depth to speak of.
+  Trace ac;
+  const int trunk = ac.intern("affine1", SeriesKind::activation, "affine1");
+  const int actor = ac.intern("action_head", SeriesKind::activation, "action_head");
+  const int critic = ac.intern("value_head", SeriesKind::activation, "value_head");
+  ac.add_input(actor, trunk);
+  ac.add_input(critic, trunk);
+  EXPECT_EQ(depth_series(ac), (std::vector<int>{trunk}));
+}
+
 std::vector<double> healthy_loss(std::size_t n) {
   std::vector<double> v;
   for (std::size_t i = 0; i < n; ++i) v.push_back(2.0 * std::exp(-0.05 * static_cast<double>(i)) + 0.1);

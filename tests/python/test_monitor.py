@@ -231,6 +231,57 @@ class FusedRecurrentLayersTest(unittest.TestCase):
                     self.assertTrue(rel_close(got, want, 1e-6), (batch_first, name, got, want))
 
 
+class ModelGraphTest(unittest.TestCase):
+    """Which module feeds which, read from the autograd graph between their outputs: parallel
+    branches are not chained, a module called twice is one node, and depth is the longest path."""
+
+    def graph(self, model, forward):
+        monitor = gradflow.Monitor(model)
+        loss = forward()
+        monitor.watch(loss)
+        loss.backward()
+        with tempfile.TemporaryDirectory() as d:
+            monitor.save_json(os.path.join(d, "t.json"))
+            gradflow.save_report(monitor, os.path.join(d, "r"))
+            with open(os.path.join(d, "t.json")) as f:
+                trace = json.load(f)
+            with open(os.path.join(d, "r", "run.json")) as f:
+                run = json.load(f)
+        names = [s["name"] for s in trace["series"]]
+        inputs = {s["name"]: sorted(names[i] for i in s.get("inputs", [])) for s in trace["series"]
+                  if s["kind"] == "activation"}
+        return inputs, run["summary"]
+
+    def test_a_vaes_two_heads_feed_the_decoder_side_by_side(self):
+        torch.manual_seed(0)
+        vae = nn.ModuleDict({"fc1": nn.Linear(8, 16), "fc21": nn.Linear(16, 4), "fc22": nn.Linear(16, 4),
+                             "fc3": nn.Linear(4, 16), "fc4": nn.Linear(16, 8)})
+        x = torch.randn(32, 8)
+
+        def forward():
+            h = torch.relu(vae["fc1"](x))
+            mu, logvar = vae["fc21"](h), vae["fc22"](h)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            recon = torch.sigmoid(vae["fc4"](torch.relu(vae["fc3"](z))))
+            return nn.functional.mse_loss(recon, x) - 0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
+
+        inputs, summary = self.graph(vae, forward)
+        self.assertEqual(inputs, {"fc1": [], "fc21": ["fc1"], "fc22": ["fc1"], "fc3": ["fc21", "fc22"], "fc4": ["fc3"]})
+        self.assertEqual(summary["detail"]["depth"]["span"], 2)  # fc1 -> fc21 -> fc3, fc4 the output
+
+    def test_a_siamese_twin_is_one_module_feeding_the_head(self):
+        torch.manual_seed(0)
+        net = nn.ModuleDict({"encoder": nn.Linear(8, 8), "head": nn.Linear(8, 1)})
+        a, b = torch.randn(16, 8), torch.randn(16, 8)
+
+        def forward():
+            d = (net["encoder"](a) - net["encoder"](b)).abs()
+            return net["head"](d).pow(2).mean()
+
+        inputs, _ = self.graph(net, forward)
+        self.assertEqual(inputs, {"encoder": [], "head": ["encoder"]})
+
+
 class ModelFactsTest(unittest.TestCase):
     """What the program says of its model (traits=, tap(activation=)) and what no gradient looks like."""
 

@@ -186,6 +186,56 @@ TEST(TraceStream, TheLabelsOfEveryRecordComeBack) {
   EXPECT_NE(csv.find("3,evaluation,step,evaluation,2,,\n"), std::string::npos);
 }
 
+// A module's calls and time steps (Record::profile) and which module feeds which
+// (SeriesInfo::inputs) come back from the stream and the JSON, also an input found after its
+// series was written.
+TEST(TraceStream, ProfilesAndTheModelsGraphComeBack) {
+  TempDir d;
+  Trace t;
+  const int enc = t.intern("encoder", SeriesKind::activation, "encoder");
+  const int cell = t.intern("cell", SeriesKind::activation, "cell");
+  const int head = t.intern("head", SeriesKind::activation, "head");
+  t.add_input(cell, enc);
+  auto step = [&](std::int64_t s, ProfileAxis axis, std::vector<double> profile) {
+    StepRecord st;
+    st.step = s;
+    for (int series : {enc, cell, head}) {
+      Record r;
+      r.series = series;
+      r.grad.numel = 4;
+      r.grad.sum_sq = 1.0;
+      if (series == cell) r.profile = profile, r.profile_axis = axis;
+      st.records.push_back(r);
+    }
+    return st;
+  };
+  {
+    TraceStream stream(d.path, t, false);
+    t.add_step(step(0, ProfileAxis::calls, {0.5, std::numeric_limits<double>::infinity(), 0.25}));
+    stream.append(t, t.steps().back());
+    t.add_input(head, cell);  // seen in a later step
+    t.add_step(step(1, ProfileAxis::time, {0.125, 0.0625}));
+    stream.append(t, t.steps().back());
+  }
+  const Trace back = read_trace_stream(d.path).trace;
+  for (const Trace& got : {back, trace_from_json(trace_to_json(back))}) {
+    EXPECT_EQ(got.series()[cell].inputs, std::vector<int>{enc});
+    EXPECT_EQ(got.series()[head].inputs, std::vector<int>{cell});
+    ASSERT_EQ(got.steps().size(), 2u);
+    const Record* calls = got.steps()[0].find(cell);
+    EXPECT_EQ(calls->profile_axis, ProfileAxis::calls);
+    ASSERT_EQ(calls->profile.size(), 3u);
+    EXPECT_EQ(calls->profile[0], 0.5);
+    EXPECT_EQ(calls->profile[2], 0.25);
+    const Record* time = got.steps()[1].find(cell);
+    EXPECT_EQ(time->profile_axis, ProfileAxis::time);
+    EXPECT_EQ(time->profile, (std::vector<double>{0.125, 0.0625}));
+    EXPECT_TRUE(got.steps()[1].find(enc)->profile.empty());
+  }
+  EXPECT_TRUE(std::isinf(back.steps()[0].find(cell)->profile[1]));  // the stream keeps a non-finite norm
+  EXPECT_NE(trace_to_csv(back).find("1,cell,activation,time_norm.2,0.0625,,\n"), std::string::npos);
+}
+
 // A step is written as its backward ends and again as it closes when it gained something since
 // (the update's norm): the later line holds.
 TEST(TraceStream, AStepWrittenAgainReplacesItsEarlierLine) {
