@@ -61,7 +61,7 @@ void DeferredResults::fill(StepRecord& step, const Slot& slot, const double* v) 
     case ResultField::weight: r.weight_norm = std::sqrt(v[0]); break;
     case ResultField::update: r.update_norm = std::sqrt(v[0]); break;
     case ResultField::forward: r.forward = activation_stats_from(v); break;
-    case ResultField::call_norm: add_profile_squares(r, static_cast<std::size_t>(slot.slot), v, 1, unscale); break;
+    case ResultField::call_norm: add_profile_squares(r, static_cast<std::size_t>(slot.slot), v + 1, 1, unscale); break;
     case ResultField::time_norms: add_profile_squares(r, 0, v, static_cast<std::size_t>(slot.numel), unscale); break;
     case ResultField::loss: break;
   }

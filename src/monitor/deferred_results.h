@@ -19,7 +19,7 @@ enum class ResultField {
   update,      // the sum of squares of an optimizer update
   forward,
   loss,        // one watched loss, added to the step's
-  call_norm,   // one call's sum of squares, into the record's profile at `slot`
+  call_norm,   // one call's aten_stats (their sum of squares), into the record's profile at `slot`
   time_norms,  // sums of squares along a sequence's time steps, added into the record's profile
 };
 

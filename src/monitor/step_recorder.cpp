@@ -87,15 +87,14 @@ int StepRecorder::record_index(int series) {
   return index;
 }
 
-void StepRecorder::record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge) {
+void StepRecorder::record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge, int call) {
   StatsPlan plan = plan_stats(opts_, grad, weight);
-  // The worker replaces what a record holds: a merge is computed here instead.
-  if (merge && plan.grad == StatsPath::worker) plan.grad = StatsPath::fused;
+  // The worker replaces what a record holds, and a call's norm is wanted here: both are computed here instead.
+  if ((merge || call >= 0) && plan.grad == StatsPath::worker) plan.grad = StatsPath::fused;
   const int index = record_index(series);
   Record& r = cur_.records[index];
-  if (merge) {
-    if (plan.grad == StatsPath::fused) r.grad.merge(scaled(fused_stats(grad), unscale_factor()));
-    else deferred_.add(index, ResultField::grad_merge, grad.numel(), aten_stats(grad));
+  if (merge || call >= 0) {
+    record_call(index, grad, plan.grad, merge, call);
     return;
   }
   switch (plan.grad) {
@@ -122,6 +121,25 @@ void StepRecorder::record(int series, const at::Tensor& grad, const at::Tensor& 
       break;
   }
   if (weight.defined() && !plan.weight_in_same_pass) record_weight(index, plan.weight, weight);
+}
+
+void StepRecorder::record_call(int index, const at::Tensor& grad, StatsPath path, bool merge, int call) {
+  Record& r = cur_.records[index];
+  if (path == StatsPath::fused) {
+    const TensorStats s = scaled(fused_stats(grad), unscale_factor());
+    if (merge) r.grad.merge(s);
+    else r.grad = s;
+    if (call >= 0) add_profile_squares(r, static_cast<std::size_t>(call), &s.sum_sq, 1, 1.0);
+    return;
+  }
+  // The call's norm is the same sums' sum of squares: fetched with them, no second pass.
+  const at::Tensor stats = aten_stats(grad);
+  if (!merge) {
+    r.grad = TensorStats{};
+    r.grad.numel = grad.numel();
+  }
+  deferred_.add(index, merge ? ResultField::grad_merge : ResultField::grad, grad.numel(), stats);
+  if (call >= 0) deferred_.add(index, ResultField::call_norm, grad.numel(), stats, call);
 }
 
 void StepRecorder::record_weight(int index, StatsPath path, const at::Tensor& weight) {
@@ -167,34 +185,27 @@ void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::
   const int existing = find_record(series);
   const bool merge = existing >= 0 && cur_.records[existing].grad.numel > 0;
   if (merge) collect_worker();
-  record(series, grad, at::Tensor(), merge);
-  if (slot.call >= 0 || slot.time_dim >= 0) record_profile(record_index(series), grad, slot);
+  // A module called several times profiles its calls; a sequence only its one call's time steps.
+  const bool by_time = slot.time_dim >= 0 && slot.time_dim < grad.dim() && calls_[series] <= 1;
+  record(series, grad, at::Tensor(), merge, by_time ? -1 : slot.call);
+  const int index = record_index(series);
+  cur_.records[index].profile_axis = by_time ? ProfileAxis::time : ProfileAxis::calls;
+  if (by_time) record_time_profile(index, grad, slot.time_dim);
 }
 
-void StepRecorder::record_profile(int index, const at::Tensor& grad, ProfileSlot slot) {
-  Record& r = cur_.records[index];
-  // A module called several times profiles its calls; a sequence only its one call's time steps.
-  const bool by_time = slot.time_dim >= 0 && slot.time_dim < grad.dim() && calls_[r.series] <= 1;
-  r.profile_axis = by_time ? ProfileAxis::time : ProfileAxis::calls;
-  if (!by_time && slot.call < 0) return;
+void StepRecorder::record_time_profile(int index, const at::Tensor& grad, int time_dim) {
   torch::NoGradGuard no_grad;
-  at::Tensor squares;
-  if (by_time) {
-    std::vector<std::int64_t> others;
-    for (std::int64_t d = 0; d < grad.dim(); ++d)
-      if (d != slot.time_dim) others.push_back(d);
-    squares = grad.detach().to(at::kDouble).pow(2).sum(others);
-  } else {
-    squares = grad.detach().to(at::kDouble).pow(2).sum().reshape({1});
+  std::vector<std::int64_t> others;
+  for (std::int64_t d = 0; d < grad.dim(); ++d)
+    if (d != time_dim) others.push_back(d);
+  const at::Tensor squares = grad.detach().to(at::kDouble).pow(2).sum(others);
+  if (!squares.device().is_cpu()) {
+    deferred_.add(index, ResultField::time_norms, squares.numel(), squares);
+    return;
   }
-  const int at = by_time ? 0 : slot.call;
-  if (squares.device().is_cpu()) {
-    const at::Tensor host = squares.contiguous();
-    add_profile_squares(r, static_cast<std::size_t>(at), host.data_ptr<double>(), static_cast<std::size_t>(host.numel()),
-                        unscale_factor());
-  } else {
-    deferred_.add(index, by_time ? ResultField::time_norms : ResultField::call_norm, squares.numel(), squares, at);
-  }
+  const at::Tensor host = squares.contiguous();
+  add_profile_squares(cur_.records[index], 0, host.data_ptr<double>(), static_cast<std::size_t>(host.numel()),
+                      unscale_factor());
 }
 
 int StepRecorder::next_call(int series) { return calls_[series]++; }

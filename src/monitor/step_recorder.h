@@ -139,7 +139,11 @@ class StepRecorder {
   int find_record(int series) const;
   // Computes the gradient's statistics into the record of `series`; with `merge`, they are
   // merged into what the record already holds (a second gradient of the same series in a step).
-  void record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge = false);
+  // `call` >= 0: the gradient of that call of a layer output, whose norm enters the profile.
+  void record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge = false, int call = -1);
+  // A layer output's gradient merged into its record, or one call's: its sums and its call's norm
+  // from the one pass.
+  void record_call(int index, const at::Tensor& grad, StatsPath path, bool merge, int call);
   // Moves device and worker results into the open step.
   void gather();
   void record_weight(int index, StatsPath path, const at::Tensor& weight);
@@ -155,8 +159,8 @@ class StepRecorder {
   // The open step's loss scale, once it has a gradient or a loss.
   void stamp_loss_scale();
   double unscale_factor() const { return cur_.loss_scale.value_or(1.0); }
-  // The gradient's norm at the slot's call, or along its time dimension, into the record's profile.
-  void record_profile(int index, const at::Tensor& grad, ProfileSlot slot);
+  // The gradient's norm at each step along `time_dim`, into the record's profile.
+  void record_time_profile(int index, const at::Tensor& grad, int time_dim);
   // Adds, for each output whose series was never linked, the outputs reached below it before
   // any other output: the modules that feed it.
   void link_outputs(const std::vector<NamedOutput>& outputs);

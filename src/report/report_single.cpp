@@ -289,6 +289,29 @@ std::string model_html(const RunRecord& r) {
 // A table's figure: three significant digits; a dash where the layer has none at that step.
 std::string table_figure(double v) { return std::isnan(v) ? std::string("—") : fmt::format("{:.3g}", v); }
 
+// A record's profile in words: "35 time steps, 0.00012 (first) .. 0.0031 (last)".
+std::string profile_text(const Record* r) {
+  if (!r || r->profile.empty()) return "—";
+  return fmt::format("{} {}, {} (first) .. {} (last)", r->profile.size(),
+                     r->profile_axis == ProfileAxis::time ? "time steps" : "calls", table_figure(r->profile.front()),
+                     table_figure(r->profile.back()));
+}
+
+// The layer outputs in forward order: RMS at the first and last recorded step, and how the
+// gradient spreads over a module's calls or time steps at the last.
+std::string outputs_table(const Trace& t) {
+  const auto outputs = t.series_of_kind(SeriesKind::activation);
+  if (outputs.empty() || t.steps().empty()) return "";
+  const auto &first = t.steps().front(), &last = t.steps().back();
+  std::string out = fmt::format("\n| layer output | RMS dL/d(output) at step {} | at step {} | calls or time steps at step {} |\n"
+                                "|---|---|---|---|\n",
+                                first.step, last.step, last.step);
+  for (int s : outputs)
+    out += fmt::format("| {} | {} | {} | {} |\n", t.series()[s].name, table_figure(rms_at(first, s)),
+                       table_figure(rms_at(last, s)), profile_text(last.find(s)));
+  return out;
+}
+
 std::string labels(const std::vector<RunRecord>& runs) {
   std::vector<std::string> l;
   for (const auto& r : runs) l.push_back(r.label);
@@ -332,6 +355,7 @@ std::string models_report_markdown(const std::vector<RunRecord>& runs) {
     for (std::size_t k = 0; k < layers.series.size(); ++k)
       out += fmt::format("| {} | {} | {} | {} |\n", layers.names[k], table_figure(detail::norm_at(first, layers.series[k])),
                          table_figure(detail::norm_at(last, layers.series[k])), table_figure(ratio(first, layers.series[k])));
+    out += outputs_table(r.trace);
   }
   return out;
 }

@@ -215,31 +215,34 @@ TEST_F(MonitorTest, ParameterUsedThreeTimesIsRecordedOnceWithTheSummedGradient) 
     std::vector<torch::Tensor> calls;
   };
   auto model = std::make_shared<Shared>();
-  Monitor mon(*model);
-  auto loss = model->forward(torch::randn({5, 6})).sum();
-  // Independent: autograd's dL/d(each call's output), before the Monitor hooks the graph.
-  const auto per_call = torch::autograd::grad({loss}, model->calls, {}, /*retain_graph=*/true);
-  mon.watch(loss);
-  loss.backward();
-  const Trace& t = mon.trace();
-  const auto& st = t.steps().back();
-  int weight_records = 0;
-  for (const auto& r : st.records)
-    if (t.series()[r.series].name == "fc.weight") ++weight_records;
-  EXPECT_EQ(weight_records, 1);
-  EXPECT_EQ(st.backwards, 1);
-  expect_stats_equal(record_named(t, st, "fc.weight").grad, model->fc->weight.grad(), 1e-6, "fc.weight");
-  // The module's three calls are one series, not three layers: its totals are the three outputs'
-  // gradients taken together, its profile each call's norm in forward order.
-  EXPECT_EQ(t.series_of_kind(SeriesKind::activation).size(), 1u);
-  const Record& fc = record_named(t, st, "fc");
-  expect_stats_equal(fc.grad, torch::cat({per_call[0], per_call[1], per_call[2]}), 1e-6, "fc");
-  EXPECT_EQ(fc.profile_axis, ProfileAxis::calls);
-  ASSERT_EQ(fc.profile.size(), 3u);
-  for (int k = 0; k < 3; ++k)
-    EXPECT_NEAR(fc.profile[k], per_call[k].to(torch::kDouble).norm().item<double>(),
-                1e-6 * per_call[k].to(torch::kDouble).norm().item<double>())
-        << k;
+  for (StatsBackend backend : {StatsBackend::automatic, StatsBackend::aten}) {
+    model->zero_grad();
+    Monitor mon(*model, MonitorOptions().with_backend(backend));
+    auto loss = model->forward(torch::randn({5, 6})).sum();
+    // Independent: autograd's dL/d(each call's output), before the Monitor hooks the graph.
+    const auto per_call = torch::autograd::grad({loss}, model->calls, {}, /*retain_graph=*/true);
+    mon.watch(loss);
+    loss.backward();
+    const Trace& t = mon.trace();
+    const auto& st = t.steps().back();
+    int weight_records = 0;
+    for (const auto& r : st.records)
+      if (t.series()[r.series].name == "fc.weight") ++weight_records;
+    EXPECT_EQ(weight_records, 1);
+    EXPECT_EQ(st.backwards, 1);
+    expect_stats_equal(record_named(t, st, "fc.weight").grad, model->fc->weight.grad(), 1e-6, "fc.weight");
+    // The module's three calls are one series, not three layers: its totals are the three outputs'
+    // gradients taken together, its profile each call's norm in forward order.
+    EXPECT_EQ(t.series_of_kind(SeriesKind::activation).size(), 1u);
+    const Record& fc = record_named(t, st, "fc");
+    expect_stats_equal(fc.grad, torch::cat({per_call[0], per_call[1], per_call[2]}), 1e-6, "fc");
+    EXPECT_EQ(fc.profile_axis, ProfileAxis::calls);
+    ASSERT_EQ(fc.profile.size(), 3u);
+    for (int k = 0; k < 3; ++k)
+      EXPECT_NEAR(fc.profile[k], per_call[k].to(torch::kDouble).norm().item<double>(),
+                  1e-6 * per_call[k].to(torch::kDouble).norm().item<double>())
+          << k;
+  }
 }
 
 TEST_F(MonitorTest, SharedSubmoduleRegisteredTwiceIsHookedOnce) {
