@@ -72,6 +72,13 @@ std::optional<AppliedSummary> summarize_applied(const Trace& trace);
 /// path through distinct modules where the trace knows which feeds which (SeriesInfo::inputs),
 /// so that parallel branches are not chained; every layer output otherwise.
 std::vector<int> depth_series(const Trace& trace);
+/// Whether the layer outputs' graph (SeriesInfo::inputs) has a skip connection: a module fed
+/// both by another and by one of that module's own ancestors (x + f(x) before it).
+bool has_skip_connection(const Trace& trace);
+/// The threshold a program clips the global gradient norm at, read from the run: every step on
+/// which the optimizer's gradient differed from the one backward produced, it was smaller and its
+/// norm the same (within 1%); nullopt otherwise.
+std::optional<double> clip_norm_applied(const Trace& trace);
 /// Taps of group `group` ("time", "cell") ordered by their numeric suffix.
 std::vector<int> numbered_series(const Trace& trace, const std::string& group);
 /// Every parameter series in forward order: the order in which their modules' outputs were

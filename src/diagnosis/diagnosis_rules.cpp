@@ -78,7 +78,10 @@ std::string exploding_remedy(const ModelTraits& t) {
     return t.clipped() ? "expected with batch norm and ReLU (Yang et al. 2019); a smaller learning rate if it hurts"
                        : "expected with batch norm and ReLU (Yang et al. 2019); gradient clipping if it hurts";
   std::vector<std::string> r;
-  if (!is_he(t.init) && !is_xavier(t.init)) r.push_back("a scale-preserving initialisation (He for ReLU, Xavier for tanh)");
+  if (t.init.kind == Init::unknown)
+    r.push_back("an initialisation scaled to the activation, if the weights do not have one (He for ReLU, Xavier for tanh)");
+  else if (!is_he(t.init) && !is_xavier(t.init))
+    r.push_back("a scale-preserving initialisation (He for ReLU, Xavier for tanh)");
   else r.push_back("a smaller initialisation scale than " + to_string(t.init));
   if (!t.clipped()) r.push_back("gradient clipping");
   return join_alternatives(r);

@@ -1,10 +1,13 @@
 #include "gradflow/run_record.h"
 
+#include "gradflow/summary.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 
 #include "gradflow/error.h"
+#include "gradflow/summary.h"
 #include "util/enum_names.h"
 #include "util/json_util.h"
 #include "diagnosis/run_json.h"
@@ -82,6 +85,10 @@ RunRecord user_run_record(const Trace& trace, std::int64_t completed_steps, cons
   r.traits = traits;
   // A step still open (a manual-step Monitor after its last step()) is not a step the optimizer took.
   r.trace = trace.complete_steps();
+  // What the model's graph and the run show, where the program did not say.
+  r.traits.residual = r.traits.residual || has_skip_connection(r.trace);
+  if (!r.traits.clipped())
+    if (const auto clip = clip_norm_applied(r.trace)) r.traits.clip_norm = *clip;
   r.interrupted = trace.interrupted;
   for (const auto& st : r.trace.steps()) r.loss.push_back(st.loss ? *st.loss : std::numeric_limits<double>::quiet_NaN());
   r.steps_done = r.steps_requested = completed_steps;

@@ -62,6 +62,47 @@ bool has_graph(const Trace& trace, const std::vector<int>& outputs) {
 
 }  // namespace
 
+namespace {
+
+// Whether `ancestor` feeds `series`, directly or through other layer outputs.
+bool feeds(const Trace& trace, int ancestor, int series) {
+  std::vector<int> stack{series};
+  std::vector<bool> seen(trace.series().size(), false);
+  while (!stack.empty()) {
+    const int s = stack.back();
+    stack.pop_back();
+    for (int from : trace.series()[s].inputs) {
+      if (from == ancestor) return true;
+      if (!seen[from]) seen[from] = true, stack.push_back(from);
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+bool has_skip_connection(const Trace& trace) {
+  for (const auto& s : trace.series())
+    for (int a : s.inputs)
+      for (int b : s.inputs)
+        if (a != b && feeds(trace, a, b)) return true;
+  return false;
+}
+
+std::optional<double> clip_norm_applied(const Trace& trace) {
+  std::vector<double> norms;
+  for (const auto& st : trace.steps()) {
+    const auto change = applied_change(st, trace);
+    if (!change || change->changed == 0) continue;
+    if (!(change->factor() < 1)) return std::nullopt;
+    norms.push_back(change->applied_norm);
+  }
+  if (norms.empty()) return std::nullopt;
+  const auto [lo, hi] = std::minmax_element(norms.begin(), norms.end());
+  if (!(*hi <= 1.01 * *lo)) return std::nullopt;
+  return detail::median(norms);
+}
+
 std::vector<int> depth_series(const Trace& trace) {
   auto h = numbered_series(trace, "h");
   if (!h.empty()) return h;

@@ -169,6 +169,52 @@ TEST(StructureRules, DepthFollowsTheLongestPathAndKeepsParallelBranchesApart) {
   EXPECT_EQ(depth_series(ac), (std::vector<int>{trunk}));
 }
 
+TEST(StructureRules, ASkipConnectionAndAProgramsClippingAreReadFromTheRun) {
+  // block: conv1 -> conv2, and conv2's input joined by conv1's producer (stem): x + f(x).
+  Trace t;
+  const int stem = t.intern("stem", SeriesKind::activation, "stem"), c1 = t.intern("conv1", SeriesKind::activation, "conv1"),
+            c2 = t.intern("conv2", SeriesKind::activation, "conv2"), head = t.intern("head", SeriesKind::activation, "head");
+  t.add_input(c1, stem);
+  t.add_input(c2, c1);
+  t.add_input(head, c2);
+  EXPECT_FALSE(has_skip_connection(t));
+  t.add_input(head, stem);  // head(stem + conv2(conv1(stem)))
+  EXPECT_TRUE(has_skip_connection(t));
+  // Two siblings joined (a VAE's heads) are no skip.
+  Trace vae;
+  const int fc1 = vae.intern("fc1", SeriesKind::activation, "fc1"), mu = vae.intern("mu", SeriesKind::activation, "mu"),
+            lv = vae.intern("logvar", SeriesKind::activation, "logvar"), fc3 = vae.intern("fc3", SeriesKind::activation, "fc3");
+  vae.add_input(mu, fc1);
+  vae.add_input(lv, fc1);
+  vae.add_input(fc3, mu);
+  vae.add_input(fc3, lv);
+  EXPECT_FALSE(has_skip_connection(vae));
+
+  // clip_grad_norm_(0.25): the applied norm is 0.25 wherever it changed the gradient.
+  Trace run;
+  const int w = run.intern("fc.weight", SeriesKind::parameter, "fc", {2, 2});
+  auto step = [&](std::int64_t s, double produced, double applied) {
+    StepRecord st;
+    st.step = s;
+    Record r;
+    r.series = w;
+    r.grad.numel = 4;
+    r.grad.sum_sq = produced * produced;
+    TensorStats a = r.grad;
+    a.sum_sq = applied * applied;
+    r.applied = a;
+    st.records.push_back(r);
+    run.add_step(st);
+  };
+  step(0, 3.0, 0.25);
+  step(1, 0.1, 0.1);  // under the threshold: unchanged
+  step(2, 7.0, 0.25);
+  ASSERT_TRUE(clip_norm_applied(run).has_value());
+  EXPECT_DOUBLE_EQ(*clip_norm_applied(run), 0.25);
+  step(3, 2.0, 0.5);  // a second threshold: not one clipping by norm
+  EXPECT_FALSE(clip_norm_applied(run).has_value());
+}
+
 std::vector<double> healthy_loss(std::size_t n) {
   std::vector<double> v;
   for (std::size_t i = 0; i < n; ++i) v.push_back(2.0 * std::exp(-0.05 * static_cast<double>(i)) + 0.1);

@@ -338,6 +338,25 @@ class ModelFactsTest(unittest.TestCase):
         ln = self.saved_traits(nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.GELU(), nn.Tanh()), torch.randn(4, 8))
         self.assertEqual(ln["norm"], "layer")
         self.assertEqual(ln["activation"], "none")  # two kinds of activation: none is assumed
+        # A skip connection in the graph and the program's clipping are read from the run.
+        torch.manual_seed(0)
+        block = nn.ModuleDict({"stem": nn.Linear(8, 16), "f": nn.Linear(16, 16), "head": nn.Linear(16, 1)})
+        opt = torch.optim.SGD(block.parameters(), lr=0.01)
+        monitor = gradflow.Monitor(block, optimizer=opt)
+        for _ in range(3):
+            h = block["stem"](torch.randn(32, 8))
+            loss = block["head"](h + torch.relu(block["f"](h))).pow(2).mean() * 100
+            monitor.watch(loss)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(block.parameters(), 0.5)
+            opt.step()
+            opt.zero_grad()
+        with tempfile.TemporaryDirectory() as d:
+            gradflow.save_report(monitor, os.path.join(d, "r"))
+            with open(os.path.join(d, "r", "run.json")) as f:
+                read = json.load(f)["traits"]
+        self.assertTrue(read["residual"])
+        self.assertTrue(rel_close(read["clip_norm"], 0.5, 1e-5), read["clip_norm"])
         # What the program says wins over what the tree shows.
         said = self.saved_traits(bn, torch.randn(32, 8), traits={"activation": "leaky_relu"})
         self.assertEqual((said["norm"], said["activation"]), ("batch", "leaky_relu"))
