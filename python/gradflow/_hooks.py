@@ -106,6 +106,7 @@ def follow_ddp(monitor, ddp):
 
 
 _ROOT = "(root)"  # the module path of the model's own parameters, as the Monitor names it
+_Packed = torch.nn.utils.rnn.PackedSequence
 
 
 def is_ddp(model):
@@ -187,7 +188,7 @@ def _output_hook(ref, name, time_dim):
         t = _first_tensor(output)
         if t is None or t.grad_fn is None:
             return None
-        packed = isinstance(output, tuple) and output and isinstance(output[0], torch.nn.utils.rnn.PackedSequence)
+        packed = isinstance(output, tuple) and output and isinstance(output[0], _Packed)
         m._layer_output(t, name, time_dim(t) if time_dim is not None and not packed else -1)
         return None
 
@@ -203,13 +204,10 @@ def _time_dim(module):
     return lambda t: (1 if batch_first else 0) if t.dim() == 3 else (0 if t.dim() == 2 else -1)
 
 
-_Packed = torch.nn.utils.rnn.PackedSequence
-
-
 def _first_tensor(output):
     if isinstance(output, torch.Tensor):
         return output
-    if isinstance(output, torch.nn.utils.rnn.PackedSequence):
+    if isinstance(output, _Packed):
         return output.data  # its time steps are interleaved there: no sequence to profile
     if isinstance(output, dict):
         output = list(output.values())

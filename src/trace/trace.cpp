@@ -35,7 +35,7 @@ int Trace::intern(const std::string& name, SeriesKind kind, const std::string& l
   auto it = index_.find(name);
   if (it != index_.end()) return it->second;
   const int id = static_cast<int>(series_.size());
-  series_.push_back(SeriesInfo{name, kind, layer, std::move(shape)});
+  series_.push_back(SeriesInfo{name, kind, layer, std::move(shape), {}});
   index_.emplace(name, id);
   return id;
 }
