@@ -1,5 +1,6 @@
 """How the gradflow Monitor learns what happens outside backward: the optimizer's step, and
 DistributedDataParallel's allreduce (its figures ride in the last gradient bucket)."""
+import collections
 import functools
 import types
 import weakref
@@ -141,19 +142,18 @@ def _layers_hook(ref, name, module):
     reaches the layer's output sequence, one entry per time step. Where the module's graph does
     not show its layers (a cuDNN kernel, a packed sequence), the module's output, as for any
     module."""
-    fallback = _output_hook(ref, name, _time_dim(module))
+    time_dim = _time_dim(module)
     num_layers = module.num_layers
 
     def gradflow_layers_hook(module, inputs, output):
-        if not torch.is_grad_enabled():
-            return None
-        m = ref()
-        if m is None or not m.recording:
+        m = _recording(ref)
+        if m is None:
             return None
         t = _first_tensor(output)
-        layers = _layer_sequences(t, num_layers) if t is not None and not isinstance(output[0], _Packed) else None
+        layers = _layer_sequences(t, num_layers) if t is not None and not _packed(output) else None
         if layers is None:
-            return fallback(module, inputs, output)
+            _name_output(m, output, name, time_dim)
+            return None
         for k, node in enumerate(layers):
             m._layer_sequence(node, "l{}".format(k) if name == _ROOT else "{}.l{}".format(name, k), name)
         return None
@@ -166,9 +166,9 @@ def _layer_sequences(t, num_layers):
     there is one per layer."""
     if t.grad_fn is None:
         return None
-    found, seen, queue = [], set(), [t.grad_fn]
+    found, seen, queue = [], set(), collections.deque([t.grad_fn])
     while queue and len(found) < num_layers:
-        node = queue.pop(0)
+        node = queue.popleft()
         if node is None or node in seen:
             continue
         seen.add(node)
@@ -178,18 +178,30 @@ def _layer_sequences(t, num_layers):
     return found[::-1] if len(found) == num_layers else None
 
 
+def _recording(ref):
+    """The Monitor when this forward's outputs are to be recorded (it lives, the step is recorded,
+    gradients are on), else None: a step in between costs this check."""
+    if not torch.is_grad_enabled():
+        return None
+    m = ref()
+    return m if m is not None and m.recording else None
+
+
+def _packed(output):
+    return isinstance(output, tuple) and len(output) > 0 and isinstance(output[0], _Packed)
+
+
+def _name_output(m, output, name, time_dim):
+    t = _first_tensor(output)
+    if t is not None and t.grad_fn is not None:
+        m._layer_output(t, name, time_dim(t) if time_dim is not None and not _packed(output) else -1)
+
+
 def _output_hook(ref, name, time_dim):
     def gradflow_output_hook(module, inputs, output):
-        if not torch.is_grad_enabled():
-            return None
-        m = ref()
-        if m is None or not m.recording:
-            return None
-        t = _first_tensor(output)
-        if t is None or t.grad_fn is None:
-            return None
-        packed = isinstance(output, tuple) and output and isinstance(output[0], _Packed)
-        m._layer_output(t, name, time_dim(t) if time_dim is not None and not packed else -1)
+        m = _recording(ref)
+        if m is not None:
+            _name_output(m, output, name, time_dim)
         return None
 
     return gradflow_output_hook

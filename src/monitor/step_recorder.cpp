@@ -226,15 +226,13 @@ std::vector<StepRecorder::NamedOutput> StepRecorder::take_named_outputs() {
 
 void StepRecorder::link_outputs(const std::vector<NamedOutput>& outputs) {
   using torch::autograd::Node;
+  const auto linked = [&](int series) { return series < static_cast<int>(linked_.size()) && linked_[series]; };
+  // Once every module was linked, a step pays this one pass.
+  if (std::all_of(outputs.begin(), outputs.end(), [&](const NamedOutput& o) { return linked(o.series); })) return;
   std::unordered_map<const Node*, int> series_of;
-  bool unlinked = false;
+  for (const auto& o : outputs) series_of.emplace(o.node.get(), o.series);
   for (const auto& o : outputs) {
-    series_of.emplace(o.node.get(), o.series);
-    unlinked = unlinked || o.series >= static_cast<int>(linked_.size()) || !linked_[o.series];
-  }
-  if (!unlinked) return;
-  for (const auto& o : outputs) {
-    if (o.series < static_cast<int>(linked_.size()) && linked_[o.series]) continue;
+    if (linked(o.series)) continue;
     std::vector<const Node*> stack;
     std::unordered_set<const Node*> seen;
     auto push_inputs = [&](const Node* n) {
