@@ -16,6 +16,7 @@
 #include <torch/csrc/autograd/python_cpp_function.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
+#include <torch/csrc/jit/python/module_python.h>
 #include <torch/extension.h>
 
 #include "gradflow/data_parallel.h"
@@ -117,7 +118,12 @@ class PyMonitor {
       params_.emplace_back(pair[0].cast<std::string>(), pair[1].cast<at::Tensor>());
     }
     monitor_ = std::make_unique<Monitor>(o);
-    monitor_->attach(params_);
+    // A TorchScript module has no forward hooks: the C++ Monitor names its submodules' outputs.
+    if (auto script = torch::jit::as_module(model)) {
+      monitor_->attach(*script);
+    } else {
+      monitor_->attach(params_);
+    }
     live_monitors().insert(this);
     ddp_ = ddp;
   }

@@ -24,6 +24,9 @@ class Optimizer;
 namespace torch::autograd {
 struct Node;
 }
+namespace torch::jit {
+struct Module;
+}
 
 namespace gradflow {
 
@@ -184,9 +187,16 @@ class Monitor {
   /// skipped). Shared parameters are hooked once, under their first name. Throws gradflow::Error
   /// if already attached.
   void attach(torch::nn::Module& module);
-  /// Hooks the given named tensors as parameters (for modules that are not torch::nn::Module,
-  /// such as TorchScript's torch::jit::Module: pass its named_parameters()). Module paths are
-  /// the names without their last component.
+  /// A TorchScript module (torch::jit::load): hooks its trainable parameters and, when
+  /// activations are on, names each call's output of its submodules as a forward hook would see
+  /// it (what the call returned; its first tensor), through an identity op put after each
+  /// submodule call in the module's code until detach(). Attach before the module's first
+  /// forward: code TorchScript already ran, or froze, keeps no such op, and its layer outputs
+  /// are then found by the graph walk of watch(). Save the module after detach(): code saved
+  /// while attached calls gradflow's op.
+  void attach(torch::jit::Module& module);
+  /// Hooks the given named tensors as parameters (for modules that are not torch::nn::Module).
+  /// Module paths are the names without their last component.
   void attach(const std::vector<std::pair<std::string, at::Tensor>>& named_parameters);
   /// Removes every hook; nothing fires after it. Recorded data stays.
   void detach();
@@ -194,7 +204,11 @@ class Monitor {
 
   /// Call after the forward, before backward(): records the loss and, when activations are on,
   /// hooks the graph so that dL/d(output) of every parameterised layer is recorded under the
-  /// layer's name. In auto-step mode it first ends the previous step.
+  /// layer's name: the outputs named by layer_output() since the last watch(), and for every
+  /// other module the graph walk's, the output of the op that applies its parameters (for a
+  /// module with parameterised modules inside it, such as attention, that of the last of them).
+  /// Name a module's output with layer_output() where its forward computes on after that op.
+  /// In auto-step mode it first ends the previous step.
   void watch(const at::Tensor& loss);
   /// Records dL/dt for a tensor computed in the forward (a hidden state, a time step). Call it in
   /// the forward on every step: the hook belongs to this step's tensor. No-op when the step is not

@@ -4,6 +4,7 @@
 #include <mutex>
 #include <string>
 #include <typeindex>
+#include <unordered_set>
 
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/accumulate_grad.h>
@@ -31,16 +32,30 @@ bool is_view_like(const Node& node) {
   return view;
 }
 
+void nest_modules(ParamLookup& params, const std::vector<std::string>& modules) {
+  params.nested.assign(modules.size(), {});
+  for (std::size_t outer = 0; outer < modules.size(); ++outer)
+    for (std::size_t inner = 0; inner < modules.size(); ++inner) {
+      const std::string& o = modules[outer];
+      const std::string& i = modules[inner];
+      const bool inside = i.size() > o.size() && i.compare(0, o.size(), o) == 0 && i[o.size()] == '.';
+      if (inside) params.nested[outer].push_back(static_cast<int>(inner));
+    }
+}
+
 namespace {
 
 struct WalkNode {
   Node* node = nullptr;
   std::uint64_t seq = 0;
   std::vector<int> children;
+  std::vector<int> parents;
   std::vector<int> direct_params;
+  int edges = 0;
   int nonnull_edges = 0;
-  int pure_param = -1;        // for a view-like node over exactly one parameter
-  std::vector<int> consumed;  // parameters this node uses (directly or through views)
+  bool pure = false;          // computed from one module's parameters alone: part of its weight
+  std::vector<int> from;      // for a pure node, the parameters it is computed from
+  std::vector<int> consumed;  // parameters this node applies (directly or through pure nodes)
   std::vector<int> above;     // parameters used by the nearest consumers above it
 };
 
@@ -68,6 +83,7 @@ std::vector<WalkNode> collect_nodes(Node* root, const ParamLookup& params) {
   while (!stack.empty()) {
     const int i = stack.back();
     stack.pop_back();
+    nodes[i].edges = static_cast<int>(nodes[i].node->next_edges().size());
     for (const auto& edge : nodes[i].node->next_edges()) {
       Node* f = edge.function.get();
       if (f == nullptr) continue;
@@ -79,6 +95,7 @@ std::vector<WalkNode> collect_nodes(Node* root, const ParamLookup& params) {
       }
       const int c = visit(f);
       nodes[i].children.push_back(c);
+      nodes[c].parents.push_back(i);
     }
   }
   return nodes;
@@ -92,18 +109,32 @@ std::vector<int> forward_order(const std::vector<WalkNode>& nodes) {
   return order;
 }
 
-// Which parameters each node consumes, looking through view-like nodes.
-void mark_consumed(std::vector<WalkNode>& nodes, const std::vector<int>& order) {
+// The parameters a node is computed from when it reads nothing else: every input is a parameter
+// or such a node (a view's one input counts alone). Empty when it reads data, or a null input
+// (a tensor without grad, which may be data), or parameters of several modules.
+std::vector<int> weight_sources(const WalkNode& w, const std::vector<WalkNode>& nodes, const ParamLookup& params) {
+  const bool one_view = w.nonnull_edges == 1 && is_view_like(*w.node);
+  if (w.nonnull_edges == 0 || (w.nonnull_edges < w.edges && !one_view)) return {};
+  std::vector<int> from = w.direct_params;
+  for (int c : w.children) {
+    if (!nodes[c].pure) return {};
+    for (int p : nodes[c].from) add_unique(from, p);
+  }
+  const bool one_module = std::all_of(from.begin(), from.end(), [&](int p) { return params.module[p] == params.module[from[0]]; });
+  return one_module ? from : std::vector<int>{};
+}
+
+// Which parameters each node applies, looking through what is computed from weights alone.
+void mark_consumed(std::vector<WalkNode>& nodes, const std::vector<int>& order, const ParamLookup& params) {
   for (int i : order) {
     WalkNode& w = nodes[i];
-    if (w.nonnull_edges == 1 && is_view_like(*w.node)) {
-      if (w.direct_params.size() == 1) w.pure_param = w.direct_params[0];
-      else if (w.children.size() == 1) w.pure_param = nodes[w.children[0]].pure_param;
-    }
-    if (w.pure_param >= 0) continue;
+    w.from = weight_sources(w, nodes, params);
+    w.pure = !w.from.empty();
+    if (w.pure) continue;
     w.consumed = w.direct_params;
     for (int c : w.children)
-      if (nodes[c].pure_param >= 0) w.consumed.push_back(nodes[c].pure_param);
+      if (nodes[c].pure)
+        for (int p : nodes[c].from) add_unique(w.consumed, p);
   }
 }
 
@@ -127,19 +158,56 @@ std::vector<int> output_modules(const WalkNode& w, const ParamLookup& params) {
 }
 
 // From the loss downwards: each node learns the parameters of the nearest consumers above it.
-std::vector<LayerOutput> outputs_top_down(std::vector<WalkNode>& nodes, const std::vector<int>& order,
-                                          const ParamLookup& params) {
-  std::vector<LayerOutput> outputs;
+// Returns each output's module and node index.
+std::vector<std::pair<int, int>> outputs_top_down(std::vector<WalkNode>& nodes, const std::vector<int>& order,
+                                                  const ParamLookup& params) {
+  std::vector<std::pair<int, int>> outputs;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     WalkNode& w = nodes[*it];
-    if (w.pure_param >= 0) continue;
+    if (w.pure) continue;
     if (!w.consumed.empty())
-      for (int m : output_modules(w, params)) outputs.push_back(LayerOutput{w.node, m, w.seq, 0});
+      for (int m : output_modules(w, params)) outputs.emplace_back(m, *it);
     const std::vector<int>& pass = w.consumed.empty() ? w.above : w.consumed;
     for (int c : w.children)
       for (int p : pass) add_unique(nodes[c].above, p);
   }
   return outputs;
+}
+
+bool consumes_any(const WalkNode& w, const std::vector<int>& modules, const ParamLookup& params) {
+  return std::any_of(w.consumed.begin(), w.consumed.end(), [&](int p) {
+    return std::find(modules.begin(), modules.end(), params.module[p]) != modules.end();
+  });
+}
+
+// The nearest nodes above `from` that apply a parameter, searched without passing one; of those
+// that apply a parameter of `inner`, the latest; -1 when none does.
+int next_inner_consumer(const std::vector<WalkNode>& nodes, int from, const std::vector<int>& inner, const ParamLookup& params) {
+  int best = -1;
+  std::vector<int> stack = nodes[from].parents;
+  std::unordered_set<int> seen;
+  while (!stack.empty()) {
+    const int n = stack.back();
+    stack.pop_back();
+    if (!seen.insert(n).second) continue;
+    const WalkNode& w = nodes[n];
+    if (w.consumed.empty()) {
+      stack.insert(stack.end(), w.parents.begin(), w.parents.end());
+    } else if (consumes_any(w, inner, params) && (best < 0 || w.seq > nodes[best].seq)) {
+      best = n;
+    }
+  }
+  return best;
+}
+
+// A call of a module with parameterised modules inside it (attention, whose out_proj comes
+// last) ends where the last inner module it reaches ends: from the op applying the module's own
+// parameters, up from inner consumer to inner consumer until none is left.
+int call_end(const std::vector<WalkNode>& nodes, int start, const std::vector<int>& inner, const ParamLookup& params) {
+  int at = start;
+  for (int next = next_inner_consumer(nodes, at, inner, params); next >= 0; next = next_inner_consumer(nodes, at, inner, params))
+    at = next;
+  return at;
 }
 
 void number_calls(std::vector<LayerOutput>& outputs) {
@@ -155,9 +223,15 @@ std::vector<LayerOutput> find_layer_outputs(Node* root, const ParamLookup& param
   if (root == nullptr) return {};
   std::vector<WalkNode> nodes = collect_nodes(root, params);
   const std::vector<int> order = forward_order(nodes);
-  mark_consumed(nodes, order);
-  std::vector<LayerOutput> outputs = outputs_top_down(nodes, order, params);
-  std::sort(outputs.begin(), outputs.end(),
+  mark_consumed(nodes, order, params);
+  std::vector<LayerOutput> outputs;
+  for (auto [module, at] : outputs_top_down(nodes, order, params)) {
+    if (module < static_cast<int>(params.nested.size()) && !params.nested[module].empty())
+      at = call_end(nodes, at, params.nested[module], params);
+    outputs.push_back(LayerOutput{nodes[at].node, module, nodes[at].seq, 0});
+  }
+  // An outer module ending where an inner one ends comes after it, as its forward hook would.
+  std::stable_sort(outputs.begin(), outputs.end(),
             [](const LayerOutput& a, const LayerOutput& b) { return a.sequence_nr < b.sequence_nr; });
   number_calls(outputs);
   return outputs;

@@ -2,6 +2,7 @@
 // Finds the layer outputs of a model in the autograd graph of one forward pass.
 
 #include <cstdint>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -18,7 +19,12 @@ namespace gradflow::detail {
 struct ParamLookup {
   std::unordered_map<const c10::TensorImpl*, int> index;  // a parameter's tensor -> its index
   std::vector<int> module;                                 // parameter index -> module index
+  std::vector<std::vector<int>> nested;                    // module index -> the modules inside it
 };
+
+// Fills `params.nested` from the modules' names (module index -> name, as named_modules() gives
+// them): "attn.out_proj" is inside "attn".
+void nest_modules(ParamLookup& params, const std::vector<std::string>& modules);
 
 // The node whose input gradient is dL/d(output) of one call of a parameterised module.
 struct LayerOutput {
@@ -30,10 +36,12 @@ struct LayerOutput {
 };
 
 // Walks the graph below `root` and returns each parameterised module's output nodes in forward
-// order. AccumulateGrad nodes map back to parameters; view-like nodes (TBackward0, ...) are
-// looked through; a node that consumes a module's parameters is that module's output unless a
-// node right above it consumes a different parameter of the same module (one call split in two
-// ops); a node fed by several modules is named after none of them.
+// order. AccumulateGrad nodes map back to parameters; what is computed from one module's
+// parameters alone (a view, W.repeat(), a weight norm's g * v / |v|) is looked through to the op
+// that applies it to data; that op is the module's output unless a node right above it consumes
+// a different parameter of the same module (one call split in two ops); a node fed by several
+// modules is named after none of them. A module with parameterised modules inside it (attention
+// and its out_proj) ends where the last of them that its call reaches ends.
 std::vector<LayerOutput> find_layer_outputs(torch::autograd::Node* root, const ParamLookup& params);
 
 // The walk's result kept while the training loop builds graphs of the same shape, so that a

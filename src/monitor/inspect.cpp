@@ -10,6 +10,7 @@
 #include "gradflow/error.h"
 #include "util/text.h"
 #include "gradflow/monitor.h"
+#include "monitor/script_outputs.h"
 #include "util/json_util.h"
 #include "diagnosis/run_json.h"
 #include "trace/trace_json.h"
@@ -196,14 +197,13 @@ InspectResult inspect_torchscript(const std::string& path, const InspectOptions&
   InspectResult res;
   res.model = path;
   res.training_mode = m.is_training();
-  std::vector<std::pair<std::string, at::Tensor>> named;
-  std::vector<at::Tensor> params;
-  for (const auto& p : m.named_parameters(/*recurse=*/true))
-    if (p.value.requires_grad()) named.emplace_back(p.name, p.value), params.push_back(p.value);
+  const std::vector<std::pair<std::string, at::Tensor>> named = detail::trainable_parameters(m);
   if (named.empty()) throw Error("'" + path + "' has no trainable parameter: there is no gradient to inspect");
+  std::vector<at::Tensor> params;
+  for (const auto& item : named) params.push_back(item.second);
 
   Monitor mon;
-  mon.attach(named);
+  mon.attach(m);
   const std::vector<double> losses = measure(m, params, mon, o);
   mon.detach();
   RunRecord& r = res.run;

@@ -11,6 +11,7 @@
 #include "gradflow/error.h"
 #include "gradflow/option.h"
 #include "util/guarded.h"
+#include "monitor/script_outputs.h"
 #include "monitor/step_recorder.h"
 
 namespace gradflow {
@@ -39,6 +40,7 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
   detail::Guarded<detail::StepRecorder> recorder;
   int rider = -1;  // on opts.data_parallel
   int follow_rank = 0;  // follow_data_parallel()
+  std::unique_ptr<detail::ScriptOutputs> script_outputs;  // attach(torch::jit::Module&)
 };
 
 namespace {
@@ -118,6 +120,11 @@ void Monitor::attach(torch::nn::Module& module) {
   attach(named);
 }
 
+void Monitor::attach(torch::jit::Module& module) {
+  attach(detail::trainable_parameters(module));
+  if (state_->opts.activations) state_->script_outputs = std::make_unique<detail::ScriptOutputs>(module, *this);
+}
+
 void Monitor::attach(const std::vector<std::pair<std::string, at::Tensor>>& named) {
   auto rec = state_->recorder.lock();
   if (rec->attached) throw Error("Monitor is already attached: detach() it first or use a second Monitor");
@@ -156,6 +163,7 @@ void Monitor::attach(const std::vector<std::pair<std::string, at::Tensor>>& name
 }
 
 void Monitor::detach() {
+  state_->script_outputs.reset();  // before the lock: its op names outputs under it
   auto rec = state_->recorder.lock();
   if (!rec->attached) return;
   rec->collect_worker();
@@ -180,12 +188,11 @@ void Monitor::watch(const at::Tensor& loss) {
   const std::int64_t step = rec->step();
   // Named outputs are hooked here, not as they are named: a backward the program runs before
   // (a gradient penalty's autograd.grad) is not the step's.
-  for (const auto& named : rec->take_named_outputs())
-    named.node->add_pre_hook(std::make_unique<OutputGradHook>(state_, named.series, step, named.output, named.slot));
-  if (!state_->opts.activations) return;
-  for (const auto& found : rec->layer_output_series(loss.grad_fn().get()))
-    found.node->add_pre_hook(
-        std::make_unique<OutputGradHook>(state_, found.series, step, 0, detail::ProfileSlot{found.call, -1}));
+  // A TorchScript module whose calls named their outputs is read as forward hooks read a live
+  // module: a submodule never called (an out_proj whose weight attention applies itself) has none.
+  const bool walk = state_->opts.activations && !(state_->script_outputs && rec->has_named_outputs());
+  for (const auto& o : rec->outputs_to_hook(loss.grad_fn().get(), walk))
+    o.node->add_pre_hook(std::make_unique<OutputGradHook>(state_, o.series, step, o.output, o.slot));
 }
 
 void Monitor::layer_output(const at::Tensor& output, const std::string& module, int time_dim) {

@@ -68,6 +68,7 @@ void StepRecorder::set_params(const std::vector<std::pair<std::string, at::Tenso
     lookup_.module.push_back(mit->second);
     params_.push_back(std::move(p));
   }
+  nest_modules(lookup_, modules_);
   before_.assign(params_.size(), at::Tensor());
 }
 
@@ -214,21 +215,22 @@ void StepRecorder::name_output(std::shared_ptr<torch::autograd::Node> node, std:
                                const std::string& module, int time_dim) {
   if (!recording_) return;
   const int series = trace_.intern(name, SeriesKind::activation, module);
-  named_outputs_.push_back(NamedOutput{std::move(node), output, series, ProfileSlot{next_call(series), time_dim}});
+  named_outputs_.push_back(OutputToHook{std::move(node), output, series, ProfileSlot{next_call(series), time_dim}});
 }
 
-std::vector<StepRecorder::NamedOutput> StepRecorder::take_named_outputs() {
-  std::vector<NamedOutput> out;
+std::vector<StepRecorder::OutputToHook> StepRecorder::outputs_to_hook(torch::autograd::Node* root, bool walk) {
+  std::vector<OutputToHook> out;
   out.swap(named_outputs_);
+  if (walk && root) add_walked_outputs(root, out);
   link_outputs(out);
   return out;
 }
 
-void StepRecorder::link_outputs(const std::vector<NamedOutput>& outputs) {
+void StepRecorder::link_outputs(const std::vector<OutputToHook>& outputs) {
   using torch::autograd::Node;
   const auto linked = [&](int series) { return series < static_cast<int>(linked_.size()) && linked_[series]; };
   // Once every module was linked, a step pays this one pass.
-  if (std::all_of(outputs.begin(), outputs.end(), [&](const NamedOutput& o) { return linked(o.series); })) return;
+  if (std::all_of(outputs.begin(), outputs.end(), [&](const OutputToHook& o) { return linked(o.series); })) return;
   std::unordered_map<const Node*, int> series_of;
   for (const auto& o : outputs) series_of.emplace(o.node.get(), o.series);
   for (const auto& o : outputs) {
@@ -356,24 +358,27 @@ bool StepRecorder::record_loss(const at::Tensor& loss) {
   return true;
 }
 
-std::vector<StepRecorder::FoundOutput> StepRecorder::layer_output_series(torch::autograd::Node* root) {
+void StepRecorder::add_walked_outputs(torch::autograd::Node* root, std::vector<OutputToHook>& outputs) {
   bool walked = false;
-  const std::vector<LayerOutput>& outputs = layer_outputs_.find(root, lookup_, &walked);
+  const std::vector<LayerOutput>& found = layer_outputs_.find(root, lookup_, &walked);
   if (walked) {
     // A new graph shape: its names are interned once, and kept while the shape lasts. Every call
     // of a module is the module's one series (its calls are the record's profile, not depth).
     layer_output_series_.clear();
-    for (const auto& o : outputs) {
+    for (const auto& o : found) {
       const std::string& module = modules_[o.module];
       layer_output_series_.push_back(trace_.intern(module, SeriesKind::activation, module));
     }
   }
-  std::vector<FoundOutput> out;
-  out.reserve(outputs.size());
-  // Outputs come in forward order, so calls are numbered in forward order.
-  for (std::size_t k = 0; k < outputs.size(); ++k)
-    out.push_back(FoundOutput{outputs[k].node, layer_output_series_[k], next_call(layer_output_series_[k])});
-  return out;
+  std::unordered_set<int> named;
+  for (const auto& o : outputs) named.insert(o.series);
+  // Outputs come in forward order, so calls are numbered in forward order. A node outlives this
+  // call: it belongs to the graph the program is about to run backward through.
+  for (std::size_t k = 0; k < found.size(); ++k) {
+    const int series = layer_output_series_[k];
+    if (named.count(series)) continue;
+    outputs.push_back(OutputToHook{found[k].node->shared_from_this(), 0, series, ProfileSlot{next_call(series), -1}});
+  }
 }
 
 int StepRecorder::tap_series(const at::Tensor& t, const std::string& name, const TapOptions& options) {

@@ -61,27 +61,23 @@ class StepRecorder {
   void begin_forward();
   // Records the loss of the current step; false when the step is not recorded.
   bool record_loss(const at::Tensor& loss);
-  // A layer output found below the loss, with its series and its call's place in the step.
-  struct FoundOutput {
-    torch::autograd::Node* node;
-    int series;
-    int call;
-  };
-  std::vector<FoundOutput> layer_output_series(torch::autograd::Node* root);
-  // A layer output the program names (Monitor::layer_output), kept until watch() hooks it.
-  struct NamedOutput {
+  // Notes output `output` of `node` as one call of the series `name` of `module` (a layer output
+  // the program names: Monitor::layer_output), to be hooked at the next watch(); nothing when the
+  // step is not recorded.
+  void name_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& name,
+                   const std::string& module, int time_dim);
+  // A layer output to hook: dL/d(output `output` of `node`) is one call of `series`.
+  struct OutputToHook {
     std::shared_ptr<torch::autograd::Node> node;
     std::size_t output;
     int series;
     ProfileSlot slot;
   };
-  // Notes output `output` of `node` as one call of the series `name` of `module`; nothing when
-  // the step is not recorded.
-  void name_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& name,
-                   const std::string& module, int time_dim);
-  // The outputs named since the last call, in forward order; the first time a series is among
-  // them, which of them feed it is added to the trace (SeriesInfo::inputs).
-  std::vector<NamedOutput> take_named_outputs();
+  // The step's layer outputs below `root`, in forward order: those named since the last call,
+  // then, when `walk`, those the graph walk finds of modules none was named for. The first time
+  // a series is among them, which of them feed it is added to the trace (SeriesInfo::inputs).
+  std::vector<OutputToHook> outputs_to_hook(torch::autograd::Node* root, bool walk);
+  bool has_named_outputs() const { return !named_outputs_.empty(); }
   // The index of the next call of a layer output's series in the open step.
   int next_call(int series);
   // The tap's series, with its forward statistics queued when it names an activation; -1 when
@@ -163,7 +159,9 @@ class StepRecorder {
   void record_time_profile(int index, const at::Tensor& grad, int time_dim);
   // Adds, for each output whose series was never linked, the outputs reached below it before
   // any other output: the modules that feed it.
-  void link_outputs(const std::vector<NamedOutput>& outputs);
+  void link_outputs(const std::vector<OutputToHook>& outputs);
+  // The walk's layer outputs below `root` of modules without a series in `named`.
+  void add_walked_outputs(torch::autograd::Node* root, std::vector<OutputToHook>& outputs);
   // `step` as the trace keeps it: without the profiles that say nothing beyond a record's totals
   // (one call) or that would be one rank's.
   StepRecord closed_view(StepRecord step) const;
@@ -207,7 +205,7 @@ class StepRecorder {
   std::optional<double> scale_;       // the loss scaler's latest scale
   std::vector<int> record_of_;  // series -> index in cur_.records, -1 when it has none
   std::unordered_map<int, int> calls_;  // layer-output series -> its calls hooked in the open step
-  std::vector<NamedOutput> named_outputs_;  // see name_output
+  std::vector<OutputToHook> named_outputs_;  // see name_output
   std::vector<bool> linked_;                // series -> its inputs were looked for
   std::vector<std::shared_ptr<torch::autograd::Node>> kept_;  // see keep_for_step
   DeferredResults deferred_;

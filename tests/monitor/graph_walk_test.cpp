@@ -20,6 +20,7 @@ struct Lookup {
       params.index.emplace(item.value().unsafeGetTensorImpl(), static_cast<int>(params.module.size()));
       params.module.push_back(static_cast<int>(it - modules.begin()));
     }
+    nest_modules(params, modules);
   }
   std::vector<std::string> names(const std::vector<LayerOutput>& outs) const {
     std::vector<std::string> v;
@@ -70,6 +71,39 @@ TEST_F(GraphWalkTest, ANodeFedByTwoModulesIsNamedAfterNeither) {
   const auto outs = find_layer_outputs(y.sum().grad_fn().get(), lookup.params);
   for (const auto& name : lookup.names(outs)) EXPECT_TRUE(name != "a" && name != "b") << name;
   EXPECT_TRUE(outs.empty());
+}
+
+TEST_F(GraphWalkTest, AnAttentionEndsWhereItsOutProjectionEnds) {
+  // torch::nn::MultiheadAttention applies its own in_proj weight first; its output is that of
+  // its out_proj, the last parameterised module inside it.
+  torch::nn::MultiheadAttention attn(8, 2);
+  torch::nn::Linear head(8, 1);
+  torch::nn::Sequential holder;
+  holder->push_back("attn", attn);
+  holder->push_back("head", head);
+  const Lookup lookup(*holder);
+  const auto x = torch::randn({5, 3, 8});
+  const auto a = std::get<0>(attn->forward(x, x, x));
+  const auto outs = find_layer_outputs(head->forward(torch::relu(a)).sum().grad_fn().get(), lookup.params);
+  const auto names = lookup.names(outs);
+  ASSERT_EQ(names, (std::vector<std::string>{"attn.out_proj", "attn", "head"}));
+  EXPECT_EQ(outs[0].node, a.grad_fn().get());
+  EXPECT_EQ(outs[1].node, a.grad_fn().get());
+}
+
+TEST_F(GraphWalkTest, AWeightComputedFromParametersAloneIsLookedThrough) {
+  // W.repeat() and a weight norm's g * v / |v| are the module's weight, not its output: the op
+  // applying them to the data is.
+  torch::nn::Linear a(4, 4), g(4, 1);
+  const Lookup lookup(*named({{"a", a}, {"g", g}}));
+  const auto x = torch::randn({3, 4});
+  const auto y0 = torch::mm(x, a->weight.repeat({1, 2}));
+  const auto v = g->weight.t();  // 4 x 1, with g's bias as the gain
+  const auto y1 = torch::mm(y0.narrow(1, 0, 4), v * g->bias / v.norm());
+  const auto outs = find_layer_outputs(y1.sum().grad_fn().get(), lookup.params);
+  ASSERT_EQ(lookup.names(outs), (std::vector<std::string>{"a", "g"}));
+  EXPECT_EQ(outs[0].node, y0.grad_fn().get());
+  EXPECT_EQ(outs[1].node, y1.grad_fn().get());
 }
 
 TEST_F(GraphWalkTest, ViewNodesAreLookedThrough) {

@@ -27,13 +27,17 @@ synthetic data in a few seconds on one CPU thread:
   normalised returns and smooth_l1_loss) on a hand-written corridor environment.
 - GAN: a generator and a discriminator (DCGAN's loop: D on real, D on fake.detach(), G through
   D), Adam(2e-4, betas=(0.5, 0.999)) each, on a ring of 8 Gaussians (examples/gan/main.cpp).
+- The TransformerLM and the RNNModel again as torch.jit.script modules (run_scripted), each with
+  its eager twin as the reference.
 
 Each run_* function trains with a gradflow.Monitor and an independent GradRecorder (plain
 PyTorch forward hooks and tensor hooks), and returns a Run holding both.
 """
+import copy
 import math
 import random
 from collections import namedtuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -214,6 +218,8 @@ def generate_square_subsequent_mask(sz):
 
 
 class TransformerLM(nn.Module):
+    nan_at_step: Optional[int]  # typed for torch.jit.script
+
     def __init__(self, ntoken, d_model, nhead, d_hid, nlayers, dropout=0.1, norm_first=False):
         super().__init__()
         self.model_type = "Transformer"
@@ -237,7 +243,8 @@ class TransformerLM(nn.Module):
 
     def forward(self, src, src_mask):
         src = self.encoder(src) * math.sqrt(self.d_model)
-        if self.nan_at_step is not None and self.calls == self.nan_at_step:
+        nan_at_step = self.nan_at_step
+        if nan_at_step is not None and self.calls == nan_at_step:
             src = src.clone()
             src[0, 0, 0] = float("nan")
         self.calls += 1
@@ -442,7 +449,7 @@ class RNNModel(nn.Module):
         nn.init.zeros_(self.decoder.bias)
         nn.init.uniform_(self.decoder.weight, -initrange, initrange)
 
-    def forward(self, input, hidden):
+    def forward(self, input, hidden: Tuple[torch.Tensor, torch.Tensor]):
         emb = self.drop(self.encoder(input))
         output, hidden = self.rnn(emb, hidden)
         output = self.drop(output)
@@ -930,3 +937,52 @@ def run_gan(steps=40, seed=0):
     traits = {"activation": "leaky_relu", "adversarial": True}
     return (Run("gan_generator", netG, monitor_g, rec_g, losses_g, traits=traits),
             Run("gan_discriminator", netD, monitor_d, rec_d, losses_d, traits=traits))
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. The same programs as TorchScript (torch.jit.script), attached as a ScriptModule.
+
+
+def run_scripted(kind, steps=30, seed=0):
+    """A scripted model trained by SGD, with the reference taken from its eager twin: before each
+    step the scripted model takes the eager model's weights, both run forward and backward on the
+    same batch, and the eager model steps as the public program does. kind: "transformer" (the
+    tutorial's post-LN model) or "lstm_lm" (word_language_model's). Dropout is 0 so that both
+    twins compute alike."""
+    set_seed(seed)
+    ntokens, bptt, bsz = 40, 16, 8
+    train_data = batchify(markov_tokens(bptt * bsz * steps + bsz, ntokens, seed + 1), bsz)
+    if kind == "transformer":
+        eager = TransformerLM(ntokens, d_model=32, nhead=2, d_hid=64, nlayers=2, dropout=0.0)
+        mask = generate_square_subsequent_mask(bptt)
+        extra, lr, clip, traits = (mask,), 5.0, 0.5, {"norm": "layer", "residual": True}
+        criterion = nn.CrossEntropyLoss()
+        output_of = lambda out: out.view(-1, ntokens)  # noqa: E731
+    else:
+        eager = RNNModel(ntokens, 32, 32, 2, dropout=0.0, tie_weights=True)
+        extra, lr, clip, traits = (eager.init_hidden(bsz),), 20.0, 0.25, {"cell": "lstm", "recurrent": True}
+        criterion = nn.NLLLoss()
+        output_of = lambda out: out[0]  # noqa: E731
+    scripted = torch.jit.script(copy.deepcopy(eager))  # its own tensors: script() would share them
+    scripted.load_state_dict(eager.state_dict())
+    monitor = gradflow.Monitor(scripted)
+    rec = GradRecorder(eager)
+    optimizer = torch.optim.SGD(eager.parameters(), lr=lr)
+    losses = []
+    for i in range(0, bptt * steps, bptt):
+        data, targets = get_batch(train_data, i, bptt)
+        with torch.no_grad():
+            scripted.load_state_dict(eager.state_dict())
+        rec.begin_step()
+        criterion(output_of(eager(data, *extra)), targets).backward()
+        rec.snapshot_params()
+        loss = criterion(output_of(scripted(data, *extra)), targets)
+        monitor.watch(loss)
+        loss.backward()
+        scripted.zero_grad(set_to_none=True)
+        torch.nn.utils.clip_grad_norm_(eager.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    rec.remove()
+    return Run("scripted_" + kind, scripted, monitor, rec, losses, traits={**traits, "clip_norm": clip})

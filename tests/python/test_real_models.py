@@ -45,6 +45,8 @@ RUNS = {
     "vae": rm.run_vae,
     "actor_critic": rm.run_actor_critic,
     "gan": rm.run_gan,
+    "scripted_transformer": lambda: rm.run_scripted("transformer"),
+    "scripted_lstm_lm": lambda: rm.run_scripted("lstm_lm"),
     # Broken variants.
     "lstm_lm_high_lr": lambda: rm.run_lstm_lm(lr=200.0, clip=None),
     "transformer_nan": lambda: rm.run_transformer_lm(norm_first=False, nan_at_step=NAN_STEP),
@@ -347,3 +349,26 @@ class GAN(RealModelCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# A TorchScript module has no forward hooks: the C++ Monitor names what each submodule's call
+# returned, and the eager twin's forward hooks are the reference.
+class ScriptedTransformer(RealModelCase):
+    def test_exact(self):
+        self.assert_exact(run("scripted_transformer"))
+
+    def test_healthy(self):
+        r = run("scripted_transformer")
+        self.assertLess(r.losses[-1], 0.5 * r.losses[0])
+        self.assert_healthy(r)
+
+
+class ScriptedLSTMWordLM(RealModelCase):
+    def test_exact(self):
+        checked = self.assert_exact(run("scripted_lstm_lm"))
+        self.assertGreater(checked["time"], 0)
+
+    def test_healthy(self):
+        r = run("scripted_lstm_lm")
+        self.assertLess(r.losses[-1], r.losses[0])
+        self.assert_healthy(r)
