@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "gradflow/activation.h"
 
@@ -70,5 +71,14 @@ struct ModelTraits {
 
   bool clipped() const { return clip_norm > 0 || clip_value > 0; }
 };
+
+/// What a model's module tree shows, from its modules' class names ("BatchNorm2d", "LSTM",
+/// "ReLU"; LibTorch's "torch::nn::BatchNorm2dImpl" as well): normalisation layers, a recurrent
+/// cell, the one activation module kind it uses. A functional activation, residual paths and the
+/// initialisation are not visible in it.
+ModelTraits traits_from_module_kinds(const std::vector<std::string>& kinds);
+/// What the program declared (`said`), with what it leaves unset taken from what the module tree
+/// shows (`shown`): normalisation, the recurrent cell, the activation.
+ModelTraits with_shown_traits(ModelTraits said, const ModelTraits& shown);
 
 }  // namespace gradflow

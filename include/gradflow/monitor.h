@@ -13,6 +13,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "gradflow/activation.h"
+#include "gradflow/model_traits.h"
 #include "gradflow/trace.h"
 
 namespace torch::nn {
@@ -279,6 +280,10 @@ class Monitor {
   const MonitorOptions& options() const;
   /// This process's rank: that of the data-parallel group, MonitorOptions::rank, or 0.
   int rank() const;
+  /// What the attached module's tree shows (normalisation layers, a recurrent cell, its one
+  /// activation module kind: traits_from_module_kinds); save_report() fills what SaveOptions::traits
+  /// leaves unset from it. Empty when the Monitor was given named parameters.
+  const ModelTraits& model_traits() const;
   /// The folder the recording streams to; empty when it does not (no `out`, or not rank 0).
   std::string stream_dir() const;
   /// Marks the stream finished by the program (save_report does): a report read from the

@@ -46,7 +46,7 @@ class Monitor(_Monitor):
     def __init__(self, model, *, optimizer=None, activations=True, **options):
         inner = getattr(model, "module", model) if _hooks.is_ddp(model) else model
         # A live module's outputs are found by forward hooks (what each call returns); a
-        # TorchScript module's, by walking the autograd graph from the watched loss.
+        # TorchScript module's by the C++ Monitor, which names what each submodule call returns.
         hook_outputs = activations and isinstance(inner, torch.nn.Module) and not isinstance(inner, torch.jit.ScriptModule)
         # What the module tree shows (normalisation, a recurrent cell, the activation), under what
         # the program said (traits=): remedies are chosen from both.

@@ -1,5 +1,6 @@
 #include "gradflow/model_traits.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <vector>
 
@@ -62,5 +63,55 @@ Cell cell_from_string(const std::string& name) { return parse(kCells, name, "cel
 bool is_he(const InitSpec& i) { return i.kind == Init::he_normal || i.kind == Init::he_uniform; }
 bool is_xavier(const InitSpec& i) { return i.kind == Init::xavier_normal || i.kind == Init::xavier_uniform; }
 bool is_plain(const InitSpec& i) { return i.kind == Init::default_init || i.kind == Init::normal; }
+
+namespace {
+
+// "torch::nn::BatchNorm2dImpl" -> "BatchNorm2d"; "__torch__.torch.nn.modules.rnn.LSTM" -> "LSTM".
+std::string class_name(const std::string& kind) {
+  std::string name = kind.substr(kind.find_last_of(":.") == std::string::npos ? 0 : kind.find_last_of(":.") + 1);
+  const std::string impl = "Impl";
+  if (name.size() > impl.size() && name.compare(name.size() - impl.size(), impl.size(), impl) == 0)
+    name.resize(name.size() - impl.size());
+  return name;
+}
+
+struct KindTrait {
+  const char* name;
+  Activation activation;
+};
+constexpr KindTrait kActivationModules[] = {
+    {"ReLU", Activation::relu}, {"LeakyReLU", Activation::leaky_relu}, {"GELU", Activation::gelu},
+    {"Tanh", Activation::tanh}, {"Sigmoid", Activation::sigmoid},      {"ELU", Activation::elu},
+    {"SELU", Activation::selu}, {"Softsign", Activation::softsign},
+};
+
+}  // namespace
+
+ModelTraits traits_from_module_kinds(const std::vector<std::string>& kinds) {
+  ModelTraits t;
+  std::vector<Activation> used;
+  for (const auto& kind : kinds) {
+    const std::string name = class_name(kind);
+    if (name.rfind("BatchNorm", 0) == 0 || name == "SyncBatchNorm") t.norm = Norm::batch;
+    else if ((name == "LayerNorm" || name == "GroupNorm") && t.norm == Norm::none) t.norm = Norm::layer;
+    // A vanilla RNN's nonlinearity is an option, not its class: recurrent, cell unknown.
+    t.recurrent = t.recurrent || name == "RNN" || name == "RNNCell";
+    const Cell cell = name == "LSTM" || name == "LSTMCell" ? Cell::lstm : name == "GRU" || name == "GRUCell" ? Cell::gru : Cell::none;
+    if (cell != Cell::none && t.cell == Cell::none) t.cell = cell;
+    for (const auto& a : kActivationModules)
+      if (name == a.name && std::find(used.begin(), used.end(), a.activation) == used.end()) used.push_back(a.activation);
+  }
+  t.recurrent = t.recurrent || t.cell != Cell::none;
+  if (used.size() == 1) t.activation = used.front();
+  return t;
+}
+
+ModelTraits with_shown_traits(ModelTraits said, const ModelTraits& shown) {
+  if (said.norm == Norm::none) said.norm = shown.norm;
+  if (said.cell == Cell::none) said.cell = shown.cell;
+  said.recurrent = said.recurrent || shown.recurrent;
+  if (said.activation == Activation::none) said.activation = shown.activation;
+  return said;
+}
 
 }  // namespace gradflow

@@ -1,6 +1,7 @@
 #include "monitor/graph_walk.h"
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 #include <string>
 #include <typeindex>
@@ -13,23 +14,44 @@ namespace gradflow::detail {
 
 using torch::autograd::Node;
 
-bool is_view_like(const Node& node) {
-  static std::mutex mu;
-  static std::unordered_map<std::type_index, bool> cache;
+namespace {
+
+// Whether a node's type is one of `names`, cached by type.
+template <std::size_t N>
+bool type_in(const Node& node, const char* const (&names)[N], std::mutex& mu, std::unordered_map<std::type_index, bool>& cache) {
   const std::type_index key(typeid(node));
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
+  const std::string name = node.name();
+  const bool in = std::any_of(std::begin(names), std::end(names), [&](const char* n) { return name == n; });
+  cache.emplace(key, in);
+  return in;
+}
+
+}  // namespace
+
+bool is_view_like(const Node& node) {
+  static std::mutex mu;
+  static std::unordered_map<std::type_index, bool> cache;
   static const char* const kViews[] = {
       "TBackward0",         "ViewBackward0",       "ReshapeAliasBackward0", "UnsafeViewBackward0",
       "TransposeBackward0", "PermuteBackward0",    "ExpandBackward0",       "SqueezeBackward0",
       "SqueezeBackward1",   "UnsqueezeBackward0",  "ToCopyBackward0",       "CloneBackward0",
       "SliceBackward0",     "SelectBackward0",     "AliasBackward0",        "ContiguousBackward0",
       "NarrowBackward0",    "SplitBackward0",      "UnbindBackward0",       "ChunkBackward0"};
-  const std::string name = node.name();
-  const bool view = std::any_of(std::begin(kViews), std::end(kViews), [&](const char* v) { return name == v; });
-  cache.emplace(key, view);
-  return view;
+  return type_in(node, kViews, mu, cache);
+}
+
+// One-input ops that transform a weight by constants only. Others with one input may read data
+// that is no input of the graph (an embedding's or index_select's indices): not in this list.
+bool is_weight_transform(const Node& node) {
+  static std::mutex mu;
+  static std::unordered_map<std::type_index, bool> cache;
+  static const char* const kTransforms[] = {"RepeatBackward0", "MulBackward1",  "DivBackward1", "NegBackward0",
+                                            "PowBackward0",    "SqrtBackward0", "ExpBackward0", "NormBackward0",
+                                            "NormBackward1",   "LinalgVectorNormBackward0"};
+  return is_view_like(node) || type_in(node, kTransforms, mu, cache);
 }
 
 void nest_modules(ParamLookup& params, const std::vector<std::string>& modules) {
@@ -41,6 +63,23 @@ void nest_modules(ParamLookup& params, const std::vector<std::string>& modules) 
       const bool inside = i.size() > o.size() && i.compare(0, o.size(), o) == 0 && i[o.size()] == '.';
       if (inside) params.nested[outer].push_back(static_cast<int>(inner));
     }
+}
+
+void note_fused_layers(ParamLookup& params, const std::vector<std::string>& names) {
+  params.fused_layer.assign(names.size(), -1);
+  for (std::size_t p = 0; p < names.size(); ++p) {
+    const std::string leaf = names[p].substr(names[p].rfind('.') + 1);
+    for (const char* prefix : {"weight_hh_l", "bias_hh_l"}) {
+      const std::string pre(prefix);
+      if (leaf.compare(0, pre.size(), pre) != 0) continue;
+      const std::string rest = leaf.substr(pre.size());
+      const std::size_t digits = rest.find_first_not_of("0123456789");
+      if (digits == 0) continue;
+      const bool reverse = digits != std::string::npos && rest.substr(digits) == "_reverse";
+      if (digits != std::string::npos && !reverse) continue;
+      params.fused_layer[p] = reverse ? ParamLookup::kReverse : std::stoi(rest.substr(0, digits));
+    }
+  }
 }
 
 namespace {
@@ -110,11 +149,11 @@ std::vector<int> forward_order(const std::vector<WalkNode>& nodes) {
 }
 
 // The parameters a node is computed from when it reads nothing else: every input is a parameter
-// or such a node (a view's one input counts alone). Empty when it reads data, or a null input
-// (a tensor without grad, which may be data), or parameters of several modules.
+// or such a node, and a node of one input transforms it by constants. Empty when it reads data,
+// or a null input (a tensor without grad, which may be data), or parameters of several modules.
 std::vector<int> weight_sources(const WalkNode& w, const std::vector<WalkNode>& nodes, const ParamLookup& params) {
-  const bool one_view = w.nonnull_edges == 1 && is_view_like(*w.node);
-  if (w.nonnull_edges == 0 || (w.nonnull_edges < w.edges && !one_view)) return {};
+  const bool one_input = w.nonnull_edges == 1;
+  if (w.nonnull_edges == 0 || (one_input ? !is_weight_transform(*w.node) : w.nonnull_edges < w.edges)) return {};
   std::vector<int> from = w.direct_params;
   for (int c : w.children) {
     if (!nodes[c].pure) return {};
@@ -210,11 +249,63 @@ int call_end(const std::vector<WalkNode>& nodes, int start, const std::vector<in
   return at;
 }
 
+// The sequence a fused recurrent layer stacks: from its first step's recurrent op (the one
+// applying weight_hh), up without passing another op that applies a parameter, the earliest
+// StackBackward0 (the final states h_n, c_n are stacked after every layer). -1 when there is none
+// (a fused kernel, cuDNN's, computes the whole module in one op).
+int layer_sequence(const std::vector<WalkNode>& nodes, const std::vector<int>& order, int module, int layer,
+                   const ParamLookup& params) {
+  const auto applies_hh = [&](const WalkNode& w) {
+    return std::any_of(w.consumed.begin(), w.consumed.end(),
+                       [&](int p) { return params.module[p] == module && params.fused_layer[p] == layer; });
+  };
+  const auto first = std::find_if(order.begin(), order.end(), [&](int i) { return applies_hh(nodes[i]); });
+  if (first == order.end()) return -1;
+  int best = -1;
+  std::vector<int> stack = nodes[*first].parents;
+  std::unordered_set<int> seen;
+  while (!stack.empty()) {
+    const int n = stack.back();
+    stack.pop_back();
+    if (!seen.insert(n).second || !nodes[n].consumed.empty()) continue;
+    if (nodes[n].node->name() == "StackBackward0") {
+      if (best < 0 || nodes[n].seq < nodes[best].seq) best = n;
+      continue;
+    }
+    stack.insert(stack.end(), nodes[n].parents.begin(), nodes[n].parents.end());
+  }
+  return best;
+}
+
+// The layers of each fused recurrent module (one direction), in place of the ops that apply its
+// weights: module -> its layers' sequences, for modules whose every layer shows one.
+std::unordered_map<int, std::vector<int>> fused_layer_outputs(const std::vector<WalkNode>& nodes, const std::vector<int>& order,
+                                                               const ParamLookup& params) {
+  std::unordered_map<int, int> layers;  // module -> layers, 0 when a direction runs backward
+  for (std::size_t p = 0; p < params.fused_layer.size(); ++p) {
+    const int k = params.fused_layer[p];
+    if (k == -1) continue;
+    int& n = layers[params.module[p]];
+    n = (k == ParamLookup::kReverse || n < 0) ? -1 : std::max(n, k + 1);
+  }
+  std::unordered_map<int, std::vector<int>> out;
+  for (const auto& [module, count] : layers) {
+    std::vector<int> seqs;
+    for (int k = 0; k < count; ++k) {
+      const int s = layer_sequence(nodes, order, module, k, params);
+      if (s < 0) break;
+      seqs.push_back(s);
+    }
+    if (count > 0 && static_cast<int>(seqs.size()) == count) out.emplace(module, std::move(seqs));
+  }
+  return out;
+}
+
 void number_calls(std::vector<LayerOutput>& outputs) {
-  std::unordered_map<int, int> calls, nth;
-  for (const auto& o : outputs) ++calls[o.module];
+  std::map<std::pair<int, int>, int> calls, nth;  // (module, layer) -> calls
+  for (const auto& o : outputs) ++calls[{o.module, o.layer}];
   for (auto& o : outputs)
-    if (calls[o.module] > 1) o.call = ++nth[o.module];
+    if (calls[{o.module, o.layer}] > 1) o.call = ++nth[{o.module, o.layer}];
 }
 
 }  // namespace
@@ -224,12 +315,18 @@ std::vector<LayerOutput> find_layer_outputs(Node* root, const ParamLookup& param
   std::vector<WalkNode> nodes = collect_nodes(root, params);
   const std::vector<int> order = forward_order(nodes);
   mark_consumed(nodes, order, params);
+  const auto fused = fused_layer_outputs(nodes, order, params);
   std::vector<LayerOutput> outputs;
   for (auto [module, at] : outputs_top_down(nodes, order, params)) {
+    if (fused.count(module)) continue;
     if (module < static_cast<int>(params.nested.size()) && !params.nested[module].empty())
       at = call_end(nodes, at, params.nested[module], params);
     outputs.push_back(LayerOutput{nodes[at].node, module, nodes[at].seq, 0});
   }
+  for (const auto& [module, seqs] : fused)
+    for (std::size_t k = 0; k < seqs.size(); ++k)
+      outputs.push_back(LayerOutput{nodes[seqs[k]].node, module, nodes[seqs[k]].seq, 0,
+                                    seqs.size() > 1 ? static_cast<int>(k) : -1, /*time_dim=*/0});
   // An outer module ending where an inner one ends comes after it, as its forward hook would.
   std::stable_sort(outputs.begin(), outputs.end(),
             [](const LayerOutput& a, const LayerOutput& b) { return a.sequence_nr < b.sequence_nr; });

@@ -20,11 +20,19 @@ struct ParamLookup {
   std::unordered_map<const c10::TensorImpl*, int> index;  // a parameter's tensor -> its index
   std::vector<int> module;                                 // parameter index -> module index
   std::vector<std::vector<int>> nested;                    // module index -> the modules inside it
+  // parameter index -> k for a fused recurrent module's weight_hh_lk / bias_hh_lk, kReverse for
+  // a backward direction's, -1 for any other parameter (see note_fused_layers)
+  std::vector<int> fused_layer;
+  static constexpr int kReverse = -2;
 };
 
 // Fills `params.nested` from the modules' names (module index -> name, as named_modules() gives
 // them): "attn.out_proj" is inside "attn".
 void nest_modules(ParamLookup& params, const std::vector<std::string>& modules);
+
+// Fills `params.fused_layer` from the parameters' names (parameter index -> name), as
+// torch::nn::LSTM / GRU / RNN name them.
+void note_fused_layers(ParamLookup& params, const std::vector<std::string>& names);
 
 // The node whose input gradient is dL/d(output) of one call of a parameterised module.
 struct LayerOutput {
@@ -33,6 +41,10 @@ struct LayerOutput {
   std::uint64_t sequence_nr = 0;
   // 0 when the module is called once in the graph; 1..n in forward order when it is called n times.
   int call = 0;
+  // A fused recurrent module of several layers: which layer's output sequence this is; -1 otherwise.
+  int layer = -1;
+  // The time dimension of a recurrent module's output sequence; -1 for other outputs.
+  int time_dim = -1;
 };
 
 // Walks the graph below `root` and returns each parameterised module's output nodes in forward
@@ -41,7 +53,9 @@ struct LayerOutput {
 // that applies it to data; that op is the module's output unless a node right above it consumes
 // a different parameter of the same module (one call split in two ops); a node fed by several
 // modules is named after none of them. A module with parameterised modules inside it (attention
-// and its out_proj) ends where the last of them that its call reaches ends.
+// and its out_proj) ends where the last of them that its call reaches ends. A fused recurrent
+// module (one direction) computed op by op, as LibTorch does on the CPU, has one output per
+// layer: the sequence that layer stacks (StackBackward0), its time steps along dimension 0.
 std::vector<LayerOutput> find_layer_outputs(torch::autograd::Node* root, const ParamLookup& params);
 
 // The walk's result kept while the training loop builds graphs of the same shape, so that a

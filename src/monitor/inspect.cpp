@@ -10,6 +10,7 @@
 #include "gradflow/error.h"
 #include "util/text.h"
 #include "gradflow/monitor.h"
+#include "gradflow/summary.h"
 #include "monitor/script_outputs.h"
 #include "util/json_util.h"
 #include "diagnosis/run_json.h"
@@ -216,6 +217,8 @@ InspectResult inspect_torchscript(const std::string& path, const InspectOptions&
   r.tiny = std::numeric_limits<float>::denorm_min();
   r.config = {{"loss", to_string(o.loss)}, {"input_shape", shape_text(o.input_shape)}, {"steps", std::to_string(o.steps)},
               {"lr", std::to_string(o.lr)}, {"seed", std::to_string(o.seed)}, {"mode", res.training_mode ? "train" : "eval"}};
+  r.traits = mon.model_traits();
+  r.traits.residual = has_skip_connection(r.trace);
   r.analyse();
   res.loss = losses.front();
   const auto& first = r.trace.steps().front();

@@ -41,6 +41,7 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
   int rider = -1;  // on opts.data_parallel
   int follow_rank = 0;  // follow_data_parallel()
   std::unique_ptr<detail::ScriptOutputs> script_outputs;  // attach(torch::jit::Module&)
+  ModelTraits shown;  // what the attached module's tree shows
 };
 
 namespace {
@@ -118,10 +119,14 @@ void Monitor::attach(torch::nn::Module& module) {
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& item : module.named_parameters(/*recurse=*/true)) named.emplace_back(item.key(), item.value());
   attach(named);
+  std::vector<std::string> kinds;
+  for (const auto& m : module.modules()) kinds.push_back(m->name());
+  state_->shown = traits_from_module_kinds(kinds);
 }
 
 void Monitor::attach(torch::jit::Module& module) {
   attach(detail::trainable_parameters(module));
+  state_->shown = traits_from_module_kinds(detail::module_kinds(module));
   if (state_->opts.activations) state_->script_outputs = std::make_unique<detail::ScriptOutputs>(module, *this);
 }
 
@@ -269,6 +274,7 @@ void Monitor::receive_figures_block(const at::Tensor& summed) { state_->recorder
 void Monitor::flush() { state_->recorder.lock()->close_whole_step(); }
 
 int Monitor::rank() const { return state_->rank(); }
+const ModelTraits& Monitor::model_traits() const { return state_->shown; }
 
 std::string Monitor::stream_dir() const {
   auto rec = state_->recorder.lock();

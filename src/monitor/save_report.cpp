@@ -19,7 +19,8 @@
 namespace gradflow {
 
 RunRecord make_run_record(Monitor& monitor, const SaveOptions& o) {
-  return user_run_record(monitor.trace(), monitor.completed_steps(), o.label, o.traits, o.diagnosis);
+  return user_run_record(monitor.trace(), monitor.completed_steps(), o.label,
+                         with_shown_traits(o.traits, monitor.model_traits()), o.diagnosis);
 }
 
 namespace {

@@ -103,6 +103,13 @@ std::vector<std::pair<std::string, at::Tensor>> trainable_parameters(const torch
   return named;
 }
 
+std::vector<std::string> module_kinds(const torch::jit::Module& module) {
+  std::vector<std::string> kinds;
+  for (const auto& m : module.modules())
+    if (const auto& name = m.type()->name()) kinds.push_back(name->qualifiedName());
+  return kinds;
+}
+
 struct ScriptOutputs::Impl {
   // Held so that no other object takes a registered one's address while it is registered.
   std::vector<c10::intrusive_ptr<c10::ivalue::Object>> registered;

@@ -20,6 +20,8 @@ namespace gradflow::detail {
 
 // What Monitor::attach hooks of a TorchScript module: its trainable parameters, by name.
 std::vector<std::pair<std::string, at::Tensor>> trainable_parameters(const torch::jit::Module& module);
+// The class name of each of its modules (itself included), for traits_from_module_kinds.
+std::vector<std::string> module_kinds(const torch::jit::Module& module);
 
 // TorchScript has no forward hooks, and the op that applies a module's weight is not always its
 // last (attention, an aggregation after the weight's): so an identity op goes after every call

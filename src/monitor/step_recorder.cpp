@@ -69,6 +69,9 @@ void StepRecorder::set_params(const std::vector<std::pair<std::string, at::Tenso
     params_.push_back(std::move(p));
   }
   nest_modules(lookup_, modules_);
+  std::vector<std::string> names;
+  for (const auto& p : params_) names.push_back(p.name);
+  note_fused_layers(lookup_, names);
   before_.assign(params_.size(), at::Tensor());
 }
 
@@ -367,7 +370,8 @@ void StepRecorder::add_walked_outputs(torch::autograd::Node* root, std::vector<O
     layer_output_series_.clear();
     for (const auto& o : found) {
       const std::string& module = modules_[o.module];
-      layer_output_series_.push_back(trace_.intern(module, SeriesKind::activation, module));
+      const std::string name = o.layer >= 0 ? module + ".l" + std::to_string(o.layer) : module;
+      layer_output_series_.push_back(trace_.intern(name, SeriesKind::activation, module));
     }
   }
   std::unordered_set<int> named;
@@ -377,7 +381,8 @@ void StepRecorder::add_walked_outputs(torch::autograd::Node* root, std::vector<O
   for (std::size_t k = 0; k < found.size(); ++k) {
     const int series = layer_output_series_[k];
     if (named.count(series)) continue;
-    outputs.push_back(OutputToHook{found[k].node->shared_from_this(), 0, series, ProfileSlot{next_call(series), -1}});
+    outputs.push_back(
+        OutputToHook{found[k].node->shared_from_this(), 0, series, ProfileSlot{next_call(series), found[k].time_dim}});
   }
 }
 
