@@ -37,6 +37,11 @@ struct SeriesInfo {
   /// VAE's two heads) feed the same module but not each other. Only series recorded before this
   /// one (forward order). Empty when unknown.
   std::vector<int> inputs;
+  /// Layer outputs found by the Monitor's graph walk (a torch::nn::Module's): the output of the
+  /// op that applies the module's weights, which is the module's own output unless its forward
+  /// computes on after that op (an activation or an aggregation inside it). False: what the
+  /// module's call returned (forward hooks, a TorchScript model, Monitor::layer_output).
+  bool found_by_walk = false;
 };
 
 /// Forward-pass statistics of a tapped activation, for dead and saturated units.
@@ -150,6 +155,8 @@ class Trace {
   /// Records that series `from`'s output feeds series `to` (SeriesInfo::inputs); false when it was
   /// known, or `from` was not recorded before `to` (edges follow forward order: no cycle).
   bool add_input(int to, int from);
+  /// Marks a layer output as found by the graph walk (SeriesInfo::found_by_walk).
+  void mark_found_by_walk(int series);
 
   const std::vector<SeriesInfo>& series() const { return series_; }
   const std::vector<StepRecord>& steps() const { return steps_; }

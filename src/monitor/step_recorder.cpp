@@ -381,6 +381,7 @@ void StepRecorder::add_walked_outputs(torch::autograd::Node* root, std::vector<O
   for (std::size_t k = 0; k < found.size(); ++k) {
     const int series = layer_output_series_[k];
     if (named.count(series)) continue;
+    trace_.mark_found_by_walk(series);
     outputs.push_back(
         OutputToHook{found[k].node->shared_from_this(), 0, series, ProfileSlot{next_call(series), found[k].time_dim}});
   }

@@ -164,6 +164,28 @@ std::string calls_chart(const RunRecord& r, ProfileAxis axis) {
 }
 
 // Modules with parameters whose output has no series, and why.
+std::string unrecorded_outputs_note(const Trace& t);
+
+// What a layer output found by the graph walk is.
+std::string walked_outputs_note(const Trace& t) {
+  const auto outputs = t.series_of_kind(SeriesKind::activation);
+  const auto walked = std::count_if(outputs.begin(), outputs.end(), [&](int s) { return t.series()[s].found_by_walk; });
+  if (walked == 0) return "";
+  return fmt::format("{} of the {} layer outputs were found by walking the autograd graph: each is dL/d(output of the op "
+                     "that applies the module's weights), the module's own output unless its forward computes on after "
+                     "that op (an activation or an aggregation inside it). Monitor::layer_output names a module's output "
+                     "exactly.",
+                     walked, outputs.size());
+}
+
+// The notes on the layer outputs: how they were found, and which modules have none.
+std::vector<std::string> outputs_notes(const Trace& t) {
+  std::vector<std::string> notes;
+  for (std::string note : {walked_outputs_note(t), unrecorded_outputs_note(t)})
+    if (!note.empty()) notes.push_back(std::move(note));
+  return notes;
+}
+
 std::string unrecorded_outputs_note(const Trace& t) {
   std::set<std::string> recorded, missing;
   for (int s : t.series_of_kind(SeriesKind::activation)) recorded.insert(t.series()[s].layer);
@@ -266,7 +288,7 @@ std::string model_html(const RunRecord& r) {
     for (int s : outputs) names.push_back(r.trace.series()[s].name);
     out += profile_chart(r, outputs, names, "dL/d(output)");
   }
-  if (const std::string note = unrecorded_outputs_note(r.trace); !note.empty()) out += "<p>" + html_escape(note) + "</p>\n";
+  for (const auto& note : outputs_notes(r.trace)) out += "<p>" + html_escape(note) + "</p>\n";
   out += calls_chart(r, ProfileAxis::calls) + calls_chart(r, ProfileAxis::time);
   out += loss_chart(r);
   if (r.summary.applied) out += applied_chart(r);
@@ -346,7 +368,7 @@ std::string models_report_markdown(const std::vector<RunRecord>& runs) {
       out += fmt::format("- [{}] **{}** ({}): {} Remedy: {}\n", to_string(f.severity), to_string(f.kind), f.where, f.message, f.remedy);
     out += detail::ranks_markdown(r.trace);
     const Layers layers = parameter_layers(r.trace);
-    if (const std::string note = unrecorded_outputs_note(r.trace); !note.empty()) out += "\n" + note + "\n";
+    for (const auto& note : outputs_notes(r.trace)) out += "\n" + note + "\n";
     if (r.trace.steps().empty() || layers.series.empty()) continue;
     const auto &first = r.trace.steps().front(), &last = r.trace.steps().back();
     const Ratio ratio = ratio_of(r);

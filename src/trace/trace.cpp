@@ -35,7 +35,7 @@ int Trace::intern(const std::string& name, SeriesKind kind, const std::string& l
   auto it = index_.find(name);
   if (it != index_.end()) return it->second;
   const int id = static_cast<int>(series_.size());
-  series_.push_back(SeriesInfo{name, kind, layer, std::move(shape), {}});
+  series_.push_back(SeriesInfo{name, kind, layer, std::move(shape), {}, false});
   index_.emplace(name, id);
   return id;
 }
@@ -48,6 +48,8 @@ bool Trace::add_input(int to, int from) {
   in.push_back(from);
   return true;
 }
+
+void Trace::mark_found_by_walk(int series) { series_.at(static_cast<std::size_t>(series)).found_by_walk = true; }
 
 int Trace::find(const std::string& name) const {
   auto it = index_.find(name);

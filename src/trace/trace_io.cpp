@@ -15,6 +15,9 @@
 namespace gradflow {
 namespace detail {
 
+// SeriesInfo::found_by_walk in JSON: "found_by": "graph_walk" (absent otherwise).
+constexpr const char* kFoundByWalk = "graph_walk";
+
 namespace {
 
 Json stats_json(const TensorStats& g) {
@@ -143,6 +146,7 @@ const Json* find_profile(const Json& obj, ProfileAxis* axis) {
 Json series_json(const SeriesInfo& s) {
   Json j = {{"name", s.name}, {"kind", to_string(s.kind)}, {"layer", s.layer}, {"shape", s.shape}};
   if (!s.inputs.empty()) j["inputs"] = s.inputs;
+  if (s.found_by_walk) j["found_by"] = kFoundByWalk;
   return j;
 }
 
@@ -247,6 +251,7 @@ void add_series_from(Trace& t, const Json& s, const std::string& where) {
   const int id = t.intern(name, series_kind_from_string(get_str(s, "kind", where)), get_str(s, "layer", where), std::move(shape));
   // Inputs name earlier series (a module's inputs ran before it): each exists by now.
   if (auto it = s.find("inputs"); it != s.end()) add_inputs_from(t, id, *it, where);
+  if (auto it = s.find("found_by"); it != s.end() && *it == kFoundByWalk) t.mark_found_by_walk(id);
 }
 
 StepRecord step_from(const Json& js, int n_series, const std::string& where) {

@@ -81,6 +81,7 @@ TEST_F(ScriptOutputsTest, EachSeriesIsWhatTheModulesCallReturned) {
       ASSERT_NE(r, nullptr) << truth[k].first << " step " << step;
       expect_stats_equal(r->grad, grads[k], 1e-9, truth[k].first);
     }
+    for (int s : t.series_of_kind(SeriesKind::activation)) EXPECT_FALSE(t.series()[s].found_by_walk);
     // The model's graph: each module is fed by the one called before it.
     EXPECT_EQ(t.series()[t.find("act")].inputs, (std::vector<int>{t.find("gcn")}));
     EXPECT_EQ(t.series()[t.find("head")].inputs, (std::vector<int>{t.find("rep")}));
@@ -157,7 +158,10 @@ TEST_F(ScriptOutputsTest, CodeRunBeforeAttachingIsReadByTheGraphWalk) {
   const auto grads = torch::autograd::grad({loss_of(truth.back().second)}, {truth[3].second});
   const Trace& t = monitor.trace();
   // The walk's series: the op applying each weight; for the head, its output.
-  for (const char* name : {"gcn", "act", "rep", "head"}) EXPECT_GE(t.find(name), 0) << name;
+  for (const char* name : {"gcn", "act", "rep", "head"}) {
+    ASSERT_GE(t.find(name), 0) << name;
+    EXPECT_TRUE(t.series()[t.find(name)].found_by_walk) << name;
+  }
   const Record* head = t.steps().back().find(t.find("head"));
   ASSERT_NE(head, nullptr);
   expect_stats_equal(head->grad, grads[0], 1e-9, "head");

@@ -265,6 +265,12 @@ TEST(Report, ARealModelsReportFollowsItsStructure) {
   r.analyse();
   const std::string md = models_report_markdown({r});
   EXPECT_LT(md.find("| embedding.weight |"), md.find("| encoder.conv1.weight |")) << md;
+  EXPECT_EQ(md.find("found by walking the autograd graph"), std::string::npos) << md;
+  // Layer outputs the C++ graph walk found are said to be the op applying the weights.
+  r.trace.mark_found_by_walk(outputs[1]);
+  r.trace.mark_found_by_walk(outputs[2]);
+  EXPECT_NE(models_report_markdown({r}).find("2 of the 49 layer outputs were found by walking the autograd graph"),
+            std::string::npos);
   const std::string html = models_report_html({r});
   EXPECT_NE(html.find("dL/d(output) at each call of a module within a step"), std::string::npos);
   EXPECT_NE(html.find("encoder.conv1 (step 6)"), std::string::npos);

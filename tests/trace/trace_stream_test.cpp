@@ -188,7 +188,7 @@ TEST(TraceStream, TheLabelsOfEveryRecordComeBack) {
 
 // A module's calls and time steps (Record::profile) and which module feeds which
 // (SeriesInfo::inputs) come back from the stream and the JSON, also an input found after its
-// series was written.
+// series was written; so does how a layer output was found.
 TEST(TraceStream, ProfilesAndTheModelsGraphComeBack) {
   TempDir d;
   Trace t;
@@ -196,6 +196,7 @@ TEST(TraceStream, ProfilesAndTheModelsGraphComeBack) {
   const int cell = t.intern("cell", SeriesKind::activation, "cell");
   const int head = t.intern("head", SeriesKind::activation, "head");
   t.add_input(cell, enc);
+  t.mark_found_by_walk(head);
   auto step = [&](std::int64_t s, ProfileAxis axis, std::vector<double> profile) {
     StepRecord st;
     st.step = s;
@@ -221,6 +222,8 @@ TEST(TraceStream, ProfilesAndTheModelsGraphComeBack) {
   for (const Trace& got : {back, trace_from_json(trace_to_json(back))}) {
     EXPECT_EQ(got.series()[cell].inputs, std::vector<int>{enc});
     EXPECT_EQ(got.series()[head].inputs, std::vector<int>{cell});
+    EXPECT_TRUE(got.series()[head].found_by_walk);
+    EXPECT_FALSE(got.series()[cell].found_by_walk);
     ASSERT_EQ(got.steps().size(), 2u);
     const Record* calls = got.steps()[0].find(cell);
     EXPECT_EQ(calls->profile_axis, ProfileAxis::calls);
