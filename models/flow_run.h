@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gradflow/flow.h"
+#include "gradflow/sharpness.h"
 #include "models/spec.h"
 
 namespace gradflow::models {
@@ -19,12 +20,17 @@ struct FlowRunOptions {
   std::vector<double> lrs = {0.05, 0.2, 1.0, 8.0};
   std::uint64_t seed = 0;
   int grid = 21;                                  ///< picture: grid × grid loss evaluations
+  /// λ_max measured at this many evenly spaced times along the flow and along each gradient
+  /// descent run (0: not measured).
+  int sharpness_points = 20;
+  SharpnessOptions sharpness;
   FlowOptions ode;
 };
 
 /// Builds the network in float64 (the ODE's error control needs it), samples the data set once,
-/// integrates the flow, runs gradient descent with each learning rate, and maps the loss on a
-/// plane through θ(0). Throws gradflow::UsageError for bad options.
+/// integrates the flow, runs gradient descent with each learning rate, measures the sharpness
+/// along both, and maps the loss on a plane through θ(0). Throws gradflow::UsageError for bad
+/// options.
 FlowResult run_flow(const ResolvedSpec& spec, const FlowRunOptions& options);
 
 }  // namespace gradflow::models

@@ -1,5 +1,6 @@
 #include "cmd_flow.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cmath>
 #include <cstdlib>
@@ -23,6 +24,13 @@ std::vector<double> parse_lrs(const std::string& text) {
   return v;
 }
 
+// When a run's sharpness reached 2/lr: "t = 3.2", "no (max 1.4)", or "-" when not measured.
+std::string edge_words(const DescentVsFlow& d) {
+  if (d.sharpness.empty()) return "-";
+  if (d.edge_at) return "t = " + sci(*d.edge_at);
+  return "no (max " + sci(*std::max_element(d.sharpness.begin(), d.sharpness.end())) + ")";
+}
+
 int run_flow_cmd(const FlowCliOptions& in) {
   const auto spec = models::resolve_spec(in.spec);
   models::FlowRunOptions o = in.flow;
@@ -37,12 +45,17 @@ int run_flow_cmd(const FlowCliOptions& in) {
   std::printf("Dormand-Prince 5(4): %lld steps, %lld rejected, %lld gradient evaluations; loss %.4g -> %.4g\n\n",
               static_cast<long long>(r.stats.accepted), static_cast<long long>(r.stats.rejected), static_cast<long long>(r.stats.evaluations),
               r.flow_loss.front(), r.flow_loss.back());
-  std::printf("  %-8s %-7s %-14s %-14s %-14s %s\n", "lr", "steps", "max distance", "final dist.", "max loss gap", "leaves the flow");
+  std::printf("  %-8s %-7s %-14s %-14s %-14s %-24s %s\n", "lr", "steps", "max distance", "final dist.", "max loss gap",
+              "lr*lambda_max reaches 2", "leaves the flow");
   for (const auto& d : r.runs)
-    std::printf("  %-8g %-7lld %-14.3g %-14.3g %-14.3g %s\n", d.lr, static_cast<long long>(d.steps), d.max_distance, d.final_distance,
-                d.max_loss_gap,
+    std::printf("  %-8g %-7lld %-14.3g %-14.3g %-14.3g %-24s %s\n", d.lr, static_cast<long long>(d.steps), d.max_distance,
+                d.final_distance, d.max_loss_gap, edge_words(d).c_str(),
                 d.departs_at ? (std::string("at t = ") + sci(*d.departs_at) + ": " + d.departs_why + (d.diverged ? "; diverged" : "")).c_str()
                              : "no");
+  if (r.sharpness_measurements > 0)
+    std::printf("\n  sharpness: %lld measurements, %.1f Hessian-vector products each (2 backward passes per product), %.2g s\n",
+                static_cast<long long>(r.sharpness_measurements),
+                static_cast<double>(r.sharpness_products) / static_cast<double>(r.sharpness_measurements), r.sharpness_seconds);
   if (r.order) std::printf("\n  fitted order of the error in lr: %.2f (Euler: 1)\n", *r.order);
   std::printf("\n  wrote %s/flow.json and %s/flow.html (%.1f s)\n", in.out.c_str(), in.out.c_str(), r.wall_seconds);
   return kExitOk;
@@ -59,6 +72,9 @@ void setup_flow(CLI::App& app) {
   sub->add_option("--lr", o->lrs, "Learning rates for gradient descent")->capture_default_str();
   sub->add_option("--seed", o->flow.seed, "Random seed")->capture_default_str();
   sub->add_option("--grid", o->flow.grid, "Points per side of the loss-plane picture")->capture_default_str();
+  sub->add_option("--sharpness", o->flow.sharpness_points,
+                  "Measure the loss Hessian's largest eigenvalue at this many times along the flow and each run (0: off)")
+      ->capture_default_str();
   sub->add_option("--out", o->out, "Output folder")->capture_default_str();
   sub->add_flag("--force", o->force, "Replace results already in --out");
   sub->final_callback([o] { throw CLI::RuntimeError(run_flow_cmd(*o)); });

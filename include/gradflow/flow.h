@@ -61,6 +61,10 @@ struct DescentVsFlow {
   std::string departs_why;
   bool diverged = false;  ///< GD's loss became non-finite or above 10x its start
   std::vector<std::pair<double, double>> path;  ///< projected on the picture's plane (filled by callers)
+  /// λ_max of the Hessian at some of GD's steps (t = k·lr), when measured (filled by callers).
+  std::vector<double> sharpness_t, sharpness;
+  /// First measured time at which lr·λ_max reached 2: GD is past the stability bound there.
+  std::optional<double> edge_at;
 };
 
 /// Runs gradient descent with each learning rate for round(T/lr) steps and compares it with the
@@ -95,6 +99,10 @@ struct FlowResult {
   std::optional<double> order;
   FlowStats stats;
   FlowPlane plane;
+  std::vector<double> flow_sharpness_t, flow_sharpness;     ///< λ_max along the flow, when measured
+  /// Cost of the sharpness: measurements, Hessian-vector products (two backward passes each), seconds.
+  std::int64_t sharpness_measurements = 0, sharpness_products = 0;
+  double sharpness_seconds = 0;
   double wall_seconds = 0;
 };
 

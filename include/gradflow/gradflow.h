@@ -8,6 +8,7 @@
 #include "gradflow/error.h"
 #include "gradflow/diagnosis.h"
 #include "gradflow/flow.h"
+#include "gradflow/sharpness.h"
 #include "gradflow/inspect.h"
 #include "gradflow/model_traits.h"
 #include "gradflow/monitor.h"

@@ -40,6 +40,17 @@ std::vector<std::pair<double, double>> path_from(const Json& j) {
   return out;
 }
 
+// A "sharpness" object's times and values (empty when absent: an older file, or not measured).
+std::pair<std::vector<double>, std::vector<double>> sharpness_from(const Json& parent, const std::string& where) {
+  auto it = parent.find("sharpness");
+  if (it == parent.end() || !it->is_object()) return {};
+  auto t = nums_from(*it, "t", where);
+  auto lambda = nums_from(*it, "lambda_max", where);
+  if (t.size() != lambda.size()) throw Error(where + ": a sharpness has " + std::to_string(t.size()) + " times and " +
+                                             std::to_string(lambda.size()) + " values");
+  return {std::move(t), std::move(lambda)};
+}
+
 }  // namespace
 
 std::string flow_to_json(const FlowResult& r) {
@@ -49,7 +60,9 @@ std::string flow_to_json(const FlowResult& r) {
                     {"max_loss_gap", num(d.max_loss_gap)}, {"final_loss_gap", num(d.final_loss_gap)},
                     {"departs_at", d.departs_at ? num(*d.departs_at) : Json(nullptr)}, {"departs_why", d.departs_why},
                     {"diverged", d.diverged}, {"t", nums(d.t)}, {"distance", nums(d.distance)}, {"loss_gd", nums(d.loss_gd)},
-                    {"loss_flow", nums(d.loss_flow)}, {"path", path_json(d.path)}});
+                    {"loss_flow", nums(d.loss_flow)}, {"path", path_json(d.path)},
+                    {"sharpness", {{"t", nums(d.sharpness_t)}, {"lambda_max", nums(d.sharpness)}}},
+                    {"edge_at", d.edge_at ? num(*d.edge_at) : Json(nullptr)}});
   Json j = {{"schema", kFlowSchema},
             {"spec", r.spec},
             {"task", r.task},
@@ -60,7 +73,10 @@ std::string flow_to_json(const FlowResult& r) {
             {"order", r.order ? num(*r.order) : Json(nullptr)},
             {"integrator", {{"method", "dormand-prince 5(4)"}, {"accepted", r.stats.accepted}, {"rejected", r.stats.rejected},
                             {"evaluations", r.stats.evaluations}}},
-            {"flow", {{"t", nums(r.flow_t)}, {"loss", nums(r.flow_loss)}, {"path", path_json(r.flow_path)}}},
+            {"flow", {{"t", nums(r.flow_t)}, {"loss", nums(r.flow_loss)}, {"path", path_json(r.flow_path)},
+                      {"sharpness", {{"t", nums(r.flow_sharpness_t)}, {"lambda_max", nums(r.flow_sharpness)}}}}},
+            {"sharpness_cost", {{"measurements", r.sharpness_measurements}, {"hessian_vector_products", r.sharpness_products},
+                                {"seconds", num(r.sharpness_seconds)}}},
             {"runs", runs},
             {"plane", {{"grid", r.plane.grid}, {"extent", r.plane.extent}, {"loss", nums(r.plane.loss)}, {"da", nums(r.plane.da)},
                        {"db", nums(r.plane.db)}}},
@@ -90,6 +106,12 @@ FlowResult flow_from_json(const std::string& text, const std::string& where) {
     r.flow_t = nums_from(flow, "t", where);
     r.flow_loss = nums_from(flow, "loss", where);
     r.flow_path = path_from(flow.value("path", Json::array()));
+    std::tie(r.flow_sharpness_t, r.flow_sharpness) = sharpness_from(flow, where);
+    if (auto it = j.find("sharpness_cost"); it != j.end() && it->is_object()) {
+      r.sharpness_measurements = it->value("measurements", 0LL);
+      r.sharpness_products = it->value("hessian_vector_products", 0LL);
+      r.sharpness_seconds = detail::get_num_or(*it, "seconds", 0.0);
+    }
     for (const auto& jr : detail::get_array(j, "runs", where)) {
       DescentVsFlow d;
       d.lr = detail::get_num(jr, "lr", where);
@@ -106,6 +128,8 @@ FlowResult flow_from_json(const std::string& text, const std::string& where) {
       d.loss_gd = nums_from(jr, "loss_gd", where);
       d.loss_flow = nums_from(jr, "loss_flow", where);
       d.path = path_from(jr.value("path", Json::array()));
+      std::tie(d.sharpness_t, d.sharpness) = sharpness_from(jr, where);
+      if (auto it = jr.find("edge_at"); it != jr.end() && it->is_number()) d.edge_at = it->get<double>();
       r.runs.push_back(std::move(d));
     }
     const Json& pl = j.at("plane");
@@ -128,6 +152,53 @@ namespace {
 
 // Gradient-descent runs take palette slots 1, 2, 3, 5, ...: slot 4 is black, the flow's colour.
 int gd_slot(std::size_t k) { return static_cast<int>(k + 1 >= 4 ? k + 2 : k + 1); }
+
+// When a run's sharpness reached its stability bound 2/η, in words.
+std::string edge_text(const DescentVsFlow& d) {
+  if (d.sharpness.empty()) return "not measured";
+  if (d.edge_at) return fmt::format("at t = {:.3g} (&lambda;<sub>max</sub> &ge; 2/&eta; = {:.3g})", *d.edge_at, 2.0 / d.lr);
+  const double top = *std::max_element(d.sharpness.begin(), d.sharpness.end());
+  return fmt::format("no: &lambda;<sub>max</sub> &le; {:.3g} &lt; 2/&eta; = {:.3g}", top, 2.0 / d.lr);
+}
+
+// λ_max along the flow and each run (dashed), each run's 2/η as a line in its colour.
+std::string sharpness_chart(const FlowResult& r) {
+  if (r.sharpness_measurements == 0) return "";
+  detail::LineChart c;
+  c.title = "Sharpness: the loss Hessian's largest eigenvalue, against each step's stability bound 2/η";
+  c.x_label = "time t (GD: t = k·η)";
+  c.y_label = "λ_max (log scale)";
+  detail::LineSeries fs;
+  fs.label = "gradient flow";
+  fs.x = r.flow_sharpness_t;
+  fs.y = r.flow_sharpness;
+  fs.colour = 4;
+  c.series.push_back(fs);
+  for (std::size_t k = 0; k < r.runs.size(); ++k) {
+    const auto& d = r.runs[k];
+    detail::LineSeries s;
+    s.label = fmt::format("GD, lr = {:g}", d.lr);
+    s.x = d.sharpness_t;
+    s.y = d.sharpness;
+    s.colour = gd_slot(k);
+    s.dashed = true;
+    c.series.push_back(s);
+    detail::LineSeries bound;
+    bound.label = fmt::format("2/η = {:.3g}", 2.0 / d.lr);
+    bound.x = {0.0, r.time};
+    bound.y = {2.0 / d.lr, 2.0 / d.lr};
+    bound.colour = gd_slot(k);
+    bound.markers = false;
+    c.series.push_back(bound);
+  }
+  c.note = fmt::format("Gradient descent follows the flow while η·λ_max < 2 and leaves it, oscillating across the valley, once the "
+                       "sharpness reaches 2/η; under full-batch descent the sharpness then hovers near 2/η (the edge of "
+                       "stability). λ_max by power iteration on Hessian-vector products: {} measurements, {:.1f} products "
+                       "(two backward passes each) per measurement, {:.2g} s in all.",
+                       r.sharpness_measurements,
+                       static_cast<double>(r.sharpness_products) / static_cast<double>(r.sharpness_measurements), r.sharpness_seconds);
+  return detail::render(c);
+}
 
 // Where the plane's points land in the picture, and the loss colour scale.
 struct PlaneFrame {
@@ -277,12 +348,14 @@ std::string flow_section_html(const FlowResult& r) {
                      html_escape(r.spec), r.parameters, r.samples, html_escape(r.task), r.time, r.stats.accepted, r.stats.rejected,
                      r.stats.evaluations);
   out += "<table><tr><th>&eta;</th><th>steps</th><th>max &Vert;&theta;<sub>GD</sub>(k) &minus; &theta;(k&eta;)&Vert;</th><th>final distance</th>"
-         "<th>max loss gap</th><th class=l>leaves the flow</th></tr>\n";
+         "<th>max loss gap</th><th class=l>leaves the flow</th><th class=l>&eta;&middot;&lambda;<sub>max</sub> reaches 2</th></tr>\n";
   for (const auto& d : r.runs)
-    out += fmt::format("<tr class=\"{}\"><td>{:g}</td><td>{}</td><td class=v>{:.3g}</td><td>{:.3g}</td><td>{:.3g}</td><td class=l>{}</td></tr>\n",
+    out += fmt::format("<tr class=\"{}\"><td>{:g}</td><td>{}</td><td class=v>{:.3g}</td><td>{:.3g}</td><td>{:.3g}</td><td class=l>{}</td>"
+                       "<td class=l>{}</td></tr>\n",
                        d.diverged ? "bad" : "good", d.lr, d.steps, d.max_distance, d.final_distance, d.max_loss_gap,
                        d.departs_at ? fmt::format("at t = {:.3g}: {}{}", *d.departs_at, html_escape(d.departs_why), d.diverged ? "; diverged" : "")
-                                    : std::string("no: it follows the flow"));
+                                    : std::string("no: it follows the flow"),
+                       edge_text(d));
   out += "</table>\n";
   out += r.order ? fmt::format("<p>Fitted order of the error in &eta; (slope of log distance against log &eta;, runs that did not diverge): "
                                "<strong>{:.2f}</strong> &mdash; Euler's method is first order, so about 1 for small &eta;.</p>\n",
@@ -325,6 +398,7 @@ std::string flow_section_html(const FlowResult& r) {
     dc.series.push_back(s);
   }
   out += detail::render(dc);
+  out += sharpness_chart(r);
   out += plane_svg(r);
   return out;
 }

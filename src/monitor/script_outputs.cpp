@@ -121,7 +121,11 @@ struct ScriptOutputs::Impl {
   void name_value(const std::shared_ptr<torch::jit::Graph>& g, torch::jit::Value* value, torch::jit::Value* module,
                   torch::jit::Node* after) {
     torch::jit::Node* op = g->create(c10::Symbol::fromQualString(kOpName), {value, module}, 1);
-    op->output()->setType(value->type());
+    // The value's type (Value::setType's inline body needs RTTI LibTorch does not export, in a
+    // debug build); the value keeps its own name.
+    const std::string name = value->hasDebugName() ? value->debugName() : std::string();
+    op->output()->copyMetadata(value);
+    if (!name.empty()) value->setDebugName(name);
     if (after) {
       op->insertAfter(after);
       value->replaceAllUsesAfterNodeWith(op, op->output());

@@ -52,6 +52,43 @@ TEST_F(FlowRunTest, ItsGradientIsTheModelsGradient) {
   EXPECT_LT(one_step_big / one_step_small, 4.5);
 }
 
+// The sharpness at every step of every run: a run stays below its stability bound exactly as long
+// as its loss keeps falling (the descent lemma), and the measurement is in the flow file.
+TEST_F(FlowRunTest, GradientDescentLeavesTheFlowWhereItsSharpnessPassesTwoOverEta) {
+  FlowRunOptions o;
+  o.time = 8;
+  o.lrs = {0.1, 1.0, 8.0};  // λ_max starts near 0.35: 8 is past 2/λ_max from the first step
+  o.grid = 3;
+  o.sharpness_points = 1000;
+  const auto r = run_flow(resolve_spec("mlp:depth=3,width=8,act=tanh"), o);
+  ASSERT_FALSE(r.flow_sharpness.empty());
+  bool some_edge = false, some_stable = false;
+  for (const auto& d : r.runs) {
+    ASSERT_EQ(d.sharpness.size(), static_cast<std::size_t>(d.steps + 1)) << d.lr;  // every step, the last included
+    std::optional<double> edge;
+    for (std::size_t k = 0; k < d.sharpness.size() && !edge; ++k)
+      if (d.lr * d.sharpness[k] >= 2.0) edge = d.sharpness_t[k];
+    EXPECT_EQ(d.edge_at, edge) << d.lr;
+    bool rose = false;
+    for (std::size_t k = 1; k < d.loss_gd.size(); ++k) rose = rose || d.loss_gd[k] > d.loss_gd[k - 1];
+    if (rose) EXPECT_TRUE(d.edge_at.has_value()) << "lr " << d.lr << ": the loss rose below the stability bound";
+    some_edge = some_edge || d.edge_at.has_value();
+    some_stable = some_stable || (!d.edge_at && !rose);
+  }
+  EXPECT_TRUE(some_edge);
+  EXPECT_TRUE(some_stable);
+  EXPECT_EQ(r.sharpness_measurements,
+            static_cast<std::int64_t>(r.flow_sharpness.size() + r.runs[0].sharpness.size() + r.runs[1].sharpness.size() +
+                                      r.runs[2].sharpness.size()));
+  EXPECT_GT(r.sharpness_products, r.sharpness_measurements);
+  const auto back = flow_from_json(flow_to_json(r));
+  EXPECT_EQ(back.flow_sharpness, r.flow_sharpness);
+  EXPECT_EQ(back.runs[2].sharpness, r.runs[2].sharpness);
+  EXPECT_EQ(back.runs[2].edge_at, r.runs[2].edge_at);
+  EXPECT_EQ(back.sharpness_products, r.sharpness_products);
+  EXPECT_NE(flow_page_html(r).find("Sharpness: the loss Hessian"), std::string::npos);
+}
+
 TEST_F(FlowRunTest, BadOptionsAreUsageErrors) {
   FlowRunOptions o;
   o.samples = 1;
