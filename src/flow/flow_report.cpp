@@ -153,6 +153,26 @@ namespace {
 // Gradient-descent runs take palette slots 1, 2, 3, 5, ...: slot 4 is black, the flow's colour.
 int gd_slot(std::size_t k) { return static_cast<int>(k + 1 >= 4 ? k + 2 : k + 1); }
 
+// A chart over time t, GD's steps at t = k·η.
+detail::LineChart time_chart(std::string title, std::string y_label) {
+  detail::LineChart c;
+  c.title = std::move(title);
+  c.x_label = "time t (GD: t = k·η)";
+  c.y_label = std::move(y_label);
+  return c;
+}
+
+// The flow's line, in black.
+detail::LineSeries flow_line(std::vector<double> t, std::vector<double> y, bool markers) {
+  detail::LineSeries s;
+  s.label = "gradient flow";
+  s.x = std::move(t);
+  s.y = std::move(y);
+  s.markers = markers;
+  s.colour = 4;
+  return s;
+}
+
 // When a run's sharpness reached its stability bound 2/η, in words.
 std::string edge_text(const DescentVsFlow& d) {
   if (d.sharpness.empty()) return "not measured";
@@ -164,16 +184,9 @@ std::string edge_text(const DescentVsFlow& d) {
 // λ_max along the flow and each run (dashed), each run's 2/η as a line in its colour.
 std::string sharpness_chart(const FlowResult& r) {
   if (r.sharpness_measurements == 0) return "";
-  detail::LineChart c;
-  c.title = "Sharpness: the loss Hessian's largest eigenvalue, against each step's stability bound 2/η";
-  c.x_label = "time t (GD: t = k·η)";
-  c.y_label = "λ_max (log scale)";
-  detail::LineSeries fs;
-  fs.label = "gradient flow";
-  fs.x = r.flow_sharpness_t;
-  fs.y = r.flow_sharpness;
-  fs.colour = 4;
-  c.series.push_back(fs);
+  detail::LineChart c = time_chart("Sharpness: the loss Hessian's largest eigenvalue, against each step's stability bound 2/η",
+                                    "λ_max (log scale)");
+  c.series.push_back(flow_line(r.flow_sharpness_t, r.flow_sharpness, true));
   for (std::size_t k = 0; k < r.runs.size(); ++k) {
     const auto& d = r.runs[k];
     detail::LineSeries s;
@@ -361,17 +374,8 @@ std::string flow_section_html(const FlowResult& r) {
                                "<strong>{:.2f}</strong> &mdash; Euler's method is first order, so about 1 for small &eta;.</p>\n",
                                *r.order)
                  : "<p>Too few stable runs to fit an order.</p>\n";
-  detail::LineChart lc;
-  lc.title = "Loss along the flow and along gradient descent";
-  lc.x_label = "time t (GD: t = k·η)";
-  lc.y_label = "full-batch loss (log scale)";
-  detail::LineSeries fs;
-  fs.label = "gradient flow";
-  fs.x = r.flow_t;
-  fs.y = r.flow_loss;
-  fs.markers = false;
-  fs.colour = 4;
-  lc.series.push_back(fs);
+  detail::LineChart lc = time_chart("Loss along the flow and along gradient descent", "full-batch loss (log scale)");
+  lc.series.push_back(flow_line(r.flow_t, r.flow_loss, false));
   for (std::size_t k = 0; k < r.runs.size(); ++k) {
     detail::LineSeries s;
     s.label = fmt::format("GD, lr = {:g}", r.runs[k].lr);
