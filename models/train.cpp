@@ -3,8 +3,11 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <mutex>
 
 #include <fmt/format.h>
+
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include "gradflow/data_parallel.h"
@@ -162,6 +165,21 @@ torch::Tensor clip(const std::vector<torch::Tensor>& params, const TrainOptions&
   return peak;
 }
 
+// `n` examples of the task, drawn with LibTorch's CPU generator put back afterwards: the
+// training's batches are the same with or without them.
+Batch aside_batch(Task& task, std::int64_t n) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  at::Tensor state;
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    state = gen.get_state();
+  }
+  Batch b = task.sample(n);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+  return b;
+}
+
 MonitorOptions monitor_options(const ResolvedSpec& spec, const TrainOptions& o) {
   MonitorOptions mo;
   mo.every = o.every;
@@ -189,6 +207,9 @@ void validate(const TrainOptions& o) {
   if (!(o.clip_value >= 0) || !std::isfinite(o.clip_value))
     throw UsageError("--clip-value must be a positive number (0 turns clipping off)");
   if (o.every < 1) throw UsageError("--every must be at least 1 (record every k-th step)");
+  if (o.sharpness_every < 0) throw UsageError("--sharpness-every must be 0 (off) or more");
+  if (o.sharpness_every > 0 && o.data_parallel)
+    throw UsageError("--sharpness-every measures one process's full-batch Hessian: run it without --ranks");
   if (o.seq_len < 1 || o.seq_len > 100000)
     throw UsageError("--seq-len must be between 1 and 100000 (got " + std::to_string(o.seq_len) + ")");
 }
@@ -216,7 +237,13 @@ RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
   const auto params = net->parameters();
   auto opt = make_optimizer(choice, params, o.momentum);
 
-  Monitor mon(*net, monitor_options(spec, o));
+  MonitorOptions mo = monitor_options(spec, o);
+  Batch fixed;
+  if (o.sharpness_every > 0) {
+    fixed = aside_batch(*task, o.batch);
+    mo.with_sharpness(o.sharpness_every, [&] { return task->loss(net->forward(fixed.x, nullptr), fixed); });
+  }
+  Monitor mon(*net, mo);
   net->train();
   try {
     for (std::int64_t step = 0; step < o.steps; ++step) {

@@ -29,6 +29,10 @@ struct TrainOptions {
   double clip_value = 0;       ///< > 0: clip every gradient element to [-v, v]
   std::uint64_t seed = 0;
   std::int64_t every = 1;      ///< record every k-th step
+  /// > 0: every k-th recorded step, the sharpness λ_max of the loss on a fixed batch of `batch`
+  /// examples (drawn once, without touching the training's random sequence), after the step's
+  /// update; the report draws it against SGD's stability bound (2 + 2·momentum)/lr.
+  std::int64_t sharpness_every = 0;
   bool activations = true;     ///< graph-walk activation gradients (feed-forward nets)
   bool stop_on_nonfinite = false;
   std::int64_t inputs = 32;    ///< teacher/mixture input features

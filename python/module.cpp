@@ -118,6 +118,11 @@ class PyMonitor {
       params_.emplace_back(pair[0].cast<std::string>(), pair[1].cast<at::Tensor>());
     }
     monitor_ = std::make_unique<Monitor>(o);
+    if (py::hasattr(model, "buffers")) {
+      std::vector<at::Tensor> buffers;
+      for (const auto& b : model.attr("buffers")()) buffers.push_back(b.cast<at::Tensor>());
+      monitor_->set_model_buffers(std::move(buffers));
+    }
     // A TorchScript module has no forward hooks: the C++ Monitor names its submodules' outputs.
     if (auto script = torch::jit::as_module(model)) {
       monitor_->attach(*script);
@@ -341,8 +346,20 @@ void bind_monitor(py::module_& m) {
       .def(py::init([](const py::object& model, std::int64_t every, bool parameters, bool activations, bool weight_norms,
                        bool update_norms, bool auto_step, double saturation_threshold,
                        const py::object& process_group, std::int64_t batch_per_rank, const std::optional<std::string>& out,
-                       bool force, const std::optional<py::dict>& traits, const py::object& grad_scaler) {
+                       bool force, const std::optional<py::dict>& traits, const py::object& grad_scaler,
+                       std::int64_t sharpness_every, const py::object& sharpness_loss) {
              MonitorOptions o;
+             o.sharpness_every = sharpness_every;
+             if (!sharpness_loss.is_none()) {
+               if (!PyCallable_Check(sharpness_loss.ptr()))
+                 throw UsageError("sharpness_loss= takes a function that returns the loss on a fixed batch");
+               // Called from a measurement, which runs without the GIL (autograd must not hold it).
+               auto fn = std::make_shared<py::object>(sharpness_loss);
+               o.sharpness_loss = [fn]() {
+                 py::gil_scoped_acquire gil;
+                 return (*fn)().cast<at::Tensor>();
+               };
+             }
              o.every = every;
              o.parameters = parameters;
              o.activations = activations;
@@ -364,7 +381,12 @@ void bind_monitor(py::module_& m) {
            py::arg("activations") = true, py::arg("weight_norms") = true, py::arg("update_norms") = false,
            py::arg("auto_step") = true, py::arg("saturation_threshold") = 0.1,
            py::arg("process_group") = py::none(), py::arg("batch_per_rank") = 0, py::arg("out") = py::none(),
-           py::arg("force") = false, py::arg("traits") = py::none(), py::arg("grad_scaler") = py::none())
+           py::arg("force") = false, py::arg("traits") = py::none(), py::arg("grad_scaler") = py::none(),
+           py::arg("sharpness_every") = 0, py::arg("sharpness_loss") = py::none())
+      .def("set_learning_rate", [](PyMonitor& p, double lr, double momentum) { p.monitor().set_learning_rate(lr, momentum); },
+           py::arg("lr"), py::arg("momentum") = 0.0,
+           "The optimizer's step size and heavy-ball momentum (SGD) for the step in progress: the sharpness is drawn "
+           "against (2 + 2 momentum)/lr (attach_optimizer tells it of a torch.optim.SGD by itself)")
       .def("watch",
            [](PyMonitor& p, const at::Tensor& loss) {
              p.read_scale();
@@ -405,13 +427,19 @@ void bind_monitor(py::module_& m) {
       .def("step",
            [](PyMonitor& p) {
              p.read_scale();
+             // A sharpness measurement runs autograd, which must not hold the GIL.
+             py::gil_scoped_release no_gil;
              p.monitor().step();
            },
            "Close the step (only with auto_step=False)")
       .def("begin_optimizer_step", [](PyMonitor& p) { p.monitor().begin_optimizer_step(); },
            "Call right before the optimizer reads the gradients (attach_optimizer does it): the gradient it finds is "
            "recorded as the applied one, and each backward until end_optimizer_step() is an evaluation of its closure")
-      .def("end_optimizer_step", [](PyMonitor& p, std::optional<double> loss) { p.monitor().end_optimizer_step(loss); },
+      .def("end_optimizer_step",
+           [](PyMonitor& p, std::optional<double> loss) {
+             py::gil_scoped_release no_gil;  // a sharpness measurement runs autograd
+             p.monitor().end_optimizer_step(loss);
+           },
            py::arg("loss") = py::none(), "Call right after the optimizer step; loss: what step(closure) returned")
       .def("set_loss_scale", [](PyMonitor& p, double scale) { p.monitor().set_loss_scale(scale); }, py::arg("scale"),
            "The loss scale of the coming backward (grad_scaler= does it): recorded gradients are divided by it")

@@ -26,6 +26,9 @@ void add_train_flags(CLI::App& sub, TrainFlags& f, bool with_every) {
   sub.add_option("--clip-value", o.clip_value, "Clip each gradient element to [-X, X] (0: off)");
   sub.add_option("--seed", o.seed, "Random seed")->capture_default_str();
   if (with_every) sub.add_option("--every", o.every, "Record every K-th step")->capture_default_str();
+  sub.add_option("--sharpness-every", o.sharpness_every,
+                 "Every K-th recorded step, measure the loss Hessian's largest eigenvalue on a fixed batch (0: off)")
+      ->capture_default_str();
   sub.add_option("--inputs", o.inputs, "Input features of the teacher/mixture tasks")->capture_default_str();
   sub.add_option("--classes", o.classes, "Classes of the classification tasks")->capture_default_str();
   sub.add_option("--noise", o.noise, "Label noise (teacher) or input noise scale (mixture, images), 0 to 1")->capture_default_str();

@@ -26,6 +26,7 @@ enum class FindingKind {
   ranks_out_of_sync,  ///< data-parallel: the ranks' parameters differ
   rank_outlier,       ///< data-parallel: one rank's local gradient norm far from the others'
   no_gradient,        ///< every parameter's gradient exactly 0 for several recorded steps
+  edge_of_stability,  ///< the sharpness reached the step size's stability bound (2 + 2·momentum)/lr
 };
 /// How bad it is.
 enum class Severity { info, warning, error };
@@ -93,6 +94,11 @@ struct DiagnosisOptions {
   int rank_outlier_steps = 3;
   /// Data-parallel: parameter checksums further apart than this (relative) are out of sync.
   double checksum_tolerance = 1e-12;
+  /// The sharpness at or above this fraction of the stability bound (2 + 2·momentum)/lr at the
+  /// last measurement: edge_of_stability (info while the loss still falls; warning past
+  /// `unstable_edge_factor` times the bound, or when the loss did not fall).
+  double edge_fraction = 0.9;
+  double unstable_edge_factor = 2.0;
 };
 
 /// Everything the rules judge: the recording, its summary and the per-step series.

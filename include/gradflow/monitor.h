@@ -14,6 +14,7 @@
 
 #include "gradflow/activation.h"
 #include "gradflow/model_traits.h"
+#include "gradflow/sharpness.h"
 #include "gradflow/trace.h"
 
 namespace torch::nn {
@@ -89,6 +90,25 @@ struct MonitorOptions {
   /// -1: the rank of `data_parallel`, or 0.
   int rank = -1;
 
+  /// Every k-th recorded step (0: never), the sharpness λ_max of the loss `sharpness_loss`
+  /// returns, at the parameters the step's update produced: StepRecord::sharpness.
+  /// `sharpness_loss` recomputes the loss on a fixed batch (a closure over the model and that
+  /// batch); it is called when the Monitor learns that the optimizer step ended
+  /// (optimizer_step(), end_optimizer_step(), Python's optimizer=) or at step(), once the step's
+  /// graph is gone, and Hessian-vector products are taken by double backward (each about two
+  /// backward passes; StepRecord::sharpness_products). The measurement leaves the parameters,
+  /// their gradients, LibTorch's CPU random generator and the model's buffers (BatchNorm's running
+  /// statistics, for a Monitor given a module) as they were, and records nothing of its own
+  /// forward; hooks the program put on the model run for it as for any forward.
+  std::int64_t sharpness_every = 0;
+  std::function<at::Tensor()> sharpness_loss;
+  SharpnessOptions sharpness;
+
+  MonitorOptions& with_sharpness(std::int64_t every_k, std::function<at::Tensor()> loss) {
+    sharpness_every = every_k;
+    sharpness_loss = std::move(loss);
+    return *this;
+  }
   MonitorOptions& with_async(bool on) { async = on; return *this; }
   MonitorOptions& with_every(std::int64_t k) { every = k; return *this; }
   MonitorOptions& with_activations(bool on) { activations = on; return *this; }
@@ -244,6 +264,13 @@ class Monitor {
   /// Call right after the optimizer step; `returned_loss`: what a closure's step returned (the
   /// step's loss, kept as StepRecord::step_loss). In auto-step mode the step closes here.
   void end_optimizer_step(std::optional<double> returned_loss = std::nullopt);
+  /// The optimizer's step size and heavy-ball momentum for the step in progress (SGD; an
+  /// adaptive optimizer has no such bound): the report draws the sharpness against
+  /// (2 + 2·momentum)/lr. optimizer_step() tells it of a torch::optim::SGD by itself.
+  void set_learning_rate(double lr, double momentum = 0.0);
+  /// Tensors a sharpness measurement must leave as they were besides the parameters (a model's
+  /// buffers; attach(torch::nn::Module&) and attach(torch::jit::Module&) take the module's).
+  void set_model_buffers(std::vector<at::Tensor> buffers);
   /// Loss scaling (mixed precision): the scaler's scale now, before each backward. The recorded
   /// gradients (parameters, layer outputs, taps) are divided by the scale their backward ran at,
   /// so they are the true gradient. When it is lower than the open step's (the scaler backed off

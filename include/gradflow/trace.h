@@ -131,6 +131,14 @@ struct StepRecord {
   /// Data-parallel runs, at the steps the ranks' parameters were compared: a checksum of each
   /// rank's parameters (index = rank); equal on every rank while they stay in sync.
   std::vector<double> rank_checksums;
+  /// The loss Hessian's largest eigenvalue at the parameters this step's update produced
+  /// (MonitorOptions::sharpness_every), and the Hessian-vector products its measurement took.
+  std::optional<double> sharpness;
+  int sharpness_products = 0;
+  /// The step size of a plain or heavy-ball gradient step (SGD), and its momentum, when the
+  /// Monitor was told of the optimizer: the sharpness it is stable at is (2 + 2·momentum)/lr.
+  std::optional<double> learning_rate;
+  double momentum = 0;
   /// Adds one watched loss: kept in `losses`, summed into `loss`.
   void add_loss(double value);
   /// The record of a series at this step, or nullptr when it was not recorded.

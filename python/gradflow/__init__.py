@@ -30,7 +30,8 @@ class Monitor(_Monitor):
 
     Monitor(model, *, optimizer=None, grad_scaler=None, every=1, parameters=True, activations=True,
             weight_norms=True, update_norms=False, auto_step=True, saturation_threshold=0.1,
-            process_group=None, batch_per_rank=0, out=None, force=False, traits=None)
+            process_group=None, batch_per_rank=0, out=None, force=False, traits=None, sharpness_every=0,
+            sharpness_loss=None)
 
     model: a torch.nn.Module, or a DistributedDataParallel one (its gradient is then recorded as
     averaged, every rank's local one beside it, through DDP's own allreduce).
@@ -38,6 +39,9 @@ class Monitor(_Monitor):
     one record per evaluation of a closure (LBFGS); the same as attach_optimizer(optimizer).
     grad_scaler: a torch.cuda.amp.GradScaler (or any object with get_scale()): recorded gradients
     are divided by the scale, and the steps it skips are marked skipped.
+    sharpness_every, sharpness_loss: every k-th recorded step, the loss Hessian's largest eigenvalue at the
+    step's starting parameters, for sharpness_loss() (a function returning the loss on a fixed batch), by
+    power iteration on Hessian-vector products; the report draws it against 2/lr of an attached SGD.
     traits: what the model is ({"activation": "relu", "norm": "batch", ...}), for save_report's remedies;
     what its module tree shows (normalisation layers, a recurrent cell, its one activation module
     kind) is read from it, and traits= adds to or overrides that.

@@ -10,6 +10,17 @@ import torch
 from ._gradflow import UsageError
 
 
+def _tell_step_size(monitor, optimizer):
+    """Plain or heavy-ball SGD (one step size, no dampening, no Nesterov): its step size bounds the
+    sharpness it is stable at. An adaptive optimizer has no such bound and is not told."""
+    if type(optimizer) is not torch.optim.SGD or not optimizer.param_groups:
+        return
+    group = optimizer.param_groups[0]
+    lrs = {g["lr"] for g in optimizer.param_groups}
+    if len(lrs) == 1 and not group.get("nesterov", False) and group.get("dampening", 0) == 0:
+        monitor.set_learning_rate(float(group["lr"]), float(group.get("momentum", 0.0)))
+
+
 def wrap_optimizer_step(monitor, optimizer):
     """Makes optimizer.step tell the Monitor where it begins and ends; returns a function that
     detaches it again.
@@ -30,6 +41,7 @@ def wrap_optimizer_step(monitor, optimizer):
         m = state["monitor"]() if state["monitor"] is not None else None
         if m is None:
             return step(*args, **kwargs)
+        _tell_step_size(m, self)
         m.begin_optimizer_step()
         try:
             result = step(*args, **kwargs)

@@ -24,6 +24,9 @@ std::optional<Finding> norm_growth_rule(const DiagnosisInput& in, const Diagnosi
 std::optional<Finding> unstable_loss_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
 // A loss that barely moves.
 std::optional<Finding> stalled_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
+// The sharpness at the step size's stability bound (stability_rule.cpp): gradient descent has
+// left the gradient flow's path.
+std::optional<Finding> edge_of_stability_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
 // Every parameter's gradient exactly 0 for several recorded steps in a row: nothing trains.
 std::optional<Finding> no_gradient_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
 

@@ -12,6 +12,7 @@
 #include "gradflow/option.h"
 #include "util/guarded.h"
 #include "monitor/script_outputs.h"
+#include "monitor/sharpness_torch.h"
 #include "monitor/step_recorder.h"
 
 namespace gradflow {
@@ -42,6 +43,7 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
   int follow_rank = 0;  // follow_data_parallel()
   std::unique_ptr<detail::ScriptOutputs> script_outputs;  // attach(torch::jit::Module&)
   ModelTraits shown;  // what the attached module's tree shows
+  std::vector<at::Tensor> buffers;  // left as they were by a sharpness measurement
 };
 
 namespace {
@@ -82,6 +84,30 @@ struct AccumulatedGradHook : torch::autograd::FunctionPostHook {
   int param;
 };
 
+// The sharpness, when the open step is due one, at the parameters its update produced: measured
+// once its graph is gone (a forward in train mode updates BatchNorm's statistics in place, which
+// a live graph forbids), and outside the recorder's lock, since the loss's forward may name
+// outputs (forward hooks call back).
+void measure_sharpness_if_due(Monitor::State& st) {
+  std::vector<at::Tensor> params;
+  {
+    auto rec = st.recorder.lock();
+    if (!rec->attached || !rec->sharpness_due()) return;
+    for (const auto& p : rec->params()) params.push_back(p.tensor);
+    rec->measuring = true;
+  }
+  Sharpness s;
+  try {
+    s = detail::measure_sharpness(st.opts.sharpness_loss, params, st.buffers, st.opts.sharpness);
+  } catch (...) {
+    st.recorder.lock()->measuring = false;
+    throw;
+  }
+  auto rec = st.recorder.lock();
+  rec->measuring = false;
+  rec->set_sharpness(s.lambda_max, s.products);
+}
+
 // Ours go first among the accumulator's post hooks, so that DistributedDataParallel's (which may
 // start reducing .grad in place) has not run yet; the program's hooks keep their order.
 std::uintptr_t add_first_post_hook(torch::autograd::Node& node, std::unique_ptr<torch::autograd::FunctionPostHook> hook) {
@@ -95,6 +121,8 @@ std::uintptr_t add_first_post_hook(torch::autograd::Node& node, std::unique_ptr<
 
 Monitor::Monitor(MonitorOptions options) : state_(std::make_shared<State>(options)) {
   if (options.rank < -1) throw OptionError(Option::rank, "{} must be 0 or more (got " + std::to_string(options.rank) + ")");
+  if (options.sharpness_every < 0 || (options.sharpness_every > 0 && !options.sharpness_loss))
+    throw UsageError("sharpness_every needs a sharpness_loss (the loss on a fixed batch) and must be 0 or more");
   // One writer per run: the other ranks' figures reach rank 0's trace, or are their own.
   if (!options.out.empty() && state_->rank() == 0) {
     auto rec = state_->recorder.lock();
@@ -122,11 +150,13 @@ void Monitor::attach(torch::nn::Module& module) {
   std::vector<std::string> kinds;
   for (const auto& m : module.modules()) kinds.push_back(m->name());
   state_->shown = traits_from_module_kinds(kinds);
+  state_->buffers = module.buffers();
 }
 
 void Monitor::attach(torch::jit::Module& module) {
   attach(detail::trainable_parameters(module));
   state_->shown = traits_from_module_kinds(detail::module_kinds(module));
+  state_->buffers = detail::buffers_of(module);
   if (state_->opts.activations) state_->script_outputs = std::make_unique<detail::ScriptOutputs>(module, *this);
 }
 
@@ -233,15 +263,24 @@ void Monitor::tap(const at::Tensor& t, const std::string& name, const TapOptions
   node->add_pre_hook(std::make_unique<OutputGradHook>(state_, series, step, output));
 }
 
-void Monitor::step() { state_->recorder.lock()->end_step(); }
+void Monitor::step() {
+  measure_sharpness_if_due(*state_);
+  state_->recorder.lock()->end_step();
+}
 
 void Monitor::begin_optimizer_step() { state_->recorder.lock()->begin_optimizer_step(); }
 
 void Monitor::end_optimizer_step(std::optional<double> returned_loss) {
+  measure_sharpness_if_due(*state_);
   state_->recorder.lock()->end_optimizer_step(returned_loss);
 }
 
 at::Tensor Monitor::optimizer_step(torch::optim::Optimizer& optimizer, const std::function<at::Tensor()>& closure) {
+  // Plain or heavy-ball SGD: its step size bounds the sharpness it is stable at.
+  if (dynamic_cast<torch::optim::SGD*>(&optimizer) && !optimizer.param_groups().empty()) {
+    const auto& o = static_cast<const torch::optim::SGDOptions&>(optimizer.param_groups().front().options());
+    if (o.dampening() == 0 && !o.nesterov()) set_learning_rate(o.lr(), o.momentum());
+  }
   begin_optimizer_step();
   at::Tensor loss;
   try {
@@ -257,6 +296,13 @@ at::Tensor Monitor::optimizer_step(torch::optim::Optimizer& optimizer, const std
 }
 
 void Monitor::set_loss_scale(double scale) { state_->recorder.lock()->set_loss_scale(scale); }
+
+void Monitor::set_learning_rate(double lr, double momentum) {
+  stability_bound(lr, momentum);  // throws for a step size no bound exists for
+  state_->recorder.lock()->set_learning_rate(lr, momentum);
+}
+
+void Monitor::set_model_buffers(std::vector<at::Tensor> buffers) { state_->buffers = std::move(buffers); }
 
 void Monitor::follow_data_parallel(int rank, int world_size) {
   if (state_->opts.data_parallel)

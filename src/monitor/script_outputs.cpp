@@ -103,6 +103,12 @@ std::vector<std::pair<std::string, at::Tensor>> trainable_parameters(const torch
   return named;
 }
 
+std::vector<at::Tensor> buffers_of(const torch::jit::Module& module) {
+  std::vector<at::Tensor> out;
+  for (const auto& b : module.buffers(/*recurse=*/true)) out.push_back(b);
+  return out;
+}
+
 std::vector<std::string> module_kinds(const torch::jit::Module& module) {
   std::vector<std::string> kinds;
   for (const auto& m : module.modules())

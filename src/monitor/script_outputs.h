@@ -20,6 +20,8 @@ namespace gradflow::detail {
 
 // What Monitor::attach hooks of a TorchScript module: its trainable parameters, by name.
 std::vector<std::pair<std::string, at::Tensor>> trainable_parameters(const torch::jit::Module& module);
+// Its buffers (BatchNorm's running statistics), every submodule's.
+std::vector<at::Tensor> buffers_of(const torch::jit::Module& module);
 // The class name of each of its modules (itself included), for traits_from_module_kinds.
 std::vector<std::string> module_kinds(const torch::jit::Module& module);
 

@@ -216,7 +216,7 @@ int StepRecorder::next_call(int series) { return calls_[series]++; }
 
 void StepRecorder::name_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& name,
                                const std::string& module, int time_dim) {
-  if (!recording_) return;
+  if (!recording_ || measuring) return;
   const int series = trace_.intern(name, SeriesKind::activation, module);
   named_outputs_.push_back(OutputToHook{std::move(node), output, series, ProfileSlot{next_call(series), time_dim}});
 }
@@ -273,6 +273,7 @@ StepRecord StepRecorder::closed_view(StepRecord step) const {
 }
 
 void StepRecorder::begin_forward() {
+  if (measuring) return;  // the sharpness loss's forward belongs to no step
   if ((opts_.auto_step || in_optimizer_) && backward_seen_) end_step();
   stamp_evaluation();
 }
@@ -285,6 +286,24 @@ void StepRecorder::stamp_evaluation() {
 
 void StepRecorder::stamp_loss_scale() {
   if (scale_ && !cur_.loss_scale) cur_.loss_scale = scale_;
+}
+
+bool StepRecorder::sharpness_due() const {
+  const auto k = opts_.sharpness_every;
+  return k > 0 && recording_ && (step_ / opts_.every) % k == 0 && !cur_.sharpness;
+}
+
+void StepRecorder::set_sharpness(double lambda_max, int products) {
+  cur_active_ = true;
+  changed_ = true;
+  cur_.sharpness = lambda_max;
+  cur_.sharpness_products = products;
+}
+
+void StepRecorder::set_learning_rate(double lr, double momentum) {
+  if (!recording_) return;
+  cur_.learning_rate = lr;
+  cur_.momentum = momentum;
 }
 
 void StepRecorder::set_loss_scale(double scale) {
@@ -389,7 +408,7 @@ void StepRecorder::add_walked_outputs(torch::autograd::Node* root, std::vector<O
 
 int StepRecorder::tap_series(const at::Tensor& t, const std::string& name, const TapOptions& options) {
   if (name.empty()) throw UsageError("tap() needs a name for the tensor: give it one, such as \"h.3\" or \"time.12\"");
-  if (!recording_ || !t.defined()) return -1;
+  if (!recording_ || measuring || !t.defined()) return -1;
   const std::string group = options.group.empty() ? name.substr(0, name.find('.')) : options.group;
   const int series = trace_.intern(name, SeriesKind::tap, group, shape_of(t));
   if (options.activation != Activation::none) {

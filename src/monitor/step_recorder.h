@@ -109,6 +109,12 @@ class StepRecorder {
   void end_optimizer_step(std::optional<double> returned_loss);
   // The loss scaler's scale now (see Monitor::set_loss_scale).
   void set_loss_scale(double scale);
+  // Sharpness: whether the open step is due a measurement (recorded, the sharpness_every-th,
+  // none taken yet); while `measuring`, forwards name no output and tap nothing.
+  bool sharpness_due() const;
+  bool measuring = false;
+  void set_sharpness(double lambda_max, int products);
+  void set_learning_rate(double lr, double momentum);
   // The closed steps, and the open one marked partial when it is incomplete (no backward yet,
   // or a manual-step Monitor whose step() has not closed it).
   const Trace& snapshot();

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "gradflow/sharpness.h"
 #include "report/figures.h"
 #include "report/report_model.h"
 #include "distributed/report_ranks.h"
@@ -219,6 +220,30 @@ std::vector<std::string> gradient_sentences(const RunRecord& r) {
   return out;
 }
 
+// The sharpness at the steps it was measured, and the stability bound of the step size there.
+std::string sharpness_chart(const RunRecord& r) {
+  LineSeries lambda, bound;
+  lambda.label = "λ_max, the loss Hessian's largest eigenvalue";
+  bound.label = "stability bound (2 + 2·momentum)/lr";
+  bound.dashed = true;
+  for (const auto& st : r.trace.steps()) {
+    if (!st.sharpness) continue;
+    lambda.x.push_back(static_cast<double>(st.step));
+    lambda.y.push_back(*st.sharpness);
+    if (!st.learning_rate) continue;
+    bound.x.push_back(static_cast<double>(st.step));
+    bound.y.push_back(stability_bound(*st.learning_rate, st.momentum));
+  }
+  if (lambda.x.empty()) return "";
+  LineChart c = detail::line_chart("Sharpness against the step size's stability bound", "step", "λ_max (log scale)",
+                                   "Gradient descent follows the gradient flow while λ_max stays below the bound; at the "
+                                   "bound (the edge of stability) the loss falls non-monotonically, past it the step is too "
+                                   "large for the curvature.");
+  c.series.push_back(std::move(lambda));
+  if (!bound.x.empty()) c.series.push_back(std::move(bound));
+  return detail::render(c);
+}
+
 // The global gradient norm per step, produced and applied.
 std::string applied_chart(const RunRecord& r) {
   LineChart c = detail::line_chart("Global gradient norm: produced by backward, applied by the optimizer", "step",
@@ -292,6 +317,7 @@ std::string model_html(const RunRecord& r) {
   out += calls_chart(r, ProfileAxis::calls) + calls_chart(r, ProfileAxis::time);
   out += loss_chart(r);
   if (r.summary.applied) out += applied_chart(r);
+  out += sharpness_chart(r);
   if (!layers.series.empty()) {
     out += per_layer_over_steps(r, layers, detail::line_chart("Parameter-gradient norm per layer over training", "step", "|dL/dW| (log scale)", ""),
                                 [](const StepRecord& st, int s) { return detail::norm_at(st, s); });

@@ -73,6 +73,8 @@ void Trace::add_step(StepRecord step) {
     last.backwards = std::max(last.backwards, step.backwards);
     if (step.step_loss) last.step_loss = step.step_loss;
     if (step.scale_after) last.scale_after = step.scale_after;
+    if (step.sharpness) last.sharpness = step.sharpness, last.sharpness_products = step.sharpness_products;
+    if (step.learning_rate) last.learning_rate = step.learning_rate, last.momentum = step.momentum;
     last.skipped = last.skipped || step.skipped;
     for (auto& r : step.records) {
       auto it = std::find_if(last.records.begin(), last.records.end(),

@@ -180,6 +180,8 @@ Json step_json(const StepRecord& st) {
   if (st.loss_scale) js["loss_scale"] = num(*st.loss_scale);
   if (st.scale_after) js["scale_after"] = num(*st.scale_after);
   if (st.skipped) js["skipped"] = true;
+  if (st.sharpness) js["sharpness"] = {{"lambda_max", num(*st.sharpness)}, {"products", st.sharpness_products}};
+  if (st.learning_rate) js["learning_rate"] = {{"lr", num(*st.learning_rate)}, {"momentum", num(st.momentum)}};
   return js;
 }
 
@@ -276,6 +278,14 @@ StepRecord step_from(const Json& js, int n_series, const std::string& where) {
   st.loss_scale = optional_number(js, "loss_scale");
   st.scale_after = optional_number(js, "scale_after");
   if (auto it = js.find("skipped"); it != js.end() && it->is_boolean()) st.skipped = it->get<bool>();
+  if (auto it = js.find("sharpness"); it != js.end() && it->is_object()) {
+    st.sharpness = optional_number(*it, "lambda_max");
+    st.sharpness_products = it->value("products", 0);
+  }
+  if (auto it = js.find("learning_rate"); it != js.end() && it->is_object()) {
+    st.learning_rate = optional_number(*it, "lr");
+    st.momentum = optional_number(*it, "momentum").value_or(0.0);
+  }
   for (const auto& jr : get_array(js, "records", where)) st.records.push_back(record_from(jr, n_series, where));
   return st;
 }
@@ -351,6 +361,8 @@ void csv_step_labels(std::string& out, const StepRecord& st) {
   if (st.loss_scale) row("loss_scale", *st.loss_scale);
   if (st.scale_after) row("scale_after", *st.scale_after);
   if (st.skipped) row("skipped", 1.0);
+  if (st.sharpness) row("sharpness", *st.sharpness);
+  if (st.learning_rate) row("learning_rate", *st.learning_rate), row("momentum", st.momentum);
 }
 
 // The ranks' local norms in brief, on the record's own row: min, mean and max across ranks.

@@ -114,6 +114,30 @@ TEST_F(TrainTest, OneSeedGivesIdenticalTraces) {
   }
 }
 
+// --sharpness-every: measured at every k-th recorded step on a batch drawn aside, the training
+// itself bit-identical; SGD's step size recorded beside it, no bound for Adam.
+TEST_F(TrainTest, SharpnessIsMeasuredWithoutChangingTraining) {
+  TrainOptions o = quick();
+  o.steps = 8;
+  o.lr = 0.2;
+  const auto spec = resolve_spec("mlp:depth=3,width=16,act=tanh,norm=batch");
+  const RunRecord bare = train(spec, o);
+  o.sharpness_every = 3;
+  const RunRecord r = train(spec, o);
+  EXPECT_EQ(r.loss, bare.loss);
+  for (const auto& st : r.trace.steps()) {
+    EXPECT_EQ(st.sharpness.has_value(), st.step % 3 == 0) << st.step;
+    if (st.sharpness) EXPECT_GT(*st.sharpness, 0.0);
+    EXPECT_EQ(st.learning_rate, 0.2);
+    EXPECT_EQ(st.momentum, o.momentum);
+  }
+  o.optimizer = "adam";
+  o.lr = 1e-3;
+  for (const auto& st : train(spec, o).trace.steps()) EXPECT_FALSE(st.learning_rate.has_value());
+  o.sharpness_every = -1;
+  EXPECT_THROW(train(spec, o), UsageError);
+}
+
 TEST_F(TrainTest, BadTrainerOptionsAreUsageErrors) {
   const auto spec = resolve_spec("mlp:depth=3");
   auto bad = [&](auto mutate) {

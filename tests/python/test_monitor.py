@@ -396,6 +396,67 @@ class ModelFactsTest(unittest.TestCase):
         self.assertIn("no_gradient", kinds)
 
 
+def explicit_hessian(loss, params):
+    """The Hessian of `loss` with respect to `params`, row by row (double backward)."""
+    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, params, create_graph=True)])
+    rows = [torch.cat([r.reshape(-1) for r in torch.autograd.grad(g[i], params, retain_graph=True)]) for i in range(g.numel())]
+    return torch.stack(rows)
+
+
+class SharpnessTest(unittest.TestCase):
+    """sharpness_every=K: λ_max against the explicit Hessian; measuring changes nothing."""
+
+    @staticmethod
+    def train(measure, steps=6, dropout=0.2):
+        torch.manual_seed(3)
+        net = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Dropout(dropout), nn.Linear(5, 1)).double()
+        xf, yf = torch.randn(32, 3, dtype=torch.double), torch.randn(32, 1, dtype=torch.double)
+        fixed = lambda: nn.functional.mse_loss(net(xf), yf)  # noqa: E731
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        options = dict(sharpness_every=2, sharpness_loss=fixed) if measure else {}
+        monitor = gradflow.Monitor(net, optimizer=opt, **options)
+        losses = []
+        for _ in range(steps):
+            x, y = torch.randn(32, 3, dtype=torch.double), torch.randn(32, 1, dtype=torch.double)
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(net(x), y)
+            monitor.watch(loss)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return net, fixed, monitor, losses
+
+    def test_training_is_unchanged_and_the_step_size_recorded(self):
+        bare_net, _, _, bare_losses = self.train(False)
+        net, _, monitor, losses = self.train(True)
+        self.assertEqual(losses, bare_losses)
+        for a, b in zip(list(net.state_dict().values()), list(bare_net.state_dict().values())):
+            self.assertTrue(torch.equal(a, b))
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "trace.json")
+            monitor.save_json(path)
+            with open(path) as f:
+                steps = json.load(f)["steps"]
+        self.assertEqual([s["step"] for s in steps if "sharpness" in s], [0, 2, 4])
+        self.assertTrue(all(s["learning_rate"] == {"lr": 0.1, "momentum": 0.9} for s in steps))
+
+    def test_it_is_the_top_eigenvalue_of_the_explicit_hessian(self):
+        net, fixed, monitor, _ = self.train(True, steps=5, dropout=0.0)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "trace.json")
+            monitor.save_json(path)
+            with open(path) as f:
+                measured = json.load(f)["steps"][4]["sharpness"]["lambda_max"]
+        # The last step's update left the parameters as they are now; BatchNorm's running
+        # statistics are no input of a train-mode forward.
+        top = torch.linalg.eigvalsh(explicit_hessian(fixed(), list(net.parameters()))).max().item()
+        self.assertAlmostEqual(measured, top, delta=1e-4 * abs(top))
+
+    def test_a_sharpness_every_without_a_loss_is_refused(self):
+        with self.assertRaises(gradflow.UsageError):
+            gradflow.Monitor(nn.Linear(2, 1), sharpness_every=2)
+
+
 class SameFindingsAsTheCppApi(unittest.TestCase):
     STEPS, LR = 20, 0.1
 
