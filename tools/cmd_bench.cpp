@@ -187,6 +187,36 @@ class Bench {
       out.emplace_back(r.grad.numel, t.series()[r.series].kind == SeriesKind::parameter);
     return out;
   }
+  // One sharpness measurement on this step's batch against one forward and backward: the
+  // median milliseconds of each over `rounds`, and the products a measurement took.
+  struct SharpnessCost {
+    double measure_ms = 0, backward_ms = 0;
+    int products = 0;
+  };
+  SharpnessCost sharpness_cost(int rounds) {
+    MonitorOptions o;
+    o.with_sharpness(1, [this] { return task_->loss(net_->forward(batch_.x, nullptr), batch_); }).with_auto_step(false);
+    o.activations = false;
+    Monitor mon(*net_, o);
+    std::vector<double> measure, backward;
+    SharpnessCost c;
+    for (int r = 0; r < rounds; ++r) {
+      opt_->zero_grad();
+      const auto t0 = std::chrono::steady_clock::now();
+      auto loss = task_->loss(net_->forward(batch_.x, nullptr), batch_);
+      mon.watch(loss);
+      loss.backward();
+      const auto t1 = std::chrono::steady_clock::now();
+      mon.step();  // measures
+      const auto t2 = std::chrono::steady_clock::now();
+      backward.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+      measure.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+      c.products = mon.trace().steps().back().sharpness_products;
+    }
+    c.measure_ms = median(measure);
+    c.backward_ms = median(backward);
+    return c;
+  }
   const Setup& setup() const { return setup_; }
 
  private:
@@ -257,6 +287,17 @@ nlohmann::json report_mode(Bench& b, const Mode& m, double bare, double mon, dou
   return rec;
 }
 
+// What one sharpness measurement costs, in backward passes (a forward and its backward) and in
+// bare training steps.
+nlohmann::json report_sharpness(Bench& b, double bare_step_ms, int rounds) {
+  const Bench::SharpnessCost c = b.sharpness_cost(rounds);
+  const double passes = c.measure_ms / c.backward_ms;
+  std::printf("%-9s %-16s one measurement %.2f ms: %d Hessian-vector products = %.1f forward+backward passes = %.1f bare steps\n",
+              b.setup().name.c_str(), "sharpness", c.measure_ms, c.products, passes, c.measure_ms / bare_step_ms);
+  return {{"model", b.setup().name}, {"mode", "sharpness"}, {"measure_ms", c.measure_ms}, {"backward_ms", c.backward_ms},
+          {"hessian_vector_products", c.products}, {"backward_passes", passes}, {"bare_steps", c.measure_ms / bare_step_ms}};
+}
+
 }  // namespace
 
 int run_bench(const BenchOptions& o) {
@@ -271,6 +312,7 @@ int run_bench(const BenchOptions& o) {
     const ModeTimes t = time_modes(b, rounds, rng);
     for (std::size_t i = 1; i < kModes.size(); ++i)
       records.push_back(report_mode(b, kModes[i], t.ms[0], t.ms[i], t.ratio[i], rounds));
+    records.push_back(report_sharpness(b, t.ms[0], std::max(3, reps / 3)));
     std::fflush(stdout);
   }
   std::error_code ec;
