@@ -133,7 +133,8 @@ TEST_F(TrainTest, SharpnessIsMeasuredWithoutChangingTraining) {
   }
   o.optimizer = "adam";
   o.lr = 1e-3;
-  for (const auto& st : train(spec, o).trace.steps()) EXPECT_FALSE(st.learning_rate.has_value());
+  const RunRecord adam = train(spec, o);
+  for (const auto& st : adam.trace.steps()) EXPECT_FALSE(st.learning_rate.has_value());
   o.sharpness_every = -1;
   EXPECT_THROW(train(spec, o), UsageError);
 }
