@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include "monitor/sharpness_torch.h"
+
 namespace gradflow::models {
 
 FlatModel::FlatModel(const ResolvedSpec& spec_in, const std::string& task, std::int64_t samples, std::int64_t seq_len,
@@ -25,17 +27,7 @@ FlatModel::FlatModel(const ResolvedSpec& spec_in, const std::string& task, std::
   for (const auto& p : params_) size_ += p.numel();
 }
 
-std::vector<double> FlatModel::flatten(const std::vector<torch::Tensor>& tensors) const {
-  std::vector<double> flat;
-  flat.reserve(static_cast<std::size_t>(size_));
-  for (std::size_t k = 0; k < params_.size(); ++k) {
-    const auto c = tensors[k].defined() ? tensors[k].detach().contiguous() : torch::zeros_like(params_[k]);
-    flat.insert(flat.end(), c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-  }
-  return flat;
-}
-
-std::vector<double> FlatModel::theta() const { return flatten(params_); }
+std::vector<double> FlatModel::theta() const { return detail::flatten_to_host(params_, params_); }
 
 void FlatModel::set_theta(const std::vector<double>& th) {
   torch::NoGradGuard g;
@@ -53,32 +45,14 @@ LossGradient FlatModel::loss_gradient() {
     set_theta(th);
     const auto loss = loss_now();
     const auto g = torch::autograd::grad({loss}, params_, {}, false, false, /*allow_unused=*/true);
-    grad = flatten(g);
+    grad = detail::flatten_to_host(g, params_);
     return loss.item<double>();
   };
 }
 
 HessianVectorProduct FlatModel::hessian_at(const std::vector<double>& th) {
   set_theta(th);
-  // The gradient's graph, built once and differentiated along each v.
-  auto loss = std::make_shared<torch::Tensor>(loss_now());
-  auto grads = std::make_shared<std::vector<torch::Tensor>>(
-      torch::autograd::grad({*loss}, params_, {}, /*retain_graph=*/true, /*create_graph=*/true, /*allow_unused=*/true));
-  return [this, loss, grads](const std::vector<double>& v, std::vector<double>& hv) {
-    std::vector<torch::Tensor> outputs, directions;
-    std::size_t off = 0;
-    for (std::size_t k = 0; k < params_.size(); ++k) {
-      const auto n = static_cast<std::size_t>(params_[k].numel());
-      if ((*grads)[k].defined() && (*grads)[k].requires_grad()) {
-        outputs.push_back((*grads)[k]);
-        directions.push_back(torch::from_blob(const_cast<double*>(v.data() + off), params_[k].sizes(), torch::kDouble).clone());
-      }
-      off += n;
-    }
-    hv = outputs.empty() ? std::vector<double>(v.size(), 0.0)
-                         : flatten(torch::autograd::grad(outputs, params_, directions, /*retain_graph=*/true, false,
-                                                         /*allow_unused=*/true));
-  };
+  return detail::hessian_vector_product(loss_now(), params_);
 }
 
 std::pair<std::vector<double>, std::vector<double>> FlatModel::layer_scaled_directions() {
@@ -90,7 +64,7 @@ std::pair<std::vector<double>, std::vector<double>> FlatModel::layer_scaled_dire
       const double rn = r.norm().item<double>();
       d->push_back((pn > 0 && rn > 0) ? r * (pn / rn) : torch::zeros_like(p));
     }
-  return {flatten(d1), flatten(d2)};
+  return {detail::flatten_to_host(d1, params_), detail::flatten_to_host(d2, params_)};
 }
 
 Sharpness FlatModel::sharpness_at(const std::vector<double>& th, const SharpnessOptions& options) {

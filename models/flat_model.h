@@ -44,7 +44,6 @@ class FlatModel {
 
  private:
   torch::Tensor loss_now();
-  std::vector<double> flatten(const std::vector<torch::Tensor>& tensors) const;
 
   std::unique_ptr<Task> task_;
   std::shared_ptr<Network> net_;

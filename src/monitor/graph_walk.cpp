@@ -219,23 +219,28 @@ bool consumes_any(const WalkNode& w, const std::vector<int>& modules, const Para
   });
 }
 
-// The nearest nodes above `from` that apply a parameter, searched without passing one; of those
-// that apply a parameter of `inner`, the latest; -1 when none does.
-int next_inner_consumer(const std::vector<WalkNode>& nodes, int from, const std::vector<int>& inner, const ParamLookup& params) {
-  int best = -1;
+// Visits each node above `from` once, going on above a node while `visit` returns true for it.
+template <class Visit>
+void search_up(const std::vector<WalkNode>& nodes, int from, Visit visit) {
   std::vector<int> stack = nodes[from].parents;
   std::unordered_set<int> seen;
   while (!stack.empty()) {
     const int n = stack.back();
     stack.pop_back();
-    if (!seen.insert(n).second) continue;
-    const WalkNode& w = nodes[n];
-    if (w.consumed.empty()) {
-      stack.insert(stack.end(), w.parents.begin(), w.parents.end());
-    } else if (consumes_any(w, inner, params) && (best < 0 || w.seq > nodes[best].seq)) {
-      best = n;
-    }
+    if (seen.insert(n).second && visit(n)) stack.insert(stack.end(), nodes[n].parents.begin(), nodes[n].parents.end());
   }
+}
+
+// The nearest nodes above `from` that apply a parameter, searched without passing one; of those
+// that apply a parameter of `inner`, the latest; -1 when none does.
+int next_inner_consumer(const std::vector<WalkNode>& nodes, int from, const std::vector<int>& inner, const ParamLookup& params) {
+  int best = -1;
+  search_up(nodes, from, [&](int n) {
+    const WalkNode& w = nodes[n];
+    if (w.consumed.empty()) return true;
+    if (consumes_any(w, inner, params) && (best < 0 || w.seq > nodes[best].seq)) best = n;
+    return false;
+  });
   return best;
 }
 
@@ -262,18 +267,12 @@ int layer_sequence(const std::vector<WalkNode>& nodes, const std::vector<int>& o
   const auto first = std::find_if(order.begin(), order.end(), [&](int i) { return applies_hh(nodes[i]); });
   if (first == order.end()) return -1;
   int best = -1;
-  std::vector<int> stack = nodes[*first].parents;
-  std::unordered_set<int> seen;
-  while (!stack.empty()) {
-    const int n = stack.back();
-    stack.pop_back();
-    if (!seen.insert(n).second || !nodes[n].consumed.empty()) continue;
-    if (nodes[n].node->name() == "StackBackward0") {
-      if (best < 0 || nodes[n].seq < nodes[best].seq) best = n;
-      continue;
-    }
-    stack.insert(stack.end(), nodes[n].parents.begin(), nodes[n].parents.end());
-  }
+  search_up(nodes, *first, [&](int n) {
+    if (!nodes[n].consumed.empty()) return false;
+    if (nodes[n].node->name() != "StackBackward0") return true;
+    if (best < 0 || nodes[n].seq < nodes[best].seq) best = n;
+    return false;
+  });
   return best;
 }
 

@@ -36,7 +36,9 @@ class Restore {
   at::Tensor rng_;
 };
 
-std::vector<double> flatten(const std::vector<at::Tensor>& tensors, const std::vector<at::Tensor>& like) {
+}  // namespace
+
+std::vector<double> flatten_to_host(const std::vector<at::Tensor>& tensors, const std::vector<at::Tensor>& like) {
   std::vector<double> flat;
   for (std::size_t k = 0; k < like.size(); ++k) {
     const auto t = (tensors[k].defined() ? tensors[k].detach() : torch::zeros_like(like[k])).to(torch::kCPU, torch::kDouble).contiguous();
@@ -45,16 +47,9 @@ std::vector<double> flatten(const std::vector<at::Tensor>& tensors, const std::v
   return flat;
 }
 
-}  // namespace
-
-Sharpness measure_sharpness(const std::function<at::Tensor()>& loss_fn, const std::vector<at::Tensor>& params,
-                            const std::vector<at::Tensor>& buffers, const SharpnessOptions& options) {
-  const Restore restore(buffers);
-  const at::Tensor loss = loss_fn();
-  if (!loss.defined() || loss.numel() != 1 || !loss.requires_grad())
-    throw UsageError("the sharpness loss must return a scalar that depends on the model's parameters (the loss on a fixed batch)");
+HessianVectorProduct hessian_vector_product(const at::Tensor& loss, const std::vector<at::Tensor>& params) {
   const auto grads = torch::autograd::grad({loss}, params, {}, /*retain_graph=*/true, /*create_graph=*/true, /*allow_unused=*/true);
-  std::vector<at::Tensor> outputs, inputs;
+  std::vector<at::Tensor> outputs;
   std::vector<std::size_t> offsets;
   std::size_t n = 0;
   for (std::size_t k = 0; k < params.size(); ++k) {
@@ -64,7 +59,7 @@ Sharpness measure_sharpness(const std::function<at::Tensor()>& loss_fn, const st
     }
     n += static_cast<std::size_t>(params[k].numel());
   }
-  const HessianVectorProduct hvp = [&](const std::vector<double>& v, std::vector<double>& hv) {
+  return [outputs, offsets, params](const std::vector<double>& v, std::vector<double>& hv) {
     if (outputs.empty()) {
       hv.assign(v.size(), 0.0);
       return;
@@ -75,9 +70,19 @@ Sharpness measure_sharpness(const std::function<at::Tensor()>& loss_fn, const st
       const auto host = torch::from_blob(const_cast<double*>(v.data() + offsets[j]), g.sizes(), torch::kDouble);
       directions.push_back(host.to(g.device(), g.scalar_type()));
     }
-    hv = flatten(torch::autograd::grad(outputs, params, directions, /*retain_graph=*/true, false, /*allow_unused=*/true), params);
+    hv = flatten_to_host(torch::autograd::grad(outputs, params, directions, /*retain_graph=*/true, false, /*allow_unused=*/true), params);
   };
-  return top_hessian_eigenvalue(hvp, n, options);
+}
+
+Sharpness measure_sharpness(const std::function<at::Tensor()>& loss_fn, const std::vector<at::Tensor>& params,
+                            const std::vector<at::Tensor>& buffers, const SharpnessOptions& options) {
+  const Restore restore(buffers);
+  const at::Tensor loss = loss_fn();
+  if (!loss.defined() || loss.numel() != 1 || !loss.requires_grad())
+    throw UsageError("the sharpness loss must return a scalar that depends on the model's parameters (the loss on a fixed batch)");
+  std::size_t n = 0;
+  for (const auto& p : params) n += static_cast<std::size_t>(p.numel());
+  return top_hessian_eigenvalue(hessian_vector_product(loss, params), n, options);
 }
 
 }  // namespace gradflow::detail
