@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "gradflow/error.h"
+#include "models/transformer.h"
 
 namespace gradflow::models {
 
@@ -316,6 +317,7 @@ std::shared_ptr<Network> make_network(const ResolvedSpec& spec, std::int64_t inp
   if (spec.family == "mlp") return std::make_shared<MlpNet>(spec, input_dim, output_dim);
   if (spec.family == "cnn") return std::make_shared<CnnNet>(spec, input_dim, output_dim);
   if (spec.family == "rnn") return std::make_shared<RnnNet>(spec, input_dim, output_dim);
+  if (spec.family == "transformer") return make_transformer(spec, input_dim, output_dim);
   throw UsageError("unknown family '" + spec.family + "'");
 }
 

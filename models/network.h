@@ -16,12 +16,14 @@ namespace gradflow::models {
 /// A weight layer of a built-in network, in forward order.
 struct LayerInfo {
   std::string name;  ///< module path, as in the trace ("fc3", "conv2")
-  std::string kind;  ///< "linear", "conv", "recurrent", "norm"
-  int depth = 0;     ///< 1-based position among weight layers
+  std::string kind;  ///< "linear", "conv", "recurrent", "attention"
+  /// 1-based position among weight layers; a Transformer's block number (its embedding 0).
+  int depth = 0;
 };
 
 /// A built-in network. forward() taps its hidden states into the Monitor when one is given:
-/// `h.1` ... `h.{depth-1}` for feed-forward nets, `time.1` ... `time.T` (and `cell.t` for the
+/// `h.1` ... `h.{depth-1}` for feed-forward nets (`h.1` ... `h.{depth}`, the blocks' outputs,
+/// for the Transformer), `time.1` ... `time.T` (and `cell.t` for the
 /// LSTM's cell state) for recurrent ones.
 class Network : public torch::nn::Module {
  public:

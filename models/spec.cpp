@@ -118,6 +118,13 @@ void check_value(const FamilyDef& fam, const OptionDef& o, const std::string& va
   }
 }
 
+// Options whose valid values depend on each other.
+void check_together(const ResolvedSpec& r) {
+  if (r.family == "transformer" && r.get_int("width") % r.get_int("heads") != 0)
+    throw UsageError("heads=" + r.get("heads") + " does not divide width=" + r.get("width") +
+                     ": choose a width that is a multiple of the number of heads");
+}
+
 }  // namespace
 
 Spec parse_spec(const std::string& text_in) {
@@ -190,6 +197,20 @@ const std::vector<FamilyDef>& families() {
         choice("dtype", "float32", kDtypes, "parameter and data type"),
     };
     v.push_back(rnn);
+    FamilyDef tf{"transformer",
+                 "Transformer encoder: depth blocks of multi-head self-attention and a ReLU MLP (4 x width), "
+                 "sinusoidal positions, a linear read-out at every position",
+                 "count", {}};
+    tf.options = {
+        integer("depth", "6", 1, 96, "encoder blocks"),
+        integer("width", "64", 2, 4096, "model width d (the MLP's hidden layer is 4 d)"),
+        integer("heads", "4", 1, 64, "attention heads; must divide width"),
+        remedy(choice("ln", "post", {"post", "pre"},
+                      "LayerNorm after each residual addition (post) or at the start of each branch (pre)")),
+        remedy(integer("warmup", "0", 0, 1000000, "linear learning-rate warm-up over this many steps (0: none)")),
+        choice("dtype", "float32", kDtypes, "parameter and data type"),
+    };
+    v.push_back(tf);
     return v;
   }();
   return f;
@@ -211,6 +232,8 @@ const std::vector<Preset>& presets() {
       {"irnn", "rnn:cell=rnn_relu,hidden=64,init=identity", "ReLU RNN with identity recurrent init (IRNN)"},
       {"lstm", "rnn:cell=lstm,hidden=64", "LSTM"},
       {"gru", "rnn:cell=gru,hidden=64", "GRU"},
+      {"post_ln", "transformer:depth=6,width=64,heads=4,ln=post", "Transformer with post-LN, the original placement"},
+      {"pre_ln", "transformer:depth=6,width=64,heads=4,ln=pre", "Transformer with pre-LN (LayerNorm inside the residual branch)"},
   };
   return p;
 }
@@ -248,7 +271,24 @@ std::string ResolvedSpec::canonical() const {
 
 std::string ResolvedSpec::label() const { return preset.empty() ? canonical() : preset; }
 
+namespace {
+
+// Every Transformer block adds its branches to the stream; its weights start Xavier-uniform.
+ModelTraits transformer_traits(const ResolvedSpec& s) {
+  ModelTraits t;
+  t.activation = Activation::relu;
+  t.init = InitSpec{Init::xavier_uniform, 0.0};
+  t.norm = Norm::layer;
+  t.residual = true;
+  t.norm_placement = norm_placement_from_string(s.get("ln"));
+  t.warmup_steps = s.get_int("warmup");
+  return t;
+}
+
+}  // namespace
+
 ModelTraits ResolvedSpec::traits() const {
+  if (family == "transformer") return transformer_traits(*this);
   ModelTraits t;
   t.recurrent = family == "rnn";
   t.init = init_from_string(get("init"));
@@ -329,6 +369,7 @@ ResolvedSpec resolve_spec(const std::string& text) {
     check_value(*fam, *def, v);
     r.values[k] = v;
   }
+  check_together(r);
   return r;
 }
 
@@ -340,6 +381,10 @@ std::int64_t estimate_parameters(const ResolvedSpec& s, std::int64_t in, std::in
   if (s.family == "cnn") {
     const std::int64_t d = s.get_int("depth"), c = s.get_int("channels");
     return 3 * c * 9 + (d - 2) * (c * c * 9 + 3 * c) + c * out + out;
+  }
+  if (s.family == "transformer") {
+    const std::int64_t d = s.get_int("width"), blocks = s.get_int("depth");
+    return in * d + d + blocks * (12 * d * d + 13 * d) + 2 * d + d * out + out;
   }
   const std::int64_t h = s.get_int("hidden"), l = s.get_int("layers");
   const std::string cell = s.get("cell");

@@ -166,6 +166,47 @@ class CopyTask : public Task {
   TaskOptions o_;
 };
 
+// Token counting: a sequence of T tokens from 8 symbols; the answer at every position is how many
+// other positions hold its token. Each position must look at all the others: self-attention's
+// task, not a recurrence's.
+class CountTask : public Task {
+ public:
+  static constexpr std::int64_t kSymbols = 8;
+  explicit CountTask(const TaskOptions& o) : o_(o) {}
+  std::string name() const override { return "count"; }
+  std::int64_t input_dim() const override { return kSymbols; }
+  std::int64_t output_dim() const override { return o_.seq_len; }  // counts 0 .. T-1
+  bool sequential() const override { return true; }
+  Batch sample(std::int64_t b) override {
+    auto tokens = torch::randint(0, kSymbols, {b, o_.seq_len}, torch::kLong);
+    auto counts = tokens.unsqueeze(2).eq(tokens.unsqueeze(1)).sum(2) - 1;
+    return {torch::one_hot(tokens, kSymbols).to(o_.dtype), counts};
+  }
+  torch::Tensor loss(const torch::Tensor& out, const Batch& b) const override {
+    return torch::nn::functional::cross_entropy(out.reshape({-1, out.size(-1)}), b.y.reshape({-1}));
+  }
+  torch::Tensor accuracy(const torch::Tensor& out, const Batch& b) const override { return class_accuracy(out, b.y); }
+  // The best constant answer is the count's own distribution, Binomial(T-1, 1/8): its entropy.
+  double baseline_loss() const override {
+    const auto n = static_cast<double>(o_.seq_len - 1);
+    const double p = 1.0 / kSymbols;
+    double h = 0;
+    for (std::int64_t k = 0; k < o_.seq_len; ++k) {
+      const double log_pk = std::lgamma(n + 1) - std::lgamma(k + 1.0) - std::lgamma(n - k + 1) + k * std::log(p) +
+                            (n - k) * std::log1p(-p);
+      h -= std::exp(log_pk) * log_pk;
+    }
+    return h;
+  }
+  std::string describe() const override {
+    return "token counting: " + std::to_string(o_.seq_len) + " tokens of " + std::to_string(kSymbols) +
+           " symbols; at every position, how often its token occurs elsewhere";
+  }
+
+ private:
+  TaskOptions o_;
+};
+
 }  // namespace
 
 const std::vector<TaskInfo>& tasks() {
@@ -175,9 +216,12 @@ const std::vector<TaskInfo>& tasks() {
       {"images", "cnn", "3x8x8 images: class templates plus noise"},
       {"adding", "rnn", "adding problem: sum the two marked values of a length-T sequence"},
       {"copy", "rnn", "copy memory: reproduce 10 symbols after a delay of T steps"},
+      {"count", "transformer", "token counting: at every position, how often its token occurs elsewhere"},
   };
   return t;
 }
+
+bool sequence_family(const std::string& family) { return family == "rnn" || family == "transformer"; }
 
 std::unique_ptr<Task> make_task(const TaskOptions& o, const std::string& family) {
   const TaskInfo* info = nullptr;
@@ -188,8 +232,7 @@ std::unique_ptr<Task> make_task(const TaskOptions& o, const std::string& family)
     for (const auto& t : tasks()) names += (names.empty() ? "" : ", ") + t.name;
     throw UsageError("unknown task '" + o.name + "': choose one of " + names);
   }
-  const bool seq = info->family == "rnn";
-  if (seq != (family == "rnn"))
+  if (sequence_family(info->family) != sequence_family(family))
     throw UsageError("task '" + o.name + "' is for " + info->family + " models, not " + family +
                      ": choose a task made for " + family);
   if (o.seq_len < 1 || o.seq_len > 100000)
@@ -203,6 +246,7 @@ std::unique_ptr<Task> make_task(const TaskOptions& o, const std::string& family)
   if (o.name == "mixture") return std::make_unique<MixtureTask>(o);
   if (o.name == "images") return std::make_unique<ImagesTask>(o);
   if (o.name == "adding") return std::make_unique<AddingTask>(o);
+  if (o.name == "count") return std::make_unique<CountTask>(o);
   return std::make_unique<CopyTask>(o);
 }
 

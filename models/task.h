@@ -19,8 +19,8 @@ struct Batch {
 
 /// Options of a task; not every task reads every field.
 struct TaskOptions {
-  std::string name;          ///< teacher | mixture | images | adding | copy
-  std::int64_t seq_len = 50; ///< T for adding; the delay for copy
+  std::string name;          ///< teacher | mixture | images | adding | copy | count
+  std::int64_t seq_len = 50; ///< T for adding and count; the delay for copy
   std::int64_t inputs = 32;  ///< input features (teacher, mixture)
   std::int64_t classes = 10; ///< classes (teacher, mixture, images)
   double noise = 0.1;        ///< label noise (teacher) or input noise scale (mixture, images)
@@ -51,6 +51,9 @@ struct TaskInfo {
   std::string name, family, help;
 };
 const std::vector<TaskInfo>& tasks();
+
+/// Whether the family reads sequences ([batch, T, features], an answer at every step).
+bool sequence_family(const std::string& family);
 
 /// Builds a task; throws gradflow::UsageError for an unknown name or bad options, and when the
 /// task does not fit the family (a sequence task for an MLP).

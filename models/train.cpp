@@ -34,9 +34,9 @@ struct OptimizerChoice {
 };
 
 OptimizerChoice choose_optimizer(const ResolvedSpec& spec, const TrainOptions& o) {
-  const bool rnn = spec.family == "rnn";
+  const bool sequences = sequence_family(spec.family);
   OptimizerChoice c;
-  c.name = !o.optimizer.empty() ? o.optimizer : (rnn ? "adam" : "sgd");
+  c.name = !o.optimizer.empty() ? o.optimizer : (sequences ? "adam" : "sgd");
   c.lr = o.lr ? *o.lr : (c.name == "adam" ? 3e-3 : 0.05);
   return c;
 }
@@ -180,6 +180,13 @@ Batch aside_batch(Task& task, std::int64_t n) {
   return b;
 }
 
+// Linear warm-up: step s (from 0) trains at lr · min(1, (s + 1) / steps).
+void set_warmup_lr(torch::optim::Optimizer& opt, double lr, std::int64_t warmup_steps, std::int64_t step) {
+  if (warmup_steps <= 0 || step > warmup_steps) return;
+  const double now = lr * std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(warmup_steps));
+  for (auto& group : opt.param_groups()) group.options().set_lr(now);
+}
+
 MonitorOptions monitor_options(const ResolvedSpec& spec, const TrainOptions& o) {
   MonitorOptions mo;
   mo.every = o.every;
@@ -253,6 +260,7 @@ RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
         break;
       }
       const Batch b = shard_of(task->sample(o.batch), dp);
+      set_warmup_lr(*opt, choice.lr, r.traits.warmup_steps, step);
       opt->zero_grad();
       torch::Tensor out = net->forward(b.x, &mon);
       torch::Tensor loss = task->loss(out, b);

@@ -74,9 +74,11 @@ ModelTraits traits_from_dict(const py::dict& d) {
     else if (k == "clip_norm") t.clip_norm = value.cast<double>();
     else if (k == "clip_value") t.clip_value = value.cast<double>();
     else if (k == "forget_bias") t.forget_bias = value.cast<double>();
+    else if (k == "norm_placement") t.norm_placement = norm_placement_from_string(py::str(value).cast<std::string>());
+    else if (k == "warmup_steps") t.warmup_steps = value.cast<std::int64_t>();
     else
       throw UsageError("traits= has no '" + k + "': give some of activation, init, norm, cell, residual, recurrent, "
-                       "adversarial, clip_norm, clip_value, forget_bias");
+                       "adversarial, clip_norm, clip_value, forget_bias, norm_placement, warmup_steps");
   }
   return t;
 }

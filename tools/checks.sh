@@ -85,7 +85,7 @@ cmake --build "$build-asan" -j "$jobs" --target gradflow_core_tests gradflow_tes
 export ASAN_OPTIONS=detect_leaks=1:detect_container_overflow=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 "$build-asan/tests/gradflow_core_tests" --gtest_brief=1
-"$build-asan/tests/gradflow_tests" --gtest_brief=1 --gtest_filter='-TrainTest.TrainedGatedCellsCarryGradientAcrossTimeAndLearn'
+"$build-asan/tests/gradflow_tests" --gtest_brief=1 --gtest_filter='-TrainTest.TrainedGatedCellsCarryGradientAcrossTimeAndLearn:FlowRunTest.FullBatchDescentRisesToTheEdgeOfStabilityAndStaysThere'
 "$build-asan/tests/gradflow_cli_tests" --gtest_brief=1
 unset ASAN_OPTIONS UBSAN_OPTIONS
 

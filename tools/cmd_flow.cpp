@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdlib>
 
+#include <fmt/format.h>
+
 #include "common.h"
 #include "gradflow/atomic_file.h"
 #include "gradflow/error.h"
@@ -24,11 +26,18 @@ std::vector<double> parse_lrs(const std::string& text) {
   return v;
 }
 
-// When a run's sharpness reached 2/lr: "t = 3.2", "no (max 1.4)", or "-" when not measured.
+// When a run's sharpness reached 2/lr: "t = 3.2", "no (lambda_max <= 94.5)", or "-" when not measured.
 std::string edge_words(const DescentVsFlow& d) {
   if (d.sharpness.empty()) return "-";
   if (d.edge_at) return "t = " + sci(*d.edge_at);
-  return "no (max " + sci(*std::max_element(d.sharpness.begin(), d.sharpness.end())) + ")";
+  return "no (lambda_max <= " + sci(*std::max_element(d.sharpness.begin(), d.sharpness.end())) + ")";
+}
+
+// Where the sharpness ended against 2/lr: "193 = 0.97 x 2/lr", or "-".
+std::string final_sharpness_words(const DescentVsFlow& d) {
+  const auto s = d.final_sharpness();
+  if (!s) return "-";
+  return fmt::format("{:.3g} = {:.2f} x 2/lr", *s, *s * d.lr / 2.0);
 }
 
 int run_flow_cmd(const FlowCliOptions& in) {
@@ -45,11 +54,11 @@ int run_flow_cmd(const FlowCliOptions& in) {
   std::printf("Dormand-Prince 5(4): %lld steps, %lld rejected, %lld gradient evaluations; loss %.4g -> %.4g\n\n",
               static_cast<long long>(r.stats.accepted), static_cast<long long>(r.stats.rejected), static_cast<long long>(r.stats.evaluations),
               r.flow_loss.front(), r.flow_loss.back());
-  std::printf("  %-8s %-7s %-14s %-14s %-14s %-24s %s\n", "lr", "steps", "max distance", "final dist.", "max loss gap",
-              "lr*lambda_max reaches 2", "leaves the flow");
+  std::printf("  %-8s %-7s %-14s %-14s %-14s %-28s %-24s %s\n", "lr", "steps", "max distance", "final dist.", "max loss gap",
+              "lr*lambda_max reaches 2", "lambda_max, last fifth", "leaves the flow");
   for (const auto& d : r.runs)
-    std::printf("  %-8g %-7lld %-14.3g %-14.3g %-14.3g %-24s %s\n", d.lr, static_cast<long long>(d.steps), d.max_distance,
-                d.final_distance, d.max_loss_gap, edge_words(d).c_str(),
+    std::printf("  %-8g %-7lld %-14.3g %-14.3g %-14.3g %-28s %-24s %s\n", d.lr, static_cast<long long>(d.steps), d.max_distance,
+                d.final_distance, d.max_loss_gap, edge_words(d).c_str(), final_sharpness_words(d).c_str(),
                 d.departs_at ? (std::string("at t = ") + sci(*d.departs_at) + ": " + d.departs_why + (d.diverged ? "; diverged" : "")).c_str()
                              : "no");
   if (r.sharpness_measurements > 0)

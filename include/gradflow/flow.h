@@ -65,6 +65,11 @@ struct DescentVsFlow {
   std::vector<double> sharpness_t, sharpness;
   /// First measured time at which lr·λ_max reached 2: GD is past the stability bound there.
   std::optional<double> edge_at;
+
+  /// Where the sharpness ended: the mean λ_max of the measurements in the last fifth of the run
+  /// (at the edge of stability GD's sharpness alternates between two values about 2/lr, so one
+  /// measurement is not the level). Empty when none was taken there.
+  std::optional<double> final_sharpness() const;
 };
 
 /// Runs gradient descent with each learning rate for round(T/lr) steps and compares it with the

@@ -3,6 +3,7 @@
 /// What is known of a model's architecture, typed: what the diagnosis chooses remedies from and
 /// what a comparison pairs runs by. No LibTorch.
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -36,15 +37,20 @@ struct InitSpec {
 enum class Norm { none, batch, layer };
 /// Recurrent cells.
 enum class Cell { none, rnn_tanh, rnn_relu, lstm, gru };
+/// Where a Transformer block's LayerNorm sits: after each residual addition (post-LN, the
+/// original Transformer's) or at the start of each residual branch (pre-LN, Xiong et al. 2020).
+enum class NormPlacement { none, post, pre };
 
 /// Names as used in specs and JSON ("he_normal", "normal:0.01", "batch", "lstm", ...).
 std::string to_string(const InitSpec& init);
 const char* to_string(Norm norm);
 const char* to_string(Cell cell);
+const char* to_string(NormPlacement placement);
 /// Inverses of to_string; throw gradflow::Error naming the text and the valid names.
 InitSpec init_from_string(const std::string& name);
 Norm norm_from_string(const std::string& name);
 Cell cell_from_string(const std::string& name);
+NormPlacement norm_placement_from_string(const std::string& name);
 
 /// Scale-preserving initialisations: He for ReLU-like units, Xavier for squashing ones.
 bool is_he(const InitSpec& init);
@@ -64,6 +70,8 @@ struct ModelTraits {
   double clip_value = 0.0;  ///< gradient clipping by value (0: off)
   std::optional<double> forget_bias;  ///< LSTM forget-gate bias; unset: LibTorch's default
   double recurrent_scale = 0.0;       ///< largest singular value the recurrent matrix was set to (0: untouched)
+  NormPlacement norm_placement = NormPlacement::none;  ///< Transformer blocks' LayerNorm
+  std::int64_t warmup_steps = 0;      ///< linear learning-rate warm-up over this many steps (0: none)
   /// The loss is one player's objective in a game (a GAN's generator or discriminator): it
   /// rises and falls by design, so the loss-trend rules (stalled, rising, oscillating) do not
   /// apply to it. Gradient findings still do.

@@ -19,6 +19,8 @@ enum class VerdictAxis {
   depth,      ///< dL/dh across layers, at initialization
   time,       ///< dL/dh across time steps, after training
   stability,  ///< whether the loss stayed finite (gradient clipping)
+  profile,    ///< Transformer blocks' weight gradients across depth, at initialization
+  training,   ///< the loss at the end of training (learning-rate warm-up)
 };
 const char* to_string(VerdictAxis axis);
 
@@ -30,6 +32,9 @@ struct Verdict {
   VerdictAxis axis = VerdictAxis::depth;
   std::optional<double> with_log10, without_log10;            ///< depth: at init; time: after training
   std::optional<double> with_init_log10, without_init_log10;  ///< time: at initialization
+  /// profile: log10 of the last block's gradient over the first's (in with_log10, without_log10)
+  /// and the last block's gradient norm here; training: the mean loss over the last tenth.
+  std::optional<double> with_value, without_value;
   bool confirms = false;      ///< the remedy helped, as the literature says it should
   std::string text;           ///< one sentence with the figures
 };

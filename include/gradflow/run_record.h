@@ -43,11 +43,14 @@ struct SweepPoint {
   double value = 0;  ///< the depth or sequence length of this run
 };
 
+/// The kind of a Transformer block's attention weights: a depth holding one is a block.
+inline constexpr const char* kAttentionLayerKind = "attention";
+
 /// A weight layer in forward order.
 struct LayerEntry {
-  std::string name;
-  std::string kind;
-  int depth = 0;
+  std::string name;  ///< module path: its weight is the parameter `name + ".weight"`
+  std::string kind;  ///< "linear", "conv", "recurrent", kAttentionLayerKind
+  int depth = 0;     ///< 1-based position among weight layers; a Transformer's block number
 };
 
 /// Everything one run produced.

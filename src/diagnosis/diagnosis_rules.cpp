@@ -19,6 +19,12 @@ std::string vanishing_remedy(const ModelTraits& t) {
              "forget bias to 1; orthogonal recurrent init helps at the start";
     return "use an LSTM or GRU cell; orthogonal or identity (IRNN) recurrent init";
   }
+  // Post-LN's lower blocks lose their gradient once the LayerNorms after the residual additions
+  // grow the upper blocks' share (Liu et al. 2020); the fixes are the Transformer's own.
+  if (t.norm_placement == NormPlacement::post)
+    return t.warmup_steps > 0 ? "pre-LN (LayerNorm at the start of each residual branch), or a longer warm-up"
+                              : "a learning-rate warm-up, or pre-LN (LayerNorm at the start of each residual branch)";
+  if (t.norm_placement == NormPlacement::pre) return "a smaller learning rate or a longer warm-up";
   std::vector<std::string> r;
   if (is_squashing(t.activation)) r.push_back("ReLU activations with He initialisation");
   else if (t.activation == Activation::relu && !is_he(t.init)) r.push_back("He initialisation");

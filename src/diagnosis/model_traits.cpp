@@ -27,6 +27,8 @@ constexpr Named<Init> kInits[] = {
 constexpr Named<Norm> kNorms[] = {{Norm::none, "none"}, {Norm::batch, "batch"}, {Norm::layer, "layer"}};
 constexpr Named<Cell> kCells[] = {
     {Cell::none, ""}, {Cell::rnn_tanh, "rnn_tanh"}, {Cell::rnn_relu, "rnn_relu"}, {Cell::lstm, "lstm"}, {Cell::gru, "gru"}};
+constexpr Named<NormPlacement> kPlacements[] = {
+    {NormPlacement::none, "none"}, {NormPlacement::post, "post"}, {NormPlacement::pre, "pre"}};
 constexpr const char* kNormalPrefix = "normal:";
 
 template <class E, std::size_t N>
@@ -45,6 +47,7 @@ std::string to_string(const InitSpec& init) {
 }
 const char* to_string(Norm norm) { return name_of(kNorms, norm); }
 const char* to_string(Cell cell) { return name_of(kCells, cell); }
+const char* to_string(NormPlacement placement) { return name_of(kPlacements, placement); }
 
 InitSpec init_from_string(const std::string& name) {
   if (name.rfind(kNormalPrefix, 0) == 0) {
@@ -59,6 +62,9 @@ InitSpec init_from_string(const std::string& name) {
 }
 Norm norm_from_string(const std::string& name) { return parse(kNorms, name, "norm"); }
 Cell cell_from_string(const std::string& name) { return parse(kCells, name, "cell"); }
+NormPlacement norm_placement_from_string(const std::string& name) {
+  return parse(kPlacements, name, "LayerNorm placement");
+}
 
 bool is_he(const InitSpec& i) { return i.kind == Init::he_normal || i.kind == Init::he_uniform; }
 bool is_xavier(const InitSpec& i) { return i.kind == Init::xavier_normal || i.kind == Init::xavier_uniform; }

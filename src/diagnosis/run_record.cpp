@@ -237,6 +237,8 @@ ModelTraits traits_from(const Json& j) {
   t.recurrent_scale = get_num_or(j, "recurrent_scale", 0.0);
   if (auto it = j.find("forget_bias"); it != j.end() && it->is_number()) t.forget_bias = it->get<double>();
   t.adversarial = j.value("adversarial", false);
+  t.norm_placement = norm_placement_from_string(j.value("norm_placement", "none"));
+  t.warmup_steps = j.value("warmup_steps", std::int64_t{0});
   return t;
 }
 
@@ -315,7 +317,8 @@ std::string run_to_json(const RunRecord& r, int indent) {
   Json traits = {{"recurrent", t.recurrent},   {"cell", to_string(t.cell)},       {"activation", to_string(t.activation)},
                  {"init", to_string(t.init)},  {"norm", to_string(t.norm)},       {"residual", t.residual},
                  {"clip_norm", num(t.clip_norm)}, {"clip_value", num(t.clip_value)}, {"recurrent_scale", num(t.recurrent_scale)},
-                 {"forget_bias", t.forget_bias ? num(*t.forget_bias) : Json(nullptr)}, {"adversarial", t.adversarial}};
+                 {"forget_bias", t.forget_bias ? num(*t.forget_bias) : Json(nullptr)}, {"adversarial", t.adversarial},
+                 {"norm_placement", to_string(t.norm_placement)}, {"warmup_steps", t.warmup_steps}};
   Json j = {{"schema", kRunSchema},
             {"spec", r.spec},
             {"label", r.label},

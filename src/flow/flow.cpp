@@ -176,6 +176,16 @@ std::vector<DescentVsFlow> compare_descent_with_flow(const LossGradient& f, cons
   return out;
 }
 
+std::optional<double> DescentVsFlow::final_sharpness() const {
+  const double from = 0.8 * lr * static_cast<double>(steps);
+  double sum = 0;
+  int n = 0;
+  for (std::size_t k = 0; k < sharpness.size() && k < sharpness_t.size(); ++k)
+    if (sharpness_t[k] >= from) sum += sharpness[k], ++n;
+  if (n == 0) return std::nullopt;
+  return sum / n;
+}
+
 std::optional<double> fitted_order(const std::vector<DescentVsFlow>& runs) {
   std::vector<double> x, y;
   for (const auto& r : runs)

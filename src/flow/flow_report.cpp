@@ -62,7 +62,8 @@ std::string flow_to_json(const FlowResult& r) {
                     {"diverged", d.diverged}, {"t", nums(d.t)}, {"distance", nums(d.distance)}, {"loss_gd", nums(d.loss_gd)},
                     {"loss_flow", nums(d.loss_flow)}, {"path", path_json(d.path)},
                     {"sharpness", {{"t", nums(d.sharpness_t)}, {"lambda_max", nums(d.sharpness)}}},
-                    {"edge_at", d.edge_at ? num(*d.edge_at) : Json(nullptr)}});
+                    {"edge_at", d.edge_at ? num(*d.edge_at) : Json(nullptr)},
+                    {"final_sharpness", d.final_sharpness() ? num(*d.final_sharpness()) : Json(nullptr)}});
   Json j = {{"schema", kFlowSchema},
             {"spec", r.spec},
             {"task", r.task},
@@ -176,9 +177,13 @@ detail::LineSeries flow_line(std::vector<double> t, std::vector<double> y, bool 
 // When a run's sharpness reached its stability bound 2/η, in words.
 std::string edge_text(const DescentVsFlow& d) {
   if (d.sharpness.empty()) return "not measured";
-  if (d.edge_at) return fmt::format("at t = {:.3g} (&lambda;<sub>max</sub> &ge; 2/&eta; = {:.3g})", *d.edge_at, 2.0 / d.lr);
+  const auto end = d.final_sharpness();
+  const std::string ended = end ? fmt::format("; over the last fifth of the run &lambda;<sub>max</sub> averages {:.3g} = {:.2f} &times; 2/&eta;",
+                                              *end, *end * d.lr / 2.0)
+                                : "";
+  if (d.edge_at) return fmt::format("at t = {:.3g} (&lambda;<sub>max</sub> &ge; 2/&eta; = {:.3g}){}", *d.edge_at, 2.0 / d.lr, ended);
   const double top = *std::max_element(d.sharpness.begin(), d.sharpness.end());
-  return fmt::format("no: &lambda;<sub>max</sub> &le; {:.3g} &lt; 2/&eta; = {:.3g}", top, 2.0 / d.lr);
+  return fmt::format("no: &lambda;<sub>max</sub> &le; {:.3g} &lt; 2/&eta; = {:.3g}{}", top, 2.0 / d.lr, ended);
 }
 
 // λ_max along the flow and each run (dashed), each run's 2/η as a line in its colour.

@@ -65,14 +65,20 @@ std::string depth_profiles(const std::vector<RankingRow>& rows) {
                           "|dL/dW| (log scale)",
                           "The weight gradient alone can mislead (a residual net's first layers receive small |dL/dW| while dL/dh "
                           "does not vanish); judge by the backward signal above.");
+  LineChart blocks = line_chart("Transformer blocks: |dL/dW| of each block's MLP output weight at initialization", "block (1 = next to the input)",
+                                "|dL/dW| (log scale)",
+                                "Xiong et al. 2020: with post-LN the gradient at the last blocks is larger and grows toward the "
+                                "output, which is why post-LN needs a learning-rate warm-up; with pre-LN it is flat across depth.");
   for (const auto& row : rows) {
     const auto& r = *row.run;
     if (r.trace.steps().empty()) continue;
     const auto& st = r.trace.steps().front();
     prof.series.push_back(profile(row, st, depth_series(r.trace), "|dL/dh|"));
     wprof.series.push_back(profile(row, st, weight_series(r.trace), "|dL/dW|"));
+    const auto per_block = block_series(r);
+    if (!per_block.empty()) blocks.series.push_back(profile(row, st, per_block, "|dL/dW|"));
   }
-  return "<h2>Gradient across depth</h2>\n" + render(prof) + render(wprof);
+  return "<h2>Gradient across depth</h2>\n" + render(prof) + render(wprof) + (blocks.series.empty() ? "" : render(blocks));
 }
 
 // |dL/dh_t| per time step at the first and the last recorded step.

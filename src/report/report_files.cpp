@@ -29,6 +29,7 @@ Json verdict_json(const Verdict& v) {
   return {{"remedy", v.remedy}, {"with", v.with_label}, {"without", v.without_label}, {"axis", to_string(v.axis)},
           {"with_log10", opt_json(v.with_log10)}, {"without_log10", opt_json(v.without_log10)},
           {"with_init_log10", opt_json(v.with_init_log10)}, {"without_init_log10", opt_json(v.without_init_log10)},
+          {"with_value", opt_json(v.with_value)}, {"without_value", opt_json(v.without_value)},
           {"confirms", v.confirms}, {"text", v.text}};
 }
 

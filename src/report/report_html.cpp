@@ -34,6 +34,12 @@ namespace {
 // The figure shown for one side of a verdict: orders of magnitude, or for clipping whether the
 // loss stayed finite.
 std::string verdict_cell(const Verdict& v, const Comparison& c, bool with) {
+  const auto& value = with ? v.with_value : v.without_value;
+  if (v.axis == VerdictAxis::training) return value ? fmt::format("loss {:.3g}", *value) : "n/a";
+  if (v.axis == VerdictAxis::profile) {
+    const auto& ratio = with ? v.with_log10 : v.without_log10;
+    return ratio ? fmt::format("last/first &times;{:.2f}", std::pow(10.0, *ratio)) : "n/a";
+  }
   if (v.axis != VerdictAxis::stability) return detail::orders_text(with ? v.with_log10 : v.without_log10);
   for (const auto& r : c.runs)
     if (r.label == (with ? v.with_label : v.without_label)) return detail::diverged(r) ? "non-finite loss" : "finite loss";
@@ -50,7 +56,9 @@ std::string verdicts_html(const Comparison& c) {
                        verdict_cell(v, c, true), verdict_cell(v, c, false), v.confirms ? "verdict-yes" : "verdict-no",
                        v.confirms ? "helps" : "does not help here", html_escape(v.text));
   }
-  return out + "</table>\n<p>Figures are log10 of |dL/dh| at the far end over the near end: 0 means the gradient arrives whole, -6 means a millionth of it. Depth: at initialization; time: after training.</p>\n";
+  return out + "</table>\n<p>Figures are log10 of |dL/dh| at the far end over the near end: 0 means the gradient arrives whole, -6 means a millionth of it. Depth: at initialization; time: after training. "
+             "Transformer blocks (profile): the last block's |dL/dW| over the first's, at initialization; warm-up (training): "
+             "the mean loss over the last tenth of the run.</p>\n";
 }
 
 std::string depth_ranking_html(const std::vector<detail::RankingRow>& rows) {

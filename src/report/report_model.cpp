@@ -19,14 +19,16 @@ bool diverged(const RunRecord& r) {
   return has_any(r.findings, {FindingKind::non_finite});
 }
 
-double tail_loss(const RunRecord& r) {
-  const std::size_t n = r.loss.size();
+double tail_mean(const std::vector<double>& v) {
+  const std::size_t n = v.size();
   if (n == 0) return std::numeric_limits<double>::quiet_NaN();
   const std::size_t k = std::max<std::size_t>(n / 10, 1);
   double s = 0;
-  for (std::size_t i = n - k; i < n; ++i) s += r.loss[i];
+  for (std::size_t i = n - k; i < n; ++i) s += v[i];
   return s / static_cast<double>(k);
 }
+
+double tail_loss(const RunRecord& r) { return tail_mean(r.loss); }
 
 bool learned(const RunRecord& r) {
   const double t = tail_loss(r);
@@ -44,6 +46,28 @@ double norm_at(const StepRecord& st, int series) {
   if (!r) return std::numeric_limits<double>::quiet_NaN();
   if (r->grad.nonfinite > 0) return std::numeric_limits<double>::infinity();
   return r->grad.norm();
+}
+
+std::vector<int> block_series(const RunRecord& r) {
+  std::set<int> blocks;
+  for (const auto& l : r.layers)
+    if (l.kind == kAttentionLayerKind) blocks.insert(l.depth);
+  std::vector<int> out;
+  for (int b : blocks) {
+    const LayerEntry* last = nullptr;
+    for (const auto& l : r.layers)
+      if (l.depth == b) last = &l;
+    const int s = r.trace.find(last->name + ".weight");
+    if (s >= 0) out.push_back(s);
+  }
+  return out;
+}
+
+std::vector<double> norms_at_init(const RunRecord& r, const std::vector<int>& series) {
+  std::vector<double> out;
+  if (r.trace.steps().empty()) return out;
+  for (int s : series) out.push_back(norm_at(r.trace.steps().front(), s));
+  return out;
 }
 
 namespace {

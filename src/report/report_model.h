@@ -14,6 +14,8 @@ namespace gradflow::detail {
 std::optional<double> log10_of(const std::optional<Attenuation>& a);
 // The loss became non-finite, or a non_finite finding says a gradient did.
 bool diverged(const RunRecord& r);
+// Mean of the last tenth of a per-step series (NaN when empty).
+double tail_mean(const std::vector<double>& v);
 // Mean loss over the last tenth of the run.
 double tail_loss(const RunRecord& r);
 // The tail loss is under half the constant-answer baseline.
@@ -22,6 +24,11 @@ bool learned(const RunRecord& r);
 std::string finding_kinds_text(const RunRecord& r);
 // The gradient norm of a series at a step: NaN when absent, +inf when non-finite.
 double norm_at(const StepRecord& st, int series);
+// Each Transformer block's last weight (its MLP's output weight, W2 in Xiong et al. 2020), in
+// block order: the series Xiong et al.'s bound is about. Empty for a run without blocks.
+std::vector<int> block_series(const RunRecord& r);
+// norm_at of each series at the first recorded step (empty without steps).
+std::vector<double> norms_at_init(const RunRecord& r, const std::vector<int>& series);
 
 // One line of a ranking table. Depth rankings hold the attenuation across depth, time
 // rankings across time.

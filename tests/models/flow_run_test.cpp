@@ -89,6 +89,42 @@ TEST_F(FlowRunTest, GradientDescentLeavesTheFlowWhereItsSharpnessPassesTwoOverEt
   EXPECT_NE(flow_page_html(r).find("Sharpness: the loss Hessian"), std::string::npos);
 }
 
+// Cohen et al. 2021, figure 1: under full-batch gradient descent the sharpness rises from below
+// 2/η and then hovers at it, while the flow's own sharpness keeps rising: descent follows the flow
+// until its sharpness reaches 2/η and leaves it there.
+TEST_F(FlowRunTest, FullBatchDescentRisesToTheEdgeOfStabilityAndStaysThere) {
+  FlowRunOptions o;
+  o.samples = 64;
+  o.seq_len = 5;
+  o.time = 50;
+  o.lrs = {0.01, 0.02};
+  o.grid = 0;
+  o.sharpness_points = 40;
+  const auto r = run_flow(resolve_spec("rnn:cell=rnn_tanh,hidden=16"), o);
+  for (const auto& d : r.runs) {
+    SCOPED_TRACE("lr " + std::to_string(d.lr));
+    const double bound = 2.0 / d.lr;
+    ASSERT_GT(d.sharpness.size(), 20u);
+    EXPECT_LT(d.sharpness.front(), 0.2 * bound);  // from well below
+    ASSERT_TRUE(d.edge_at.has_value());
+    // The level it settles at: the mean over the run's last fifth, computed here from the series.
+    double sum = 0;
+    int n = 0;
+    for (std::size_t k = 0; k < d.sharpness.size(); ++k)
+      if (d.sharpness_t[k] >= 0.8 * o.time) sum += d.sharpness[k], ++n;
+    ASSERT_GT(n, 3);
+    ASSERT_TRUE(d.final_sharpness().has_value());
+    EXPECT_DOUBLE_EQ(*d.final_sharpness(), sum / n);
+    EXPECT_NEAR(sum / n / bound, 1.0, 0.10);
+    // Below the edge descent follows the flow; it leaves it where the sharpness reaches 2/η.
+    ASSERT_TRUE(d.departs_at.has_value());
+    EXPECT_GE(*d.departs_at, 0.5 * *d.edge_at);
+  }
+  // The flow has no step size to be stable against: its sharpness passes both bounds.
+  ASSERT_FALSE(r.flow_sharpness.empty());
+  EXPECT_GT(r.flow_sharpness.back(), 1.2 * 2.0 / 0.01);
+}
+
 TEST_F(FlowRunTest, BadOptionsAreUsageErrors) {
   FlowRunOptions o;
   o.samples = 1;

@@ -55,7 +55,7 @@ TEST(Spec, PresetsExpandAndAcceptOverrides) {
 }
 
 TEST(Spec, ErrorsNameTheProblemAndListTheValidChoices) {
-  EXPECT_NE(error_of("transformer").find("mlp, cnn, rnn"), std::string::npos) << error_of("transformer");
+  EXPECT_NE(error_of("mamba").find("mlp, cnn, rnn, transformer"), std::string::npos) << error_of("mamba");
   EXPECT_NE(error_of("mlp:colour=red").find("depth, width, act"), std::string::npos);
   EXPECT_NE(error_of("mlp:act=swish").find("sigmoid, tanh, relu"), std::string::npos);
   EXPECT_NE(error_of("mlp:depth=0").find("out of range"), std::string::npos);

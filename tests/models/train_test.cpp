@@ -29,6 +29,7 @@ TrainOptions quick(std::int64_t steps = 2) {
 std::string small(const std::string& family) {
   if (family == "mlp") return "mlp:depth=3,width=8";
   if (family == "cnn") return "cnn:depth=3,channels=4";
+  if (family == "transformer") return "transformer:depth=2,width=8,heads=2";
   return "rnn:hidden=8";
 }
 
