@@ -40,8 +40,9 @@ class Monitor(_Monitor):
     grad_scaler: a torch.cuda.amp.GradScaler (or any object with get_scale()): recorded gradients
     are divided by the scale, and the steps it skips are marked skipped.
     sharpness_every, sharpness_loss: every k-th recorded step, the loss Hessian's largest eigenvalue at the
-    step's starting parameters, for sharpness_loss() (a function returning the loss on a fixed batch), by
-    power iteration on Hessian-vector products; the report draws it against 2/lr of an attached SGD.
+    parameters the step's update produced, for sharpness_loss() (a function returning the loss on a fixed
+    batch), by power iteration on Hessian-vector products, measured after optimizer.step() (optimizer=)
+    or at step(); the report draws it against 2/lr of an attached SGD.
     traits: what the model is ({"activation": "relu", "norm": "batch", ...}), for save_report's remedies;
     what its module tree shows (normalisation layers, a recurrent cell, its one activation module
     kind) is read from it, and traits= adds to or overrides that.

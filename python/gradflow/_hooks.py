@@ -255,7 +255,8 @@ _CELLS = [
 def model_traits(model):
     """What the module tree shows of the architecture, as traits= keys: normalisation layers, a
     recurrent cell, the one activation module kind it uses (a functional activation is not
-    seen). Residual connections and the initialisation are not visible in it."""
+    seen), and the LayerNorm placement of torch.nn.Transformer*Layer. Other residual connections
+    and the initialisation are not visible in it."""
     traits = {}
     modules = [m for _, m in model.named_modules()]
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in modules):
@@ -273,4 +274,10 @@ def model_traits(model):
     used = {name for kind, name in _ACTIVATIONS if any(type(m) is kind for m in modules)}
     if len(used) == 1:
         traits["activation"] = used.pop()
+    # PyTorch's own Transformer layers say where their LayerNorm sits (norm_first), and add
+    # their branches to the stream.
+    layers = [m for m in modules if isinstance(m, (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer))]
+    placements = {"pre" if getattr(m, "norm_first", False) else "post" for m in layers}
+    if len(placements) == 1:
+        traits.update(norm_placement=placements.pop(), residual=True)
     return traits

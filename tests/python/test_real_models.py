@@ -206,6 +206,25 @@ class TransformerPostLN(RealModelCase):
 
 
 class TransformerPreLN(RealModelCase):
+    def test_the_layernorm_placement_is_read_from_the_layers_and_reaches_the_report(self):
+        for norm_first, placement in ((False, "post"), (True, "pre")):
+            layer = torch.nn.TransformerEncoderLayer(16, 2, 32, norm_first=norm_first, batch_first=True)
+            model = torch.nn.TransformerEncoder(layer, 2)
+            monitor = gradflow.Monitor(model)
+            loss = model(torch.randn(4, 5, 16)).pow(2).mean()
+            monitor.watch(loss)
+            loss.backward()
+            monitor.step()
+            with tempfile.TemporaryDirectory() as d:
+                gradflow.save_report(monitor, os.path.join(d, "r"))
+                with open(os.path.join(d, "r", "run.json")) as f:
+                    traits = json.load(f)["traits"]
+            self.assertEqual(traits["norm_placement"], placement)
+            self.assertTrue(traits["residual"])
+            self.assertEqual(traits["norm"], "layer")
+            monitor.detach()
+
+
     def test_exact(self):
         self.assert_exact(run("transformer_pre_ln"))
 
