@@ -68,7 +68,8 @@ std::string depth_profiles(const std::vector<RankingRow>& rows) {
   LineChart blocks = line_chart("Transformer blocks: |dL/dW| of each block's MLP output weight at initialization", "block (1 = next to the input)",
                                 "|dL/dW| (log scale)",
                                 "Xiong et al. 2020: with post-LN the gradient at the last blocks is larger and grows toward the "
-                                "output, which is why post-LN needs a learning-rate warm-up; with pre-LN it is flat across depth.");
+                                "output, which is why post-LN needs a learning-rate warm-up; with pre-LN it is flat across depth. Runs that "
+                                "differ only in how they train (a warm-up) start from the same network and coincide here.");
   for (const auto& row : rows) {
     const auto& r = *row.run;
     if (r.trace.steps().empty()) continue;
