@@ -108,6 +108,21 @@ void measure_sharpness_if_due(Monitor::State& st) {
   rec->set_sharpness(s.lambda_max, s.products);
 }
 
+// Plain or heavy-ball SGD with one step size and momentum in every group: (lr, momentum), what
+// bounds the sharpness it is stable at. Other optimizers have no such single bound.
+std::optional<std::pair<double, double>> sgd_step_size(torch::optim::Optimizer& optimizer) {
+  if (!dynamic_cast<torch::optim::SGD*>(&optimizer) || optimizer.param_groups().empty()) return std::nullopt;
+  std::optional<std::pair<double, double>> step;
+  for (auto& group : optimizer.param_groups()) {
+    const auto& o = static_cast<const torch::optim::SGDOptions&>(group.options());
+    if (o.dampening() != 0 || o.nesterov()) return std::nullopt;
+    const std::pair<double, double> here{o.lr(), o.momentum()};
+    if (step && *step != here) return std::nullopt;
+    step = here;
+  }
+  return step;
+}
+
 // Ours go first among the accumulator's post hooks, so that DistributedDataParallel's (which may
 // start reducing .grad in place) has not run yet; the program's hooks keep their order.
 std::uintptr_t add_first_post_hook(torch::autograd::Node& node, std::unique_ptr<torch::autograd::FunctionPostHook> hook) {
@@ -276,11 +291,7 @@ void Monitor::end_optimizer_step(std::optional<double> returned_loss) {
 }
 
 at::Tensor Monitor::optimizer_step(torch::optim::Optimizer& optimizer, const std::function<at::Tensor()>& closure) {
-  // Plain or heavy-ball SGD: its step size bounds the sharpness it is stable at.
-  if (dynamic_cast<torch::optim::SGD*>(&optimizer) && !optimizer.param_groups().empty()) {
-    const auto& o = static_cast<const torch::optim::SGDOptions&>(optimizer.param_groups().front().options());
-    if (o.dampening() == 0 && !o.nesterov()) set_learning_rate(o.lr(), o.momentum());
-  }
+  if (const auto sgd = sgd_step_size(optimizer)) set_learning_rate(sgd->first, sgd->second);
   begin_optimizer_step();
   at::Tensor loss;
   try {

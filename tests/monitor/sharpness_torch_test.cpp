@@ -96,6 +96,33 @@ TEST_F(SharpnessMonitorTest, MeasuringChangesNothingInTraining) {
   }
 }
 
+// SGD's stability bound needs one step size: groups with different ones record none.
+TEST_F(SharpnessMonitorTest, OnlySgdWithOneStepSizeInEveryGroupRecordsIt) {
+  auto recorded = [](double lr2, double momentum2) {
+    auto net = small_net();
+    Monitor monitor(*net);
+    const auto params = net->parameters();
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(std::vector<torch::Tensor>(params.begin(), params.begin() + 1),
+                        std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(0.1).momentum(0.5)));
+    groups.emplace_back(std::vector<torch::Tensor>(params.begin() + 1, params.end()),
+                        std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(lr2).momentum(momentum2)));
+    torch::optim::SGD opt(std::move(groups), torch::optim::SGDOptions(0.1));
+    const auto loss = net->forward(torch::randn({4, 3})).pow(2).mean();
+    monitor.watch(loss);
+    loss.backward();
+    monitor.optimizer_step(opt);
+    monitor.flush();
+    const auto& st = monitor.trace().steps().at(0);
+    return std::make_pair(st.learning_rate, st.momentum);
+  };
+  const auto same = recorded(0.1, 0.5);
+  EXPECT_EQ(same.first, 0.1);
+  EXPECT_EQ(same.second, 0.5);
+  EXPECT_FALSE(recorded(0.2, 0.5).first.has_value());
+  EXPECT_FALSE(recorded(0.1, 0.9).first.has_value());
+}
+
 TEST_F(SharpnessMonitorTest, BadSetupsAreClearErrors) {
   auto net = small_net();
   MonitorOptions no_loss;
