@@ -16,13 +16,17 @@ namespace {
 
 Json opt_json(const std::optional<double>& x) { return x ? num(*x) : Json(nullptr); }
 
+// Whether the run learned its task; null for a program's own model, whose constant-answer loss
+// gradflow does not know.
+Json learned_json(const RunRecord& r) { return r.baseline_loss > 0 ? Json(detail::learned(r)) : Json(nullptr); }
+
 Json run_summary_json(const RunRecord& r, const std::string& dir) {
   Json findings = Json::array();
   for (const auto& f : r.findings) findings.push_back(detail::finding_json(f));
   Json config = Json::object();
   for (const auto& e : r.config) config[e.key] = e.value;
   return {{"label", r.label}, {"spec", r.spec}, {"family", r.family}, {"task", r.task}, {"dir", dir},
-          {"config", config}, {"learned", detail::learned(r)}, {"summary", detail::summary_to_json(r.summary)}, {"findings", findings}};
+          {"config", config}, {"learned", learned_json(r)}, {"summary", detail::summary_to_json(r.summary)}, {"findings", findings}};
 }
 
 Json verdict_json(const Verdict& v) {

@@ -1,7 +1,9 @@
 #include "gradflow/save_report.h"
 
 #include <filesystem>
+#include <fstream>
 
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -34,6 +36,12 @@ TEST_F(SaveReportTest, WritesEveryFileAndDiagnosesAUserModel) {
   const auto findings = save_report(mon, dir, o);
   for (const char* f : {"run.json", "trace.csv", "report.html", "report.md", "summary.json"})
     EXPECT_TRUE(std::filesystem::exists(dir + "/" + f)) << f;
+  {
+    // gradflow does not know a program's constant-answer loss: whether it learned is not said.
+    std::ifstream in(dir + "/summary.json");
+    const auto summary = nlohmann::json::parse(in);
+    EXPECT_TRUE(summary.at("runs").at(0).at("learned").is_null());
+  }
   EXPECT_TRUE(has_any(findings, {FindingKind::vanishing}));
   EXPECT_THROW(require_healthy(findings, {FindingKind::vanishing}), GradientHealthError);
   EXPECT_NO_THROW(require_healthy(findings, {FindingKind::non_finite}));
