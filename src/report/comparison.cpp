@@ -143,7 +143,8 @@ Verdict depth_verdict(Verdict v, const RunRecord& w, const RunRecord& wo) {
 }
 
 // Within this factor across the blocks, a profile counts as flat (measured at initialization,
-// depths 6 and 12, seeds 0-2: pre-LN spans 1.8-2.4, post-LN grows by 1.1-1.5 toward the output).
+// depths 6 and 12, seeds 0-4: pre-LN's largest/smallest is 1.4-2.8, while post-LN's grows toward
+// the output by up to 2.5 or, at some seeds, falls).
 constexpr double kFlatProfileFactor = 3.0;
 
 struct BlockProfile {
