@@ -88,7 +88,7 @@ class TransformerNet : public Network {
   }
 
   torch::Tensor forward(const torch::Tensor& x, Monitor* mon) override {
-    torch::Tensor h = embed_->forward(x) + positions(x.size(1), width_, x.options());
+    torch::Tensor h = embed_->forward(x) + positions_for(x);
     for (std::size_t b = 0; b < blocks_.size(); ++b) {
       h = blocks_[b]->forward(h);
       if (mon && mon->recording()) {
@@ -116,8 +116,17 @@ class TransformerNet : public Network {
   }
 
  private:
+  // The table is built once per sequence length, not at every step.
+  const torch::Tensor& positions_for(const torch::Tensor& x) {
+    if (!positions_.defined() || positions_.size(0) != x.size(1) || positions_.dtype() != x.dtype() ||
+        positions_.device() != x.device())
+      positions_ = positions(x.size(1), width_, x.options());
+    return positions_;
+  }
+
   bool pre_;
   std::int64_t width_ = 0;
+  torch::Tensor positions_;
   torch::nn::Linear embed_{nullptr}, head_{nullptr};
   std::vector<Block> blocks_;
   torch::nn::LayerNorm final_norm_{nullptr};
