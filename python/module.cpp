@@ -417,8 +417,24 @@ void bind_monitor(py::module_& m) {
              if (p.monitor().forward_closes_step()) p.read_scale();
              p.monitor().layer_output(output, module, time_dim);
            })
+      .def("_segment_output", [](PyMonitor& p, const at::Tensor& output) { p.monitor().segment_output(output); })
+      .def("_set_recomputation_listener",
+           [](PyMonitor& p, const py::function& listener) {
+             // Called from the autograd engine's thread, which does not hold the GIL; the function
+             // is released under it too.
+             std::shared_ptr<py::function> fn(new py::function(listener), [](py::function* f) {
+               py::gil_scoped_acquire gil;
+               delete f;
+             });
+             p.monitor().set_recomputation_listener([fn](bool on) {
+               py::gil_scoped_acquire gil;
+               (*fn)(on);
+             });
+           })
       .def("_layer_sequence",
            [](PyMonitor& p, const py::object& grad_fn, const std::string& name, const std::string& module) {
+             // None: the layer's output was computed without autograd; its series takes its place in forward order.
+             if (grad_fn.is_none()) return p.monitor().layer_output(nullptr, 0, name, module, 0);
              if (!torch::autograd::THPCppFunction_Check(grad_fn.ptr()))
                throw UsageError("_layer_sequence() takes an autograd node implemented in C++ (a grad_fn)");
              if (p.monitor().forward_closes_step()) p.read_scale();

@@ -22,7 +22,8 @@ struct IndependentStats {
 };
 
 inline IndependentStats independent(const torch::Tensor& t) {
-  const auto x = t.detach().to(torch::kDouble).reshape({-1});
+  // A sparse gradient stands for its dense tensor.
+  const auto x = (t.is_sparse() ? t.detach().to_dense() : t.detach()).to(torch::kDouble).reshape({-1});
   const auto fin = torch::isfinite(x);
   const auto xf = x.masked_select(fin);
   IndependentStats s{};

@@ -27,6 +27,7 @@ enum class FindingKind {
   rank_outlier,       ///< data-parallel: one rank's local gradient norm far from the others'
   no_gradient,        ///< every parameter's gradient exactly 0 for several recorded steps
   edge_of_stability,  ///< the sharpness reached the step size's stability bound (2 + 2·momentum)/lr
+  not_recorded,       ///< no step was recorded (the model trained in another process, or no backward reached it)
 };
 /// How bad it is.
 enum class Severity { info, warning, error };

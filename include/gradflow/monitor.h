@@ -241,14 +241,26 @@ class Monitor {
   /// a backward the program runs before watch(), such as a gradient penalty's, is not recorded).
   /// Each call in a step adds to the module's one series, and its norm to the record's profile
   /// (Record::profile); `time_dim` >= 0 names the time dimension of a sequence output, whose time
-  /// steps are then the profile of a module called once. No-op when the step is not recorded or
-  /// `output` has no grad_fn.
+  /// steps are then the profile of a module called once. No-op when the step is not recorded.
+  /// An output without grad_fn (computed under no_grad, as a reentrant checkpoint's first forward
+  /// is) only gives the module's series its place in forward order. Called inside a backward (the
+  /// recomputation of a torch.utils.checkpoint segment), the output is hooked at once for the step
+  /// that backward belongs to, and the step goes on: recomputation never splits a step.
   void layer_output(const at::Tensor& output, const std::string& module, int time_dim = -1);
   /// The same for an output the program cannot reach as a tensor: output `output` of the
   /// autograd node `node`, recorded as the series `name` of `module` (a fused recurrent module's
   /// layer k, "rnn.l0", whose sequence only its grad_fn holds).
   void layer_output(const std::shared_ptr<torch::autograd::Node>& node, std::size_t output, const std::string& name,
                     const std::string& module, int time_dim = -1);
+  /// Reentrant activation checkpointing (torch.utils.checkpoint with use_reentrant=True) runs a
+  /// segment's forward without autograd and computes it again inside the step's backward, where
+  /// the step's graph cannot show what the segment's layers feed. While the first recorded step's
+  /// segments are recomputed, the Monitor calls the listener with true (and with false once each
+  /// ends); give it, meanwhile, the output of every call that returns (any module's): the last
+  /// one before the segment's own backward is the segment's output, and the layers it reaches
+  /// first feed what the segment feeds. The gradflow Python module does both.
+  void set_recomputation_listener(std::function<void(bool)> listener);
+  void segment_output(const at::Tensor& output);
   /// Ends the current step: its statistics are fetched (one host transfer) into the trace.
   void step();
   /// Runs `optimizer.step()` (or `optimizer.step(closure)`) between begin_optimizer_step() and
@@ -325,10 +337,19 @@ class Monitor {
   /// (a rank was lost in the middle of it).
   void abandon_step();
 
+  /// Whether this process is a child that fork() copied the Monitor into (a worker of
+  /// torch.multiprocessing's fork start method): the Monitor belongs to the process that created
+  /// it, so here its hooks record nothing, its stream writes nothing, and it says so once on stderr.
+  bool forked_copy() const;
+
   /// Implementation state, shared with the hooks it installs (opaque to users).
   struct State;
 
  private:
+  // layer_output()'s work: a forward inside a backward (a checkpointed segment's recomputation)
+  // hooks the output at once for the step that backward belongs to; any other names it for watch().
+  void name_output(const std::shared_ptr<torch::autograd::Node>& node, std::size_t output, const std::string& name,
+                   const std::string& module, int time_dim);
   std::shared_ptr<State> state_;
 };
 

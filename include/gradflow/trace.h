@@ -163,6 +163,8 @@ class Trace {
   /// Records that series `from`'s output feeds series `to` (SeriesInfo::inputs); false when it was
   /// known, or `from` was not recorded before `to` (edges follow forward order: no cycle).
   bool add_input(int to, int from);
+  /// The series' shape, once known (a lazy module's parameter has one only after its first forward).
+  void set_shape(int series, std::vector<std::int64_t> shape);
   /// Marks a layer output as found by the graph walk (SeriesInfo::found_by_walk).
   void mark_found_by_walk(int series);
 
@@ -192,6 +194,12 @@ class Trace {
   int world_size = 1;
   /// Examples per rank and step, when known (0 otherwise): the gradient noise scale needs it.
   std::int64_t batch_per_rank = 0;
+  /// The process that recorded it (its id; 0: not known). Only that process records and writes:
+  /// a child that fork() copied the Monitor into records nothing.
+  std::int64_t process_id = 0;
+  /// No step was recorded, yet the model's parameters changed after the Monitor was attached:
+  /// the model trained in another process (or through parameters the Monitor was not given).
+  bool updated_elsewhere = false;
 
  private:
   std::vector<SeriesInfo> series_;

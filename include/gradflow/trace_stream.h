@@ -11,6 +11,8 @@ namespace gradflow {
 
 /// The stream's file name in a Monitor's output folder (MonitorOptions::out).
 inline constexpr const char* kStreamFile = "trace.jsonl";
+/// The file whose lock says which live process streams to the folder (it holds that process's id).
+inline constexpr const char* kStreamLockFile = ".gradflow.lock";
 /// Schema identifier on the stream's first line; readers refuse other major versions.
 inline constexpr const char* kStreamSchema = "gradflow.stream/1";
 
@@ -22,8 +24,13 @@ inline constexpr const char* kStreamSchema = "gradflow.stream/1";
 class TraceStream {
  public:
   /// Creates `dir` and the file with its header (the trace's settings). Throws gradflow::Error
-  /// when the folder cannot be written, and when it already holds a stream with a step in it
-  /// unless `replace` (a stream without one, whose program stopped early, is replaced).
+  /// when the folder cannot be written, when another live process streams to it (whatever
+  /// `replace` says: two writers would interleave their steps), and when it already holds a
+  /// stream with a step in it unless `replace` (a stream without one, whose program stopped
+  /// early, is replaced). The folder stays this process's until the stream is destroyed or the
+  /// process ends: a lock (kStreamLockFile) that the system releases even on SIGKILL. A child
+  /// that fork() copied the stream into writes nothing. A second stream of the same process on
+  /// the folder (a notebook cell run again) takes it over: the earlier one stops writing there.
   TraceStream(const std::string& dir, const Trace& settings, bool replace);
   ~TraceStream();
   TraceStream(const TraceStream&) = delete;
@@ -40,9 +47,19 @@ class TraceStream {
 
  private:
   void write_line(const std::string& line);
+  // Takes the folder's lock, or throws naming the process that holds it.
+  void lock_folder(bool replace);
+  // Another stream of this process on the folder stops writing there (or, holding a step that
+  // `replace` does not allow replacing, makes this one throw).
+  void take_over_from_this_process(bool replace);
+  void release_lock();
+  // Opens the stream's file (replacing a recording only when allowed) and writes its header.
+  void open_file(const Trace& settings, bool replace);
   std::string dir_;
   std::string path_;
   int fd_ = -1;
+  int lock_fd_ = -1;
+  std::int64_t owner_ = 0;  // the process that opened the stream: the only one that writes
   std::size_t series_written_ = 0;
   std::vector<std::size_t> inputs_written_;  // per written series: its inputs written so far
 };

@@ -10,6 +10,8 @@
     findings = gradflow.save_report(monitor, "gradflow-report", label="my model")
     gradflow.require_healthy(findings, ["vanishing", "non_finite"])
 """
+import weakref
+
 import torch  # noqa: F401  (loads LibTorch and its Python types before the extension)
 
 from ._gradflow import (  # noqa: F401
@@ -59,6 +61,10 @@ class Monitor(_Monitor):
             options["traits"] = {**_hooks.model_traits(inner), **(options.get("traits") or {})}
         super().__init__(model, activations=activations and not hook_outputs, **options)
         self._output_hooks = _hooks.hook_module_outputs(self, inner) if hook_outputs else []
+        if hook_outputs:
+            _hooks.listen_to_recomputation(self)
+        # A Monitor dropped without detach() leaves no entry behind.
+        weakref.finalize(self, _hooks.unhook_module_outputs, self._output_hooks)
         self._detach_steps = []
         if self._ddp is not None:
             _hooks.follow_ddp(self, self._ddp)
@@ -75,9 +81,8 @@ class Monitor(_Monitor):
         for detach_step in self._detach_steps:
             detach_step()
         self._detach_steps.clear()
-        for handle in self._output_hooks:
-            handle.remove()
-        self._output_hooks = []
+        _hooks.unhook_module_outputs(self._output_hooks)
+        self._output_hooks.clear()
         super().detach()
 
 

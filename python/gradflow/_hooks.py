@@ -126,13 +126,83 @@ def is_ddp(model):
     return isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
 
-def hook_module_outputs(monitor, model):
-    """A forward hook on every module with a trainable parameter of its own: each call's output is
-    given to the Monitor under the module's name, so that its series holds dL/d(output) as a
-    forward hook on the module sees it (the first tensor of a tuple output: an RNN's sequence, an
-    attention's output). Returns the hooks' handles."""
+class _Watched:
+    """Which modules name their outputs to a Monitor, and how: kept outside the modules, behind
+    one forward hook on torch's global list, so that pickling, torch.save, copy.deepcopy and
+    torch.jit.script of a model find nothing of gradflow in it, and a copy of a watched module
+    (an EMA model, a target network, a spawned worker's) is not watched."""
+
+    def __init__(self):
+        self._hooks = {}   # id(module) -> the functions its calls' outputs go to
+        self._alive = {}   # id(module) -> a weak reference whose callback forgets it
+        self._handle = None
+        # The Monitor whose reentrant checkpoint segment is being recomputed (a weak reference),
+        # while it wants every call's output (Monitor.set_recomputation_listener in C++).
+        self.recomputing = None
+
+    def add(self, module, hook):
+        key = id(module)
+        if key not in self._alive:
+            self._alive[key] = weakref.ref(module, lambda _, key=key: self._forget(key))
+        self._hooks.setdefault(key, []).append(hook)
+        if self._handle is None:
+            self._handle = torch.nn.modules.module.register_module_forward_hook(self._on_output)
+        return key, hook
+
+    def remove(self, entry):
+        key, hook = entry
+        hooks = self._hooks.get(key)
+        if hooks is not None and hook in hooks:
+            hooks.remove(hook)
+            if not hooks:
+                self._forget(key)
+
+    def _forget(self, key):
+        self._hooks.pop(key, None)
+        self._alive.pop(key, None)
+        if not self._hooks and self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _on_output(self, module, inputs, output):
+        hooks = self._hooks.get(id(module))
+        if self.recomputing is not None:
+            _segment_output(self.recomputing, output)
+        # A trace (torch.jit.trace) runs the forward to record it, not to train.
+        if hooks is None or torch.jit.is_tracing():
+            return None
+        for hook in tuple(hooks):
+            hook(module, inputs, output)
+        return None
+
+
+def _segment_output(ref, output):
+    m = ref()
+    t = _first_tensor(output)
+    if m is not None and t is not None and t.grad_fn is not None:
+        m._segment_output(t)
+
+
+def listen_to_recomputation(monitor):
+    """Lets the Monitor learn each call's output while it recomputes a checkpointed segment."""
     ref = weakref.ref(monitor)
-    handles = []
+
+    def listener(on):
+        _WATCHED.recomputing = ref if on else None
+
+    monitor._set_recomputation_listener(listener)
+
+
+_WATCHED = _Watched()
+
+
+def hook_module_outputs(monitor, model):
+    """Every module with a trainable parameter of its own names each call's output to the Monitor
+    under the module's name, so that its series holds dL/d(output) as the module returned it (the
+    first tensor of a tuple output: an RNN's sequence, an attention's output), before the
+    module's own forward hooks. Returns what unhook_module_outputs takes."""
+    ref = weakref.ref(monitor)
+    entries = []
     for name, module in model.named_modules():
         if not any(p.requires_grad for p in module.parameters(recurse=False)):
             continue
@@ -140,8 +210,13 @@ def hook_module_outputs(monitor, model):
             hook = _layers_hook(ref, name or _ROOT, module)
         else:
             hook = _output_hook(ref, name or _ROOT, _time_dim(module))
-        handles.append(module.register_forward_hook(hook))
-    return handles
+        entries.append(_WATCHED.add(module, hook))
+    return entries
+
+
+def unhook_module_outputs(entries):
+    for entry in entries:
+        _WATCHED.remove(entry)
 
 
 def _layered(module):
@@ -157,17 +232,21 @@ def _layers_hook(ref, name, module):
     time_dim = _time_dim(module)
     num_layers = module.num_layers
 
+    layer_names = ["l{}".format(k) if name == _ROOT else "{}.l{}".format(name, k) for k in range(num_layers)]
+
     def gradflow_layers_hook(module, inputs, output):
         m = _recording(ref)
         if m is None:
+            if _outside_autograd(module):
+                _note_order(ref, [(n, name) for n in layer_names])
             return None
         t = _first_tensor(output)
         layers = _layer_sequences(t, num_layers) if t is not None and not _packed(output) else None
         if layers is None:
             _name_output(m, output, name, time_dim)
             return None
-        for k, node in enumerate(layers):
-            m._layer_sequence(node, "l{}".format(k) if name == _ROOT else "{}.l{}".format(name, k), name)
+        for node, layer_name in zip(layers, layer_names):
+            m._layer_sequence(node, layer_name, name)
         return None
 
     return gradflow_layers_hook
@@ -199,6 +278,21 @@ def _recording(ref):
     return m if m is not None and m.recording else None
 
 
+def _outside_autograd(module):
+    """A training-mode forward without autograd: the first forward of a reentrant checkpoint's
+    segment (an evaluation puts its modules in eval mode)."""
+    return module.training and not torch.is_grad_enabled()
+
+
+def _note_order(ref, series):
+    """Outputs computed without autograd cannot be hooked; their series take their place in
+    forward order, where the segment's recomputation inside the backward records them."""
+    m = ref()
+    if m is not None and m.recording:
+        for name, module_name in series:
+            m._layer_sequence(None, name, module_name)
+
+
 def _packed(output):
     return isinstance(output, tuple) and len(output) > 0 and isinstance(output[0], _Packed)
 
@@ -214,6 +308,8 @@ def _output_hook(ref, name, time_dim):
         m = _recording(ref)
         if m is not None:
             _name_output(m, output, name, time_dim)
+        elif _outside_autograd(module):
+            _note_order(ref, [(name, name)])
         return None
 
     return gradflow_output_hook

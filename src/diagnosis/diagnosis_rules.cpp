@@ -357,6 +357,31 @@ std::optional<Finding> no_gradient_rule(const DiagnosisInput& in, const Diagnosi
   return f;
 }
 
+std::optional<Finding> not_recorded_rule(const DiagnosisInput& in, const DiagnosisOptions& /*o*/) {
+  if (!in.trace.steps().empty()) return std::nullopt;
+  const std::int64_t pid = in.trace.process_id;
+  Finding f;
+  f.kind = FindingKind::not_recorded;
+  f.severity = Severity::warning;
+  f.where = pid > 0 ? fmt::format("process {}", pid) : "the run";
+  f.evidence = {{"recorded_steps", 0.0}, {"updated_elsewhere", in.trace.updated_elsewhere ? 1.0 : 0.0}};
+  if (pid > 0) f.evidence.emplace_back("process_id", static_cast<double>(pid));
+  const std::string here = pid > 0 ? fmt::format(" in process {}", pid) : "";
+  if (in.trace.updated_elsewhere) {
+    f.message = "no training step was recorded" + here +
+                ", yet the model's parameters changed after the Monitor was attached: the model trained in other "
+                "processes (torch.multiprocessing workers share its memory), or was changed without a backward "
+                "(load_state_dict)";
+    f.remedy = "create a Monitor in each process that trains, each with its own out= folder, and save or build each "
+               "one's report (README: \"Several processes\")";
+  } else {
+    f.message = "no training step was recorded" + here + ": no backward reached the parameters the Monitor was given";
+    f.remedy = "attach the Monitor to the model that trains (not a copy: a deepcopy or an unpickled model is not "
+               "watched) before its first backward, and call watch(loss) before each backward";
+  }
+  return f;
+}
+
 std::optional<Finding> norm_growth_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
   const auto& g = in.grad_norm;
   if (g.size() < 2 || !std::isfinite(g.front()) || !(g.front() > 0)) return std::nullopt;

@@ -29,6 +29,8 @@ std::optional<Finding> stalled_rule(const DiagnosisInput& in, const DiagnosisOpt
 std::optional<Finding> edge_of_stability_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
 // Every parameter's gradient exactly 0 for several recorded steps in a row: nothing trains.
 std::optional<Finding> no_gradient_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
+// No step recorded at all: the report has nothing to say, and says why it may be.
+std::optional<Finding> not_recorded_rule(const DiagnosisInput& in, const DiagnosisOptions& o);
 
 // Data-parallel runs (rank_rules.cpp): a non-finite local gradient on some ranks only; ranks
 // whose parameter checksums differ; a rank whose local gradient norm stands out for several steps.

@@ -1,5 +1,8 @@
 #include "gradflow/monitor.h"
 
+#include <atomic>
+#include <cstdio>
+
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
@@ -11,6 +14,8 @@
 #include "gradflow/error.h"
 #include "gradflow/option.h"
 #include "util/guarded.h"
+#include "util/process.h"
+#include "monitor/backward_context.h"
 #include "monitor/script_outputs.h"
 #include "monitor/sharpness_torch.h"
 #include "monitor/step_recorder.h"
@@ -27,8 +32,21 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
   void schedule_backward_end() {
     std::weak_ptr<State> weak = weak_from_this();
     torch::autograd::Engine::get_default_engine().queue_callback([weak] {
-      if (auto st = weak.lock()) st->recorder.lock()->on_backward_end();
+      if (auto st = weak.lock(); st && !st->forked_copy()) st->recorder.lock()->on_backward_end();
     });
+  }
+
+  // Whether this process is a child that fork() copied the Monitor into: the Monitor, its hooks
+  // and its stream then do nothing here (the parent's folder stays the parent's), and say so once.
+  bool forked_copy() {
+    if (detail::fork_generation() == generation) return false;
+    if (!warned.exchange(true))
+      std::fprintf(stderr,
+                   "gradflow: process %lld inherited a Monitor from the process that created it (process %lld) through "
+                   "fork(); it records nothing here and writes nothing to its folder: create a Monitor in this process, "
+                   "with its own out= folder, to record its training\n",
+                   static_cast<long long>(detail::process_id()), static_cast<long long>(owner));
+    return true;
   }
 
   int rank() const {
@@ -44,6 +62,11 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
   std::unique_ptr<detail::ScriptOutputs> script_outputs;  // attach(torch::jit::Module&)
   ModelTraits shown;  // what the attached module's tree shows
   std::vector<at::Tensor> buffers;  // left as they were by a sharpness measurement
+  std::function<void(bool)> recomputation_listener;  // set_recomputation_listener
+  bool listening = false;
+  const std::uint64_t generation = detail::fork_generation();
+  const std::int64_t owner = detail::process_id();
+  std::atomic<bool> warned{false};
 };
 
 namespace {
@@ -60,7 +83,7 @@ struct OutputGradHook : torch::autograd::FunctionPreHook {
       : state(std::move(s)), series(series), step(step), output(output), slot(slot) {}
   torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
     if (output >= grads.size() || !grads[output].defined()) return grads;
-    if (auto st = state.lock()) st->recorder.lock()->on_tensor_grad(series, step, grads[output], slot);
+    if (auto st = state.lock(); st && !st->forked_copy()) st->recorder.lock()->on_tensor_grad(series, step, grads[output], slot);
     return grads;
   }
   std::weak_ptr<Monitor::State> state;
@@ -77,11 +100,61 @@ struct AccumulatedGradHook : torch::autograd::FunctionPostHook {
   torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
                                             const torch::autograd::variable_list& inputs) override {
     if (inputs.empty() || !inputs[0].defined()) return outputs;
-    if (auto st = state.lock()) st->recorder.lock()->on_param_grad(param);
+    if (auto st = state.lock(); st && !st->forked_copy()) st->recorder.lock()->on_param_grad(param);
     return outputs;
   }
   std::weak_ptr<Monitor::State> state;  // a parameter that outlives its Monitor keeps nothing alive
   int param;
+};
+
+// The watched loss's node: the first to run in the step's backward, so the graph task running it
+// is the step's (backwards nested in it, a checkpointed segment's, end before it does).
+struct BackwardStartHook : torch::autograd::FunctionPreHook {
+  explicit BackwardStartHook(std::weak_ptr<Monitor::State> s) : state(std::move(s)) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
+    if (auto st = state.lock(); st && !st->forked_copy()) st->recorder.lock()->on_backward_start(detail::current_backward());
+    return grads;
+  }
+  std::weak_ptr<Monitor::State> state;
+};
+
+// A reentrant checkpoint's segment node: its recomputation and nested backward run inside it.
+struct SegmentEnterHook : torch::autograd::FunctionPreHook {
+  SegmentEnterHook(std::weak_ptr<Monitor::State> s, int segment, std::int64_t step)
+      : state(std::move(s)), segment(segment), step(step) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
+    auto st = state.lock();
+    if (!st || st->forked_copy()) return grads;
+    const bool wanted = st->recorder.lock()->enter_segment(segment, step);
+    // Outside the lock: the listener runs Python, whose forward hooks call back.
+    if (wanted && st->recomputation_listener) {
+      st->listening = true;
+      st->recomputation_listener(true);
+    }
+    return grads;
+  }
+  std::weak_ptr<Monitor::State> state;
+  int segment;
+  std::int64_t step;
+};
+
+struct SegmentLeaveHook : torch::autograd::FunctionPostHook {
+  SegmentLeaveHook(std::weak_ptr<Monitor::State> s, int segment, std::int64_t step)
+      : state(std::move(s)), segment(segment), step(step) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list& /*inputs*/) override {
+    auto st = state.lock();
+    if (!st || st->forked_copy()) return outputs;
+    st->recorder.lock()->leave_segment(segment, step);
+    if (st->listening) {
+      st->listening = false;
+      st->recomputation_listener(false);
+    }
+    return outputs;
+  }
+  std::weak_ptr<Monitor::State> state;
+  int segment;
+  std::int64_t step;
 };
 
 // The sharpness, when the open step is due one, at the parameters its update produced: measured
@@ -121,15 +194,6 @@ std::optional<std::pair<double, double>> sgd_step_size(torch::optim::Optimizer& 
     step = here;
   }
   return step;
-}
-
-// Ours go first among the accumulator's post hooks, so that DistributedDataParallel's (which may
-// start reducing .grad in place) has not run yet; the program's hooks keep their order.
-std::uintptr_t add_first_post_hook(torch::autograd::Node& node, std::unique_ptr<torch::autograd::FunctionPostHook> hook) {
-  const auto key = reinterpret_cast<std::uintptr_t>(hook.get());
-  auto& hooks = node.post_hooks();
-  hooks.insert(hooks.begin(), std::move(hook));
-  return key;
 }
 
 }  // namespace
@@ -184,14 +248,8 @@ void Monitor::attach(const std::vector<std::pair<std::string, at::Tensor>>& name
         "the model has no trainable parameter (named_parameters() lists none that requires grad): register its layers "
         "as submodules, not in a plain list, and leave at least one trainable");
   if (state_->opts.parameters) {
-    auto& params = rec->params();
-    for (int i = 0; i < static_cast<int>(params.size()); ++i) {
-      // Held here so that the accumulator, and our hook on it, outlive each step's graph.
-      params[i].accumulator = torch::autograd::impl::grad_accumulator(params[i].tensor);
-      if (!params[i].accumulator)
-        throw UsageError("parameter '" + params[i].name + "' is not a leaf tensor: give the Monitor the model's own parameters");
-      params[i].hook = add_first_post_hook(*params[i].accumulator, std::make_unique<AccumulatedGradHook>(state_, i));
-    }
+    std::weak_ptr<State> weak = state_;
+    rec->hook_params([weak](int i) { return std::make_unique<AccumulatedGradHook>(weak, i); });
   }
   if (auto* dp = state_->opts.data_parallel) {
     std::weak_ptr<State> weak = state_;
@@ -217,11 +275,7 @@ void Monitor::detach() {
   auto rec = state_->recorder.lock();
   if (!rec->attached) return;
   rec->collect_worker();
-  if (state_->opts.parameters)
-    for (auto& p : rec->params()) {
-      if (p.accumulator) p.accumulator->del_post_hook(p.hook);
-      p.accumulator.reset();
-    }
+  if (state_->opts.parameters) rec->unhook_params();
   if (state_->rider >= 0) state_->opts.data_parallel->remove_rider(state_->rider);
   state_->rider = -1;
   rec->attached = false;
@@ -230,6 +284,8 @@ void Monitor::detach() {
 bool Monitor::attached() const { return state_->recorder.lock()->attached; }
 
 void Monitor::watch(const at::Tensor& loss) {
+  // A loss computed inside a backward (a checkpointed segment's recomputation) is not the step's.
+  if (state_->forked_copy() || detail::current_backward()) return;
   auto rec = state_->recorder.lock();
   rec->begin_forward();
   if (!rec->record_loss(loss)) return;
@@ -243,30 +299,61 @@ void Monitor::watch(const at::Tensor& loss) {
   const bool walk = state_->opts.activations && !(state_->script_outputs && rec->has_named_outputs());
   for (const auto& o : rec->outputs_to_hook(loss.grad_fn().get(), walk))
     o.node->add_pre_hook(std::make_unique<OutputGradHook>(state_, o.series, step, o.output, o.slot));
+  for (const auto& [node, segment] : rec->take_segments_to_hook()) {
+    node->add_pre_hook(std::make_unique<SegmentEnterHook>(state_, segment, step));
+    node->add_post_hook(std::make_unique<SegmentLeaveHook>(state_, segment, step));
+  }
+  loss.grad_fn()->add_pre_hook(std::make_unique<BackwardStartHook>(state_));
 }
 
 void Monitor::layer_output(const at::Tensor& output, const std::string& module, int time_dim) {
   if (module.empty()) throw UsageError("layer_output() needs the module's name, as named_modules() gives it");
+  name_output(output.defined() ? output.grad_fn() : nullptr, output.defined() ? output.output_nr() : 0, module, module,
+              time_dim);
+}
+
+void Monitor::name_output(const std::shared_ptr<torch::autograd::Node>& node, std::size_t output,
+                          const std::string& name, const std::string& module, int time_dim) {
+  if (state_->forked_copy()) return;
   auto rec = state_->recorder.lock();
+  if (!node) {
+    if (rec->attached) rec->note_series(name, module);
+    return;
+  }
+  if (detail::current_backward()) {
+    if (!rec->attached) return;
+    const std::int64_t step = rec->step();
+    if (auto o = rec->name_recomputed_output(node, output, name, module, time_dim))
+      o->node->add_pre_hook(std::make_unique<OutputGradHook>(state_, o->series, step, o->output, o->slot));
+    return;
+  }
   rec->begin_forward();
-  if (!rec->attached || !output.defined() || !output.grad_fn()) return;
-  rec->name_output(output.grad_fn(), output.output_nr(), module, module, time_dim);
+  if (!rec->attached) return;
+  rec->name_output(node, output, name, module, time_dim);
 }
 
 void Monitor::layer_output(const std::shared_ptr<torch::autograd::Node>& node, std::size_t output, const std::string& name,
                            const std::string& module, int time_dim) {
   if (name.empty() || module.empty())
     throw UsageError("layer_output() needs the series' name and its module's, as named_modules() gives it");
-  auto rec = state_->recorder.lock();
-  rec->begin_forward();
-  if (!rec->attached || !node) return;
-  rec->name_output(node, output, name, module, time_dim);
+  name_output(node, output, name, module, time_dim);
+}
+
+void Monitor::segment_output(const at::Tensor& output) {
+  if (!output.defined() || !output.grad_fn() || state_->forked_copy()) return;
+  state_->recorder.lock()->note_segment_output(output.grad_fn());
+}
+
+void Monitor::set_recomputation_listener(std::function<void(bool)> listener) {
+  state_->recomputation_listener = std::move(listener);
 }
 
 void Monitor::tap(const at::Tensor& t, const std::string& name, const TapOptions& options) {
+  if (state_->forked_copy()) return;
   auto rec = state_->recorder.lock();
-  // A tap in the forward after the previous backward belongs to the next step.
-  rec->begin_forward();
+  // A tap in the forward after the previous backward belongs to the next step; one inside a
+  // backward (a recomputation) to the step whose backward it is.
+  if (!detail::current_backward()) rec->begin_forward();
   const int series = rec->tap_series(t, name, options);
   if (series < 0 || !t.requires_grad()) return;
   const std::int64_t step = rec->step();
@@ -279,13 +366,17 @@ void Monitor::tap(const at::Tensor& t, const std::string& name, const TapOptions
 }
 
 void Monitor::step() {
+  if (state_->forked_copy()) return;
   measure_sharpness_if_due(*state_);
   state_->recorder.lock()->end_step();
 }
 
-void Monitor::begin_optimizer_step() { state_->recorder.lock()->begin_optimizer_step(); }
+void Monitor::begin_optimizer_step() {
+  if (!state_->forked_copy()) state_->recorder.lock()->begin_optimizer_step();
+}
 
 void Monitor::end_optimizer_step(std::optional<double> returned_loss) {
+  if (state_->forked_copy()) return;
   measure_sharpness_if_due(*state_);
   state_->recorder.lock()->end_optimizer_step(returned_loss);
 }
@@ -328,7 +419,11 @@ at::Tensor Monitor::figures_block(const at::Tensor& bucket) { return state_->rec
 
 void Monitor::receive_figures_block(const at::Tensor& summed) { state_->recorder.lock()->receive_figures_block(summed); }
 
-void Monitor::flush() { state_->recorder.lock()->close_whole_step(); }
+void Monitor::flush() {
+  if (!state_->forked_copy()) state_->recorder.lock()->close_whole_step();
+}
+
+bool Monitor::forked_copy() const { return state_->forked_copy(); }
 
 int Monitor::rank() const { return state_->rank(); }
 const ModelTraits& Monitor::model_traits() const { return state_->shown; }
@@ -339,11 +434,17 @@ std::string Monitor::stream_dir() const {
 }
 
 void Monitor::finish_stream() {
+  if (state_->forked_copy()) return;
   auto rec = state_->recorder.lock();
   if (rec->stream()) rec->stream()->finish(rec->completed_steps());
 }
 
-bool Monitor::recording() const { return state_->recorder.lock()->next_forward_recorded(); }
+bool Monitor::recording() const {
+  if (state_->forked_copy()) return false;
+  auto rec = state_->recorder.lock();
+  // A forward inside a backward recomputes the step that backward belongs to.
+  return detail::current_backward() ? rec->recording_now() : rec->next_forward_recorded();
+}
 bool Monitor::forward_closes_step() const { return state_->recorder.lock()->forward_closes_step(); }
 std::int64_t Monitor::step_index() const { return state_->recorder.lock()->step(); }
 std::int64_t Monitor::completed_steps() const { return state_->recorder.lock()->completed_steps(); }

@@ -19,6 +19,10 @@
 namespace gradflow {
 
 RunRecord make_run_record(Monitor& monitor, const SaveOptions& o) {
+  if (monitor.forked_copy())
+    throw UsageError("this process inherited its Monitor through fork() from the process that created it, which "
+                     "alone records and reports: create a Monitor in this process (with its own out= folder) and "
+                     "save its report");
   return user_run_record(monitor.trace(), monitor.completed_steps(), o.label,
                          with_shown_traits(o.traits, monitor.model_traits()), o.diagnosis);
 }

@@ -7,13 +7,17 @@
 
 #include <fmt/format.h>
 #include <torch/torch.h>
+#include <torch/csrc/autograd/functions/accumulate_grad.h>
+#include <torch/csrc/autograd/graph_task.h>
 
 #include "gradflow/data_parallel.h"
 #include "gradflow/error.h"
 #include "gradflow/option.h"
 #include "distributed/rank_block.h"
 #include "distributed/rider_block.h"
+#include "monitor/backward_context.h"
 #include "stats/tensor_stats_torch.h"
+#include "util/process.h"
 
 namespace gradflow::detail {
 
@@ -40,6 +44,7 @@ StepRecorder::StepRecorder(MonitorOptions options, std::function<void()> schedul
                                   opts_.saturation_threshold));
   trace_.every = opts_.every;
   trace_.saturation_threshold = opts_.saturation_threshold;
+  trace_.process_id = process_id();
   if (opts_.data_parallel) {
     trace_.world_size = opts_.data_parallel->world_size();
     rank_ = opts_.data_parallel->rank();
@@ -73,6 +78,59 @@ void StepRecorder::set_params(const std::vector<std::pair<std::string, at::Tenso
   for (const auto& p : params_) names.push_back(p.name);
   note_fused_layers(lookup_, names);
   before_.assign(params_.size(), at::Tensor());
+}
+
+namespace {
+
+// Ours go first among the accumulator's post hooks, so that DistributedDataParallel's (which may
+// start reducing .grad in place) has not run yet; the program's hooks keep their order.
+std::uintptr_t add_first_post_hook(torch::autograd::Node& node, std::unique_ptr<torch::autograd::FunctionPostHook> hook) {
+  const auto key = reinterpret_cast<std::uintptr_t>(hook.get());
+  auto& hooks = node.post_hooks();
+  hooks.insert(hooks.begin(), std::move(hook));
+  return key;
+}
+
+}  // namespace
+
+void StepRecorder::hook_params(ParamHookFactory make_hook) {
+  make_param_hook_ = std::move(make_hook);
+  for (int i = 0; i < static_cast<int>(params_.size()); ++i) {
+    if (!params_[i].tensor.is_leaf())
+      throw UsageError("parameter '" + params_[i].name + "' is not a leaf tensor: give the Monitor the model's own parameters");
+    hook_param(i);
+  }
+  attach_checksum_ = parameter_checksum();
+}
+
+void StepRecorder::hook_param(int i) {
+  HookedParam& p = params_[i];
+  // A lazy module's parameter has no elements until its first forward: an accumulator made now
+  // would expect gradients of no elements, and backward would fail. It is hooked once it has some.
+  if (p.tensor.numel() == 0) return;
+  // Held here so that the accumulator, and our hook on it, outlive each step's graph.
+  p.accumulator = torch::autograd::impl::grad_accumulator(p.tensor);
+  p.hook = add_first_post_hook(*p.accumulator, make_param_hook_(i));
+  trace_.set_shape(p.series, shape_of(p.tensor));
+}
+
+void StepRecorder::unhook_params() {
+  for (auto& p : params_) {
+    if (p.accumulator) p.accumulator->del_post_hook(p.hook);
+    p.accumulator.reset();
+  }
+  make_param_hook_ = nullptr;
+}
+
+void StepRecorder::rehook_moved_params() {
+  if (!make_param_hook_) return;
+  for (int i = 0; i < static_cast<int>(params_.size()); ++i) {
+    HookedParam& p = params_[i];
+    if (p.accumulator && torch::autograd::impl::try_get_grad_accumulator(p.tensor) == p.accumulator) continue;
+    if (p.accumulator) p.accumulator->del_post_hook(p.hook);
+    p.accumulator.reset();
+    hook_param(i);
+  }
 }
 
 int StepRecorder::find_record(int series) const {
@@ -155,6 +213,7 @@ void StepRecorder::record_weight(int index, StatsPath path, const at::Tensor& we
 
 void StepRecorder::on_param_grad(int param) {
   if (!attached) return;
+  if (segments_.wants_outputs()) read_segment_outputs();
   HookedParam& p = params_[param];
   // A second gradient for a parameter: the next step, or the closure's next evaluation.
   if ((opts_.auto_step || in_optimizer_) && p.seen > 0) end_step();
@@ -181,6 +240,7 @@ void StepRecorder::on_param_grad(int param) {
 
 void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad, ProfileSlot slot) {
   if (!attached || hooked_at != step_ || !recording_ || !grad.defined()) return;
+  if (segments_.wants_outputs()) read_segment_outputs();
   stamp_loss_scale();
   cur_active_ = true;
   backward_seen_ = true;
@@ -190,7 +250,8 @@ void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::
   const bool merge = existing >= 0 && cur_.records[existing].grad.numel > 0;
   if (merge) collect_worker();
   // A module called several times profiles its calls; a sequence only its one call's time steps.
-  const bool by_time = slot.time_dim >= 0 && slot.time_dim < grad.dim() && calls_[series] <= 1;
+  const bool by_time = slot.time_dim >= 0 && slot.time_dim < grad.dim() &&
+                       std::max(calls_[series], recomputed_calls_[series]) <= 1;
   record(series, grad, at::Tensor(), merge, by_time ? -1 : slot.call);
   const int index = record_index(series);
   cur_.records[index].profile_axis = by_time ? ProfileAxis::time : ProfileAxis::calls;
@@ -229,37 +290,173 @@ std::vector<StepRecorder::OutputToHook> StepRecorder::outputs_to_hook(torch::aut
   return out;
 }
 
+bool StepRecorder::linked(int series) const {
+  return series < static_cast<int>(linked_.size()) && linked_[series];
+}
+
+void StepRecorder::mark_linked(int series) {
+  if (series >= static_cast<int>(linked_.size())) linked_.resize(trace_.series().size(), false);
+  linked_[series] = true;
+}
+
 void StepRecorder::link_outputs(const std::vector<OutputToHook>& outputs) {
   using torch::autograd::Node;
-  const auto linked = [&](int series) { return series < static_cast<int>(linked_.size()) && linked_[series]; };
   // Once every module was linked, a step pays this one pass.
   if (std::all_of(outputs.begin(), outputs.end(), [&](const OutputToHook& o) { return linked(o.series); })) return;
   std::unordered_map<const Node*, int> series_of;
   for (const auto& o : outputs) series_of.emplace(o.node.get(), o.series);
+  std::vector<const Node*> segments_below;
   for (const auto& o : outputs) {
     if (linked(o.series)) continue;
-    std::vector<const Node*> stack;
-    std::unordered_set<const Node*> seen;
-    auto push_inputs = [&](const Node* n) {
-      for (const auto& edge : n->next_edges())
-        if (edge.function) stack.push_back(edge.function.get());
-    };
-    push_inputs(o.node.get());
-    while (!stack.empty()) {
-      const Node* n = stack.back();
-      stack.pop_back();
-      if (!seen.insert(n).second) continue;
-      if (auto it = series_of.find(n); it != series_of.end()) {
-        trace_.add_input(o.series, it->second);
-        continue;  // another module's output: what lies below it feeds that module
-      }
-      push_inputs(n);
+    walk_to_outputs(o.node.get(), series_of, [&](int from) { trace_.add_input(o.series, from); },
+                    [&](const Node* segment) {
+                      segments_.segment_feeds_series(note_segment(segment, segments_below), o.series);
+                    });
+  }
+  // What feeds each segment met (more may be met on the way down).
+  for (std::size_t k = 0; k < segments_below.size(); ++k) {
+    const int id = segments_.segment_id(segments_below[k]);
+    walk_to_outputs(segments_below[k], series_of, [&](int from) { segments_.series_feeds_segment(from, id); },
+                    [&](const Node* below) { segments_.segment_feeds_segment(note_segment(below, segments_below), id); });
+  }
+  for (const auto& o : outputs) mark_linked(o.series);
+}
+
+int StepRecorder::note_segment(const torch::autograd::Node* node, std::vector<const torch::autograd::Node*>& met) {
+  const int before = segments_.segments();
+  const int id = segments_.segment_id(node);
+  if (id == before) {
+    met.push_back(node);
+    segments_to_hook_.emplace_back(const_cast<torch::autograd::Node*>(node)->shared_from_this(), id);
+  }
+  return id;
+}
+
+void StepRecorder::walk_to_outputs(const torch::autograd::Node* start,
+                                   const std::unordered_map<const torch::autograd::Node*, int>& series_of,
+                                   const std::function<void(int)>& on_output,
+                                   const std::function<void(const torch::autograd::Node*)>& on_segment) {
+  using torch::autograd::Node;
+  std::vector<const Node*> stack;
+  std::unordered_set<const Node*> seen;
+  auto push_inputs = [&](const Node* n) {
+    for (const auto& edge : n->next_edges())
+      if (edge.function) stack.push_back(edge.function.get());
+  };
+  push_inputs(start);
+  while (!stack.empty()) {
+    const Node* n = stack.back();
+    stack.pop_back();
+    if (!seen.insert(n).second) continue;
+    if (auto it = series_of.find(n); it != series_of.end()) {
+      on_output(it->second);
+      continue;  // another module's output: what lies below it feeds that module
     }
+    if (SegmentLinks::is_segment(*n)) {
+      on_segment(n);
+      continue;  // what lies below a segment feeds the segment
+    }
+    push_inputs(n);
   }
-  for (const auto& o : outputs) {
-    if (o.series >= static_cast<int>(linked_.size())) linked_.resize(trace_.series().size(), false);
-    linked_[o.series] = true;
+}
+
+void StepRecorder::link_recomputed(const torch::autograd::Node* node, int series) {
+  using torch::autograd::Node;
+  if (segments_.current() < 0) return;  // recomputed in the non-reentrant mode: the step's graph holds it
+  const bool walk = !linked(series);
+  recomputed_nodes_.emplace(node, series);
+  if (!walk) return;
+  std::vector<int> inside;
+  bool reaches_input = false;
+  std::vector<const Node*> stack;
+  std::unordered_set<const Node*> seen;
+  auto push_inputs = [&](const Node* n) {
+    for (const auto& edge : n->next_edges())
+      if (edge.function) stack.push_back(edge.function.get());
+  };
+  push_inputs(node);
+  while (!stack.empty()) {
+    const Node* n = stack.back();
+    stack.pop_back();
+    if (!seen.insert(n).second) continue;
+    if (auto it = recomputed_nodes_.find(n); it != recomputed_nodes_.end()) {
+      trace_.add_input(series, it->second);
+      inside.push_back(it->second);
+      continue;
+    }
+    // The segment's inputs are detached leaves; parameters are leaves the lookup knows.
+    if (const auto* acc = dynamic_cast<const torch::autograd::AccumulateGrad*>(n)) {
+      if (!lookup_.index.count(acc->variable.unsafeGetTensorImpl())) reaches_input = true;
+      continue;
+    }
+    push_inputs(n);
   }
+  segments_.recomputed(series, inside, reaches_input);
+  mark_linked(series);
+}
+
+void StepRecorder::note_segment_output(const std::shared_ptr<torch::autograd::Node>& node) {
+  if (node && segments_.wants_outputs()) segment_output_ = node;
+}
+
+void StepRecorder::read_segment_outputs() {
+  using torch::autograd::Node;
+  // The nested backward's graph: every node below its root (not the root itself).
+  const auto* nodes = torch::autograd::get_current_graph_task_nodes_in_graph();
+  if (!nodes || current_backward() == outer_backward_) return;
+  std::vector<const Node*> stack;
+  // The root is the segment's output: the last call's output its recomputation named, when the
+  // nested graph holds what that node feeds on. Otherwise the nodes nothing else in the graph
+  // consumes stand for it (a residual addition around the whole segment is then not seen).
+  const auto output = segment_output_.lock();
+  segment_output_.reset();
+  const bool output_is_root = output && !output->next_edges().empty() &&
+                              std::all_of(output->next_edges().begin(), output->next_edges().end(), [&](const auto& e) {
+                                return !e.function || nodes->count(e.function.get());
+                              });
+  if (output_is_root) {
+    stack.push_back(output.get());
+  } else {
+    std::unordered_set<const Node*> consumed;
+    for (const Node* n : *nodes)
+      for (const auto& edge : n->next_edges())
+        if (edge.function) consumed.insert(edge.function.get());
+    for (const Node* n : *nodes)
+      if (!consumed.count(n)) stack.push_back(n);
+  }
+  std::vector<int> tops;
+  bool reaches_input = false;
+  std::unordered_set<const Node*> seen;
+  while (!stack.empty()) {
+    const Node* n = stack.back();
+    stack.pop_back();
+    if (!seen.insert(n).second) continue;
+    if (auto it = recomputed_nodes_.find(n); it != recomputed_nodes_.end()) {
+      if (std::find(tops.begin(), tops.end(), it->second) == tops.end()) tops.push_back(it->second);
+      continue;
+    }
+    if (const auto* acc = dynamic_cast<const torch::autograd::AccumulateGrad*>(n)) {
+      if (!lookup_.index.count(acc->variable.unsafeGetTensorImpl())) reaches_input = true;
+      continue;
+    }
+    for (const auto& edge : n->next_edges())
+      if (edge.function) stack.push_back(edge.function.get());
+  }
+  segments_.set_outputs(std::move(tops), reaches_input);
+}
+
+bool StepRecorder::enter_segment(int segment, std::int64_t step) {
+  if (step != step_) return false;
+  recomputed_nodes_.clear();
+  segment_output_.reset();
+  segments_.enter(segment);
+  return segments_.wants_outputs();
+}
+
+void StepRecorder::leave_segment(int segment, std::int64_t step) {
+  if (step != step_) return;
+  recomputed_nodes_.clear();
+  segments_.leave(segment, trace_);
 }
 
 StepRecord StepRecorder::closed_view(StepRecord step) const {
@@ -274,8 +471,34 @@ StepRecord StepRecorder::closed_view(StepRecord step) const {
 
 void StepRecorder::begin_forward() {
   if (measuring) return;  // the sharpness loss's forward belongs to no step
+  outer_backward_ = nullptr;  // a forward outside backward: any earlier backward is over
   if ((opts_.auto_step || in_optimizer_) && backward_seen_) end_step();
+  if (!accumulators_checked_) {
+    rehook_moved_params();
+    accumulators_checked_ = true;
+  }
   stamp_evaluation();
+}
+
+void StepRecorder::note_series(const std::string& name, const std::string& module) {
+  if (next_forward_recorded() && !measuring) trace_.intern(name, SeriesKind::activation, module);
+}
+
+void StepRecorder::on_backward_start(const void* task) {
+  outer_backward_ = task;
+  end_scheduled_ = false;  // one queued on an earlier task that failed never runs
+  schedule_backward_end();
+}
+
+std::optional<StepRecorder::OutputToHook> StepRecorder::name_recomputed_output(
+    std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& name, const std::string& module,
+    int time_dim) {
+  if (!recording_now()) return std::nullopt;
+  const int series = trace_.intern(name, SeriesKind::activation, module);
+  link_recomputed(node.get(), series);
+  // Numbered apart from the original forward's calls: in the non-reentrant mode those carry the
+  // gradient, and a recomputed call must not shift them.
+  return OutputToHook{std::move(node), output, series, ProfileSlot{recomputed_calls_[series]++, time_dim}};
 }
 
 void StepRecorder::stamp_evaluation() {
@@ -457,6 +680,9 @@ void StepRecorder::end_step() {
   ++step_;
   recording_ = (step_ % opts_.every) == 0;
   reset_step();
+  // A loop that never calls watch() or tap() still finds its moved parameters (not mid-backward:
+  // the engine may be running an accumulator's hooks).
+  if (!current_backward()) rehook_moved_params();
 }
 
 void StepRecorder::abandon_step() {
@@ -482,6 +708,11 @@ void StepRecorder::reset_step() {
   ranks_in_ = false;
   kept_.clear();
   calls_.clear();
+  recomputed_calls_.clear();
+  recomputed_nodes_.clear();
+  segments_.clear();
+  segments_to_hook_.clear();
+  accumulators_checked_ = false;
   named_outputs_.clear();
   for (auto& p : params_) p.seen = 0;
 }
@@ -490,10 +721,17 @@ double StepRecorder::parameter_checksum() const {
   torch::NoGradGuard no_grad;
   std::vector<at::Tensor> sums;
   for (const auto& p : params_) {
+    if (p.tensor.is_meta()) continue;  // no values yet (deferred initialisation)
     const at::Tensor v = p.tensor.detach().to(at::kDouble);
     sums.push_back(v.sum() + v.square().sum());
   }
   return sums.empty() ? 0.0 : torch::stack(sums).sum().item<double>();
+}
+
+bool StepRecorder::updated_elsewhere() const {
+  if (!trace_.steps().empty() || backward_seen_ || params_.empty()) return false;
+  const double now = parameter_checksum();
+  return !(now == attach_checksum_ || (std::isnan(now) && std::isnan(attach_checksum_)));
 }
 
 at::Tensor StepRecorder::figures_block(const at::Tensor& bucket) {
@@ -542,6 +780,7 @@ void StepRecorder::follow_ranks(int rank, int world_size) {
 const Trace& StepRecorder::snapshot() {
   gather();
   view_ = trace_;
+  view_.updated_elsewhere = updated_elsewhere();
   if (has_content()) {
     StepRecord open = closed_view(cur_);
     open.partial = !opts_.auto_step || !backward_seen_;
@@ -552,12 +791,15 @@ const Trace& StepRecorder::snapshot() {
 
 void StepRecorder::schedule_backward_end() {
   if (end_scheduled_) return;
+  // A backward nested in the watched one (a checkpointed segment's) ends before the step's does.
+  if (outer_backward_ && current_backward() != outer_backward_) return;
   end_scheduled_ = true;
   schedule_backward_end_();
 }
 
 void StepRecorder::on_backward_end() {
   end_scheduled_ = false;
+  outer_backward_ = nullptr;
   collect_worker();
   backward_done_ = backward_seen_;
   if (follow_world_ > 0 && backward_seen_) {

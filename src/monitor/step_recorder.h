@@ -12,11 +12,13 @@
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <torch/csrc/autograd/function_hook.h>
 
 #include "monitor/deferred_results.h"
 #include "gradflow/monitor.h"
 #include "gradflow/trace_stream.h"
 #include "monitor/graph_walk.h"
+#include "monitor/segment_links.h"
 #include "monitor/stats_path.h"
 #include "monitor/stats_worker.h"
 
@@ -44,11 +46,29 @@ class StepRecorder {
   // backward returns, and a stream must know that the step's backward completed.
   StepRecorder(MonitorOptions options, std::function<void()> schedule_backward_end);
 
+  // A layer output to hook: dL/d(output `output` of `node`) is one call of `series`.
+  struct OutputToHook {
+    std::shared_ptr<torch::autograd::Node> node;
+    std::size_t output;
+    int series;
+    ProfileSlot slot;
+  };
+
   const MonitorOptions& options() const { return opts_; }
 
   // Attachment: the parameters to hook, and the lookup the graph walk needs.
   void set_params(const std::vector<std::pair<std::string, at::Tensor>>& named);
   std::vector<HookedParam>& params() { return params_; }
+  // Puts `make_hook(i)` first among the post hooks of parameter i's gradient accumulator.
+  using ParamHookFactory = std::function<std::unique_ptr<torch::autograd::FunctionPostHook>(int)>;
+  void hook_params(ParamHookFactory make_hook);
+  void unhook_params();
+  // Hooks again each parameter whose accumulator LibTorch replaced since it was hooked: a
+  // parameter moved to another dtype or device (model.to(...), .double()) gets a new one, and the
+  // old one's hook would never fire again.
+  void rehook_moved_params();
+  // Hooks parameter i's accumulator (not one without elements yet: a lazy module's).
+  void hook_param(int i);
   const ParamLookup& lookup() const { return lookup_; }
   bool attached = false;
 
@@ -59,6 +79,33 @@ class StepRecorder {
 
   // A forward begins (watch, tap): in auto-step mode, after a backward it opens the next step.
   void begin_forward();
+  // A layer output computed without autograd (a reentrant checkpoint's first forward): nothing
+  // to hook, but its series takes its place in forward order, where its recomputation records it.
+  void note_series(const std::string& name, const std::string& module);
+  // The watched loss's node runs: the backward of graph task `task` (current_backward()) is the
+  // step's. Backwards nested in it (a checkpointed segment's) end with it.
+  void on_backward_start(const void* task);
+  // A layer output computed again inside the step's backward (a checkpointed segment's forward):
+  // the output to hook at once as one call of the series `name`, or nothing when the step is not
+  // recorded. In the reentrant mode its gradient arrives in the nested backward that follows; in
+  // the other, the original forward's output carries it and this one's hook never fires.
+  std::optional<OutputToHook> name_recomputed_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output,
+                                                     const std::string& name, const std::string& module, int time_dim);
+  // The segment nodes of reentrant checkpointing that the last watch() found, with their ids:
+  // the Monitor hooks each, so that their recomputation is known as theirs.
+  std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, int>> take_segments_to_hook() {
+    return std::move(segments_to_hook_);
+  }
+  // A segment's recomputation begins and ends (its node's hooks), in the step `step`; entering
+  // says whether the segment's output is wanted (note_segment_output), which only the first
+  // recorded step's segments are.
+  bool enter_segment(int segment, std::int64_t step);
+  // A call inside the recomputation returned `node`'s output: the last one before the nested
+  // backward is the segment's output.
+  void note_segment_output(const std::shared_ptr<torch::autograd::Node>& node);
+  void leave_segment(int segment, std::int64_t step);
+  // Whether the step in progress is recorded (what a recomputation inside its backward asks).
+  bool recording_now() const { return recording_ && !measuring; }
   // Records the loss of the current step; false when the step is not recorded.
   bool record_loss(const at::Tensor& loss);
   // Notes output `output` of `node` as one call of the series `name` of `module` (a layer output
@@ -66,13 +113,6 @@ class StepRecorder {
   // step is not recorded.
   void name_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& name,
                    const std::string& module, int time_dim);
-  // A layer output to hook: dL/d(output `output` of `node`) is one call of `series`.
-  struct OutputToHook {
-    std::shared_ptr<torch::autograd::Node> node;
-    std::size_t output;
-    int series;
-    ProfileSlot slot;
-  };
   // The step's layer outputs below `root`, in forward order: those named since the last call,
   // then, when `walk`, those the graph walk finds of modules none was named for. The first time
   // a series is among them, which of them feed it is added to the trace (SeriesInfo::inputs).
@@ -164,8 +204,24 @@ class StepRecorder {
   // The gradient's norm at each step along `time_dim`, into the record's profile.
   void record_time_profile(int index, const at::Tensor& grad, int time_dim);
   // Adds, for each output whose series was never linked, the outputs reached below it before
-  // any other output: the modules that feed it.
+  // any other output: the modules that feed it (through a reentrant checkpoint's segment, once
+  // the segment's recomputation shows what lies inside it).
   void link_outputs(const std::vector<OutputToHook>& outputs);
+  bool linked(int series) const;
+  void mark_linked(int series);
+  // Calls `on_output` for each output of `series_of` reached below `start` before any other
+  // output, and `on_segment` for each segment node reached so (neither is looked below).
+  void walk_to_outputs(const torch::autograd::Node* start,
+                       const std::unordered_map<const torch::autograd::Node*, int>& series_of,
+                       const std::function<void(int)>& on_output,
+                       const std::function<void(const torch::autograd::Node*)>& on_segment);
+  // The segment's id; a segment met for the first time joins `met` and the segments to hook.
+  int note_segment(const torch::autograd::Node* node, std::vector<const torch::autograd::Node*>& met);
+  // A layer output recomputed inside a reentrant segment: what inside the segment feeds it, and
+  // whether it reaches the segment's inputs.
+  void link_recomputed(const torch::autograd::Node* node, int series);
+  // In the current segment's nested backward: which layers its outputs reach first (SegmentLinks::set_outputs).
+  void read_segment_outputs();
   // The walk's layer outputs below `root` of modules without a series in `named`.
   void add_walked_outputs(torch::autograd::Node* root, std::vector<OutputToHook>& outputs);
   // `step` as the trace keeps it: without the profiles that say nothing beyond a record's totals
@@ -175,6 +231,8 @@ class StepRecorder {
   void record_updates();
   // Sum of every parameter's elements and squares, in double: equal on ranks in sync.
   double parameter_checksum() const;
+  // No step recorded, and the parameters differ from what they were at attach.
+  bool updated_elsewhere() const;
   void reset_step();
 
   MonitorOptions opts_;
@@ -184,6 +242,11 @@ class StepRecorder {
   Trace trace_;
   Trace view_;  // what snapshot() returns
   std::vector<HookedParam> params_;
+  ParamHookFactory make_param_hook_;
+  double attach_checksum_ = 0;
+  bool accumulators_checked_ = false;  // rehook_moved_params() ran in this step
+  const void* outer_backward_ = nullptr;  // the graph task of the watched backward, while it runs
+  std::unordered_map<int, int> recomputed_calls_;  // layer-output series -> its recomputed calls in the open step
   std::vector<at::Tensor> before_;  // parameters as they were when this step's gradient arrived
   std::vector<std::string> modules_;
   ParamLookup lookup_;
@@ -213,6 +276,10 @@ class StepRecorder {
   std::unordered_map<int, int> calls_;  // layer-output series -> its calls hooked in the open step
   std::vector<OutputToHook> named_outputs_;  // see name_output
   std::vector<bool> linked_;                // series -> its inputs were looked for
+  SegmentLinks segments_;                   // reentrant checkpointing's segments in the open step
+  std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, int>> segments_to_hook_;
+  std::unordered_map<const torch::autograd::Node*, int> recomputed_nodes_;  // the segment's outputs so far
+  std::weak_ptr<torch::autograd::Node> segment_output_;  // see note_segment_output
   std::vector<std::shared_ptr<torch::autograd::Node>> kept_;  // see keep_for_step
   DeferredResults deferred_;
   StatsWorker worker_;

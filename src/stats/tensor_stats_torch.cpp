@@ -43,13 +43,30 @@ bool fused_stats_with_weight(const at::Tensor& g, const at::Tensor& w, TensorSta
   return true;
 }
 
+namespace {
+
+// The stored elements of a sparse tensor, duplicates summed (COO), and how many of the dense
+// tensor's elements it leaves out: each of those is an exact zero. A dense tensor: all of it.
+std::pair<at::Tensor, std::int64_t> stored_elements(const at::Tensor& t) {
+  if (t.layout() == at::kStrided) return {t, 0};
+  if (t.is_sparse()) {
+    const at::Tensor values = t.coalesce().values();
+    return {values, t.numel() - values.numel()};
+  }
+  return {t.to_dense(), 0};  // compressed layouts (CSR, ...): rare for gradients
+}
+
+}  // namespace
+
 at::Tensor aten_stats(const at::Tensor& t) {
   torch::NoGradGuard no_grad;
-  const auto x = t.detach().reshape({-1}).to(torch::kDouble);
+  const auto [stored, implicit_zeros] = stored_elements(t.detach());
+  const auto x = stored.reshape({-1}).to(torch::kDouble);
   const auto fin = torch::isfinite(x);
   const auto xf = torch::where(fin, x, torch::zeros({}, x.options()));
   const auto max_abs = x.numel() > 0 ? xf.abs().max() : torch::zeros({}, x.options());
-  return torch::stack({xf.sum(), xf.square().sum(), max_abs, x.eq(0).sum().to(torch::kDouble),
+  return torch::stack({xf.sum(), xf.square().sum(), max_abs,
+                       x.eq(0).sum().to(torch::kDouble) + static_cast<double>(implicit_zeros),
                        fin.logical_not().sum().to(torch::kDouble)});
 }
 
@@ -66,7 +83,7 @@ TensorStats stats_from_aten(const double* v, std::int64_t numel) {
 
 at::Tensor aten_sum_of_squares(const at::Tensor& t) {
   torch::NoGradGuard no_grad;
-  const auto x = t.detach().reshape({-1}).to(torch::kDouble);
+  const auto x = stored_elements(t.detach()).first.reshape({-1}).to(torch::kDouble);
   return torch::where(torch::isfinite(x), x, torch::zeros({}, x.options())).square().sum().reshape({1});
 }
 

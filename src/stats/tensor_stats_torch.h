@@ -21,7 +21,9 @@ double fused_sum_of_squares(const at::Tensor& t);
 bool fused_stats_with_weight(const at::Tensor& grad, const at::Tensor& weight, TensorStats& stats, double& weight_sum_sq);
 
 // The same sums as ATen ops on the tensor's device, as a double tensor
-// [sum, sum_sq, max_abs, zeros, nonfinite]; no host synchronisation.
+// [sum, sum_sq, max_abs, zeros, nonfinite]; no host synchronisation. A sparse tensor (an
+// nn.Embedding(sparse=True)'s gradient) is summed over its stored elements, every element it
+// does not store counted as a zero: the sums of the dense tensor it stands for.
 at::Tensor aten_stats(const at::Tensor& t);
 constexpr int kAtenStatsSize = 5;
 TensorStats stats_from_aten(const double* v, std::int64_t numel);

@@ -49,6 +49,10 @@ bool Trace::add_input(int to, int from) {
   return true;
 }
 
+void Trace::set_shape(int series, std::vector<std::int64_t> shape) {
+  series_.at(static_cast<std::size_t>(series)).shape = std::move(shape);
+}
+
 void Trace::mark_found_by_walk(int series) { series_.at(static_cast<std::size_t>(series)).found_by_walk = true; }
 
 int Trace::find(const std::string& name) const {

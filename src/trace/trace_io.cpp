@@ -198,6 +198,8 @@ Json trace_to_json_value(const Trace& trace) {
             {"steps", std::move(steps)}};
   if (trace.world_size > 1) j["world_size"] = trace.world_size;
   if (trace.batch_per_rank > 0) j["batch_per_rank"] = trace.batch_per_rank;
+  if (trace.process_id > 0) j["process_id"] = trace.process_id;
+  if (trace.updated_elsewhere) j["updated_elsewhere"] = true;
   if (const auto& nf = trace.first_nonfinite())
     j["first_nonfinite"] = {{"step", nf->step}, {"series", nf->series}};
   else
@@ -237,6 +239,8 @@ Trace trace_from_json_unchecked(const Json& j, const std::string& where) {
   if (t.world_size < 1) throw Error(where + ": 'world_size' must be at least 1");
   if (auto it = j.find("batch_per_rank"); it != j.end() && it->is_number_integer())
     t.batch_per_rank = it->get<std::int64_t>();
+  if (auto it = j.find("process_id"); it != j.end() && it->is_number_integer()) t.process_id = it->get<std::int64_t>();
+  if (auto it = j.find("updated_elsewhere"); it != j.end() && it->is_boolean()) t.updated_elsewhere = it->get<bool>();
   for (const auto& s : get_array(j, "series", where)) add_series_from(t, s, where);
   for (const auto& js : get_array(j, "steps", where)) t.add_step(step_from(js, static_cast<int>(t.series().size()), where));
   return t;

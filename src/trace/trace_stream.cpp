@@ -8,16 +8,20 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <map>
+#include <mutex>
 
 #include <fmt/format.h>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "gradflow/atomic_file.h"
 #include "gradflow/error.h"
 #include "gradflow/option.h"
 #include "trace/trace_json.h"
+#include "util/process.h"
 
 namespace gradflow {
 
@@ -33,7 +37,25 @@ detail::Json header_json(const Trace& t) {
                     {"saturation_threshold", t.saturation_threshold},
                     {"world_size", t.world_size},
                     {"batch_per_rank", t.batch_per_rank}};
+  if (t.process_id > 0) j["process_id"] = t.process_id;
   return j;
+}
+
+// This process's open streams by folder: a second Monitor of the process on a folder that one
+// streams to takes it over (a notebook cell run again) rather than writing beside it.
+struct OpenStreams {
+  std::mutex mu;
+  std::map<std::string, TraceStream*> by_folder;
+};
+OpenStreams& open_streams() {
+  static OpenStreams streams;
+  return streams;
+}
+
+std::string folder_key(const std::string& dir) {
+  std::error_code ec;
+  const fs::path p = fs::weakly_canonical(dir, ec);
+  return ec ? dir : p.string();
 }
 
 // Whether the stream at `path` holds a step line (any other file counts as one: it is not ours to replace).
@@ -49,16 +71,26 @@ bool holds_a_step(const std::string& path) {
 }  // namespace
 
 TraceStream::TraceStream(const std::string& dir, const Trace& settings, bool replace)
-    : dir_(dir), path_(stream_path(dir)) {
+    : dir_(dir), path_(stream_path(dir)), owner_(detail::process_id()) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw Error("cannot create the recording folder '" + dir + "': " + ec.message());
+  lock_folder(replace);
+  try {
+    open_file(settings, replace);
+  } catch (...) {
+    release_lock();  // a stream that never opened leaves the folder to the next one
+    throw;
+  }
+}
+
+void TraceStream::open_file(const Trace& settings, bool replace) {
   const int flags = O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC;
   fd_ = ::open(path_.c_str(), flags | (replace ? O_TRUNC : O_EXCL), 0644);
   // A recording without a step (its program stopped before one) holds nothing to protect.
   if (fd_ < 0 && errno == EEXIST && !holds_a_step(path_)) fd_ = ::open(path_.c_str(), flags | O_TRUNC, 0644);
   if (fd_ < 0 && errno == EEXIST)
-    throw OptionError(Option::monitor_force, "'" + dir + "' already holds a recording (" + kStreamFile +
+    throw OptionError(Option::monitor_force, "'" + dir_ + "' already holds a recording (" + kStreamFile +
                                                  "): choose another folder, or replace it with {}");
   if (fd_ < 0) throw Error("cannot write '" + path_ + "': " + std::strerror(errno) + " (check that the folder is writable)");
   write_line(header_json(settings).dump() + "\n");
@@ -67,10 +99,71 @@ TraceStream::TraceStream(const std::string& dir, const Trace& settings, bool rep
 
 TraceStream::~TraceStream() {
   if (fd_ >= 0) ::close(fd_);
+  release_lock();
+}
+
+void TraceStream::release_lock() {
+  if (lock_fd_ < 0) return;
+  {
+    auto& open = open_streams();
+    std::lock_guard<std::mutex> guard(open.mu);
+    auto it = open.by_folder.find(folder_key(dir_));
+    if (it != open.by_folder.end() && it->second == this) open.by_folder.erase(it);
+  }
+  detail::forget_in_children(lock_fd_);
+  ::close(lock_fd_);  // the last descriptor of the lock: it is released
+  lock_fd_ = -1;
+}
+
+void TraceStream::take_over_from_this_process(bool replace) {
+  auto& open = open_streams();
+  TraceStream* earlier = nullptr;
+  {
+    std::lock_guard<std::mutex> guard(open.mu);
+    auto it = open.by_folder.find(folder_key(dir_));
+    if (it == open.by_folder.end()) return;
+    earlier = it->second;
+  }
+  if (!replace && holds_a_step(path_))
+    throw OptionError(Option::monitor_force, "'" + dir_ + "' already holds a recording (" + kStreamFile +
+                                                 "): choose another folder, or replace it with {}");
+  std::fprintf(stderr, "gradflow: a new Monitor streams to '%s' now; the earlier one of this process stopped writing there\n",
+               dir_.c_str());
+  if (earlier->fd_ >= 0) ::close(earlier->fd_);
+  earlier->fd_ = -1;
+  earlier->release_lock();
+}
+
+void TraceStream::lock_folder(bool replace) {
+  take_over_from_this_process(replace);
+  const std::string lock_path = (fs::path(dir_) / kStreamLockFile).string();
+  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) throw Error("cannot write '" + lock_path + "': " + std::strerror(errno) + " (check that the folder is writable)");
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    std::string holder(32, '\0');
+    const ssize_t n = ::pread(lock_fd_, holder.data(), holder.size() - 1, 0);
+    holder.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+    while (!holder.empty() && (holder.back() == '\n' || holder.back() == '\0')) holder.pop_back();
+    ::close(lock_fd_);
+    lock_fd_ = -1;
+    throw OptionError(Option::out, "'" + dir_ + "' is being recorded by another live process" +
+                                       (holder.empty() ? std::string() : " (process " + holder + ")") +
+                                       ": give each process its own {} folder, such as '" + dir_ + "/worker-<rank>'");
+  }
+  detail::close_in_children(lock_fd_);
+  {
+    auto& open = open_streams();
+    std::lock_guard<std::mutex> guard(open.mu);
+    open.by_folder[folder_key(dir_)] = this;
+  }
+  const std::string me = std::to_string(owner_) + "\n";
+  if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size()))
+    throw Error("cannot write '" + lock_path + "': " + std::strerror(errno) + " (free some space or write to another folder)");
 }
 
 void TraceStream::write_line(const std::string& text) {
-  if (fd_ < 0) return;
+  // A child of fork() holds the parent's descriptor: its lines would interleave with the parent's.
+  if (fd_ < 0 || detail::process_id() != owner_) return;
   const char* p = text.data();
   std::size_t left = text.size();
   while (left > 0) {
@@ -280,6 +373,7 @@ void read_header(const detail::Json& j, Trace& t, const std::string& where) {
   t.saturation_threshold = detail::get_num_or(j, "saturation_threshold", t.saturation_threshold);
   t.world_size = static_cast<int>(detail::get_int(j, "world_size", where));
   t.batch_per_rank = detail::get_int(j, "batch_per_rank", where);
+  if (auto pid = j.find("process_id"); pid != j.end() && pid->is_number_integer()) t.process_id = pid->get<std::int64_t>();
 }
 
 // One line after the header; throws gradflow::Error when it is not a line of a stream.
