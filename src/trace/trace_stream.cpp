@@ -121,7 +121,8 @@ void TraceStream::take_over_from_this_process(bool replace) {
   {
     std::lock_guard<std::mutex> guard(open.mu);
     auto it = open.by_folder.find(folder_key(dir_));
-    if (it == open.by_folder.end()) return;
+    // A child of fork() holds its parent's streams in this map too: those are not its own.
+    if (it == open.by_folder.end() || it->second->owner_ != detail::process_id()) return;
     earlier = it->second;
   }
   if (!replace && holds_a_step(path_))

@@ -595,3 +595,32 @@ class ProcessesTest(unittest.TestCase):
             r = subprocess.run([sys.executable, "-c", code.replace("print(e)", "print(e)\nelse:\n    print('free')"), out],
                                capture_output=True, text=True, timeout=60)
             self.assertIn("free", r.stdout)
+
+    def test_a_forked_child_neither_records_nor_reports_for_its_parent(self):
+        code = textwrap.dedent("""
+            import os, sys, torch, torch.nn as nn, gradflow
+            model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+            monitor = gradflow.Monitor(model, out=sys.argv[1])
+            loss = model(torch.randn(3, 4)).sum()
+            monitor.watch(loss)
+            loss.backward()
+            pid = os.fork()
+            if pid == 0:
+                loss = model(torch.randn(3, 4)).sum()
+                monitor.watch(loss)
+                loss.backward()
+                try:
+                    gradflow.save_report(monitor, sys.argv[1] + "-child")
+                except gradflow.UsageError as e:
+                    print(e, flush=True)
+                os._exit(0)
+            os.waitpid(pid, 0)
+            print("steps", monitor.steps, flush=True)
+        """)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "run")
+            r = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True, timeout=60)
+            self.assertIn("this process inherited its Monitor through fork()", r.stdout)
+            self.assertIn("steps 1", r.stdout)
+            self.assertEqual(r.stderr.count("inherited a Monitor from the process that created it"), 1, r.stderr)
+            self.assertFalse(os.path.exists(out + "-child"))

@@ -10,6 +10,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "gradflow/atomic_file.h"
 #include "gradflow/error.h"
 #include "gradflow/option.h"
@@ -326,6 +329,62 @@ TEST(TraceStream, AFolderThatHoldsARecordingIsNotOverwrittenUnlessAsked) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("holds no recorded step"), std::string::npos) << e.what();
   }
+}
+
+// Lines of the stream file, as written.
+std::size_t stream_lines(const std::string& dir) {
+  std::ifstream in(fs::path(dir) / kStreamFile);
+  std::size_t n = 0;
+  for (std::string line; std::getline(in, line);) ++n;
+  return n;
+}
+
+TEST(TraceStream, ASecondProcessCannotStreamToAFolderALiveOneStreamsTo) {
+  TempDir d;
+  const Trace t = growing_trace(2);
+  TraceStream stream(d.path, t, false);
+  stream.append(t, t.steps()[0]);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    // The child copied the parent's stream: it writes nothing through it, and cannot open its own.
+    stream.append(t, t.steps()[1]);
+    int code = 3;
+    try {
+      TraceStream mine(d.path, t, true);
+    } catch (const OptionError& e) {
+      const std::string what = e.what();
+      const bool named = what.find("is being recorded by another live process (process " +
+                                   std::to_string(::getppid()) + ")") != std::string::npos &&
+                         e.message(Language::python).find("its own out= folder") != std::string::npos;
+      code = named ? 0 : 4;
+    } catch (...) {
+      code = 5;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "3: the child opened the folder; 4: the message does not name the holder";
+  const std::size_t written = stream_lines(d.path);
+  stream.append(t, t.steps()[1]);
+  EXPECT_EQ(stream_lines(d.path), written + 1) << "the child wrote to the parent's stream";
+  EXPECT_EQ(read_trace_stream(d.path).trace.steps().size(), 2u);
+}
+
+TEST(TraceStream, ASecondStreamOfTheSameProcessTakesTheFolderOver) {
+  TempDir d;
+  const Trace t = growing_trace(2);
+  TraceStream first(d.path, t, false);
+  first.append(t, t.steps()[0]);
+  // A recording with a step is kept unless replacing it is asked for.
+  EXPECT_THROW(TraceStream(d.path, t, false), OptionError);
+  TraceStream second(d.path, t, true);
+  EXPECT_TRUE(first.failed());
+  first.append(t, t.steps()[1]);  // stopped: writes nothing
+  EXPECT_EQ(stream_lines(d.path), 1u);
+  second.append(t, t.steps()[0]);
+  EXPECT_EQ(read_trace_stream(d.path).trace.steps().size(), 1u);
 }
 
 TEST(TraceStream, OneWritePerStepWithTheSeriesItIntroducesBeforeIt) {
