@@ -91,7 +91,36 @@ std::uintptr_t add_first_post_hook(torch::autograd::Node& node, std::unique_ptr<
   return key;
 }
 
+using torch::autograd::Node;
+
+// Visits each node below `stack` once, depth first, the nodes of `stack` first; `stop(n)` true:
+// nothing below n is visited.
+template <class Stop>
+void walk_below(std::vector<const Node*> stack, Stop stop) {
+  std::unordered_set<const Node*> seen;
+  while (!stack.empty()) {
+    const Node* n = stack.back();
+    stack.pop_back();
+    if (!seen.insert(n).second || stop(n)) continue;
+    for (const auto& edge : n->next_edges())
+      if (edge.function) stack.push_back(edge.function.get());
+  }
+}
+
+std::vector<const Node*> inputs_of(const Node* n) {
+  std::vector<const Node*> out;
+  for (const auto& edge : n->next_edges())
+    if (edge.function) out.push_back(edge.function.get());
+  return out;
+}
+
 }  // namespace
+
+bool StepRecorder::is_segment_input(const torch::autograd::Node* n) const {
+  // A segment's inputs are detached leaves; parameters are leaves the lookup knows.
+  const auto* acc = dynamic_cast<const torch::autograd::AccumulateGrad*>(n);
+  return acc && !lookup_.index.count(acc->variable.unsafeGetTensorImpl());
+}
 
 void StepRecorder::hook_params(ParamHookFactory make_hook) {
   make_param_hook_ = std::move(make_hook);
@@ -336,61 +365,33 @@ void StepRecorder::walk_to_outputs(const torch::autograd::Node* start,
                                    const std::unordered_map<const torch::autograd::Node*, int>& series_of,
                                    const std::function<void(int)>& on_output,
                                    const std::function<void(const torch::autograd::Node*)>& on_segment) {
-  using torch::autograd::Node;
-  std::vector<const Node*> stack;
-  std::unordered_set<const Node*> seen;
-  auto push_inputs = [&](const Node* n) {
-    for (const auto& edge : n->next_edges())
-      if (edge.function) stack.push_back(edge.function.get());
-  };
-  push_inputs(start);
-  while (!stack.empty()) {
-    const Node* n = stack.back();
-    stack.pop_back();
-    if (!seen.insert(n).second) continue;
+  walk_below(inputs_of(start), [&](const Node* n) {
     if (auto it = series_of.find(n); it != series_of.end()) {
       on_output(it->second);
-      continue;  // another module's output: what lies below it feeds that module
+      return true;  // another module's output: what lies below it feeds that module
     }
-    if (SegmentLinks::is_segment(*n)) {
-      on_segment(n);
-      continue;  // what lies below a segment feeds the segment
-    }
-    push_inputs(n);
-  }
+    if (!SegmentLinks::is_segment(*n)) return false;
+    on_segment(n);
+    return true;  // what lies below a segment feeds the segment
+  });
 }
 
 void StepRecorder::link_recomputed(const torch::autograd::Node* node, int series) {
-  using torch::autograd::Node;
   if (segments_.current() < 0) return;  // recomputed in the non-reentrant mode: the step's graph holds it
   const bool walk = !linked(series);
   recomputed_nodes_.emplace(node, series);
   if (!walk) return;
   std::vector<int> inside;
   bool reaches_input = false;
-  std::vector<const Node*> stack;
-  std::unordered_set<const Node*> seen;
-  auto push_inputs = [&](const Node* n) {
-    for (const auto& edge : n->next_edges())
-      if (edge.function) stack.push_back(edge.function.get());
-  };
-  push_inputs(node);
-  while (!stack.empty()) {
-    const Node* n = stack.back();
-    stack.pop_back();
-    if (!seen.insert(n).second) continue;
+  walk_below(inputs_of(node), [&](const Node* n) {
     if (auto it = recomputed_nodes_.find(n); it != recomputed_nodes_.end()) {
       trace_.add_input(series, it->second);
       inside.push_back(it->second);
-      continue;
+      return true;
     }
-    // The segment's inputs are detached leaves; parameters are leaves the lookup knows.
-    if (const auto* acc = dynamic_cast<const torch::autograd::AccumulateGrad*>(n)) {
-      if (!lookup_.index.count(acc->variable.unsafeGetTensorImpl())) reaches_input = true;
-      continue;
-    }
-    push_inputs(n);
-  }
+    reaches_input = reaches_input || is_segment_input(n);
+    return false;
+  });
   segments_.recomputed(series, inside, reaches_input);
   mark_linked(series);
 }
@@ -400,11 +401,9 @@ void StepRecorder::note_segment_output(const std::shared_ptr<torch::autograd::No
 }
 
 void StepRecorder::read_segment_outputs() {
-  using torch::autograd::Node;
   // The nested backward's graph: every node below its root (not the root itself).
   const auto* nodes = torch::autograd::get_current_graph_task_nodes_in_graph();
   if (!nodes || current_backward() == outer_backward_) return;
-  std::vector<const Node*> stack;
   // The root is the segment's output: the last call's output its recomputation named, when the
   // nested graph holds what that node feeds on. Otherwise the nodes nothing else in the graph
   // consumes stand for it (a residual addition around the whole segment is then not seen).
@@ -414,34 +413,26 @@ void StepRecorder::read_segment_outputs() {
                               std::all_of(output->next_edges().begin(), output->next_edges().end(), [&](const auto& e) {
                                 return !e.function || nodes->count(e.function.get());
                               });
+  std::vector<const Node*> roots;
   if (output_is_root) {
-    stack.push_back(output.get());
+    roots.push_back(output.get());
   } else {
     std::unordered_set<const Node*> consumed;
     for (const Node* n : *nodes)
-      for (const auto& edge : n->next_edges())
-        if (edge.function) consumed.insert(edge.function.get());
+      for (const Node* in : inputs_of(n)) consumed.insert(in);
     for (const Node* n : *nodes)
-      if (!consumed.count(n)) stack.push_back(n);
+      if (!consumed.count(n)) roots.push_back(n);
   }
   std::vector<int> tops;
   bool reaches_input = false;
-  std::unordered_set<const Node*> seen;
-  while (!stack.empty()) {
-    const Node* n = stack.back();
-    stack.pop_back();
-    if (!seen.insert(n).second) continue;
+  walk_below(roots, [&](const Node* n) {
     if (auto it = recomputed_nodes_.find(n); it != recomputed_nodes_.end()) {
       if (std::find(tops.begin(), tops.end(), it->second) == tops.end()) tops.push_back(it->second);
-      continue;
+      return true;
     }
-    if (const auto* acc = dynamic_cast<const torch::autograd::AccumulateGrad*>(n)) {
-      if (!lookup_.index.count(acc->variable.unsafeGetTensorImpl())) reaches_input = true;
-      continue;
-    }
-    for (const auto& edge : n->next_edges())
-      if (edge.function) stack.push_back(edge.function.get());
-  }
+    reaches_input = reaches_input || is_segment_input(n);
+    return false;
+  });
   segments_.set_outputs(std::move(tops), reaches_input);
 }
 

@@ -222,6 +222,8 @@ class StepRecorder {
   void link_recomputed(const torch::autograd::Node* node, int series);
   // In the current segment's nested backward: which layers its outputs reach first (SegmentLinks::set_outputs).
   void read_segment_outputs();
+  // An input of a reentrant segment's recomputation: a leaf that is no parameter.
+  bool is_segment_input(const torch::autograd::Node* n) const;
   // The walk's layer outputs below `root` of modules without a series in `named`.
   void add_walked_outputs(torch::autograd::Node* root, std::vector<OutputToHook>& outputs);
   // `step` as the trace keeps it: without the profiles that say nothing beyond a record's totals

@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn as nn
 
+from real_models import first_tensor  # noqa: F401  (the first tensor of a module's output)
+
 
 def module_classes():
     """Every nn.Module class torch.nn offers, by name, found when the test runs."""
@@ -167,17 +169,6 @@ def fused_layer_gradients(rnn, x, weight):
         h = one(h)[0]
         outputs.append(h)
     return torch.autograd.grad((outputs[-1] * weight).sum(), outputs)
-
-
-def first_tensor(output):
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            t = first_tensor(item)
-            if t is not None:
-                return t
-    return None
 
 
 def floating(t):
