@@ -21,6 +21,7 @@ std::string attenuation_text(const std::optional<Attenuation>& a, Markup markup,
 std::string loss_text(const std::optional<double>& v) { return v ? fmt::format("{:.3g}", *v) : "non-finite"; }
 
 std::string loss_span(const RunSummary& s, Markup markup) {
+  if (s.recorded_steps == 0) return "not recorded";
   return loss_text(s.loss_first) + (markup == Markup::html ? " &rarr; " : " -> ") + loss_text(s.loss_last);
 }
 
