@@ -133,8 +133,9 @@ class _Watched:
     (an EMA model, a target network, a spawned worker's) is not watched."""
 
     def __init__(self):
-        self._hooks = {}   # id(module) -> the functions its calls' outputs go to
-        self._alive = {}   # id(module) -> a weak reference whose callback forgets it
+        self._hooks = {}     # id(module) -> the functions its calls' outputs go to
+        self._dispatch = {}  # id(module) -> the one function its hook calls (they, in turn)
+        self._alive = {}     # id(module) -> a weak reference whose callback forgets it
         self._handle = None
         # The Monitor whose reentrant checkpoint segment is being recomputed (a weak reference),
         # while it wants every call's output (Monitor.set_recomputation_listener in C++).
@@ -145,6 +146,7 @@ class _Watched:
         if key not in self._alive:
             self._alive[key] = weakref.ref(module, lambda _, key=key: self._forget(key))
         self._hooks.setdefault(key, []).append(hook)
+        self._update(key)
         if self._handle is None:
             self._handle = torch.nn.modules.module.register_module_forward_hook(self._on_output)
         return key, hook
@@ -154,24 +156,33 @@ class _Watched:
         hooks = self._hooks.get(key)
         if hooks is not None and hook in hooks:
             hooks.remove(hook)
-            if not hooks:
-                self._forget(key)
+            self._update(key) if hooks else self._forget(key)
+
+    def _update(self, key):
+        hooks = tuple(self._hooks[key])
+        if len(hooks) == 1:
+            self._dispatch[key] = hooks[0]
+            return
+
+        def each(module, inputs, output):
+            for hook in hooks:
+                hook(module, inputs, output)
+        self._dispatch[key] = each
 
     def _forget(self, key):
         self._hooks.pop(key, None)
+        self._dispatch.pop(key, None)
         self._alive.pop(key, None)
         if not self._hooks and self._handle is not None:
             self._handle.remove()
             self._handle = None
 
     def _on_output(self, module, inputs, output):
-        hooks = self._hooks.get(id(module))
+        # Called for every module's every call in the process: the unwatched pay one lookup.
+        hook = self._dispatch.get(id(module))
         if self.recomputing is not None:
             _segment_output(self.recomputing, output)
-        # A trace (torch.jit.trace) runs the forward to record it, not to train.
-        if hooks is None or torch.jit.is_tracing():
-            return None
-        for hook in tuple(hooks):
+        if hook is not None:
             hook(module, inputs, output)
         return None
 
@@ -271,8 +282,9 @@ def _layer_sequences(t, num_layers):
 
 def _recording(ref):
     """The Monitor when this forward's outputs are to be recorded (it lives, the step is recorded,
-    gradients are on), else None: a step in between costs this check."""
-    if not torch.is_grad_enabled():
+    gradients are on, and no torch.jit.trace runs the forward to record it), else None: a step in
+    between costs this check."""
+    if not torch.is_grad_enabled() or torch._C._is_tracing():
         return None
     m = ref()
     return m if m is not None and m.recording else None

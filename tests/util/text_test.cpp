@@ -50,6 +50,8 @@ TEST(Figures, GainLossAndOrders) {
   EXPECT_EQ(orders_text(0.04), "+0.0");
   EXPECT_EQ(orders_text(std::nullopt), "n/a");
   RunSummary s;
+  EXPECT_EQ(loss_span(s, Markup::plain), "not recorded");  // no step: nothing to show, not a non-finite loss
+  s.recorded_steps = 3;
   s.loss_first = 2.41;
   EXPECT_EQ(loss_span(s, Markup::plain), "2.41 -> non-finite");
   s.loss_last = 0.004081;
