@@ -14,6 +14,8 @@ stage() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
 
 stage "unit and end-to-end tests"
 ctest --test-dir "$build" -j "$jobs" --output-on-failure --timeout 600
+# What the conformance suites enumerated: classes, optimizers and operations passed or skipped, with the reason.
+grep -hE "^(module classes|optimizers|operations|  skipped)" "$build/Testing/Temporary/LastTest.log" || true
 
 stage "install; find_package consumer and example project"
 prefix="$work/prefix"

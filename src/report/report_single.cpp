@@ -203,6 +203,8 @@ std::string unrecorded_outputs_note(const Trace& t) {
 // Which gradient the figures are, in words, and what the optimizer applied instead.
 std::vector<std::string> gradient_sentences(const RunRecord& r) {
   std::vector<std::string> out{"Gradient figures: " + detail::join(gradient_labels(r.trace), "; ") + "."};
+  // Where several processes train one model, each report says whose recording it is.
+  if (r.trace.process_id > 0) out.push_back(fmt::format("Recorded by process {}.", r.trace.process_id));
   if (const auto& a = r.summary.applied)
     out.push_back(fmt::format("The optimizer step changed the gradient on {} of {} steps (clipping, unscaling or averaging "
                               "between backward and the step){}; the charts show the gradient backward produced, and the "

@@ -563,6 +563,7 @@ class ProcessesTest(unittest.TestCase):
                     out = os.path.join(tmp, method)
                     result, _ = run_program(method, out, 2, "workers")
                     self.assertEqual(result["exit_codes"], [0, 0])
+                    recorders = set()
                     for rank in range(2):
                         folder = os.path.join(out, "worker-{}".format(rank))
                         run = run_json(folder)
@@ -570,10 +571,15 @@ class ProcessesTest(unittest.TestCase):
                             truth = __import__("json").load(f)
                         series = [s["name"] for s in run["trace"]["series"]]
                         self.assertEqual(len(run["trace"]["steps"]), len(truth))
+                        # Each report says which process recorded it: the worker's own.
+                        with open(os.path.join(folder, "report.md")) as f:
+                            self.assertIn("Recorded by process {}.".format(run["trace"]["process_id"]), f.read())
+                        recorders.add(run["trace"]["process_id"])
                         for step, expected in zip(run["trace"]["steps"], truth):
                             for name, norm in expected.items():
                                 record = next(r for r in step["records"] if series[r["series"]] == name)
                                 self.assertTrue(close(record["norm"], norm, 1e-9), (rank, name, record["norm"], norm))
+                    self.assertEqual(len(recorders), 2)
 
     def test_a_second_process_cannot_stream_to_a_live_recording(self):
         with tempfile.TemporaryDirectory() as tmp:
