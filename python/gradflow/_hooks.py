@@ -119,6 +119,7 @@ def follow_ddp(monitor, ddp):
 
 
 _ROOT = "(root)"  # the module path of the model's own parameters, as the Monitor names it
+_ParametrizationList = torch.nn.utils.parametrize.ParametrizationList
 _Packed = torch.nn.utils.rnn.PackedSequence
 
 
@@ -215,7 +216,7 @@ def hook_module_outputs(monitor, model):
     ref = weakref.ref(monitor)
     entries = []
     for name, module in model.named_modules():
-        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+        if not is_layer(module):
             continue
         if _layered(module):
             hook = _layers_hook(ref, name or _ROOT, module)
@@ -223,6 +224,17 @@ def hook_module_outputs(monitor, model):
             hook = _output_hook(ref, name or _ROOT, _time_dim(module))
         entries.append(_WATCHED.add(module, hook))
     return entries
+
+
+def is_layer(module):
+    """A module whose output is a layer output: one with a trainable parameter of its own, or a
+    weight computed from parameters (torch.nn.utils.parametrize). The computation of such a
+    weight (a ParametrizationList, called when the weight is read) is part of its module, never a
+    layer: its parameters are recorded as parameters only."""
+    if isinstance(module, _ParametrizationList):
+        return False
+    own = any(p.requires_grad for p in module.parameters(recurse=False))
+    return own or torch.nn.utils.parametrize.is_parametrized(module)
 
 
 def unhook_module_outputs(entries):

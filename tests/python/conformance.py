@@ -11,6 +11,16 @@ import torch.nn as nn
 from real_models import first_tensor  # noqa: F401  (the first tensor of a module's output)
 
 
+def is_layer(module):
+    """Which modules' outputs are layers (gradflow's definition, README "From Python"): a
+    trainable parameter of its own, or a parametrized weight; a parametrization's own
+    computation is not one."""
+    if isinstance(module, nn.utils.parametrize.ParametrizationList):
+        return False
+    own = any(p.requires_grad for p in module.parameters(recurse=False))
+    return own or nn.utils.parametrize.is_parametrized(module)
+
+
 def module_classes():
     """Every nn.Module class torch.nn offers, by name, found when the test runs."""
     return {name: obj for name, obj in vars(nn).items()
@@ -190,7 +200,7 @@ class Truth:
         self._handles = []
         if outputs:
             for name, module in model.named_modules():
-                if any(p.requires_grad for p in module.parameters(recurse=False)):
+                if is_layer(module):
                     self._handles.append(module.register_forward_hook(self._output_hook(name or "(root)")))
 
     def arm(self):

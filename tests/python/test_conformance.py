@@ -478,6 +478,27 @@ class OperationsTest(unittest.TestCase):
                             self.assertEqual(bare[1], watched[1])
                         monitor.detach()
 
+    def test_a_computed_weight_is_part_of_its_module_never_a_layer(self):
+        for kind in ("spectral_norm", "custom"):
+            with self.subTest(parametrization=kind):
+                torch.manual_seed(0)
+                model = nn.Sequential(nn.Linear(4, 8, bias=False), nn.Tanh(), nn.Linear(8, 8, bias=False), nn.Tanh(),
+                                      nn.Linear(8, 2))
+                if kind == "spectral_norm":
+                    nn.utils.parametrizations.spectral_norm(model[0])
+                else:
+                    nn.utils.parametrize.register_parametrization(model[2], "weight", Symmetric())
+                monitor = gradflow.Monitor(model)
+                loss = model(torch.randn(6, 4)).square().mean()
+                monitor.watch(loss)
+                loss.backward()
+                frame = monitor.trace_frame()
+                kinds = {}
+                for name, k in zip(frame["name"], frame["kind"]):
+                    kinds.setdefault(str(k), set()).add(str(name))
+                self.assertEqual(kinds["activation"], {"0", "2", "4"})  # the modules, parametrized or not
+                self.assertTrue(any(".parametrizations.weight.original" in n for n in kinds["parameter"]))
+
     def test_a_traced_model_is_traced_as_without_gradflow(self):
         x = torch.randn(3, 4)
         torch.manual_seed(0)
