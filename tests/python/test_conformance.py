@@ -281,7 +281,7 @@ class OptimizersTest(unittest.TestCase):
                     rows = rows_of(frame, step, "applied")
                     for n, figures in truth.items():
                         self.assertTrue(close(rows[n]["grad_norm"], figures["grad_norm"]), (name, step, n))
-        print("optimizers of torch {}: {} passed ({})".format(torch.__version__, len(names), ", ".join(names)))
+        print("\noptimizers of torch {}: {} passed ({})".format(torch.__version__, len(names), ", ".join(names)))
 
 
 def mlp():
@@ -460,7 +460,7 @@ class OperationsTest(unittest.TestCase):
             for name, (make, new_loss, kwargs) in cases.items():
                 with self.subTest(operation=name):
                     conforms(self, make, new_loss, **kwargs)
-        print("operations: {} conform ({})".format(len(cases), "; ".join(cases)))
+        print("\noperations: {} conform ({})".format(len(cases), "; ".join(cases)))
 
     def test_copies_of_parametrized_models_behave_as_without_gradflow(self):
         operations = {"torch.save": save_load, "deepcopy": copy.deepcopy}
