@@ -256,12 +256,13 @@ def _layers_hook(ref, name, module):
     num_layers = module.num_layers
 
     layer_names = ["l{}".format(k) if name == _ROOT else "{}.l{}".format(name, k) for k in range(num_layers)]
+    note_order = _order_noter(ref, [(n, name) for n in layer_names])
 
     def gradflow_layers_hook(module, inputs, output):
         m = _recording(ref)
         if m is None:
             if _outside_autograd(module):
-                _note_order(ref, [(n, name) for n in layer_names])
+                note_order()
             return None
         t = _first_tensor(output)
         layers = _layer_sequences(t, num_layers) if t is not None and not _packed(output) else None
@@ -308,13 +309,21 @@ def _outside_autograd(module):
     return module.training and not torch.is_grad_enabled()
 
 
-def _note_order(ref, series):
+def _order_noter(ref, series):
     """Outputs computed without autograd cannot be hooked; their series take their place in
-    forward order, where the segment's recomputation inside the backward records them."""
-    m = ref()
-    if m is not None and m.recording:
-        for name, module_name in series:
-            m._layer_sequence(None, name, module_name)
+    forward order, where the segment's recomputation inside the backward records them. A place,
+    once taken, is kept: later calls cost nothing (an RL target or a teacher under no_grad)."""
+    noted = False
+
+    def note():
+        nonlocal noted
+        m = None if noted else ref()
+        if m is not None and m.recording:
+            for name, module_name in series:
+                m._layer_sequence(None, name, module_name)
+            noted = True
+
+    return note
 
 
 def _packed(output):
@@ -328,12 +337,14 @@ def _name_output(m, output, name, time_dim):
 
 
 def _output_hook(ref, name, time_dim):
+    note_order = _order_noter(ref, [(name, name)])
+
     def gradflow_output_hook(module, inputs, output):
         m = _recording(ref)
         if m is not None:
             _name_output(m, output, name, time_dim)
         elif _outside_autograd(module):
-            _note_order(ref, [(name, name)])
+            note_order()
         return None
 
     return gradflow_output_hook

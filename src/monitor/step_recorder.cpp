@@ -713,8 +713,10 @@ double StepRecorder::parameter_checksum() const {
   std::vector<at::Tensor> sums;
   for (const auto& p : params_) {
     if (p.tensor.is_meta()) continue;  // no values yet (deferred initialisation)
-    const at::Tensor v = p.tensor.detach().to(at::kDouble);
-    sums.push_back(v.sum() + v.square().sum());
+    // Summed in double without a double copy of the parameter: the attach-time snapshot of a
+    // large model must not need memory the training does not.
+    const at::Tensor v = p.tensor.detach();
+    sums.push_back(v.sum(at::kDouble) + v.square().sum(at::kDouble));
   }
   return sums.empty() ? 0.0 : torch::stack(sums).sum().item<double>();
 }
