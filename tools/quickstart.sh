@@ -10,10 +10,15 @@ cd "$root"
 build="${GRADFLOW_BUILD_DIR:-build}"
 jobs="${GRADFLOW_JOBS:-2}"
 
-packages=(cmake g++ make ccache libtorch-dev libgloo-dev libfmt-dev libcli11-dev libgtest-dev nlohmann-json3-dev
-          libopenblas0-pthread libopenblas-dev libbenchmark-dev python3-torch python3-torchvision python3-dev pybind11-dev)
+# The main job needs the library and the CLI only; the tests also build the suite, the benchmarks,
+# the Python module, the sanitizer and fuzzer builds, and render a report in a browser.
+packages=(cmake g++ make ccache libtorch-dev libgloo-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+          libopenblas0-pthread libopenblas-dev)
+everything=OFF
 if [ "$mode" = test ]; then
-  packages+=(clang libclang-rt-14-dev chromium)
+  packages+=(libgtest-dev libbenchmark-dev python3-torch python3-torchvision python3-dev pybind11-dev
+             clang libclang-rt-14-dev chromium)
+  everything=ON
 fi
 
 missing=()
@@ -31,7 +36,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DGRADFLOW_BUILD_BENCHMARKS=ON >/dev/null
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DGRADFLOW_BUILD_TESTS=$everything \
+      -DGRADFLOW_BUILD_BENCHMARKS=$everything -DGRADFLOW_BUILD_PYTHON=$everything >/dev/null
 cmake --build "$build" -j "$jobs"
 
 case "$mode" in
