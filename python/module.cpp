@@ -254,6 +254,9 @@ const IntColumn kIntColumns[] = {
     {"optimizer_step", [](const FrameRow& f) { return f.step->optimizer_step; }},
     {"evaluation", [](const FrameRow& f) { return static_cast<std::int64_t>(f.step->evaluation); }},
     {"skipped", [](const FrameRow& f) { return static_cast<std::int64_t>(f.step->skipped); }},
+    // 0: a trailing step no optimizer step closed yet (StepRecord::partial): incomplete, and
+    // left out of findings, run.json and trace.csv's complete steps.
+    {"closed", [](const FrameRow& f) { return static_cast<std::int64_t>(!f.step->partial); }},
     {"numel", [](const FrameRow& f) { return f.stats->numel; }},
     {"nonfinite", [](const FrameRow& f) { return f.stats->nonfinite; }},
 };
@@ -418,6 +421,7 @@ void bind_monitor(py::module_& m) {
              p.monitor().layer_output(output, module, time_dim);
            })
       .def("_segment_output", [](PyMonitor& p, const at::Tensor& output) { p.monitor().segment_output(output); })
+      .def("_names_layer_outputs", [](PyMonitor& p) { p.monitor().names_layer_outputs(); })
       .def("_set_recomputation_listener",
            [](PyMonitor& p, const py::function& listener) {
              // Called from the autograd engine's thread, which does not hold the GIL; the function

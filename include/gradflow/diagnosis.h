@@ -28,6 +28,7 @@ enum class FindingKind {
   no_gradient,        ///< every parameter's gradient exactly 0 for several recorded steps
   edge_of_stability,  ///< the sharpness reached the step size's stability bound (2 + 2·momentum)/lr
   not_recorded,       ///< no step was recorded (the model trained in another process, or no backward reached it)
+  dead_layer,         ///< a layer's gradient exactly 0 for several recorded steps while other layers receive one
 };
 /// How bad it is.
 enum class Severity { info, warning, error };
@@ -86,7 +87,9 @@ struct DiagnosisOptions {
   int persistent_skips = 10;
   /// The global gradient norm growing by more than this many orders during training: exploding.
   double norm_growth_orders = 3.0;
-  /// Every parameter's gradient exactly 0 on this many recorded steps in a row: no_gradient.
+  /// Every parameter's gradient exactly 0 on this many recorded steps in a row: no_gradient;
+  /// one layer's (parameters and output) while another layer's is not: dead_layer (every
+  /// recorded step when there are fewer).
   int no_gradient_steps = 3;
   /// Data-parallel: a rank whose local gradient norm is above this multiple of the median of
   /// the other ranks' ...

@@ -252,6 +252,11 @@ class Monitor {
   /// layer k, "rnn.l0", whose sequence only its grad_fn holds).
   void layer_output(const std::shared_ptr<torch::autograd::Node>& node, std::size_t output, const std::string& name,
                     const std::string& module, int time_dim = -1);
+  /// Declares that the program names every parameterised module's output with layer_output()
+  /// (forward hooks on each module, as the gradflow Python module installs them) in place of the
+  /// graph walk: a module with parameters and no layer-output series was then not called in a
+  /// recorded forward, and the report lists it (Trace::layer_outputs).
+  void names_layer_outputs();
   /// Reentrant activation checkpointing (torch.utils.checkpoint with use_reentrant=True) runs a
   /// segment's forward without autograd and computes it again inside the step's backward, where
   /// the step's graph cannot show what the segment's layers feed. While the first recorded step's

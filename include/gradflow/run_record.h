@@ -45,12 +45,17 @@ struct SweepPoint {
 
 /// The kind of a Transformer block's attention weights: a depth holding one is a block.
 inline constexpr const char* kAttentionLayerKind = "attention";
+inline constexpr const char* kRecurrentLayerKind = "recurrent";
+inline constexpr const char* kConvLayerKind = "conv";
+/// A model gradflow did not build: a 2-dimensional weight (a linear layer, an embedding, an
+/// attention projection: the weight alone does not tell them apart).
+inline constexpr const char* kMatrixLayerKind = "matrix";
 
 /// A weight layer in forward order.
 struct LayerEntry {
-  std::string name;  ///< module path: its weight is the parameter `name + ".weight"`
-  std::string kind;  ///< "linear", "conv", "recurrent", kAttentionLayerKind
-  int depth = 0;     ///< 1-based position among weight layers; a Transformer's block number
+  std::string name;  ///< module path: for built-in models its weight is the parameter `name + ".weight"`
+  std::string kind;  ///< "linear", kConvLayerKind, kRecurrentLayerKind, kAttentionLayerKind; kMatrixLayerKind
+  int depth = 0;     ///< 1-based position among weight layers; a built-in Transformer's block number
 };
 
 /// Everything one run produced.

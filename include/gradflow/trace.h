@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "gradflow/activation.h"
 #include "gradflow/tensor_stats.h"
 
 namespace gradflow {
@@ -42,6 +43,10 @@ struct SeriesInfo {
   /// computes on after that op (an activation or an aggregation inside it). False: what the
   /// module's call returned (forward hooks, a TorchScript model, Monitor::layer_output).
   bool found_by_walk = false;
+  /// Taps: the activation the program declared for the tensor (TapOptions::activation), which
+  /// decides whether its forward statistics are read as dead units or as saturation; none
+  /// otherwise.
+  Activation activation = Activation::none;
 };
 
 /// Forward-pass statistics of a tapped activation, for dead and saturated units.
@@ -167,6 +172,8 @@ class Trace {
   void set_shape(int series, std::vector<std::int64_t> shape);
   /// Marks a layer output as found by the graph walk (SeriesInfo::found_by_walk).
   void mark_found_by_walk(int series);
+  /// The activation declared for a tap (SeriesInfo::activation).
+  void set_activation(int series, Activation activation);
 
   const std::vector<SeriesInfo>& series() const { return series_; }
   const std::vector<StepRecord>& steps() const { return steps_; }
@@ -200,6 +207,9 @@ class Trace {
   /// No step was recorded, yet the model's parameters changed after the Monitor was attached:
   /// the model trained in another process (or through parameters the Monitor was not given).
   bool updated_elsewhere = false;
+  /// The Monitor named layer outputs (MonitorOptions::activations): a module with parameters
+  /// and no layer-output series was then not called in a recorded forward.
+  bool layer_outputs = false;
 
  private:
   std::vector<SeriesInfo> series_;

@@ -62,6 +62,7 @@ class Monitor(_Monitor):
         super().__init__(model, activations=activations and not hook_outputs, **options)
         self._output_hooks = _hooks.hook_module_outputs(self, inner) if hook_outputs else []
         if hook_outputs:
+            self._names_layer_outputs()
             _hooks.listen_to_recomputation(self)
         # A Monitor dropped without detach() leaves no entry behind.
         weakref.finalize(self, _hooks.unhook_module_outputs, self._output_hooks)

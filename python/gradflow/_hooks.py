@@ -243,8 +243,9 @@ def unhook_module_outputs(entries):
 
 
 def _layered(module):
-    """A fused recurrent module of several layers, one direction: recorded per layer."""
-    return isinstance(module, torch.nn.RNNBase) and module.num_layers > 1 and not module.bidirectional
+    """A fused recurrent module of several layers: recorded per layer (both directions of a
+    bidirectional layer together, as the next layer receives them)."""
+    return isinstance(module, torch.nn.RNNBase) and module.num_layers > 1
 
 
 def _layers_hook(ref, name, module):
@@ -254,6 +255,9 @@ def _layers_hook(ref, name, module):
     module."""
     time_dim = _time_dim(module)
     num_layers = module.num_layers
+    # A layer's sequence: its steps stacked, or a bidirectional layer's two stacked directions
+    # joined along the features.
+    joins = "CatBackward0" if module.bidirectional else "StackBackward0"
 
     layer_names = ["l{}".format(k) if name == _ROOT else "{}.l{}".format(name, k) for k in range(num_layers)]
     note_order = _order_noter(ref, [(n, name) for n in layer_names])
@@ -265,7 +269,7 @@ def _layers_hook(ref, name, module):
                 note_order()
             return None
         t = _first_tensor(output)
-        layers = _layer_sequences(t, num_layers) if t is not None and not _packed(output) else None
+        layers = _layer_sequences(t, num_layers, joins) if t is not None and not _packed(output) else None
         if layers is None:
             _name_output(m, output, name, time_dim)
             return None
@@ -276,9 +280,9 @@ def _layers_hook(ref, name, module):
     return gradflow_layers_hook
 
 
-def _layer_sequences(t, num_layers):
-    """The nodes that stack each layer's outputs into its sequence, layer 0 first; None unless
-    there is one per layer."""
+def _layer_sequences(t, num_layers, joins):
+    """The nodes (of type `joins`) that make each layer's output sequence, layer 0 first; None
+    unless there is one per layer."""
     if t.grad_fn is None:
         return None
     found, seen, queue = [], set(), collections.deque([t.grad_fn])
@@ -287,7 +291,7 @@ def _layer_sequences(t, num_layers):
         if node is None or node in seen:
             continue
         seen.add(node)
-        if type(node).__name__ == "StackBackward0":
+        if type(node).__name__ == joins:
             found.append(node)
         queue.extend(child for child, _ in node.next_functions)
     return found[::-1] if len(found) == num_layers else None

@@ -23,6 +23,7 @@ constexpr detail::Named<FindingKind> kKinds[] = {
     {FindingKind::no_gradient, "no_gradient"},
     {FindingKind::edge_of_stability, "edge_of_stability"},
     {FindingKind::not_recorded, "not_recorded"},
+    {FindingKind::dead_layer, "dead_layer"},
 };
 }  // namespace
 
@@ -75,7 +76,7 @@ std::vector<Finding> diagnose(const Trace& trace, const RunSummary& s, const std
   for (auto rule : {detail::dead_units_rule, detail::saturation_rule, detail::non_finite_rule, detail::norm_growth_rule,
                     detail::unstable_loss_rule, detail::stalled_rule, detail::rank_non_finite_rule,
                     detail::ranks_out_of_sync_rule, detail::rank_outlier_rule, detail::no_gradient_rule,
-                    detail::edge_of_stability_rule, detail::not_recorded_rule})
+                    detail::dead_layer_rule, detail::edge_of_stability_rule, detail::not_recorded_rule})
     if (auto f = rule(in, o)) out.push_back(std::move(*f));
   return out;
 }

@@ -144,14 +144,19 @@ std::optional<Finding> zero_cut_finding(const Trace& t, const StepRecord& st, co
   return std::nullopt;
 }
 
+// A cut at a layer dead over a window is the dead_layer finding's: told once, there.
 std::optional<Finding> depth_finding(const std::optional<Attenuation>& a, const char* when, const StepRecord& st,
                                      const std::vector<std::string>& chain, const DiagnosisInput& in,
-                                     const DiagnosisOptions& o) {
+                                     const DiagnosisOptions& o, const std::vector<DeadLayer>& dead) {
   if (!a || !a->log10) return std::nullopt;
   const std::string where = chain.front() + " .. " + chain.back();
   if (*a->log10 < -o.vanishing_orders) {
     if (a->underflow)
-      if (auto cut = zero_cut_finding(in.trace, st, depth_series(in.trace), when)) return cut;
+      if (auto cut = zero_cut_finding(in.trace, st, depth_series(in.trace), when)) {
+        const int s = in.trace.find(cut->where);
+        if (s >= 0 && is_dead_layer(dead, in.trace.series()[s].layer)) return std::nullopt;
+        return cut;
+      }
     return vanishing_finding(*a, when, where, false, o.vanishing_orders, in.traits);
   }
   if (compounding_log10(*a) > o.exploding_info_orders) return exploding_finding(*a, when, chain, o, in.traits);
@@ -179,11 +184,19 @@ struct UnitGroup {
   }
 };
 
+// The activation a record's forward statistics are of: the one declared for its tap, else the
+// model's.
+Activation activation_of(const DiagnosisInput& in, const Record& r) {
+  const Activation declared = in.trace.series()[r.series].activation;
+  return declared != Activation::none ? declared : in.traits.activation;
+}
+
 template <class Fraction>
-UnitGroup units_over(const Trace& trace, double threshold, Fraction fraction) {
+UnitGroup units_over(const DiagnosisInput& in, bool squashing, double threshold, Fraction fraction) {
+  const Trace& trace = in.trace;
   UnitGroup g;
   for (const auto& r : trace.steps().back().records) {
-    if (!r.forward) continue;
+    if (!r.forward || is_squashing(activation_of(in, r)) != squashing) continue;
     const double f = fraction(*r.forward);
     if (!(f > threshold)) continue;
     const auto& name = trace.series()[r.series].name;
@@ -202,12 +215,13 @@ std::vector<Finding> depth_rule(const DiagnosisInput& in, const DiagnosisOptions
   std::vector<Finding> out;
   if (chain.size() < 2) return out;
   const auto& steps = in.trace.steps();
-  auto first = depth_finding(in.summary.depth, "at the first recorded step", steps.front(), chain, in, o);
+  const std::vector<DeadLayer> dead = dead_layers(in, o);
+  auto first = depth_finding(in.summary.depth, "at the first recorded step", steps.front(), chain, in, o, dead);
   if (steps.size() <= 1) {
     if (first) out.push_back(*first);
     return out;
   }
-  auto last = depth_finding(in.summary.depth_final, "at the last recorded step", steps.back(), chain, in, o);
+  auto last = depth_finding(in.summary.depth_final, "at the last recorded step", steps.back(), chain, in, o, dead);
   // A gradient lost at the start and still lost is one finding, not two; one lost at the start
   // that training recovered is told with its recovery, not as an error.
   auto lost = [](const std::optional<Finding>& f) {
@@ -248,8 +262,8 @@ bool gradient_vanishes(const DiagnosisInput& in, const DiagnosisOptions& o) {
 // inactive for the whole batch count. One finding naming every layer concerned: twenty
 // findings for twenty layers hide the rest.
 std::optional<Finding> dead_units_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
-  if (in.trace.steps().empty() || is_squashing(in.traits.activation)) return std::nullopt;
-  const UnitGroup dead = units_over(in.trace, o.dead_fraction, [](const ActivationStats& a) { return a.dead_fraction; });
+  if (in.trace.steps().empty()) return std::nullopt;
+  const UnitGroup dead = units_over(in, /*squashing=*/false, o.dead_fraction, [](const ActivationStats& a) { return a.dead_fraction; });
   if (dead.layers.empty()) return std::nullopt;
   Finding f;
   f.kind = FindingKind::dead_units;
@@ -265,8 +279,8 @@ std::optional<Finding> dead_units_rule(const DiagnosisInput& in, const Diagnosis
 
 // Saturation is a property of squashing functions.
 std::optional<Finding> saturation_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
-  if (in.trace.steps().empty() || !is_squashing(in.traits.activation)) return std::nullopt;
-  const UnitGroup sat = units_over(in.trace, o.saturated_fraction, [](const ActivationStats& a) {
+  if (in.trace.steps().empty()) return std::nullopt;
+  const UnitGroup sat = units_over(in, /*squashing=*/true, o.saturated_fraction, [](const ActivationStats& a) {
     return std::max(a.saturated_fraction, a.dead_fraction);
   });
   if (sat.layers.empty()) return std::nullopt;
@@ -281,7 +295,12 @@ std::optional<Finding> saturation_rule(const DiagnosisInput& in, const Diagnosis
   f.evidence = {{"layers", static_cast<double>(sat.layers.size())}, {"worst_saturated_fraction", sat.worst},
                 {"lowest_mean_local_derivative", sat.lowest_derivative},
                 {"step", static_cast<double>(in.trace.steps().back().step)}};
-  f.remedy = in.traits.norm == Norm::batch ? "ReLU activations" : "ReLU activations or batch normalisation";
+  // A tap cannot tell a hidden layer from the model's output: both readings are given.
+  f.remedy = fmt::format("in a hidden layer: {}; if {} is the model's output (probabilities for a cross-entropy loss), its "
+                         "saturation comes from fitting targets near 0 and 1 and needs no change: a loss computed on the "
+                         "logits keeps the gradient s - y",
+                         in.traits.norm == Norm::batch ? "ReLU activations" : "ReLU activations or batch normalisation",
+                         sat.worst_layer);
   return f;
 }
 
@@ -352,8 +371,16 @@ std::optional<Finding> no_gradient_rule(const DiagnosisInput& in, const Diagnosi
                           zero, steps.size(), best, first, last);
   f.evidence = {{"zero_steps", static_cast<double>(zero)}, {"first_step", static_cast<double>(first)},
                 {"last_step", static_cast<double>(last)}};
-  f.remedy = "make the loss depend on the parameters (no .detach(), .item() or argmax on its path), or revive a dead "
-             "network (every ReLU inactive): a smaller learning rate, He initialisation, a leaky ReLU";
+  const std::size_t begin = best_end + 1 - best;
+  const bool trained_before = begin > 0 && !all_gradients_zero(in.trace, steps[begin - 1]);
+  if (trained_before)
+    f.remedy = fmt::format("the gradient was not 0 until step {}: a training update left nothing that passes gradient back "
+                           "(every unit of a ReLU-like activation inactive, a saturated sigmoid or softmax): a smaller "
+                           "learning rate or a warm-up, gradient clipping",
+                           steps[begin - 1].step);
+  else
+    f.remedy = "make the loss depend on the parameters (no .detach(), .item() or argmax on its path), or revive a dead "
+               "network (every ReLU inactive): a smaller learning rate, He initialisation, a leaky ReLU";
   return f;
 }
 
@@ -382,7 +409,26 @@ std::optional<Finding> not_recorded_rule(const DiagnosisInput& in, const Diagnos
   return f;
 }
 
+namespace {
+// The largest value the gradient norm held for `span` recorded steps in a row (the smallest of
+// each run of `span`), and the first step of that run.
+std::pair<double, std::size_t> sustained_peak(const std::vector<double>& g, std::size_t span) {
+  double best = 0;
+  std::size_t at = 0;
+  for (std::size_t i = 0; i + span <= g.size(); ++i) {
+    double low = std::numeric_limits<double>::infinity();
+    for (std::size_t k = i; k < i + span; ++k) low = std::isfinite(g[k]) ? std::min(low, g[k]) : 0.0;
+    if (low > best) best = low, at = i;
+  }
+  return {best, at};
+}
+}  // namespace
+
+// A growth held for kSustainedSteps recorded steps, or one the loss diverged with, is an
+// explosion; a peak that is gone at once while the loss came back (one batch unlike the others)
+// is told as information, the loss rule telling the spike itself.
 std::optional<Finding> norm_growth_rule(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  constexpr std::size_t kSustainedSteps = 3;
   const auto& g = in.grad_norm;
   if (g.size() < 2 || !std::isfinite(g.front()) || !(g.front() > 0)) return std::nullopt;
   double peak = 0;
@@ -391,15 +437,30 @@ std::optional<Finding> norm_growth_rule(const DiagnosisInput& in, const Diagnosi
     if (std::isfinite(g[i]) && g[i] > peak) peak = g[i], at = i;
   const double growth = std::log10(peak / g.front());
   if (!(growth > o.norm_growth_orders)) return std::nullopt;
+  const auto [held, held_at] = sustained_peak(g, std::min(kSustainedSteps, g.size()));
+  const double held_growth = held > 0 ? std::log10(held / g.front()) : -std::numeric_limits<double>::infinity();
   Finding f;
   f.kind = FindingKind::exploding;
-  f.severity = Severity::error;
   const std::int64_t at_step = recorded_step(in, at);
-  f.where = fmt::format("steps {} .. {}", recorded_step(in, 0), at_step);
-  f.message = fmt::format("the gradient norm grew {:.1f} orders of magnitude during training (peak {:.3g} at step {})", growth,
-                          peak, at_step);
-  f.evidence = {{"growth_log10", growth}, {"peak", peak}, {"peak_step", static_cast<double>(at_step)}};
+  f.evidence = {{"growth_log10", growth}, {"peak", peak}, {"peak_step", static_cast<double>(at_step)},
+                {"sustained_growth_log10", held_growth}};
   f.remedy = in.traits.clipped() ? "a smaller learning rate" : "gradient clipping (by global norm)";
+  const auto loss = unstable_loss_rule(in, o);
+  const bool diverged = loss && loss->severity == Severity::error;
+  if (held_growth > o.norm_growth_orders || diverged) {
+    f.severity = Severity::error;
+    f.where = fmt::format("steps {} .. {}", recorded_step(in, 0), at_step);
+    f.message = fmt::format("the gradient norm grew {:.1f} orders of magnitude during training (peak {:.3g} at step {}; "
+                            "{:.1f} orders held for {} recorded steps from step {})",
+                            growth, peak, at_step, held_growth, kSustainedSteps, recorded_step(in, held_at));
+    return f;
+  }
+  f.severity = Severity::info;
+  f.where = fmt::format("step {}", at_step);
+  f.message = fmt::format("the gradient norm peaked {:.1f} orders of magnitude above its first value at step {} ({:.3g}) "
+                          "and fell back within {} recorded steps, the loss not diverging: one step's gradient (a batch "
+                          "unlike the others), not a growth",
+                          growth, at_step, peak, kSustainedSteps);
   return f;
 }
 
@@ -471,27 +532,80 @@ bool trend_applies(const DiagnosisInput& in, const DiagnosisOptions& o) {
   return !in.traits.adversarial && in.loss.size() >= static_cast<std::size_t>(o.min_steps) && !terms_vary(in.trace);
 }
 
-// A loss that passed divergence_factor × its first value: diverged when the run ends above its
-// start (an error), a spike when it came back (a warning saying so).
-Finding diverged_or_spiked(const DiagnosisInput& in, double first, double worst) {
+// The loss's level before a spike: the median of the recorded losses just before the first one
+// past divergence_factor × the first loss (max(5, n/20) of them at most). A run is judged against
+// where it was when the spike came, not against a start that already holds an early spike, nor
+// against the untrained start of a run whose spike came late.
+struct LossLevel {
+  double median = 0;
+  std::size_t first = 0, last = 0;  // the losses it is the median of
+};
+
+LossLevel level_before(const std::vector<double>& loss, std::size_t spike) {
+  const std::size_t window = std::max<std::size_t>(5, loss.size() / 20);
+  const std::size_t first = spike > window ? spike - window : 0;
+  std::vector<double> v;
+  for (std::size_t i = first; i < spike; ++i)
+    if (std::isfinite(loss[i])) v.push_back(loss[i]);
+  if (v.empty()) return {loss.front(), 0, 0};
+  std::sort(v.begin(), v.end());
+  const double median = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  return {median, first, spike - 1};
+}
+
+// Layers that received gradient during the run and none at its end: killed, and not revived.
+std::vector<std::string> killed_layers(const DiagnosisInput& in, const DiagnosisOptions& o) {
+  std::vector<std::string> out;
+  for (const auto& d : dead_layers(in, o))
+    if (d.at_end && d.last_alive_step >= 0) out.push_back(d.layer);
+  return out;
+}
+
+// A loss that passed divergence_factor × its first value: recovered when the last tenth of the run
+// is back within rising_factor of its level before the spike and no layer the blow-up killed is
+// still dead at the end (a warning); diverged otherwise (an error).
+Finding diverged_or_spiked(const DiagnosisInput& in, const DiagnosisOptions& o, double first, double worst) {
   const std::size_t n = in.loss.size();
   const auto peak = std::find(in.loss.begin(), in.loss.end(), worst) - in.loss.begin();
-  const auto [start, end] = loss_ends(in.loss);
+  const auto spike = static_cast<std::size_t>(
+      std::find_if(in.loss.begin(), in.loss.end(), [&](double v) { return v > o.divergence_factor * first; }) - in.loss.begin());
+  const LossLevel level = level_before(in.loss, spike);
+  const double end = loss_ends(in.loss).second;
+  const std::vector<std::string> killed = killed_layers(in, o);
+  const std::string level_text =
+      level.last > level.first ? fmt::format("its level before the spike, the median of steps {} .. {}", loss_step(in, level.first),
+                                             loss_step(in, level.last))
+                               : fmt::format("its level before the spike at step {}", loss_step(in, level.first));
   Finding f;
   f.kind = FindingKind::unstable_loss;
   f.where = fmt::format("steps {} .. {}", loss_step(in, 0), loss_step(in, n - 1));
-  f.evidence = {{"loss_first", first}, {"loss_max", worst}, {"peak_step", static_cast<double>(loss_step(in, peak))}};
+  f.evidence = {{"loss_first", first}, {"loss_before_spike", level.median}, {"loss_max", worst},
+                {"spike_step", static_cast<double>(loss_step(in, spike))}, {"peak_step", static_cast<double>(loss_step(in, peak))}};
+  if (std::isfinite(end)) f.evidence.emplace_back("loss_end", end);
   f.remedy = in.traits.clipped() ? "a smaller learning rate" : "a smaller learning rate or gradient clipping";
-  if (std::isfinite(end) && end <= std::max(first, start)) {
+  // Near its level, or having kept at least half of what training had gained before the spike
+  // (from the first loss down to that level): a loss near 0 before the spike may end at twice it.
+  const bool kept_progress = first > level.median && end <= level.median + 0.5 * (first - level.median);
+  const bool back = std::isfinite(end) && (end <= o.rising_factor * level.median || kept_progress);
+  if (back && killed.empty()) {
     f.severity = Severity::warning;
-    f.message = fmt::format("the loss spiked to {:.3g} ({:.3g}x its first value) at step {} and recovered: {:.4g} over the "
-                            "last tenth of the run",
-                            worst, worst / first, loss_step(in, peak), end);
-    f.evidence.emplace_back("loss_end", end);
+    f.message = fmt::format("the loss spiked to {:.3g} ({:.3g}x {}) at step {} and recovered: {:.4g} over the last tenth of "
+                            "the run, {:.3g}x that level",
+                            worst, worst / level.median, level_text, loss_step(in, peak), end, end / level.median);
     return f;
   }
   f.severity = Severity::error;
-  f.message = fmt::format("the loss diverged: it reached {:.3g}, {:.3g}x its first value", worst, worst / first);
+  f.message = fmt::format("the loss diverged: it reached {:.3g} at step {}, {:.3g}x {}, and ", worst, loss_step(in, peak),
+                          worst / level.median, level_text);
+  if (!std::isfinite(end))
+    f.message += "the run ends on a non-finite loss";
+  else if (!back)
+    f.message += fmt::format("did not come back: {:.4g} over the last tenth of the run, {:.3g}x that level", end,
+                             end / level.median);
+  else
+    f.message += fmt::format("did not recover, though it ends at {:.4g} ({:.3g}x that level): {} received gradient "
+                             "before and none at the end of the run (dead_layer)",
+                             end, end / level.median, join(killed));
   return f;
 }
 
@@ -521,7 +635,7 @@ std::optional<Finding> unstable_loss_rule(const DiagnosisInput& in, const Diagno
     if (std::isfinite(v)) worst = std::max(worst, v);
   Finding f;
   f.kind = FindingKind::unstable_loss;
-  if (std::isfinite(first) && first > 0 && worst > o.divergence_factor * first) return diverged_or_spiked(in, first, worst);
+  if (std::isfinite(first) && first > 0 && worst > o.divergence_factor * first) return diverged_or_spiked(in, o, first, worst);
   const auto [rise_fraction, win] = rising_windows(loss, o.oscillation_rise);
   if (!(rise_fraction > o.oscillation_fraction)) return rising_finding(in, o);
   f.severity = Severity::warning;
@@ -546,8 +660,13 @@ std::optional<Finding> stalled_rule(const DiagnosisInput& in, const DiagnosisOpt
   f.where = fmt::format("steps {} .. {}", loss_step(in, 0), loss_step(in, n - 1));
   f.message = fmt::format("the loss barely moved: {:.4g} -> {:.4g} ({:+.1f}%)", start, end, 100 * (end - start) / start);
   f.evidence = {{"loss_start", start}, {"loss_end", end}};
-  f.remedy = gradient_vanishes(in, o) ? "the gradient does not reach the early layers: " + vanishing_remedy(in.traits)
-                                      : "a larger learning rate or more steps";
+  if (auto none = no_gradient_rule(in, o))
+    f.remedy = "nothing receives gradient (" + none->where + ", see no_gradient): " + none->remedy;
+  else if (auto dead = dead_layer_rule(in, o))
+    f.remedy = "layers receive no gradient at all (" + dead->where + ", see dead_layer): " + dead->remedy;
+  else
+    f.remedy = gradient_vanishes(in, o) ? "the gradient does not reach the early layers: " + vanishing_remedy(in.traits)
+                                        : "a larger learning rate or more steps";
   return f;
 }
 

@@ -76,6 +76,29 @@ void RunRecord::analyse(const DiagnosisOptions& options) {
   findings = diagnose(judged.trace, summary, judged.loss, global_grad_norms(judged.trace), traits, options);
 }
 
+namespace {
+
+// A fused recurrent module's weights are named weight_ih_l0, weight_hh_l0, ... (LibTorch and
+// torch.nn alike).
+bool is_recurrent_weight(const std::string& name) {
+  return name.find("weight_ih") != std::string::npos || name.find("weight_hh") != std::string::npos;
+}
+
+// The weight layers of a model gradflow did not build, read from its trace: each module owning a
+// parameter of 2 or more dimensions, once, in forward order; its kind from the weight alone.
+std::vector<LayerEntry> weight_layers(const Trace& t) {
+  std::vector<LayerEntry> out;
+  for (int s : weight_series(t)) {
+    const SeriesInfo& w = t.series()[s];
+    if (std::any_of(out.begin(), out.end(), [&](const LayerEntry& l) { return l.name == w.layer; })) continue;
+    const char* kind = is_recurrent_weight(w.name) ? kRecurrentLayerKind : w.shape.size() >= 3 ? kConvLayerKind : kMatrixLayerKind;
+    out.push_back(LayerEntry{w.layer, kind, static_cast<int>(out.size()) + 1});
+  }
+  return out;
+}
+
+}  // namespace
+
 RunRecord user_run_record(const Trace& trace, std::int64_t completed_steps, const std::string& label,
                           const ModelTraits& traits, const DiagnosisOptions& diagnosis) {
   RunRecord r;
@@ -85,6 +108,7 @@ RunRecord user_run_record(const Trace& trace, std::int64_t completed_steps, cons
   r.traits = traits;
   // A step still open (a manual-step Monitor after its last step()) is not a step the optimizer took.
   r.trace = trace.complete_steps();
+  r.layers = weight_layers(r.trace);
   // What the model's graph and the run show, where the program did not say.
   r.traits.residual = r.traits.residual || has_skip_connection(r.trace);
   if (!r.traits.clipped())

@@ -67,6 +67,7 @@ void nest_modules(ParamLookup& params, const std::vector<std::string>& modules) 
 
 void note_fused_layers(ParamLookup& params, const std::vector<std::string>& names) {
   params.fused_layer.assign(names.size(), -1);
+  params.fused_reverse.assign(names.size(), false);
   for (std::size_t p = 0; p < names.size(); ++p) {
     const std::string leaf = names[p].substr(names[p].rfind('.') + 1);
     for (const char* prefix : {"weight_hh_l", "bias_hh_l"}) {
@@ -77,7 +78,8 @@ void note_fused_layers(ParamLookup& params, const std::vector<std::string>& name
       if (digits == 0) continue;
       const bool reverse = digits != std::string::npos && rest.substr(digits) == "_reverse";
       if (digits != std::string::npos && !reverse) continue;
-      params.fused_layer[p] = reverse ? ParamLookup::kReverse : std::stoi(rest.substr(0, digits));
+      params.fused_layer[p] = std::stoi(rest.substr(0, digits));
+      params.fused_reverse[p] = reverse;
     }
   }
 }
@@ -219,16 +221,22 @@ bool consumes_any(const WalkNode& w, const std::vector<int>& modules, const Para
   });
 }
 
-// Visits each node above `from` once, going on above a node while `visit` returns true for it.
+// Visits each node reached from `from` along `next` (&WalkNode::parents: up, &WalkNode::children:
+// down) once, going on past a node while `visit` returns true for it.
 template <class Visit>
-void search_up(const std::vector<WalkNode>& nodes, int from, Visit visit) {
-  std::vector<int> stack = nodes[from].parents;
+void search(const std::vector<WalkNode>& nodes, int from, std::vector<int> WalkNode::*next, Visit visit) {
+  std::vector<int> stack = nodes[from].*next;
   std::unordered_set<int> seen;
   while (!stack.empty()) {
     const int n = stack.back();
     stack.pop_back();
-    if (seen.insert(n).second && visit(n)) stack.insert(stack.end(), nodes[n].parents.begin(), nodes[n].parents.end());
+    if (seen.insert(n).second && visit(n)) stack.insert(stack.end(), (nodes[n].*next).begin(), (nodes[n].*next).end());
   }
+}
+
+template <class Visit>
+void search_up(const std::vector<WalkNode>& nodes, int from, Visit visit) {
+  search(nodes, from, &WalkNode::parents, visit);
 }
 
 // The nearest nodes above `from` that apply a parameter, searched without passing one; of those
@@ -254,15 +262,17 @@ int call_end(const std::vector<WalkNode>& nodes, int start, const std::vector<in
   return at;
 }
 
-// The sequence a fused recurrent layer stacks: from its first step's recurrent op (the one
-// applying weight_hh), up without passing another op that applies a parameter, the earliest
-// StackBackward0 (the final states h_n, c_n are stacked after every layer). -1 when there is none
-// (a fused kernel, cuDNN's, computes the whole module in one op).
-int layer_sequence(const std::vector<WalkNode>& nodes, const std::vector<int>& order, int module, int layer,
-                   const ParamLookup& params) {
+// The sequence one direction of a fused recurrent layer stacks: from its first step's recurrent
+// op (the one applying weight_hh), up without passing another op that applies a parameter, the
+// earliest StackBackward0 (the final states h_n, c_n are stacked after every layer). -1 when there
+// is none (a fused kernel, cuDNN's, computes the whole module in one op; packed sequences
+// concatenate their steps).
+int direction_sequence(const std::vector<WalkNode>& nodes, const std::vector<int>& order, int module, int layer,
+                       bool reverse, const ParamLookup& params) {
   const auto applies_hh = [&](const WalkNode& w) {
-    return std::any_of(w.consumed.begin(), w.consumed.end(),
-                       [&](int p) { return params.module[p] == module && params.fused_layer[p] == layer; });
+    return std::any_of(w.consumed.begin(), w.consumed.end(), [&](int p) {
+      return params.module[p] == module && params.fused_layer[p] == layer && params.fused_reverse[p] == reverse;
+    });
   };
   const auto first = std::find_if(order.begin(), order.end(), [&](int i) { return applies_hh(nodes[i]); });
   if (first == order.end()) return -1;
@@ -276,28 +286,100 @@ int layer_sequence(const std::vector<WalkNode>& nodes, const std::vector<int>& o
   return best;
 }
 
-// The layers of each fused recurrent module (one direction), in place of the ops that apply its
-// weights: module -> its layers' sequences, for modules whose every layer shows one.
+// The CatBackward0 nodes right above `from`, looking through views.
+std::vector<int> cats_above(const std::vector<WalkNode>& nodes, int from) {
+  std::vector<int> cats;
+  search_up(nodes, from, [&](int n) {
+    if (nodes[n].node->name() != "CatBackward0") return is_view_like(*nodes[n].node);
+    cats.push_back(n);
+    return false;
+  });
+  return cats;
+}
+
+// A fused recurrent layer's output sequence: its one direction's, or the earliest CatBackward0
+// joining both directions' (at::cat({forward, backward}, -1), what the next layer receives). -1
+// when it does not show.
+int layer_sequence(const std::vector<WalkNode>& nodes, const std::vector<int>& order, int module, int layer,
+                   bool bidirectional, const ParamLookup& params) {
+  const int forward = direction_sequence(nodes, order, module, layer, false, params);
+  if (!bidirectional || forward < 0) return forward;
+  const int backward = direction_sequence(nodes, order, module, layer, true, params);
+  if (backward < 0) return -1;
+  const std::vector<int> joined = cats_above(nodes, backward);
+  int best = -1;
+  for (int c : cats_above(nodes, forward))
+    if (std::find(joined.begin(), joined.end(), c) != joined.end() && (best < 0 || nodes[c].seq < nodes[best].seq)) best = c;
+  return best;
+}
+
+// A fused recurrent module's layers and directions, as its parameters name them.
+struct FusedShape {
+  int layers = 0;
+  bool bidirectional = false;
+};
+
+std::unordered_map<int, FusedShape> fused_shapes(const ParamLookup& params) {
+  std::unordered_map<int, FusedShape> shapes;
+  for (std::size_t p = 0; p < params.fused_layer.size(); ++p) {
+    if (params.fused_layer[p] < 0) continue;
+    FusedShape& s = shapes[params.module[p]];
+    s.layers = std::max(s.layers, params.fused_layer[p] + 1);
+    s.bidirectional = s.bidirectional || params.fused_reverse[p];
+  }
+  return shapes;
+}
+
+// The layers of each fused recurrent module, in place of the ops that apply its weights: module
+// -> its layers' output sequences, for modules whose every layer shows one.
 std::unordered_map<int, std::vector<int>> fused_layer_outputs(const std::vector<WalkNode>& nodes, const std::vector<int>& order,
                                                                const ParamLookup& params) {
-  std::unordered_map<int, int> layers;  // module -> layers, 0 when a direction runs backward
-  for (std::size_t p = 0; p < params.fused_layer.size(); ++p) {
-    const int k = params.fused_layer[p];
-    if (k == -1) continue;
-    int& n = layers[params.module[p]];
-    n = (k == ParamLookup::kReverse || n < 0) ? -1 : std::max(n, k + 1);
-  }
   std::unordered_map<int, std::vector<int>> out;
-  for (const auto& [module, count] : layers) {
+  for (const auto& [module, shape] : fused_shapes(params)) {
     std::vector<int> seqs;
-    for (int k = 0; k < count; ++k) {
-      const int s = layer_sequence(nodes, order, module, k, params);
+    for (int k = 0; k < shape.layers; ++k) {
+      const int s = layer_sequence(nodes, order, module, k, shape.bidirectional, params);
       if (s < 0) break;
       seqs.push_back(s);
     }
-    if (count > 0 && static_cast<int>(seqs.size()) == count) out.emplace(module, std::move(seqs));
+    if (static_cast<int>(seqs.size()) == shape.layers) out.emplace(module, std::move(seqs));
   }
   return out;
+}
+
+// Whether a node is one step of a fused recurrent module computed op by op: it applies weight_hh
+// (and bias_hh) alone. A fused kernel applies the input weights too.
+bool is_recurrent_step(const WalkNode& w, const ParamLookup& params) {
+  return !w.consumed.empty() && std::all_of(w.consumed.begin(), w.consumed.end(), [&](int p) {
+    return p < static_cast<int>(params.fused_layer.size()) && params.fused_layer[p] >= 0;
+  });
+}
+
+// The output of a fused recurrent module whose layers do not show: the earliest CatBackward0 or
+// StackBackward0 above its first step, searched without passing an op that applies a parameter,
+// that has every one of its `steps` below it (packed sequences concatenate each direction's steps,
+// then both directions). Checked downwards from each candidate: a search up from every step would
+// follow an LSTM's cell-state chain to the end of the sequence, T times. -1 when none gathers all.
+int gathered_output(const std::vector<WalkNode>& nodes, const std::vector<int>& steps) {
+  std::vector<int> gathers;
+  search_up(nodes, steps.front(), [&](int n) {
+    if (!nodes[n].consumed.empty()) return false;
+    const std::string name = nodes[n].node->name();
+    if (name == "CatBackward0" || name == "StackBackward0") gathers.push_back(n);
+    return true;
+  });
+  std::sort(gathers.begin(), gathers.end(), [&](int a, int b) { return nodes[a].seq < nodes[b].seq; });
+  const std::unordered_set<int> wanted(steps.begin(), steps.end());
+  for (int g : gathers) {
+    std::size_t below = 0;
+    search(nodes, g, &WalkNode::children, [&](int n) {
+      if (nodes[n].consumed.empty()) return true;
+      below += wanted.count(n);
+      return false;
+    });
+    if (below == wanted.size()) return g;
+  }
+  return -1;
 }
 
 void number_calls(std::vector<LayerOutput>& outputs) {
@@ -316,11 +398,20 @@ std::vector<LayerOutput> find_layer_outputs(Node* root, const ParamLookup& param
   mark_consumed(nodes, order, params);
   const auto fused = fused_layer_outputs(nodes, order, params);
   std::vector<LayerOutput> outputs;
+  std::map<int, std::vector<int>> steps;  // module -> its recurrent steps, where its layers do not show
   for (auto [module, at] : outputs_top_down(nodes, order, params)) {
     if (fused.count(module)) continue;
+    if (is_recurrent_step(nodes[at], params)) {
+      steps[module].push_back(at);
+      continue;
+    }
     if (module < static_cast<int>(params.nested.size()) && !params.nested[module].empty())
       at = call_end(nodes, at, params.nested[module], params);
     outputs.push_back(LayerOutput{nodes[at].node, module, nodes[at].seq, 0});
+  }
+  for (const auto& [module, ops] : steps) {
+    const int at = gathered_output(nodes, ops);
+    if (at >= 0) outputs.push_back(LayerOutput{nodes[at].node, module, nodes[at].seq, 0});
   }
   for (const auto& [module, seqs] : fused)
     for (std::size_t k = 0; k < seqs.size(); ++k)

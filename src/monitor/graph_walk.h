@@ -20,18 +20,19 @@ struct ParamLookup {
   std::unordered_map<const c10::TensorImpl*, int> index;  // a parameter's tensor -> its index
   std::vector<int> module;                                 // parameter index -> module index
   std::vector<std::vector<int>> nested;                    // module index -> the modules inside it
-  // parameter index -> k for a fused recurrent module's weight_hh_lk / bias_hh_lk, kReverse for
-  // a backward direction's, -1 for any other parameter (see note_fused_layers)
+  // parameter index -> k for a fused recurrent module's weight_hh_lk / bias_hh_lk, of either
+  // direction, -1 for any other parameter (see note_fused_layers)
   std::vector<int> fused_layer;
-  static constexpr int kReverse = -2;
+  // parameter index -> whether it is a backward direction's (weight_hh_lk_reverse, bias_hh_lk_reverse)
+  std::vector<bool> fused_reverse;
 };
 
 // Fills `params.nested` from the modules' names (module index -> name, as named_modules() gives
 // them): "attn.out_proj" is inside "attn".
 void nest_modules(ParamLookup& params, const std::vector<std::string>& modules);
 
-// Fills `params.fused_layer` from the parameters' names (parameter index -> name), as
-// torch::nn::LSTM / GRU / RNN name them.
+// Fills `params.fused_layer` and `params.fused_reverse` from the parameters' names (parameter
+// index -> name), as torch::nn::LSTM / GRU / RNN name them.
 void note_fused_layers(ParamLookup& params, const std::vector<std::string>& names);
 
 // The node whose input gradient is dL/d(output) of one call of a parameterised module.
@@ -54,8 +55,12 @@ struct LayerOutput {
 // a different parameter of the same module (one call split in two ops); a node fed by several
 // modules is named after none of them. A module with parameterised modules inside it (attention
 // and its out_proj) ends where the last of them that its call reaches ends. A fused recurrent
-// module (one direction) computed op by op, as LibTorch does on the CPU, has one output per
-// layer: the sequence that layer stacks (StackBackward0), its time steps along dimension 0.
+// module computed op by op, as LibTorch does on the CPU, has one output per layer: the sequence
+// that layer stacks (StackBackward0), its time steps along dimension 0; of a bidirectional layer,
+// the CatBackward0 joining its two directions' sequences along the features. Where the layers do
+// not show (packed sequences), the ops applying weight_hh, one per step and direction, are no
+// outputs: the module's one output is the earliest node gathering all of them (CatBackward0 or
+// StackBackward0). A fused kernel (cuDNN's) is one op, the module's output.
 std::vector<LayerOutput> find_layer_outputs(torch::autograd::Node* root, const ParamLookup& params);
 
 // The walk's result kept while the training loop builds graphs of the same shape, so that a

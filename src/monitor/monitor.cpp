@@ -339,6 +339,11 @@ void Monitor::layer_output(const std::shared_ptr<torch::autograd::Node>& node, s
   name_output(node, output, name, module, time_dim);
 }
 
+void Monitor::names_layer_outputs() {
+  if (state_->forked_copy()) return;
+  state_->recorder.lock()->names_layer_outputs();
+}
+
 void Monitor::segment_output(const at::Tensor& output) {
   if (!output.defined() || !output.grad_fn() || state_->forked_copy()) return;
   state_->recorder.lock()->note_segment_output(output.grad_fn());

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -23,7 +24,14 @@ namespace gradflow::detail {
 
 namespace {
 
+// The module a parameter belongs to. A weight computed by torch.nn.utils.parametrize keeps its
+// parameters under "<module>.parametrizations.<tensor>.": they are the module's, whose weight they
+// compute, and never a layer of their own.
 std::string module_of(const std::string& param_name) {
+  constexpr std::string_view kParametrizations = "parametrizations.";
+  const auto at = param_name.find(kParametrizations);
+  if (at != std::string::npos && (at == 0 || param_name[at - 1] == '.'))
+    return at == 0 ? std::string("(root)") : param_name.substr(0, at - 1);
   const auto dot = param_name.rfind('.');
   return dot == std::string::npos ? std::string("(root)") : param_name.substr(0, dot);
 }
@@ -45,6 +53,7 @@ StepRecorder::StepRecorder(MonitorOptions options, std::function<void()> schedul
   trace_.every = opts_.every;
   trace_.saturation_threshold = opts_.saturation_threshold;
   trace_.process_id = process_id();
+  trace_.layer_outputs = opts_.activations;
   if (opts_.data_parallel) {
     trace_.world_size = opts_.data_parallel->world_size();
     rank_ = opts_.data_parallel->rank();
@@ -626,6 +635,7 @@ int StepRecorder::tap_series(const at::Tensor& t, const std::string& name, const
   const std::string group = options.group.empty() ? name.substr(0, name.find('.')) : options.group;
   const int series = trace_.intern(name, SeriesKind::tap, group, shape_of(t));
   if (options.activation != Activation::none) {
+    trace_.set_activation(series, options.activation);
     const at::Tensor& a = options.activation_output.defined() ? options.activation_output : t;
     const int index = record_index(series);
     if (auto host = host_activation_stats(a, options.activation, opts_.saturation_threshold))
@@ -776,7 +786,7 @@ const Trace& StepRecorder::snapshot() {
   view_.updated_elsewhere = updated_elsewhere();
   if (has_content()) {
     StepRecord open = closed_view(cur_);
-    open.partial = !opts_.auto_step || !backward_seen_;
+    open.partial = !opts_.auto_step || !backward_seen_ || awaits_optimizer_step();
     view_.add_step(std::move(open));
   }
   return view_;
@@ -820,8 +830,10 @@ void StepRecorder::stream_open_step() {
 }
 
 void StepRecorder::close_whole_step() {
-  if (opts_.auto_step && backward_seen_ && backward_done_) end_step();
+  if (opts_.auto_step && backward_seen_ && backward_done_ && !awaits_optimizer_step()) end_step();
 }
+
+bool StepRecorder::awaits_optimizer_step() const { return optimizer_steps_ > 0 && cur_.optimizer_step < 0; }
 
 void StepRecorder::collect_worker() {
   end_scheduled_ = false;

@@ -168,12 +168,16 @@ class StepRecorder {
   // Closes the open step when it is whole: auto-step mode, its backward completed. What the
   // program did so far then reaches the stream (before a report, or as the program ends).
   void close_whole_step();
+  // Once the Monitor is told of optimizer steps, a step is closed by its own: a trailing backward
+  // without one is incomplete (no applied gradient, no update) and stays open.
+  bool awaits_optimizer_step() const;
 
   bool next_forward_recorded() const;
   bool forward_closes_step() const { return (opts_.auto_step || in_optimizer_) && backward_seen_; }
   std::int64_t step() const { return step_; }
   std::int64_t completed_steps() const { return step_ + (opts_.auto_step && backward_seen_ ? 1 : 0); }
   void mark_interrupted() { trace_.interrupted = true; }
+  void names_layer_outputs() { trace_.layer_outputs = true; }
 
  private:
   int record_index(int series);

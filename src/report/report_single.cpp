@@ -190,14 +190,16 @@ std::vector<std::string> outputs_notes(const Trace& t) {
 std::string unrecorded_outputs_note(const Trace& t) {
   std::set<std::string> recorded, missing;
   for (int s : t.series_of_kind(SeriesKind::activation)) recorded.insert(t.series()[s].layer);
-  if (recorded.empty()) return "";
+  // Layer outputs not named at all (a built-in recurrent model's taps instead): nothing to miss.
+  if (recorded.empty() && !t.layer_outputs) return "";
   for (int s : t.series_of_kind(SeriesKind::parameter))
     if (!recorded.count(t.series()[s].layer)) missing.insert(t.series()[s].layer);
   if (missing.empty()) return "";
   return "No layer-output series for " + detail::join(std::vector<std::string>(missing.begin(), missing.end())) +
-         ": the module was not called in the watched forward (its parent uses its parameters directly, as "
-         "nn.MultiheadAttention uses out_proj's), or its output was not on the path of the watched loss. Its "
-         "parameters are in the parameter views.";
+         ": the module was not called in any recorded forward (its parent uses its parameters directly, as "
+         "nn.MultiheadAttention uses out_proj's, or the program computes with the weights through functional calls "
+         "of its own), or its output was not on the path of the watched loss. Its parameters are in the parameter "
+         "views.";
 }
 
 // Which gradient the figures are, in words, and what the optimizer applied instead.

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <set>
 #include <tuple>
 
 #include <fmt/format.h>
@@ -20,9 +22,62 @@ const std::string& palette(std::size_t i) {
   return colours[i % kPaletteSize];
 }
 
-std::string tick_label(const std::string& name) {
-  if (name.size() <= kMaxTickChars) return name;
-  return "\u2026" + name.substr(name.size() - (kMaxTickChars - 1));
+namespace {
+const std::string kEllipsis = "\u2026";
+
+std::string tail_of(const std::string& name, std::size_t max_chars) {
+  if (name.size() <= max_chars) return name;
+  return kEllipsis + name.substr(name.size() - (max_chars - 1));
+}
+
+// Where `name` first differs from the most similar other name of `group` (their longest common
+// prefix).
+std::size_t first_difference(const std::vector<std::string>& names, const std::vector<std::size_t>& group, std::size_t i) {
+  std::size_t at = 0;
+  for (std::size_t j : group) {
+    if (names[j] == names[i]) continue;
+    std::size_t k = 0;
+    while (k < names[i].size() && k < names[j].size() && names[i][k] == names[j][k]) ++k;
+    at = std::max(at, k);
+  }
+  return at;
+}
+
+// The dotted component of `name` holding position `at`, then the name's end.
+std::string with_component(const std::string& name, std::size_t at, std::size_t max_chars) {
+  const std::size_t dot = at == 0 ? std::string::npos : name.rfind('.', at - 1);
+  const std::size_t begin = dot == std::string::npos ? 0 : dot + 1;
+  const std::size_t end = std::min(name.find('.', at), name.size());
+  const std::string component = name.substr(begin, end - begin);
+  const std::size_t budget = max_chars > component.size() + 8 ? max_chars - component.size() : 8;
+  const std::string lead = begin > 0 ? kEllipsis : "";
+  if (name.size() - end <= budget) return lead + name.substr(begin);
+  // The end from a component's start where one begins within it.
+  std::string tail = name.substr(name.size() - budget);
+  if (const auto dot = tail.find('.'); dot != std::string::npos && dot + 1 < tail.size()) tail = tail.substr(dot + 1);
+  return lead + component + kEllipsis + tail;
+}
+}  // namespace
+
+std::string tick_label(const std::string& name) { return tail_of(name, kMaxTickChars); }
+
+std::vector<std::string> distinct_short_names(const std::vector<std::string>& names, std::size_t max_chars) {
+  std::vector<std::string> out;
+  std::map<std::string, std::vector<std::size_t>> by_short;
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    out.push_back(tail_of(names[i], max_chars));
+    by_short[out.back()].push_back(i);
+  }
+  for (const auto& [shown, group] : by_short) {
+    if (group.size() < 2) continue;
+    for (std::size_t i : group) out[i] = with_component(names[i], first_difference(names, group, i), max_chars);
+  }
+  // Names that still read the same where they differ (a difference the cut hides): whole.
+  std::map<std::string, std::set<std::string>> full_of;
+  for (std::size_t i = 0; i < names.size(); ++i) full_of[out[i]].insert(names[i]);
+  for (std::size_t i = 0; i < names.size(); ++i)
+    if (full_of[out[i]].size() > 1) out[i] = names[i];
+  return out;
 }
 
 std::string html_escape(const std::string& s) {
@@ -144,12 +199,13 @@ std::string y_ticks(const Frame& f) {
 // whole name is the tick's hover title.
 std::string category_ticks(const Frame& f, const std::vector<std::string>& names) {
   std::string out;
+  const std::vector<std::string> shown = distinct_short_names(names, kMaxTickChars);
   const std::size_t step = std::max<std::size_t>(1, (names.size() + kMaxTickLabels - 1) / kMaxTickLabels);
   for (std::size_t i = 0; i < names.size(); i += step) {
     const double x = f.X(static_cast<double>(i + 1));
     out += fmt::format("<line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{}\" y2=\"{}\" class=\"grid\"/>"
                        "<text transform=\"translate({:.1f},{}) rotate(-35)\" class=\"tick\" text-anchor=\"end\">{}<title>{}</title></text>\n",
-                       x, x, f.top, f.top + f.ph, x + 3, f.top + f.ph + 12, html_escape(tick_label(names[i])),
+                       x, x, f.top, f.top + f.ph, x + 3, f.top + f.ph + 12, html_escape(shown[i]),
                        html_escape(names[i]));
   }
   return out;
@@ -187,10 +243,8 @@ std::string x_ticks(const Frame& f, const LineChart& c) {
 }
 
 // One series: its path (broken at invalid points), its markers with hover titles, its legend entry.
-std::string series_svg(const Frame& f, const LineSeries& s, std::size_t si) {
+std::string series_svg(const Frame& f, const LineSeries& s, std::size_t si, const std::string& legend) {
   const std::string& col = palette(s.colour >= 0 ? static_cast<std::size_t>(s.colour) : si);
-  // The end of a long name is its most specific part (a module path's last components).
-  const std::string legend = s.label.size() > 38 ? "\u2026" + s.label.substr(s.label.size() - 37) : s.label;
   std::string path, marks, out;
   bool pen = false;
   for (std::size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
@@ -249,7 +303,11 @@ std::string render(const LineChart& c) {
                      html_escape(c.x_label));
   out += fmt::format("<text transform=\"translate(16,{}) rotate(-90)\" class=\"axis\" text-anchor=\"middle\">{}</text>\n",
                      f.top + f.ph / 2, html_escape(c.y_label));
-  for (std::size_t si = 0; si < c.series.size(); ++si) out += series_svg(f, c.series[si], si);
+  // The end of a long name is its most specific part (a module path's last components).
+  std::vector<std::string> labels;
+  for (const auto& s : c.series) labels.push_back(s.label);
+  const std::vector<std::string> legends = distinct_short_names(labels, kMaxLegendChars);
+  for (std::size_t si = 0; si < c.series.size(); ++si) out += series_svg(f, c.series[si], si, legends[si]);
   out += "</svg>";
   if (!c.note.empty()) out += "<figcaption>" + html_escape(c.note) + "</figcaption>";
   out += "</figure>\n";

@@ -27,9 +27,16 @@ struct LineSeries {
 // At most this many category names under an axis; names longer than kMaxTickChars show their end.
 constexpr std::size_t kMaxTickLabels = 20;
 constexpr std::size_t kMaxTickChars = 28;
+// A legend entry's length beside the plot.
+constexpr std::size_t kMaxLegendChars = 38;
 // A category name as a tick shows it: its last kMaxTickChars characters (the most specific part
 // of a module path), led by "…" when cut.
 std::string tick_label(const std::string& name);
+/// The names a chart shows for `names` (legend entries, category ticks), each at most about
+/// `max_chars` long: a long name shows its end led by "…", and where two names would then read
+/// the same (an encoder's and a decoder's layer), each also shows the component where it differs
+/// from the others ("…encoder…layers.0.self_attn.in_proj_weight"). Equal names stay equal.
+std::vector<std::string> distinct_short_names(const std::vector<std::string>& names, std::size_t max_chars);
 
 struct LineChart {
   std::string title;

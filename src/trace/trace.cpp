@@ -35,7 +35,7 @@ int Trace::intern(const std::string& name, SeriesKind kind, const std::string& l
   auto it = index_.find(name);
   if (it != index_.end()) return it->second;
   const int id = static_cast<int>(series_.size());
-  series_.push_back(SeriesInfo{name, kind, layer, std::move(shape), {}, false});
+  series_.push_back(SeriesInfo{name, kind, layer, std::move(shape), {}, false, Activation::none});
   index_.emplace(name, id);
   return id;
 }
@@ -54,6 +54,10 @@ void Trace::set_shape(int series, std::vector<std::int64_t> shape) {
 }
 
 void Trace::mark_found_by_walk(int series) { series_.at(static_cast<std::size_t>(series)).found_by_walk = true; }
+
+void Trace::set_activation(int series, Activation activation) {
+  series_.at(static_cast<std::size_t>(series)).activation = activation;
+}
 
 int Trace::find(const std::string& name) const {
   auto it = index_.find(name);

@@ -143,10 +143,18 @@ const Json* find_profile(const Json& obj, ProfileAxis* axis) {
   return nullptr;
 }
 
+int world_size_from(std::int64_t n, const std::string& where) {
+  constexpr std::int64_t kMaxWorldSize = 1 << 16;
+  if (n < 1 || n > kMaxWorldSize)
+    throw Error(fmt::format("{}: 'world_size' is {}, not a number of processes (1 .. {})", where, n, kMaxWorldSize));
+  return static_cast<int>(n);
+}
+
 Json series_json(const SeriesInfo& s) {
   Json j = {{"name", s.name}, {"kind", to_string(s.kind)}, {"layer", s.layer}, {"shape", s.shape}};
   if (!s.inputs.empty()) j["inputs"] = s.inputs;
   if (s.found_by_walk) j["found_by"] = kFoundByWalk;
+  if (s.activation != Activation::none) j["activation"] = to_string(s.activation);
   return j;
 }
 
@@ -200,6 +208,7 @@ Json trace_to_json_value(const Trace& trace) {
   if (trace.batch_per_rank > 0) j["batch_per_rank"] = trace.batch_per_rank;
   if (trace.process_id > 0) j["process_id"] = trace.process_id;
   if (trace.updated_elsewhere) j["updated_elsewhere"] = true;
+  if (trace.layer_outputs) j["layer_outputs"] = true;
   if (const auto& nf = trace.first_nonfinite())
     j["first_nonfinite"] = {{"step", nf->step}, {"series", nf->series}};
   else
@@ -235,12 +244,13 @@ Trace trace_from_json_unchecked(const Json& j, const std::string& where) {
     t.interrupted = it->get<bool>();
   if (auto it = j.find("saturation_threshold"); it != j.end() && it->is_number())
     t.saturation_threshold = it->get<double>();
-  if (auto it = j.find("world_size"); it != j.end() && it->is_number_integer()) t.world_size = it->get<int>();
-  if (t.world_size < 1) throw Error(where + ": 'world_size' must be at least 1");
+  if (auto it = j.find("world_size"); it != j.end() && it->is_number_integer())
+    t.world_size = world_size_from(it->get<std::int64_t>(), where);
   if (auto it = j.find("batch_per_rank"); it != j.end() && it->is_number_integer())
     t.batch_per_rank = it->get<std::int64_t>();
   if (auto it = j.find("process_id"); it != j.end() && it->is_number_integer()) t.process_id = it->get<std::int64_t>();
   if (auto it = j.find("updated_elsewhere"); it != j.end() && it->is_boolean()) t.updated_elsewhere = it->get<bool>();
+  if (auto it = j.find("layer_outputs"); it != j.end() && it->is_boolean()) t.layer_outputs = it->get<bool>();
   for (const auto& s : get_array(j, "series", where)) add_series_from(t, s, where);
   for (const auto& js : get_array(j, "steps", where)) t.add_step(step_from(js, static_cast<int>(t.series().size()), where));
   return t;
@@ -258,6 +268,10 @@ void add_series_from(Trace& t, const Json& s, const std::string& where) {
   // Inputs name earlier series (a module's inputs ran before it): each exists by now.
   if (auto it = s.find("inputs"); it != s.end()) add_inputs_from(t, id, *it, where);
   if (auto it = s.find("found_by"); it != s.end() && *it == kFoundByWalk) t.mark_found_by_walk(id);
+  if (auto it = s.find("activation"); it != s.end()) {
+    if (!it->is_string()) throw Error(where + ": series '" + name + "' has an activation that is not a name");
+    t.set_activation(id, activation_from_string(it->get<std::string>()));
+  }
 }
 
 StepRecord step_from(const Json& js, int n_series, const std::string& where) {
@@ -379,9 +393,9 @@ void csv_rank_spread(std::string& out, std::int64_t step, const std::string& nam
     hi = std::max(hi, local.norm());
     sum += local.norm();
   }
-  csv_row(out, step, name, kind, "local_norm_min", lo);
-  csv_row(out, step, name, kind, "local_norm_mean", sum / static_cast<double>(ranks.size()));
-  csv_row(out, step, name, kind, "local_norm_max", hi);
+  csv_row(out, step, name, kind, "local_norm_min", lo, kNoRank, Gradient::local);
+  csv_row(out, step, name, kind, "local_norm_mean", sum / static_cast<double>(ranks.size()), kNoRank, Gradient::local);
+  csv_row(out, step, name, kind, "local_norm_max", hi, kNoRank, Gradient::local);
 }
 
 void csv_per_rank(std::string& out, std::int64_t step, const char* name, const char* quantity,
@@ -424,12 +438,13 @@ std::string trace_to_csv(const Trace& trace) {
       if (!std::isnan(r.weight_norm)) {
         csv_row(out, st.step, s.name, kind, "weight_norm", r.weight_norm);
         csv_row(out, st.step, s.name, kind, "ratio",
-                r.weight_norm > 0 ? g.norm() / r.weight_norm
-                                  : std::numeric_limits<double>::quiet_NaN());
+                r.weight_norm > 0 ? g.norm() / r.weight_norm : std::numeric_limits<double>::quiet_NaN(), kNoRank,
+                Gradient::produced);
       }
       if (!std::isnan(r.update_norm)) csv_row(out, st.step, s.name, kind, "update_norm", r.update_norm);
       for (std::size_t k = 0; k < r.profile.size(); ++k)
-        csv_row(out, st.step, s.name, kind, fmt::format("{}_norm.{}", to_string(r.profile_axis), k + 1), r.profile[k]);
+        csv_row(out, st.step, s.name, kind, fmt::format("{}_norm.{}", to_string(r.profile_axis), k + 1), r.profile[k],
+                kNoRank, Gradient::produced);
       if (r.forward) {
         csv_row(out, st.step, s.name, kind, "act_mean", r.forward->mean);
         csv_row(out, st.step, s.name, kind, "act_std", r.forward->std);

@@ -18,6 +18,10 @@ void add_series_from(Trace& t, const Json& s, const std::string& where);
 void add_inputs_from(Trace& t, int to, const Json& from, const std::string& where);
 // A record's profile in `obj` (under its axis' name), with the axis; nullptr when it has none.
 const Json* find_profile(const Json& obj, ProfileAxis* axis);
+
+// A recorded world size, checked: the rank figures and rules hold one entry per rank, so a number
+// no process group has (a corrupt file) is refused rather than allocated.
+int world_size_from(std::int64_t n, const std::string& where);
 // Throws Json::exception or gradflow::Error when `js` is not a step of a trace with `n_series` series.
 StepRecord step_from(const Json& js, int n_series, const std::string& where);
 

@@ -38,6 +38,7 @@ detail::Json header_json(const Trace& t) {
                     {"world_size", t.world_size},
                     {"batch_per_rank", t.batch_per_rank}};
   if (t.process_id > 0) j["process_id"] = t.process_id;
+  if (t.layer_outputs) j["layer_outputs"] = true;
   return j;
 }
 
@@ -372,9 +373,10 @@ void read_header(const detail::Json& j, Trace& t, const std::string& where) {
   t.every = detail::get_int(j, "every", where);
   if (t.every < 1) throw Error(where + ": 'every' must be at least 1");
   t.saturation_threshold = detail::get_num_or(j, "saturation_threshold", t.saturation_threshold);
-  t.world_size = static_cast<int>(detail::get_int(j, "world_size", where));
+  t.world_size = detail::world_size_from(detail::get_int(j, "world_size", where), where);
   t.batch_per_rank = detail::get_int(j, "batch_per_rank", where);
   if (auto pid = j.find("process_id"); pid != j.end() && pid->is_number_integer()) t.process_id = pid->get<std::int64_t>();
+  if (auto lo = j.find("layer_outputs"); lo != j.end() && lo->is_boolean()) t.layer_outputs = lo->get<bool>();
 }
 
 // One line after the header; throws gradflow::Error when it is not a line of a stream.

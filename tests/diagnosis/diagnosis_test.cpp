@@ -228,8 +228,15 @@ TEST(Diagnosis, EveryGradientExactlyZeroForSeveralStepsIsNoGradient) {
 TEST(Diagnosis, ExplodingGradientNormDuringTraining) {
   TraceBuilder b(1, 1);
   b.step(0, {1}, {1});
-  EXPECT_TRUE(has(diagnose(b.t, {}, {1.0, 10.0, 1e4, 1e5}, ModelTraits{}), FindingKind::exploding));
+  const auto grew = diagnose(b.t, {}, {1.0, 10.0, 1e4, 1e5, 1e5}, ModelTraits{});
+  ASSERT_TRUE(has(grew, FindingKind::exploding));
+  EXPECT_EQ(get(grew, FindingKind::exploding)->severity, Severity::error);
   EXPECT_FALSE(has(diagnose(b.t, {}, {1.0, 10.0, 100.0}, ModelTraits{}), FindingKind::exploding));
+  // One step's peak (a corrupt batch) that is gone at the next: information, not an explosion.
+  const auto once = diagnose(b.t, {}, {1.0, 1.2, 0.9, 5e3, 1.5, 1.1, 1.0}, ModelTraits{});
+  ASSERT_TRUE(has(once, FindingKind::exploding));
+  EXPECT_EQ(get(once, FindingKind::exploding)->severity, Severity::info);
+  EXPECT_NE(get(once, FindingKind::exploding)->message.find("fell back within 3 recorded steps"), std::string::npos);
 }
 
 TEST(Diagnosis, StalledAndUnstableLoss) {
@@ -291,7 +298,7 @@ TEST(Diagnosis, StepRangesNameTrainingStepsWhenTheLossIsOnePerRecordedStep) {
   EXPECT_EQ(every_step->where, "steps 0 .. 299");
   // The gradient norm is one per recorded step: its peak is named by the trace's step.
   std::vector<double> norms(60, 1.0);
-  norms[12] = 1e5;
+  for (int k = 12; k < 60; ++k) norms[k] = 1e5;
   const auto grown = diagnose(b.t, {}, norms, ModelTraits{});
   const Finding* exploding = get(grown, FindingKind::exploding);
   ASSERT_TRUE(exploding);

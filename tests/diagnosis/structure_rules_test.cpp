@@ -133,15 +133,26 @@ TEST(StructureRules, AVanishingThatTrainingRecoveredIsInformation) {
   EXPECT_EQ(get(g, FindingKind::vanishing)->severity, Severity::error);
 }
 
-TEST(StructureRules, AGradientThatStopsDeadIsDeadUnitsNotUnderflow) {
+TEST(StructureRules, AGradientThatStopsDeadIsADeadLayerNotUnderflow) {
+  // One recorded step: dead at every recorded step, told once as dead_layer.
   Chain c(std::vector<std::int64_t>(5, 64));
   c.step(0, {0.0, 0.0, 0.0, 0.02, 0.02});
   const auto f = c.diagnose();
   EXPECT_EQ(get(f, FindingKind::vanishing), nullptr);
-  const Finding* d = get(f, FindingKind::dead_units);
+  EXPECT_EQ(get(f, FindingKind::dead_units), nullptr);
+  const Finding* d = get(f, FindingKind::dead_layer);
   ASSERT_NE(d, nullptr);
-  EXPECT_EQ(d->where, "block2");
-  EXPECT_NE(d->message.find("while block3 receives 0.02"), std::string::npos) << d->message;
+  EXPECT_EQ(d->where, "block0 .. block2 (3 layers)");
+  // Zero at one step of many: the depth rule's cut at that step.
+  Chain e(std::vector<std::int64_t>(5, 64));
+  e.step(0, {0.0, 0.0, 0.0, 0.02, 0.02});
+  for (int s = 1; s < 5; ++s) e.step(s, {0.01, 0.01, 0.01, 0.02, 0.02});
+  const auto g = e.diagnose();
+  EXPECT_EQ(get(g, FindingKind::dead_layer), nullptr);
+  const Finding* cut = get(g, FindingKind::dead_units);
+  ASSERT_NE(cut, nullptr);
+  EXPECT_EQ(cut->where, "block2");
+  EXPECT_NE(cut->message.find("while block3 receives 0.02"), std::string::npos) << cut->message;
 }
 
 TEST(StructureRules, DepthFollowsTheLongestPathAndKeepsParallelBranchesApart) {
@@ -230,7 +241,10 @@ TEST(StructureRules, ASpikeThatRecoveredIsASpike) {
   const Finding* u = get(spiked, FindingKind::unstable_loss);
   ASSERT_NE(u, nullptr);
   EXPECT_EQ(u->severity, Severity::warning);
-  EXPECT_NE(u->message.find("spiked to 60 (28.6x its first value) at step 12 and recovered"), std::string::npos) << u->message;
+  EXPECT_NE(u->message.find("spiked to 60 (43.6x its level before the spike, the median of steps 7 .. 11) at step 12 and "
+                            "recovered"),
+            std::string::npos)
+      << u->message;
   // One that stays up diverged.
   for (std::size_t i = 12; i < loss.size(); ++i) loss[i] = 60.0;
   const auto diverged = c.diagnose(loss);

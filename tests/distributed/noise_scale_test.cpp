@@ -177,8 +177,8 @@ TEST(RankTrace, PerRankFiguresSurviveTheJsonRoundTrip) {
   const std::string csv = trace_to_csv(t);
   EXPECT_NE(csv.find("0,b.weight,parameter,norm," + std::to_string(std::sqrt(2.6)).substr(0, 6)), std::string::npos);
   EXPECT_NE(csv.find("0,loss,step,loss,0.25,1,\n"), std::string::npos);
-  EXPECT_NE(csv.find("0,b.weight,parameter,local_norm_max," + fmt::format("{}", std::sqrt(3.0)) + ",,\n"), std::string::npos);
-  EXPECT_NE(csv.find("0,b.weight,parameter,local_norm_min," + fmt::format("{}", std::sqrt(2.6)) + ",,\n"), std::string::npos);
+  EXPECT_NE(csv.find("0,b.weight,parameter,local_norm_max," + fmt::format("{}", std::sqrt(3.0)) + ",,local\n"), std::string::npos);
+  EXPECT_NE(csv.find("0,b.weight,parameter,local_norm_min," + fmt::format("{}", std::sqrt(2.6)) + ",,local\n"), std::string::npos);
 }
 
 std::vector<Finding> rank_findings(const Trace& t) {

@@ -3,8 +3,10 @@
 // output (taken from the program's own forward, as a forward hook would), and a healthy run has
 // no warning or error.
 //
-// - RNNLM: pytorch-cpp's language_model tutorial (Embedding, a batch-first multi-layer
-//   torch::nn::LSTM, reshape, Linear, log_softmax, nll_loss, Adam, clip_grad_norm_(0.5)).
+// - RecurrentLM: pytorch-cpp's language_model tutorial (Embedding, a batch-first multi-layer
+//   torch::nn::LSTM, reshape, Linear, log_softmax, nll_loss, Adam, clip_grad_norm_(0.5)), and the
+//   same model reading its sequence both ways: a two-layer bidirectional torch::nn::LSTM or GRU
+//   (batch-first or time-major), its Linear on both directions' features.
 // - TransformerLM: torch::nn::TransformerEncoder (post-LN layers, attention with its own in_proj
 //   and an out_proj), an embedding scaled by sqrt(d_model), a Linear decoder, SGD with clipping.
 // - ResNet: pytorch-cpp's ResNet tutorial (conv3x3, BatchNorm2d, ReLU, residual blocks with a
@@ -37,11 +39,16 @@ torch::Tensor markov_tokens(std::int64_t batch, std::int64_t length, std::int64_
   return t;
 }
 
-struct RNNLMImpl : torch::nn::Module {
-  RNNLMImpl(std::int64_t vocab, std::int64_t embed_size, std::int64_t hidden, std::int64_t layers)
+// An Embedding, a fused recurrent module (torch::nn::LSTM or GRU, registered as "lstm") and a
+// Linear on its output features at every time step.
+template <class Recurrent>
+struct RecurrentLMImpl : torch::nn::Module {
+  RecurrentLMImpl(std::int64_t vocab, std::int64_t embed_size, Recurrent recurrent)
       : embed(register_module("embed", torch::nn::Embedding(vocab, embed_size))),
-        lstm(register_module("lstm", torch::nn::LSTM(torch::nn::LSTMOptions(embed_size, hidden).num_layers(layers).batch_first(true)))),
-        linear(register_module("linear", torch::nn::Linear(hidden, vocab))) {}
+        lstm(register_module("lstm", std::move(recurrent))),
+        linear(register_module("linear", torch::nn::Linear(features(), vocab))) {}
+  // Both directions' features, side by side, for a bidirectional module.
+  std::int64_t features() const { return lstm->options.hidden_size() * (lstm->options.bidirectional() ? 2 : 1); }
   torch::Tensor forward(const torch::Tensor& x, Outputs* seen = nullptr) {
     const auto e = embed->forward(x);
     const auto o = std::get<0>(lstm->forward(e));
@@ -50,10 +57,9 @@ struct RNNLMImpl : torch::nn::Module {
     return torch::log_softmax(y, 1);
   }
   torch::nn::Embedding embed;
-  torch::nn::LSTM lstm;
+  Recurrent lstm;
   torch::nn::Linear linear;
 };
-TORCH_MODULE(RNNLM);
 
 struct TransformerLMImpl : torch::nn::Module {
   TransformerLMImpl(std::int64_t vocab, std::int64_t d, std::int64_t layers)
@@ -222,39 +228,63 @@ std::vector<double> train(Monitor& monitor, torch::nn::Module& model, torch::opt
 
 class RealCppModels : public test::TorchTest {};
 
-// The LSTM's layers, recomputed by two one-layer LSTMs with its weights: the gradient reaching
-// each layer's sequence, time step by time step.
-void expect_lstm_layers(Monitor& monitor, RNNLM& model, const Forward& f, const torch::Tensor& target) {
-  torch::nn::LSTM l0(torch::nn::LSTMOptions(16, 24).batch_first(true)), l1(torch::nn::LSTMOptions(24, 24).batch_first(true));
-  l0->to(torch::kDouble), l1->to(torch::kDouble);
-  {
-    torch::NoGradGuard no_grad;
-    for (const auto& p : model->lstm->named_parameters()) {
-      const std::string n = p.key();
-      auto& replica = n.back() == '0' ? l0 : l1;
-      replica->named_parameters()[n.substr(0, n.size() - 1) + "0"].copy_(p.value());
-    }
-  }
-  const auto seq0 = std::get<0>(l0->forward(f.seen.at("embed").detach()));
-  const auto seq1 = std::get<0>(l1->forward(seq0));
-  const auto replica_loss = torch::nll_loss(torch::log_softmax(model->linear->forward(seq1.reshape({-1, 24})), 1), target);
-  const auto g = torch::autograd::grad({replica_loss}, {seq0, seq1});
+// A recurrent layer's series holds `grad`, the gradient its output sequence received, in all and
+// time step by time step (`time_dim`: the time dimension of `grad`).
+void expect_layer(Monitor& monitor, const std::string& name, const torch::Tensor& grad, int time_dim) {
   const Trace& t = monitor.trace();
-  for (int k = 0; k < 2; ++k) {
-    const std::string name = "lstm.l" + std::to_string(k);
-    const Record* r = t.steps().back().find(t.find(name));
-    ASSERT_NE(r, nullptr) << name;
-    expect_stats_equal(r->grad, g[k], 1e-9, name);
-    ASSERT_EQ(r->profile_axis, ProfileAxis::time);
-    ASSERT_EQ(r->profile.size(), 12u);
-    for (int s = 0; s < 12; ++s)
-      EXPECT_NEAR(r->profile[s], g[k].select(1, s).norm().item<double>(), 1e-9 * r->grad.norm()) << name << " t=" << s;
-  }
+  const Record* r = t.steps().back().find(t.find(name));
+  ASSERT_NE(r, nullptr) << name;
+  expect_stats_equal(r->grad, grad, 1e-9, name);
+  ASSERT_EQ(r->profile_axis, ProfileAxis::time);
+  ASSERT_EQ(r->profile.size(), static_cast<std::size_t>(grad.size(time_dim)));
+  for (std::size_t s = 0; s < r->profile.size(); ++s)
+    EXPECT_NEAR(r->profile[s], grad.select(time_dim, static_cast<std::int64_t>(s)).norm().item<double>(), 1e-9 * r->grad.norm())
+        << name << " t=" << s;
 }
 
-TEST_F(RealCppModels, LanguageModelWithAFusedLSTM) {
-  torch::manual_seed(1);
-  RNNLM model(30, 16, 24, 2);
+// Two one-layer modules holding the layers of `model`'s two-layer one (the same directions): its
+// weight_ih_l1_reverse is the second's weight_ih_l0_reverse.
+template <class Recurrent>
+std::pair<Recurrent, Recurrent> split_layers(const Recurrent& model, std::int64_t input_size) {
+  auto one_layer = model->options;
+  one_layer.num_layers(1);
+  Recurrent l0(one_layer);
+  one_layer.input_size(input_size);
+  Recurrent l1(one_layer);
+  l0->to(torch::kDouble), l1->to(torch::kDouble);
+  torch::NoGradGuard no_grad;
+  for (const auto& p : model->named_parameters()) {
+    std::string n = p.key();
+    const std::size_t layer = n.find("_l") + 2;
+    auto& replica = n[layer] == '0' ? l0 : l1;
+    n[layer] = '0';
+    replica->named_parameters()[n].copy_(p.value());
+  }
+  return {l0, l1};
+}
+
+// A two-layer module's layers, recomputed by two chained one-layer modules with its weights: the
+// gradient reaching each layer's output (of a bidirectional layer both directions' features, what
+// the next layer or the caller receives), in all and time step by time step.
+template <class Recurrent>
+void expect_recurrent_layers(Monitor& monitor, RecurrentLMImpl<Recurrent>& model, const Forward& f,
+                             const torch::Tensor& target) {
+  auto [l0, l1] = split_layers(model.lstm, model.features());
+  const auto seq0 = std::get<0>(l0->forward(f.seen.at("embed").detach()));
+  const auto seq1 = std::get<0>(l1->forward(seq0));
+  const auto replica_loss = torch::nll_loss(torch::log_softmax(model.linear->forward(seq1.reshape({-1, model.features()})), 1), target);
+  const std::vector<torch::Tensor> g = torch::autograd::grad({replica_loss}, {seq0, seq1});
+  for (int k = 0; k < 2; ++k)
+    expect_layer(monitor, "lstm.l" + std::to_string(k), g[k], model.lstm->options.batch_first() ? 1 : 0);
+  EXPECT_EQ(monitor.trace().find("lstm"), -1);  // no series of the module's per-step ops
+}
+
+// Trains the language model with `recurrent` in it (two layers), checking its layers every 13
+// steps.
+template <class Recurrent>
+void train_language_model(Recurrent recurrent, Cell cell) {
+  const bool batch_first = recurrent->options.batch_first();
+  auto model = std::make_shared<RecurrentLMImpl<Recurrent>>(30, 16, std::move(recurrent));
   model->to(torch::kDouble);
   gradflow::Monitor monitor(*model);
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(0.01));
@@ -262,19 +292,93 @@ TEST_F(RealCppModels, LanguageModelWithAFusedLSTM) {
   const auto losses = train(
       monitor, *model, optimizer, 40, 13, 0.5,
       [&] {
-        const auto tokens = markov_tokens(8, 13, 30);
-        target = tokens.narrow(1, 1, 12).reshape(-1);
+        auto tokens = markov_tokens(8, 13, 30);
+        if (!batch_first) tokens = tokens.t();
+        const int time = batch_first ? 1 : 0;
+        target = tokens.narrow(time, 1, 12).reshape(-1);
         Forward f;
-        f.loss = torch::nll_loss(model->forward(tokens.narrow(1, 0, 12), &f.seen), target);
+        f.loss = torch::nll_loss(model->forward(tokens.narrow(time, 0, 12), &f.seen), target);
         return f;
       },
       [&](Monitor& m, const Forward& f, const OutputGrads& hooked) {
         hooked.expect_recorded(m, {{"lstm", "lstm.l1"}}, /*others=*/1);  // lstm.l0, against a replica
-        expect_lstm_layers(m, model, f, target);
+        expect_recurrent_layers(m, *model, f, target);
       });
   EXPECT_LT(losses.back(), 0.7 * losses.front());
-  EXPECT_EQ(monitor.model_traits().cell, Cell::lstm);
+  EXPECT_EQ(monitor.model_traits().cell, cell);
   expect_no_warning(monitor, losses);
+}
+
+TEST_F(RealCppModels, LanguageModelWithAFusedLSTM) {
+  torch::manual_seed(1);
+  train_language_model(torch::nn::LSTM(torch::nn::LSTMOptions(16, 24).num_layers(2).batch_first(true)), Cell::lstm);
+}
+
+TEST_F(RealCppModels, BidirectionalLSTMLanguageModel) {
+  torch::manual_seed(4);
+  train_language_model(torch::nn::LSTM(torch::nn::LSTMOptions(16, 24).num_layers(2).bidirectional(true).batch_first(true)),
+                       Cell::lstm);
+}
+
+TEST_F(RealCppModels, BidirectionalTimeMajorLSTMLanguageModel) {
+  torch::manual_seed(5);
+  train_language_model(torch::nn::LSTM(torch::nn::LSTMOptions(16, 24).num_layers(2).bidirectional(true)), Cell::lstm);
+}
+
+TEST_F(RealCppModels, BidirectionalGRULanguageModel) {
+  torch::manual_seed(6);
+  train_language_model(torch::nn::GRU(torch::nn::GRUOptions(16, 24).num_layers(2).bidirectional(true).batch_first(true)),
+                       Cell::gru);
+}
+
+// A one-layer bidirectional module is one series named after it, as a one-layer unidirectional one:
+// the gradient of its output, both directions' features, time step by time step.
+TEST_F(RealCppModels, OneLayerBidirectionalRNNIsOneSeries) {
+  torch::nn::RNN rnn(torch::nn::RNNOptions(4, 6).bidirectional(true));
+  torch::nn::Sequential model;
+  model->push_back("rnn", rnn);
+  model->to(torch::kDouble);
+  gradflow::Monitor monitor(*model);
+  const auto out = std::get<0>(rnn->forward(torch::randn({5, 3, 4}, torch::kDouble)));
+  const auto loss = (out * torch::randn(out.sizes(), torch::kDouble)).sum();
+  torch::Tensor hooked;
+  out.register_hook([&hooked](const torch::Tensor& g) { hooked = g.clone(); });
+  monitor.watch(loss);
+  loss.backward();
+  EXPECT_EQ(monitor.trace().series_of_kind(SeriesKind::activation).size(), 1u);
+  expect_layer(monitor, "rnn", hooked, /*time_dim=*/0);
+}
+
+// Packed sequences: LibTorch concatenates a layer's steps instead of stacking them, so its layers
+// do not show. The module is then one series holding the gradient of its output's data, never
+// one series fed by each step's weight op.
+TEST_F(RealCppModels, PackedSequencesRecordTheModuleOutput) {
+  for (const bool bidirectional : {false, true}) {
+    SCOPED_TRACE(bidirectional ? "bidirectional" : "one direction");
+    torch::manual_seed(7);
+    torch::nn::Embedding embed(30, 16);
+    torch::nn::LSTM lstm(torch::nn::LSTMOptions(16, 24).num_layers(2).bidirectional(bidirectional).batch_first(true));
+    torch::nn::Sequential model;
+    model->push_back("embed", embed);
+    model->push_back("lstm", lstm);
+    model->to(torch::kDouble);
+    gradflow::Monitor monitor(*model);
+    const auto lengths = torch::tensor({12, 7, 12, 3, 9, 1, 5, 10}, torch::kLong);
+    const auto packed = torch::nn::utils::rnn::pack_padded_sequence(embed->forward(markov_tokens(8, 12, 30)), lengths,
+                                                                     /*batch_first=*/true, /*enforce_sorted=*/false);
+    const auto data = std::get<0>(lstm->forward_with_packed_input(packed)).data();
+    const auto loss = (data * torch::randn(data.sizes(), torch::kDouble)).sum();
+    torch::Tensor hooked;
+    data.register_hook([&hooked](const torch::Tensor& g) { hooked = g.clone(); });
+    monitor.watch(loss);
+    loss.backward();
+    const Trace& t = monitor.trace();
+    EXPECT_EQ(t.series_of_kind(SeriesKind::activation).size(), 2u);  // embed and lstm
+    const Record* r = t.steps().back().find(t.find("lstm"));
+    ASSERT_NE(r, nullptr);
+    expect_stats_equal(r->grad, hooked, 1e-9, "lstm");
+    EXPECT_TRUE(r->profile.empty());  // one call, no time axis in packed data
+  }
 }
 
 TEST_F(RealCppModels, TransformerEncoderLanguageModel) {
@@ -314,6 +418,98 @@ TEST_F(RealCppModels, ResidualNetwork) {
   EXPECT_EQ(monitor.model_traits().norm, Norm::batch);
   EXPECT_TRUE(make_run_record(monitor).traits.residual);  // read from the model's graph
   expect_no_warning(monitor, losses);
+}
+
+// An MLP classifier as a C++ user writes one (fc1 -> act -> fc2 -> act -> fc3), with a hidden
+// activation tapped as the README shows, or nothing declared at all.
+struct ClassifierImpl : torch::nn::Module {
+  ClassifierImpl(bool sigmoid, Monitor** tap_into)
+      : fc1(register_module("fc1", torch::nn::Linear(16, 32))),
+        fc2(register_module("fc2", torch::nn::Linear(32, 32))),
+        fc3(register_module("fc3", torch::nn::Linear(32, 4))),
+        sigmoid_(sigmoid),
+        monitor_(tap_into) {}
+  torch::Tensor forward(const torch::Tensor& x) {
+    auto act = [&](const torch::Tensor& z) { return sigmoid_ ? torch::sigmoid(z) : torch::relu(z); };
+    const auto h1 = act(fc1->forward(x));
+    const auto h2 = act(fc2->forward(h1));
+    if (sigmoid_ && *monitor_) (*monitor_)->tap(h2, "h.2", TapOptions{Activation::sigmoid, {}, {}, {}});
+    return fc3->forward(h2);
+  }
+  torch::nn::Linear fc1, fc2, fc3;
+  bool sigmoid_;
+  Monitor** monitor_;
+};
+TORCH_MODULE(Classifier);
+
+// Trains a Classifier 30 steps with SGD; `prepare` breaks it first (or not).
+RunRecord train_classifier(bool sigmoid, const std::function<void(ClassifierImpl&)>& prepare, std::vector<double>* truth_fc2 = nullptr) {
+  torch::manual_seed(5);
+  Monitor* tap_into = nullptr;
+  Classifier model(sigmoid, &tap_into);
+  prepare(*model);
+  Monitor monitor(*model);
+  tap_into = &monitor;
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+  const auto prototypes = torch::randn({4, 16});
+  std::vector<double> losses;
+  for (int step = 0; step < 30; ++step) {
+    const auto labels = torch::randint(4, {32}, torch::kLong);
+    const auto x = prototypes.index_select(0, labels) + 0.5 * torch::randn({32, 16});
+    optimizer.zero_grad();
+    const auto loss = torch::cross_entropy_loss(model->forward(x), labels);
+    monitor.watch(loss);
+    loss.backward();
+    if (truth_fc2) truth_fc2->push_back(model->fc2->weight.grad().abs().max().item<double>() + model->fc2->bias.grad().abs().max().item<double>());
+    optimizer.step();
+    losses.push_back(loss.item<double>());
+  }
+  return make_run_record(monitor);
+}
+
+const Finding* find_kind(const RunRecord& r, FindingKind kind) {
+  for (const auto& f : r.findings)
+    if (f.kind == kind) return &f;
+  return nullptr;
+}
+
+std::string described(const RunRecord& r) {
+  std::string out;
+  for (const auto& f : r.findings) out += std::string(to_string(f.kind)) + " @ " + f.where + ": " + f.message + "\n";
+  return out;
+}
+
+// The activation a tap declares drives the saturation rule with no trait set: sigmoid units whose
+// inputs are scaled up saturate, their twin does not.
+TEST_F(RealCppModels, ATapsDeclaredSigmoidIsJudgedForSaturationWithoutTraits) {
+  const RunRecord saturated = train_classifier(true, [](ClassifierImpl& m) {
+    torch::NoGradGuard no_grad;
+    m.fc2->weight.mul_(40.0);
+  });
+  EXPECT_EQ(saturated.traits.activation, Activation::none) << "nothing declared but the tap's activation";
+  const Finding* s = find_kind(saturated, FindingKind::saturation);
+  ASSERT_NE(s, nullptr) << described(saturated);
+  EXPECT_EQ(s->where, "h.2");
+  EXPECT_EQ(find_kind(saturated, FindingKind::dead_units), nullptr) << described(saturated);
+  const RunRecord healthy = train_classifier(true, [](ClassifierImpl&) {});
+  EXPECT_EQ(find_kind(healthy, FindingKind::saturation), nullptr) << described(healthy);
+}
+
+// A bias that keeps every ReLU of fc2 inactive: fc1 and fc2 receive exactly 0 (the program's own
+// .grad() says so), named without any activation declared; the twin has no dead layer.
+TEST_F(RealCppModels, ADeadLayerIsNamedWithNothingDeclared) {
+  std::vector<double> fc2_largest;
+  const RunRecord dead = train_classifier(false, [](ClassifierImpl& m) {
+    torch::NoGradGuard no_grad;
+    m.fc2->bias.fill_(-20.0);
+  }, &fc2_largest);
+  for (double g : fc2_largest) EXPECT_EQ(g, 0.0);
+  const Finding* d = find_kind(dead, FindingKind::dead_layer);
+  ASSERT_NE(d, nullptr) << described(dead);
+  EXPECT_EQ(d->where, "fc1 .. fc2 (2 layers)");
+  EXPECT_NE(d->remedy.find("fc2.bias has RMS 20"), std::string::npos) << d->remedy;
+  const RunRecord healthy = train_classifier(false, [](ClassifierImpl&) {});
+  EXPECT_EQ(find_kind(healthy, FindingKind::dead_layer), nullptr) << described(healthy);
 }
 
 }  // namespace

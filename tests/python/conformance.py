@@ -166,16 +166,19 @@ def build_without_parameters(name, cls):
 
 
 def fused_layer_gradients(rnn, x, weight):
-    """dL/d(output sequence of each layer) of a one-direction nn.RNN/LSTM/GRU of several layers,
-    for the loss (last layer's output * weight).sum(): autograd through one-layer copies of it."""
+    """dL/d(output sequence of each layer) of an nn.RNN/LSTM/GRU of several layers (a bidirectional
+    layer's: both directions' features), for the loss (last layer's output * weight).sum():
+    autograd through one-layer copies of it."""
     outputs, h = [], x
     extra = {"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}
     for k in range(rnn.num_layers):
-        one = type(rnn)(h.shape[-1], rnn.hidden_size, num_layers=1, bias=rnn.bias, batch_first=rnn.batch_first, **extra)
+        one = type(rnn)(h.shape[-1], rnn.hidden_size, num_layers=1, bias=rnn.bias, batch_first=rnn.batch_first,
+                        bidirectional=rnn.bidirectional, **extra)
         with torch.no_grad():
             for part in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                if hasattr(rnn, "{}_l{}".format(part, k)):
-                    getattr(one, part + "_l0").copy_(getattr(rnn, "{}_l{}".format(part, k)))
+                for direction in ("", "_reverse"):
+                    if hasattr(rnn, "{}_l{}{}".format(part, k, direction)):
+                        getattr(one, part + "_l0" + direction).copy_(getattr(rnn, "{}_l{}{}".format(part, k, direction)))
         h = one(h)[0]
         outputs.append(h)
     return torch.autograd.grad((outputs[-1] * weight).sum(), outputs)

@@ -986,3 +986,117 @@ def run_scripted(kind, steps=30, seed=0):
         losses.append(loss.item())
     rec.remove()
     return Run("scripted_" + kind, scripted, monitor, rec, losses, traits={**traits, "clip_norm": clip})
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. An MLP classifier (pytorch/examples mnist's loop with its CNN replaced by fc1 -> ReLU ->
+# fc2 -> ReLU -> fc3, cross-entropy, SGD with momentum) on noisy prototypes of 10 classes, and
+# what goes wrong with it in public programs: a bias that kills a layer, a fine-tuning learning
+# rate that blows the loss up and kills every ReLU, one corrupt batch, a parametrized weight,
+# weights used through functional calls instead of the modules.
+
+
+class MLPClassifier(nn.Module):
+    def __init__(self, inputs=64, hidden=128, classes=10):
+        super().__init__()
+        self.fc1 = nn.Linear(inputs, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc3 = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+def noisy_prototypes(n, seed, noise=2.5, classes=10, dim=64):
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(classes, dim, generator=g)
+    y = torch.randint(classes, (n,), generator=g)
+    return protos[y] + noise * torch.randn(n, dim, generator=g), y
+
+
+def pretrained_mlp(seed=0, steps=40, batch=64):
+    """40 steps of SGD(0.05, momentum 0.9): the model a fine-tuning run starts from."""
+    torch.manual_seed(seed)
+    x, y = noisy_prototypes(batch * steps, 7)
+    model = MLPClassifier()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for i in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x[i * batch:(i + 1) * batch]), y[i * batch:(i + 1) * batch]).backward()
+        opt.step()
+    return model
+
+
+def run_mlp(steps=60, seed=0, batch=64, lr=0.05, dead_bias=None, finetune=False, corrupt_step=None,
+            parametrize=False):
+    """dead_bias: fc2's bias set to this before training (no activation told to gradflow);
+    finetune: start from pretrained_mlp(); corrupt_step: that step's inputs scaled by 30;
+    parametrize: fc1 and fc2 under parametrizations.spectral_norm."""
+    model = pretrained_mlp(seed) if finetune else None
+    torch.manual_seed(seed)
+    if model is None:
+        model = MLPClassifier()
+    if dead_bias is not None:
+        with torch.no_grad():
+            model.fc2.bias.fill_(dead_bias)
+    if parametrize:
+        from torch.nn.utils.parametrizations import spectral_norm
+        model.fc1 = spectral_norm(model.fc1)
+        model.fc2 = spectral_norm(model.fc2)
+    x, y = noisy_prototypes(batch * steps, 7)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    monitor = gradflow.Monitor(model, optimizer=optimizer)
+    rec = GradRecorder(model)
+    losses = []
+    for i in range(steps):
+        xb, yb = x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
+        if i == corrupt_step:
+            xb = xb * 30.0
+        optimizer.zero_grad()
+        rec.begin_step()
+        loss = F.cross_entropy(model(xb), yb)
+        monitor.watch(loss)
+        loss.backward()
+        rec.snapshot_params()
+        optimizer.step()
+        losses.append(loss.item())
+    rec.remove()
+    return Run("mlp", model, monitor, rec, losses)
+
+
+def run_mlp_functional(steps=40, seed=0, batch=32, inner_lr=0.1):
+    """MAML's inner loop as MAML-Pytorch and learn2learn write it: the modules hold the weights,
+    but the forward computes with fast weights (one inner SGD step, create_graph=True) through
+    F.linear, never calling the modules; the outer loss trains the weights through them."""
+    torch.manual_seed(seed)
+    model = MLPClassifier(inputs=16, hidden=32, classes=4)
+    x, y = noisy_prototypes(2 * batch * steps, 3, noise=1.0, classes=4, dim=16)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    monitor = gradflow.Monitor(model, optimizer=optimizer)
+    rec = GradRecorder(model)
+    names = [n for n, _ in model.named_parameters()]
+
+    def functional_forward(w, inputs):
+        h = F.relu(F.linear(inputs, w["fc1.weight"], w["fc1.bias"]))
+        h = F.relu(F.linear(h, w["fc2.weight"], w["fc2.bias"]))
+        return F.linear(h, w["fc3.weight"], w["fc3.bias"])
+
+    losses = []
+    for i in range(steps):
+        s = 2 * batch * i
+        xs, ys = x[s:s + batch], y[s:s + batch]
+        xq, yq = x[s + batch:s + 2 * batch], y[s + batch:s + 2 * batch]
+        optimizer.zero_grad()
+        rec.begin_step()
+        weights = dict(model.named_parameters())
+        inner = F.cross_entropy(functional_forward(weights, xs), ys)
+        grads = torch.autograd.grad(inner, [weights[n] for n in names], create_graph=True)
+        fast = {n: weights[n] - inner_lr * g for n, g in zip(names, grads)}
+        loss = F.cross_entropy(functional_forward(fast, xq), yq)
+        monitor.watch(loss)
+        loss.backward()
+        rec.snapshot_params()
+        optimizer.step()
+        losses.append(loss.item())
+    rec.remove()
+    return Run("mlp_functional", model, monitor, rec, losses)

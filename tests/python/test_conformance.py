@@ -34,7 +34,7 @@ def close(a, b, rel=REL):
 
 
 def layered(module):
-    return isinstance(module, nn.RNNBase) and module.num_layers > 1 and not module.bidirectional
+    return isinstance(module, nn.RNNBase) and module.num_layers > 1
 
 
 def expected_rows(model, truth, context=None):

@@ -136,6 +136,26 @@ class MonitorTest(unittest.TestCase):
         for step, name, norm in zip(f["step"], f["name"], f["grad_norm"]):
             self.assertTrue(rel_close(norm, norms[(int(step), str(name))], 1e-9), (step, name))
 
+    def test_a_trailing_step_no_optimizer_step_closed_is_marked_and_left_out(self):
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        monitor = gradflow.Monitor(model, optimizer=opt)
+        for i in range(3):
+            loss = model(torch.randn(16, 4)).pow(2).mean()
+            monitor.watch(loss)
+            loss.backward()
+            if i < 2:  # the last backward's step is never taken
+                opt.step()
+                opt.zero_grad()
+        f = monitor.trace_frame()
+        closed = {int(s): int(c) for s, c in zip(f["step"], f["closed"])}
+        self.assertEqual(closed, {0: 1, 1: 1, 2: 0})
+        with tempfile.TemporaryDirectory() as d:
+            gradflow.save_report(monitor, os.path.join(d, "r"))
+            with open(os.path.join(d, "r", "run.json")) as run:
+                self.assertEqual(json.load(run)["summary"]["recorded_steps"], 2)
+        monitor.detach()
+
     def test_tap_records_the_gradient_of_a_tensor(self):
         model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
         monitor = gradflow.Monitor(model, activations=False)

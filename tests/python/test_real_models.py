@@ -53,6 +53,12 @@ RUNS = {
     "gpt_zeroed_grads": lambda: rm.run_gpt(zero_grads=True),
     "vae_dead_relu": lambda: rm.run_vae(dead_bias=-10.0),
     "siamese_deep_sigmoid": lambda: rm.run_siamese(deep_sigmoid=True),
+    "mlp": rm.run_mlp,
+    "mlp_dead_bias": lambda: rm.run_mlp(dead_bias=-20.0),
+    "mlp_finetune_diverged": lambda: rm.run_mlp(steps=150, lr=1.0, finetune=True),
+    "mlp_finetune_spike": lambda: rm.run_mlp(steps=150, lr=0.02, finetune=True, corrupt_step=20),
+    "mlp_spectral_norm": lambda: rm.run_mlp(parametrize=True),
+    "mlp_functional": rm.run_mlp_functional,
 }
 NAN_STEP = 8
 
@@ -66,6 +72,18 @@ def run(name):
 def findings_of(r):
     with tempfile.TemporaryDirectory() as d:
         return tuple(gradflow.save_report(r.monitor, os.path.join(d, "report"), label=r.name, traits=r.traits))
+
+
+@functools.lru_cache(maxsize=None)
+def report_of(r):
+    """run.json and report.md of save_report."""
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "report")
+        gradflow.save_report(r.monitor, out, label=r.name, traits=r.traits)
+        with open(os.path.join(out, "run.json")) as f:
+            run_json = json.load(f)
+        with open(os.path.join(out, "report.md")) as f:
+            return run_json, f.read()
 
 
 @functools.lru_cache(maxsize=None)
@@ -366,8 +384,6 @@ class GAN(RealModelCase):
         self.assert_healthy(run("gan")[1])
 
 
-if __name__ == "__main__":
-    unittest.main()
 
 
 # A TorchScript module has no forward hooks: the C++ Monitor names what each submodule's call
@@ -391,3 +407,107 @@ class ScriptedLSTMWordLM(RealModelCase):
         r = run("scripted_lstm_lm")
         self.assertLess(r.losses[-1], r.losses[0])
         self.assert_healthy(r)
+
+
+def zero_steps(r, layer):
+    """The steps at which every parameter of `layer` had p.grad exactly 0 (the program's truth)."""
+    return [i for i, params in enumerate(r.recorder.params)
+            if all(v == 0.0 for n, v in params.items() if n.startswith(layer + "."))]
+
+
+def longest_run(steps):
+    """The first and last step of the longest stretch of consecutive steps in a sorted list."""
+    best, start = (steps[0], steps[0]), steps[0]
+    for prev, cur in zip(steps, steps[1:]):
+        if cur != prev + 1:
+            start = cur
+        if cur - start > best[1] - best[0]:
+            best = (start, cur)
+    return best
+
+
+class MLPClassifierRuns(RealModelCase):
+    def test_exact(self):
+        self.assert_exact(run("mlp"))
+
+    def test_healthy(self):
+        r = run("mlp")
+        self.assertLess(r.losses[-1], 0.5 * r.losses[0])
+        self.assert_healthy(r)
+
+    def test_a_bias_that_kills_a_layer_is_named_without_an_activation_told(self):
+        r = run("mlp_dead_bias")
+        # The truth: fc1 and fc2 receive exactly 0 at every step, fc3's bias does not.
+        self.assertEqual(zero_steps(r, "fc2"), list(range(len(r.losses))))
+        self.assertEqual(zero_steps(r, "fc1"), list(range(len(r.losses))))
+        self.assertTrue(all(p["fc3.bias"] > 0 for p in r.recorder.params))
+        hits = self.assert_finding(r, {"dead_layer"}, where_has=["fc1 .. fc2"], severities=("error",))
+        self.assertIn("the network died", hits[0].message)
+        self.assertIn("fc2.bias has RMS 20", hits[0].remedy)
+        self.assertNotIn("no_gradient", [f.kind for f in findings_of(r)])
+
+    def test_an_early_divergence_that_never_comes_back_is_diverged(self):
+        r = run("mlp_finetune_diverged")
+        self.assertGreater(max(r.losses), 100 * r.losses[0])
+        self.assertGreater(sum(r.losses[-15:]) / 15, 3 * r.losses[0])
+        findings = findings_of(r)
+        hits = self.assert_finding(r, {"unstable_loss"}, severities=("error",))
+        self.assertIn("diverged", hits[0].message)
+        self.assertFalse(any("recovered" in f.message for f in findings), describe(findings))
+        # Every ReLU died during the blow-up: the run's own p.grad says at which steps; the
+        # finding names the longest stretch of them.
+        dead = zero_steps(r, "fc2")
+        self.assertGreater(len(dead), 100)
+        first, last = longest_run(dead)
+        died = self.assert_finding(r, {"dead_layer"}, severities=("error",))
+        self.assertIn("the network died", died[0].message)
+        self.assertIn(f"from {first} to {last} ({last - first + 1} steps)", died[0].message)
+        self.assertIn(f"fc2 received gradient until step {first - 1}", died[0].remedy)
+        self.assertIn("then a training update", died[0].remedy)
+
+    def test_a_spike_the_run_came_back_from_is_recovered(self):
+        r = run("mlp_finetune_spike")
+        self.assertGreater(max(r.losses), 10 * r.losses[0])
+        findings = findings_of(r)
+        hits = self.assert_finding(r, {"unstable_loss"}, severities=("warning",))
+        self.assertIn("at step 20 and recovered", hits[0].message)
+        self.assertEqual([f for f in findings if f.severity == "error"], [], describe(findings))
+
+    def test_a_computed_weight_is_part_of_its_module(self):
+        r = run("mlp_spectral_norm")
+        self.assert_healthy(r)
+        trace = trace_json(r)
+        layer_outputs = [s["name"] for s in trace["series"] if s["kind"] == "activation"]
+        self.assertEqual(layer_outputs, ["fc1", "fc2", "fc3"])
+        run_json, _ = report_of(r)
+        self.assertEqual([l["name"] for l in run_json["layers"]], ["fc1", "fc2", "fc3"])
+        # The weight's gradient stays in the parameter tables, equal to p.grad of its original.
+        frame = r.monitor.trace_frame()
+        last = max(int(s) for s in frame["step"])
+        got = {str(n): float(v) for s, n, v, g in zip(frame["step"], frame["name"], frame["grad_norm"], frame["gradient"])
+               if int(s) == last and g == "produced"}
+        want = r.recorder.params[last]
+        self.assertIn("fc1.parametrizations.weight.original", want)
+        for name, norm in want.items():
+            self.assertTrue(rel_close(got[name], norm, PARAM_REL), (name, got.get(name), norm))
+
+    def test_modules_bypassed_by_functional_calls_are_listed(self):
+        r = run("mlp_functional")
+        self.assertLess(sum(r.losses[-5:]), sum(r.losses[:5]))
+        self.assert_healthy(r)
+        run_json, report = report_of(r)
+        self.assertIn("No layer-output series for fc1, fc2, fc3: the module was not called in any recorded forward",
+                      report)
+        self.assertIn("functional calls", report)
+        # Every parameter still recorded, equal to p.grad.
+        frame = r.monitor.trace_frame()
+        for step, params in enumerate(r.recorder.params):
+            for name, norm in params.items():
+                got = [float(v) for s, n, v, g in zip(frame["step"], frame["name"], frame["grad_norm"], frame["gradient"])
+                       if int(s) == step and n == name and g == "produced"]
+                self.assertEqual(len(got), 1, (step, name))
+                self.assertTrue(rel_close(got[0], norm, PARAM_REL), (step, name, got[0], norm))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -14,6 +14,38 @@ int count(const std::string& text, const std::string& what) {
   return n;
 }
 
+// Names cut from the left stay distinct: where two would read the same, each shows where it differs.
+TEST(Svg, ShortNamesWithinAChartAreDistinct) {
+  const std::vector<std::string> names = {"transformer.encoder.layers.0.self_attn.in_proj_weight",
+                                          "transformer.decoder.layers.0.self_attn.in_proj_weight", "fc",
+                                          "a.very.long.but.unique.module.path.that.is.long.weight", "fc"};
+  const auto shown = distinct_short_names(names, 38);
+  ASSERT_EQ(shown.size(), names.size());
+  EXPECT_EQ(shown[0], "\u2026encoder\u20260.self_attn.in_proj_weight");
+  EXPECT_EQ(shown[1], "\u2026decoder\u20260.self_attn.in_proj_weight");
+  EXPECT_EQ(shown[2], "fc");
+  EXPECT_EQ(shown[3], "\u2026nique.module.path.that.is.long.weight");
+  EXPECT_EQ(shown[4], "fc");  // the same name, the same entry
+  for (std::size_t i = 0; i < names.size(); ++i)
+    for (std::size_t j = 0; j < names.size(); ++j) {
+      if (names[i] != names[j]) {
+        EXPECT_NE(shown[i], shown[j]) << names[i] << " / " << names[j];
+      }
+    }
+  // A chart's legend shows them so.
+  LineChart c;
+  for (std::size_t i = 0; i < 2; ++i) {
+    LineSeries s;
+    s.label = names[i];
+    s.x = {1, 2};
+    s.y = {1, 2};
+    c.series.push_back(s);
+  }
+  const std::string svg = render(c);
+  EXPECT_EQ(count(svg, "class=\"legend\">\u2026encoder\u2026"), 1) << svg;
+  EXPECT_EQ(count(svg, "class=\"legend\">\u2026decoder\u2026"), 1) << svg;
+}
+
 LineChart two_series() {
   LineChart c;
   c.title = "t";

@@ -11,6 +11,7 @@
 
 #include "gradflow/atomic_file.h"
 #include "gradflow/error.h"
+#include "gradflow/trace_stream.h"
 #include "test_util.h"
 
 namespace gradflow {
@@ -42,6 +43,7 @@ Trace sample() {
     b.grad.numel = 8;
     b.grad.nonfinite = s == 2 ? 3 : 0;
     b.grad.sum_sq = 4.0;
+    b.profile = {1.5, 1.25};  // two calls
     Record c;
     c.series = 2;
     c.grad.numel = 8;
@@ -113,18 +115,22 @@ TEST(TraceIo, CsvIsLongFormatWithOneValuePerRow) {
   std::getline(in, line);
   EXPECT_EQ(line, "step,name,kind,quantity,value,rank,gradient");
   int rows = 0;
-  bool saw_quoted = false, saw_loss = false, saw_ratio = false;
+  bool saw_quoted = false, saw_loss = false, saw_ratio = false, unlabelled_gradient = false;
   while (std::getline(in, line)) {
     ++rows;
     if (line.rfind("0,\"h,1\",tap,dead_fraction,0.25", 0) == 0) saw_quoted = true;
     if (line == "2,loss,step,loss,0.5,,") saw_loss = true;
-    if (line.rfind("0,fc1.weight,parameter,ratio,", 0) == 0) saw_ratio = true;
+    if (line.rfind("0,fc1.weight,parameter,ratio,", 0) == 0) saw_ratio = line.size() > 9 && line.substr(line.size() - 9) == ",produced";
+    // Every row of a gradient's figure says which gradient: produced here.
+    for (const char* q : {",norm,", ",rms,", ",max_abs,", ",zero_fraction,", ",calls_norm.", ",time_norm."})
+      if (line.find(q) != std::string::npos && line.find(",produced") == std::string::npos) unlabelled_gradient = true;
   }
+  EXPECT_FALSE(unlabelled_gradient);
   EXPECT_TRUE(saw_quoted);
   EXPECT_TRUE(saw_loss);
   EXPECT_TRUE(saw_ratio);
-  // per step: loss + param (7 + 2) + activation 7 + tap (7 + 5)
-  EXPECT_EQ(rows, 3 * (1 + 9 + 7 + 12));
+  // per step: loss + param (7 + 2) + activation (7 + 2 calls) + tap (7 + 5)
+  EXPECT_EQ(rows, 3 * (1 + 9 + 9 + 12));
 }
 
 TEST(TraceIo, ForeignOrCorruptJsonIsRefusedWithAReason) {
@@ -137,6 +143,19 @@ TEST(TraceIo, ForeignOrCorruptJsonIsRefusedWithAReason) {
   EXPECT_THROW(trace_from_json(R"({"schema":"gradflow.trace/1","every":1,"series":[],
     "steps":[{"step":0,"records":[{"series":3,"numel":1,"nonfinite":0,"zeros":0,"norm":1,"mean":0,"max_abs":1}]}]})"),
                Error);
+  // A world size no process group has: refused, never allocated per rank (the stream's header
+  // alike, from the stream fuzzer: world_size 1111111111111111111 made the rank rules allocate GBs).
+  for (const char* n : {"0", "70000", "1111111111111111111"}) {
+    EXPECT_THROW(trace_from_json(std::string(R"({"schema":"gradflow.trace/1","every":1,"world_size":)") + n +
+                                 R"(,"series":[],"steps":[]})"),
+                 Error)
+        << n;
+    EXPECT_THROW(parse_trace_stream(std::string(R"({"schema":"gradflow.stream/1","every":1,"saturation_threshold":0.1,)") +
+                                        R"("batch_per_rank":0,"world_size":)" + n + "}\n",
+                                    "trace.jsonl"),
+                 Error)
+        << n;
+  }
   try {
     trace_from_json(R"({"schema":"gradflow.trace/1","series":[],"steps":[]})");
     FAIL() << "expected an error";

@@ -191,7 +191,8 @@ TEST(TraceStream, TheLabelsOfEveryRecordComeBack) {
 
 // A module's calls and time steps (Record::profile) and which module feeds which
 // (SeriesInfo::inputs) come back from the stream and the JSON, also an input found after its
-// series was written; so does how a layer output was found.
+// series was written; so does how a layer output was found, a tap's declared activation, and
+// whether layer outputs were named at all.
 TEST(TraceStream, ProfilesAndTheModelsGraphComeBack) {
   TempDir d;
   Trace t;
@@ -200,6 +201,8 @@ TEST(TraceStream, ProfilesAndTheModelsGraphComeBack) {
   const int head = t.intern("head", SeriesKind::activation, "head");
   t.add_input(cell, enc);
   t.mark_found_by_walk(head);
+  t.set_activation(cell, Activation::tanh);
+  t.layer_outputs = true;
   auto step = [&](std::int64_t s, ProfileAxis axis, std::vector<double> profile) {
     StepRecord st;
     st.step = s;
@@ -227,6 +230,9 @@ TEST(TraceStream, ProfilesAndTheModelsGraphComeBack) {
     EXPECT_EQ(got.series()[head].inputs, std::vector<int>{cell});
     EXPECT_TRUE(got.series()[head].found_by_walk);
     EXPECT_FALSE(got.series()[cell].found_by_walk);
+    EXPECT_EQ(got.series()[cell].activation, Activation::tanh);
+    EXPECT_EQ(got.series()[head].activation, Activation::none);
+    EXPECT_TRUE(got.layer_outputs);
     ASSERT_EQ(got.steps().size(), 2u);
     const Record* calls = got.steps()[0].find(cell);
     EXPECT_EQ(calls->profile_axis, ProfileAxis::calls);
@@ -239,7 +245,7 @@ TEST(TraceStream, ProfilesAndTheModelsGraphComeBack) {
     EXPECT_TRUE(got.steps()[1].find(enc)->profile.empty());
   }
   EXPECT_TRUE(std::isinf(back.steps()[0].find(cell)->profile[1]));  // the stream keeps a non-finite norm
-  EXPECT_NE(trace_to_csv(back).find("1,cell,activation,time_norm.2,0.0625,,\n"), std::string::npos);
+  EXPECT_NE(trace_to_csv(back).find("1,cell,activation,time_norm.2,0.0625,,produced\n"), std::string::npos);
 }
 
 // A step is written as its backward ends and again as it closes when it gained something since
