@@ -12,6 +12,6 @@ configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/gradflowConfig.cmake.i
   ${PROJECT_BINARY_DIR}/gradflowConfig.cmake INSTALL_DESTINATION ${GRADFLOW_CMAKE_DIR})
 write_basic_package_version_file(${PROJECT_BINARY_DIR}/gradflowConfigVersion.cmake
   VERSION ${PROJECT_VERSION} COMPATIBILITY SameMajorVersion)
-install(FILES ${PROJECT_BINARY_DIR}/gradflowConfig.cmake
+install(FILES ${PROJECT_BINARY_DIR}/gradflowConfig.cmake ${PROJECT_SOURCE_DIR}/cmake/GradflowTorch.cmake
               ${PROJECT_BINARY_DIR}/gradflowConfigVersion.cmake
         DESTINATION ${GRADFLOW_CMAKE_DIR})

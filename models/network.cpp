@@ -263,7 +263,7 @@ class RnnNet : public Network {
       if (scale > 0) {
         for (std::int64_t k = 0; k < gates; ++k) {
           auto block = whh.narrow(0, k * H, H);
-          const double top = torch::linalg::svdvals(block.to(torch::kDouble), c10::nullopt).max().item<double>();
+          const double top = torch::linalg_svdvals(block.to(torch::kDouble)).max().item<double>();
           if (top > 0) block.mul_(scale / top);
         }
       }

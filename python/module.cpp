@@ -321,11 +321,11 @@ void bind_errors(py::module_& m) {
       exc.attr("findings") = py::cast(e.findings());
       PyErr_SetObject(health.ptr(), exc.ptr());
     } catch (const OptionError& e) {
-      usage(e.message(Language::python).c_str());
+      PyErr_SetString(usage.ptr(), e.message(Language::python).c_str());
     } catch (const UsageError& e) {
-      usage(e.what());
+      PyErr_SetString(usage.ptr(), e.what());
     } catch (const Error& e) {
-      error(e.what());
+      PyErr_SetString(error.ptr(), e.what());
     }
   });
 }

@@ -14,6 +14,7 @@
 
 #include "gradflow/activation.h"
 #include "gradflow/model_traits.h"
+#include "gradflow/node_ref.h"
 #include "gradflow/sharpness.h"
 #include "gradflow/trace.h"
 
@@ -250,7 +251,7 @@ class Monitor {
   /// The same for an output the program cannot reach as a tensor: output `output` of the
   /// autograd node `node`, recorded as the series `name` of `module` (a fused recurrent module's
   /// layer k, "rnn.l0", whose sequence only its grad_fn holds).
-  void layer_output(const std::shared_ptr<torch::autograd::Node>& node, std::size_t output, const std::string& name,
+  void layer_output(const NodeRef& node, std::size_t output, const std::string& name,
                     const std::string& module, int time_dim = -1);
   /// Declares that the program names every parameterised module's output with layer_output()
   /// (forward hooks on each module, as the gradflow Python module installs them) in place of the
@@ -353,7 +354,7 @@ class Monitor {
  private:
   // layer_output()'s work: a forward inside a backward (a checkpointed segment's recomputation)
   // hooks the output at once for the step that backward belongs to; any other names it for watch().
-  void name_output(const std::shared_ptr<torch::autograd::Node>& node, std::size_t output, const std::string& name,
+  void name_output(const NodeRef& node, std::size_t output, const std::string& name,
                    const std::string& module, int time_dim);
   std::shared_ptr<State> state_;
 };

@@ -8,13 +8,13 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/torch.h>
-#include <torch/version.h>
 // Compiled where LibTorch has NCCL (Torch's CMake config defines USE_C10D_NCCL); Debian's does not.
 #ifdef USE_C10D_NCCL
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include "compat/process_group.h"
 #include "distributed/rank_figures.h"
 #include "distributed/rider_block.h"
 #include "util/text.h"
@@ -133,30 +133,10 @@ struct DataParallel::Impl {
     auto go = c10d::ProcessGroupGloo::Options::create(opts.timeout);
     go->devices.push_back(is_loopback(opts.master_addr) ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
                                                         : c10d::ProcessGroupGloo::createDefaultDevice());
-    return as_group(c10::make_intrusive<c10d::ProcessGroupGloo>(store, opts.rank, opts.world_size, go), kGloo);
+    return compat::as_group(c10::make_intrusive<c10d::ProcessGroupGloo>(store, opts.rank, opts.world_size, go), store,
+                            opts.rank, opts.world_size, compat::GroupBackend::gloo);
   }
 
-#if TORCH_VERSION_MAJOR >= 2
-  static constexpr auto kGloo = c10d::ProcessGroup::BackendType::GLOO;
-  static constexpr auto kNccl = c10d::ProcessGroup::BackendType::NCCL;
-  // LibTorch 2 splits a group into the ProcessGroup the collectives are called on and the
-  // backend that runs them for a device type.
-  template <typename Backend>
-  c10::intrusive_ptr<c10d::ProcessGroup> as_group(c10::intrusive_ptr<Backend> backend, c10d::ProcessGroup::BackendType type) {
-    auto group = c10::make_intrusive<c10d::ProcessGroup>(store, opts.rank, opts.world_size);
-    const auto device_type = type == kNccl ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
-    group->setBackend(device_type, type, c10::intrusive_ptr<c10d::Backend>(std::move(backend)));
-    group->setDefaultBackend(type);
-    return group;
-  }
-#else
-  static constexpr int kGloo = 0, kNccl = 1;
-  // LibTorch 1: the backend is the group.
-  template <typename Backend>
-  static c10::intrusive_ptr<c10d::ProcessGroup> as_group(c10::intrusive_ptr<Backend> backend, int /*type*/) {
-    return backend;
-  }
-#endif
 
   c10::intrusive_ptr<c10d::ProcessGroup> make_nccl() {
 #ifdef USE_C10D_NCCL
@@ -165,7 +145,8 @@ struct DataParallel::Impl {
     device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(gpu));
     auto no = c10d::ProcessGroupNCCL::Options::create();
     no->timeout = opts.timeout;
-    return as_group(c10::make_intrusive<c10d::ProcessGroupNCCL>(store, opts.rank, opts.world_size, no), kNccl);
+    return compat::as_group(c10::make_intrusive<c10d::ProcessGroupNCCL>(store, opts.rank, opts.world_size, no), store,
+                            opts.rank, opts.world_size, compat::GroupBackend::nccl);
 #else
     return {};
 #endif

@@ -112,7 +112,7 @@ torch::jit::Module load_module(const std::string& path) {
   try {
     return torch::jit::load(path);
   } catch (const c10::Error& e) {
-    throw Error("'" + path + "' is not a TorchScript archive (" + detail::first_line(e.what_without_backtrace()) +
+    throw Error("'" + path + "' is not a TorchScript archive (" + detail::first_sentence(e.what_without_backtrace()) +
                 "): save it with torch.jit.save(torch.jit.script(model), path)");
   }
 }

@@ -312,7 +312,7 @@ void Monitor::layer_output(const at::Tensor& output, const std::string& module, 
               time_dim);
 }
 
-void Monitor::name_output(const std::shared_ptr<torch::autograd::Node>& node, std::size_t output,
+void Monitor::name_output(const NodeRef& node, std::size_t output,
                           const std::string& name, const std::string& module, int time_dim) {
   if (state_->forked_copy()) return;
   auto rec = state_->recorder.lock();
@@ -332,7 +332,7 @@ void Monitor::name_output(const std::shared_ptr<torch::autograd::Node>& node, st
   rec->name_output(node, output, name, module, time_dim);
 }
 
-void Monitor::layer_output(const std::shared_ptr<torch::autograd::Node>& node, std::size_t output, const std::string& name,
+void Monitor::layer_output(const NodeRef& node, std::size_t output, const std::string& name,
                            const std::string& module, int time_dim) {
   if (name.empty() || module.empty())
     throw UsageError("layer_output() needs the series' name and its module's, as named_modules() gives it");
@@ -364,7 +364,7 @@ void Monitor::tap(const at::Tensor& t, const std::string& name, const TapOptions
   const std::int64_t step = rec->step();
   // A leaf (an input that requires grad) has no node of its own until its accumulator exists:
   // the step keeps that accumulator alive until it closes.
-  std::shared_ptr<torch::autograd::Node> node = t.grad_fn();
+  NodeRef node = t.grad_fn();
   const std::size_t output = node ? t.output_nr() : 0;
   if (!node) node = rec->keep_for_step(torch::autograd::impl::grad_accumulator(t));
   node->add_pre_hook(std::make_unique<OutputGradHook>(state_, series, step, output));

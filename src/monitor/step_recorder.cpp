@@ -313,7 +313,7 @@ void StepRecorder::record_time_profile(int index, const at::Tensor& grad, int ti
 
 int StepRecorder::next_call(int series) { return calls_[series]++; }
 
-void StepRecorder::name_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& name,
+void StepRecorder::name_output(NodeRef node, std::size_t output, const std::string& name,
                                const std::string& module, int time_dim) {
   if (!recording_ || measuring) return;
   const int series = trace_.intern(name, SeriesKind::activation, module);
@@ -365,7 +365,7 @@ int StepRecorder::note_segment(const torch::autograd::Node* node, std::vector<co
   const int id = segments_.segment_id(node);
   if (id == before) {
     met.push_back(node);
-    segments_to_hook_.emplace_back(const_cast<torch::autograd::Node*>(node)->shared_from_this(), id);
+    segments_to_hook_.emplace_back(compat::owning(const_cast<torch::autograd::Node&>(*node)), id);
   }
   return id;
 }
@@ -405,7 +405,7 @@ void StepRecorder::link_recomputed(const torch::autograd::Node* node, int series
   mark_linked(series);
 }
 
-void StepRecorder::note_segment_output(const std::shared_ptr<torch::autograd::Node>& node) {
+void StepRecorder::note_segment_output(const NodeRef& node) {
   if (node && segments_.wants_outputs()) segment_output_ = node;
 }
 
@@ -491,7 +491,7 @@ void StepRecorder::on_backward_start(const void* task) {
 }
 
 std::optional<StepRecorder::OutputToHook> StepRecorder::name_recomputed_output(
-    std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& name, const std::string& module,
+    NodeRef node, std::size_t output, const std::string& name, const std::string& module,
     int time_dim) {
   if (!recording_now()) return std::nullopt;
   const int series = trace_.intern(name, SeriesKind::activation, module);
@@ -625,7 +625,7 @@ void StepRecorder::add_walked_outputs(torch::autograd::Node* root, std::vector<O
     if (named.count(series)) continue;
     trace_.mark_found_by_walk(series);
     outputs.push_back(
-        OutputToHook{found[k].node->shared_from_this(), 0, series, ProfileSlot{next_call(series), found[k].time_dim}});
+        OutputToHook{compat::owning(*found[k].node), 0, series, ProfileSlot{next_call(series), found[k].time_dim}});
   }
 }
 
@@ -647,7 +647,7 @@ int StepRecorder::tap_series(const at::Tensor& t, const std::string& name, const
   return series;
 }
 
-std::shared_ptr<torch::autograd::Node> StepRecorder::keep_for_step(std::shared_ptr<torch::autograd::Node> node) {
+NodeRef StepRecorder::keep_for_step(NodeRef node) {
   kept_.push_back(node);
   return node;
 }

@@ -14,6 +14,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/autograd/function_hook.h>
 
+#include "compat/node.h"
 #include "monitor/deferred_results.h"
 #include "gradflow/monitor.h"
 #include "gradflow/trace_stream.h"
@@ -28,7 +29,7 @@ struct HookedParam {
   at::Tensor tensor;
   std::string name;
   int series = -1;
-  std::shared_ptr<torch::autograd::Node> accumulator;  // holds our hook on it
+  NodeRef accumulator;  // holds our hook on it
   std::uintptr_t hook = 0;
   int seen = 0;  // hook firings in the current step
 };
@@ -48,7 +49,7 @@ class StepRecorder {
 
   // A layer output to hook: dL/d(output `output` of `node`) is one call of `series`.
   struct OutputToHook {
-    std::shared_ptr<torch::autograd::Node> node;
+    NodeRef node;
     std::size_t output;
     int series;
     ProfileSlot slot;
@@ -89,11 +90,11 @@ class StepRecorder {
   // the output to hook at once as one call of the series `name`, or nothing when the step is not
   // recorded. In the reentrant mode its gradient arrives in the nested backward that follows; in
   // the other, the original forward's output carries it and this one's hook never fires.
-  std::optional<OutputToHook> name_recomputed_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output,
+  std::optional<OutputToHook> name_recomputed_output(NodeRef node, std::size_t output,
                                                      const std::string& name, const std::string& module, int time_dim);
   // The segment nodes of reentrant checkpointing that the last watch() found, with their ids:
   // the Monitor hooks each, so that their recomputation is known as theirs.
-  std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, int>> take_segments_to_hook() {
+  std::vector<std::pair<NodeRef, int>> take_segments_to_hook() {
     return std::move(segments_to_hook_);
   }
   // A segment's recomputation begins and ends (its node's hooks), in the step `step`; entering
@@ -102,7 +103,7 @@ class StepRecorder {
   bool enter_segment(int segment, std::int64_t step);
   // A call inside the recomputation returned `node`'s output: the last one before the nested
   // backward is the segment's output.
-  void note_segment_output(const std::shared_ptr<torch::autograd::Node>& node);
+  void note_segment_output(const NodeRef& node);
   void leave_segment(int segment, std::int64_t step);
   // Whether the step in progress is recorded (what a recomputation inside its backward asks).
   bool recording_now() const { return recording_ && !measuring; }
@@ -111,7 +112,7 @@ class StepRecorder {
   // Notes output `output` of `node` as one call of the series `name` of `module` (a layer output
   // the program names: Monitor::layer_output), to be hooked at the next watch(); nothing when the
   // step is not recorded.
-  void name_output(std::shared_ptr<torch::autograd::Node> node, std::size_t output, const std::string& name,
+  void name_output(NodeRef node, std::size_t output, const std::string& name,
                    const std::string& module, int time_dim);
   // The step's layer outputs below `root`, in forward order: those named since the last call,
   // then, when `walk`, those the graph walk finds of modules none was named for. The first time
@@ -124,7 +125,7 @@ class StepRecorder {
   // the step is not recorded.
   int tap_series(const at::Tensor& t, const std::string& name, const TapOptions& options);
   // Keeps `node` alive until the open step closes; returns it.
-  std::shared_ptr<torch::autograd::Node> keep_for_step(std::shared_ptr<torch::autograd::Node> node);
+  NodeRef keep_for_step(NodeRef node);
 
   // Closes the open step: what it recorded enters the trace.
   void end_step();
@@ -283,10 +284,10 @@ class StepRecorder {
   std::vector<OutputToHook> named_outputs_;  // see name_output
   std::vector<bool> linked_;                // series -> its inputs were looked for
   SegmentLinks segments_;                   // reentrant checkpointing's segments in the open step
-  std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, int>> segments_to_hook_;
+  std::vector<std::pair<NodeRef, int>> segments_to_hook_;
   std::unordered_map<const torch::autograd::Node*, int> recomputed_nodes_;  // the segment's outputs so far
-  std::weak_ptr<torch::autograd::Node> segment_output_;  // see note_segment_output
-  std::vector<std::shared_ptr<torch::autograd::Node>> kept_;  // see keep_for_step
+  compat::WeakNodeRef segment_output_;  // see note_segment_output
+  std::vector<NodeRef> kept_;  // see keep_for_step
   DeferredResults deferred_;
   StatsWorker worker_;
 };

@@ -31,4 +31,10 @@ std::string first_line(const std::string& text) {
   return nl == std::string::npos ? text : text.substr(0, nl);
 }
 
+std::string first_sentence(const std::string& text) {
+  const std::string line = first_line(text);
+  const auto end = line.find(". ");
+  return end == std::string::npos ? line : line.substr(0, end);
+}
+
 }  // namespace gradflow::detail

@@ -15,5 +15,8 @@ std::string join(const std::vector<std::string>& items, const std::string& separ
 std::string join_alternatives(const std::vector<std::string>& items, const std::string& conjunction = "or");
 // The text up to its first newline (LibTorch's messages carry a stack trace after it).
 std::string first_line(const std::string& text);
+// The first line up to its first sentence's end (". "): LibTorch 2 follows what failed with advice
+// of its own that would not fit after ours.
+std::string first_sentence(const std::string& text);
 
 }  // namespace gradflow::detail

@@ -7,6 +7,7 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include "compat/node.h"
 #include "gradflow/monitor.h"
 #include "torch_test_util.h"
 
@@ -48,7 +49,7 @@ void install(const torch::Tensor& p, HookKind kind, Installed how, int* calls) {
     });
   } else {
     torch::autograd::impl::clear_hooks(p);
-    torch::autograd::impl::add_hook(p, std::make_shared<PythonLikeHook>(kind, calls));
+    torch::autograd::impl::add_hook(p, compat::make_tensor_pre_hook<PythonLikeHook>(kind, calls));
   }
 }
 

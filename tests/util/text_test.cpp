@@ -24,6 +24,9 @@ TEST(Text, JoinAndFirstLine) {
   EXPECT_EQ(join_alternatives({"a", "b", "c"}), "a, b or c");
   EXPECT_EQ(first_line("one\ntwo\nthree"), "one");
   EXPECT_EQ(first_line("only"), "only");
+  EXPECT_EQ(first_sentence("reading failed: no directory. This is an internal error. Check it.\ntrace"),
+            "reading failed: no directory");
+  EXPECT_EQ(first_sentence("version 1.5 is too old\ntrace"), "version 1.5 is too old");
 }
 
 TEST(Figures, AttenuationTextSaysBoundsOverflowAndMissingData) {
