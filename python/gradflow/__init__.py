@@ -14,6 +14,12 @@ import weakref
 
 import torch  # noqa: F401  (loads LibTorch and its Python types before the extension)
 
+from . import _build
+
+if torch.__version__ != _build.TORCH_VERSION:
+    raise ImportError(f"gradflow was built against torch {_build.TORCH_VERSION} and this environment has torch "
+                      f"{torch.__version__}: build it again here (pip install --force-reinstall --no-deps <gradflow checkout>)")
+
 from ._gradflow import (  # noqa: F401
     Finding,
     GradflowError,

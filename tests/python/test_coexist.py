@@ -197,6 +197,23 @@ class MessagesTest(unittest.TestCase):
             self.assertIn("force=", msg)
             gradflow.Monitor(make_model(), out=d, force=True)
 
+    def test_a_module_built_for_another_torch_is_refused_at_import(self):
+        # A copy of the package whose build record names another torch: importing it must fail with
+        # one line naming both versions and the fix, before the extension's symbols are looked up.
+        import shutil
+        here = os.path.dirname(gradflow.__file__)
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copytree(here, os.path.join(d, "gradflow"))
+            with open(os.path.join(d, "gradflow", "_build.py"), "w") as f:
+                f.write('TORCH_VERSION = "0.0.1"\n')
+            run = subprocess.run([sys.executable, "-c", "import gradflow"], cwd=d, capture_output=True, text=True,
+                                 env=dict(os.environ, PYTHONPATH=d))
+        self.assertNotEqual(run.returncode, 0)
+        last = run.stderr.strip().splitlines()[-1]
+        self.assertIn("ImportError: gradflow was built against torch 0.0.1", last)
+        self.assertIn(f"this environment has torch {torch.__version__}", last)
+        self.assertIn("pip install --force-reinstall --no-deps", last)
+
     def test_arguments_that_cannot_mean_anything_are_refused(self):
         class PlainList(nn.Module):
             def __init__(self):
