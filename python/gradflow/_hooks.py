@@ -255,9 +255,10 @@ def _layers_hook(ref, name, module):
     module."""
     time_dim = _time_dim(module)
     num_layers = module.num_layers
-    # A layer's sequence: its steps stacked, or a bidirectional layer's two stacked directions
-    # joined along the features.
-    joins = "CatBackward0" if module.bidirectional else "StackBackward0"
+    # A layer's sequence: its steps stacked, or output 0 of the op computing the whole layer (the
+    # oneDNN kernel torch 2 runs float LSTMs on the CPU with), or a bidirectional layer's two
+    # directions joined along the features.
+    joins = ("CatBackward0",) if module.bidirectional else ("StackBackward0", "MkldnnRnnLayerBackward0")
 
     layer_names = ["l{}".format(k) if name == _ROOT else "{}.l{}".format(name, k) for k in range(num_layers)]
     note_order = _order_noter(ref, [(n, name) for n in layer_names])
@@ -281,7 +282,7 @@ def _layers_hook(ref, name, module):
 
 
 def _layer_sequences(t, num_layers, joins):
-    """The nodes (of type `joins`) that make each layer's output sequence, layer 0 first; None
+    """The nodes (of a type in `joins`) that make each layer's output sequence, layer 0 first; None
     unless there is one per layer."""
     if t.grad_fn is None:
         return None
@@ -291,7 +292,7 @@ def _layer_sequences(t, num_layers, joins):
         if node is None or node in seen:
             continue
         seen.add(node)
-        if type(node).__name__ == joins:
+        if type(node).__name__ in joins:
             found.append(node)
         queue.extend(child for child, _ in node.next_functions)
     return found[::-1] if len(found) == num_layers else None

@@ -266,7 +266,7 @@ int call_end(const std::vector<WalkNode>& nodes, int start, const std::vector<in
 // op (the one applying weight_hh), up without passing another op that applies a parameter, the
 // earliest StackBackward0 (the final states h_n, c_n are stacked after every layer). -1 when there
 // is none (a fused kernel, cuDNN's, computes the whole module in one op; packed sequences
-// concatenate their steps).
+// concatenate their steps). A kernel computing the whole direction is its own sequence.
 int direction_sequence(const std::vector<WalkNode>& nodes, const std::vector<int>& order, int module, int layer,
                        bool reverse, const ParamLookup& params) {
   const auto applies_hh = [&](const WalkNode& w) {
@@ -276,6 +276,8 @@ int direction_sequence(const std::vector<WalkNode>& nodes, const std::vector<int
   };
   const auto first = std::find_if(order.begin(), order.end(), [&](int i) { return applies_hh(nodes[i]); });
   if (first == order.end()) return -1;
+  // LibTorch 2 computes a float LSTM's direction on the CPU in one oneDNN op: its output 0 is the sequence.
+  if (nodes[*first].node->name() == "MkldnnRnnLayerBackward0") return *first;
   int best = -1;
   search_up(nodes, *first, [&](int n) {
     if (!nodes[n].consumed.empty()) return false;

@@ -12,7 +12,7 @@ from real_models import first_tensor  # noqa: F401  (the first tensor of a modul
 
 
 def is_layer(module):
-    """Which modules' outputs are layers (gradflow's definition, README "From Python"): a
+    """Which modules' outputs are layers (gradflow's definition, docs/python-guide.md): a
     trainable parameter of its own, or a parametrized weight; a parametrization's own
     computation is not one."""
     if isinstance(module, nn.utils.parametrize.ParametrizationList):
@@ -96,6 +96,7 @@ WITH_PARAMETERS = {
     "InstanceNorm2d": (lambda: nn.InstanceNorm2d(3, affine=True), _randn(2, 3, 5, 5)),
     "InstanceNorm3d": (lambda: nn.InstanceNorm3d(3, affine=True), _randn(2, 3, 4, 4, 4)),
     "LayerNorm": (lambda: nn.LayerNorm(5), _randn(3, 5)),
+    "LinearCrossEntropyLoss": (lambda: nn.LinearCrossEntropyLoss(8, 10), _log_softmax_inputs),  # torch 2.x
     "LazyBatchNorm1d": (lambda: nn.LazyBatchNorm1d(), _randn(5, 4)),
     "LazyBatchNorm2d": (lambda: nn.LazyBatchNorm2d(), _randn(2, 3, 4, 4)),
     "LazyBatchNorm3d": (lambda: nn.LazyBatchNorm3d(), _randn(2, 2, 3, 3, 3)),
@@ -114,6 +115,7 @@ WITH_PARAMETERS = {
     "LSTMCell": (_rnn(nn.LSTMCell), _randn(3, 4)),
     "MultiheadAttention": (lambda: nn.MultiheadAttention(8, 2), _attention_inputs),
     "PReLU": (lambda: nn.PReLU(), _randn(3, 4)),
+    "RMSNorm": (lambda: nn.RMSNorm(5), _randn(3, 5)),  # torch 2.x
     "RNN": (_rnn(nn.RNN, num_layers=2), _randn(5, 3, 4)),
     "RNNCell": (_rnn(nn.RNNCell), _randn(3, 4)),
     "Sequential": (lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), _randn(5, 3)),
@@ -123,6 +125,9 @@ WITH_PARAMETERS = {
     "TransformerEncoder": (lambda: nn.TransformerEncoder(_encoder_layer(), 2), _randn(5, 2, 8)),
     "TransformerEncoderLayer": (_encoder_layer, _randn(5, 2, 8)),
 }
+
+# Only the classes this torch has: the table also covers those a newer torch added (RMSNorm, ...).
+WITH_PARAMETERS = {name: case for name, case in WITH_PARAMETERS.items() if hasattr(nn, name)}
 
 # Configurations whose outputs gradflow reads differently: (class, a small module, its inputs).
 VARIANTS = {
@@ -156,6 +161,9 @@ WITHOUT_PARAMETERS_ARGS = {
     "PixelUnshuffle": (2,), "ReflectionPad1d": (1,), "ReflectionPad2d": (1,), "ReflectionPad3d": (1,),
     "ReplicationPad1d": (1,), "ReplicationPad2d": (1,), "ReplicationPad3d": (1,), "Threshold": (0.1, 0.0),
     "Unflatten": (1, (2, 2)), "Unfold": (2,), "ZeroPad2d": (1,),
+    # torch 2.x
+    "CircularPad1d": (1,), "CircularPad2d": (1,), "CircularPad3d": (1,), "LPPool3d": (2, 2), "ZeroPad1d": (1,),
+    "ZeroPad3d": (1,),
 }
 
 
@@ -265,7 +273,7 @@ def save_load(model):
     buf = io.BytesIO()
     torch.save(model, buf)
     buf.seek(0)
-    return torch.load(buf)
+    return torch.load(buf, weights_only=False)  # a whole model, as a program that saved one loads it
 
 
 def outcome(fn):

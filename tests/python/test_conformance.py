@@ -114,8 +114,12 @@ def train(test, make, new_loss, mode, steps=STEPS, optimizer=None, truth_outputs
     return losses, params, checked, frame
 
 
-def conforms(test, make, new_loss, **kwargs):
-    """Bit-identical with and without the Monitor, every figure the truth's; returns the count compared."""
+def conforms(test, make, new_loss, warm_up=False, **kwargs):
+    """Bit-identical with and without the Monitor, every figure the truth's; returns the count compared.
+    `warm_up`: a bare run first, left out of the comparison, for code whose first run in a process
+    differs from later ones without gradflow (a bare run against a bare run shows it)."""
+    if warm_up:
+        train(test, make, new_loss, "bare", **kwargs)
     same_training(test, train(test, make, new_loss, "bare", **kwargs), train(test, make, new_loss, "watched", **kwargs))
     checked = train(test, make, new_loss, "truth", **kwargs)[2]
     test.assertGreater(checked, 0)
@@ -214,11 +218,13 @@ class ModuleClassesTest(unittest.TestCase):
 
 
 def optimizer_case(name, cls):
-    """A model and an optimizer of class `cls` for it (SparseAdam needs sparse gradients)."""
+    """A model and an optimizer of class `cls` for it (SparseAdam needs sparse gradients, Muon matrices)."""
     if name == "SparseAdam":
         model = nn.Embedding(10, 4, sparse=True)
         return model, cls(model.parameters(), lr=0.1), lambda g: torch.randint(0, 10, (3, 5), generator=g)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    # Muon orthogonalises matrices: it takes 2-D parameters only.
+    bias = name != "Muon"
+    model = nn.Sequential(nn.Linear(4, 8, bias=bias), nn.Tanh(), nn.Linear(8, 2, bias=bias))
     extra = {"lr": 0.05} if name == "SGD" else {}
     if name == "LBFGS":
         extra = {"lr": 0.5, "max_iter": 3}
@@ -450,7 +456,9 @@ class OperationsTest(unittest.TestCase):
             "weight_norm": (parametrized("weight_norm"), mse, {}),
             "parametrizations.spectral_norm": (parametrized("spectral_norm"), mse, {}),
             "parametrize.register_parametrization": (parametrized("custom"), mse, {}),
-            "torch.jit.script": (lambda: torch.jit.script(mlp()), mse, {"truth_outputs": False}),
+            # torch 2.x: the first training of a scripted type in a process differs from later ones by
+            # an ulp (its graph executor's first plan), gradflow or not.
+            "torch.jit.script": (lambda: torch.jit.script(mlp()), mse, {"truth_outputs": False, "warm_up": True}),
             "checkpoint (reentrant)": (lambda: Checkpointed("reentrant"), lambda: tokens, {}),
             "checkpoint (non-reentrant)": (lambda: Checkpointed("non_reentrant"), lambda: tokens, {}),
             "checkpoint_sequential": (lambda: Checkpointed("sequential"), lambda: tokens, {}),
