@@ -16,7 +16,7 @@ class DataParallel;
 
 namespace gradflow::models {
 
-/// Trainer settings; empty means the family's default (see README, "Trainer defaults").
+/// Trainer settings; empty means the family's default (see docs/cli.md, "Trainer defaults").
 struct TrainOptions {
   std::string task;            ///< empty: the family's default task
   std::int64_t seq_len = 50;   ///< T for sequence tasks

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything CI checks, after tools/quickstart.sh has built into $1: the test suite, the installed
-# package with a consumer project and the example, the README snippet, a report rendered in
-# headless Chromium, the ASan+UBSan build and bounded fuzzing.
+# package with a consumer project and the example, the README's and docs' snippets and links, a
+# report rendered in headless Chromium, the ASan+UBSan build and bounded fuzzing.
 set -euo pipefail
 build="${1:-build}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,9 +49,9 @@ test -f "$pypath/gradflow/__init__.py"
 (cd "$work" && PYTHONPATH="$pypath" /usr/bin/python3 "$root/examples/python/train.py" "$work/python-report")
 test -s "$work/python-report/report.html"
 
-stage "README shows the example's code"
+stage "README and docs show the code they quote; their links resolve"
 python3 - <<'PY'
-import re, sys
+import os, re, sys
 src = open("examples/custom_model/main.cpp").read()
 snippet = re.search(r"// \[readme-snippet\]\n(.*?)  // \[/readme-snippet\]", src, re.S).group(1)
 readme = open("README.md").read()
@@ -66,9 +66,49 @@ print("README's Python loop matches examples/python/train.py")
 test = open("tests/monitor/monitor_coexist_test.cpp").read()
 jit = re.search(r"// \[readme-jit\]\n(.*?)  // \[/readme-jit\]", test, re.S).group(1)
 jit = "\n".join(line[2:] if line.startswith("  ") else line for line in jit.rstrip("\n").split("\n"))
-if jit not in readme:
-    sys.exit("README.md does not contain the TorchScript backbone snippet of tests/monitor/monitor_coexist_test.cpp verbatim")
-print("README's TorchScript backbone snippet matches tests/monitor/monitor_coexist_test.cpp")
+if jit not in open("docs/cpp-guide.md").read():
+    sys.exit("docs/cpp-guide.md does not contain the TorchScript backbone snippet of tests/monitor/monitor_coexist_test.cpp verbatim")
+print("docs/cpp-guide.md's TorchScript backbone snippet matches tests/monitor/monitor_coexist_test.cpp")
+
+# Every relative link of README.md and docs/*.md reaches a file, and its #anchor a heading of that file.
+def unfenced(text):
+    """The text with the lines of fenced code blocks blanked."""
+    out, fence = [], None
+    for line in text.split("\n"):
+        m = re.match(r" {0,3}(`{3,}|~{3,})", line)
+        if fence is None and m:
+            fence = m.group(1)
+            line = ""
+        elif fence is not None:
+            if line.strip().startswith(fence) and not line.strip().strip(fence[0]):
+                fence = None
+            line = ""
+        out.append(line)
+    return "\n".join(out)
+def anchors(path):
+    """GitHub's heading ids: lowercase, punctuation but '-' and '_' dropped, spaces to '-'; -1, -2 on repeats."""
+    seen, ids = {}, set()
+    for m in re.finditer(r"^ {0,3}#{1,6} +(.*?)(?: +#+)? *$", unfenced(open(path).read()), re.M):
+        text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", m.group(1))
+        slug = re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        ids.add(slug if n == 0 else f"{slug}-{n}")
+    return ids
+for path in ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir("docs") if f.endswith(".md")):
+    prose = re.sub(r"(`+)(?!`).*?(?<!`)\1(?!`)", "", unfenced(open(path).read()), flags=re.S)
+    checked = 0
+    for link in re.findall(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", prose):
+        if re.match(r"[a-z][a-z0-9+.-]*:", link, re.I):
+            continue  # https:, mailto:
+        target, _, anchor = link.partition("#")
+        where = os.path.normpath(os.path.join(os.path.dirname(path), target)) if target else path
+        if not os.path.exists(where):
+            sys.exit(f"{path}: broken link {link}: {where} does not exist")
+        if anchor and (not where.endswith(".md") or anchor not in anchors(where)):
+            sys.exit(f"{path}: broken link {link}: {where} has no heading #{anchor}")
+        checked += 1
+    print(f"{path}: {checked} relative links reach their files and headings")
 PY
 
 stage "report renders in headless Chromium"

@@ -50,7 +50,7 @@ void print_findings(const std::vector<Finding>& findings, std::FILE* out, const 
 std::string attenuation_text(const std::optional<Attenuation>& a);
 
 // The model's threads: 1 for LibTorch and 2 for OpenBLAS unless GRADFLOW_THREADS="T,B" says
-// otherwise (see README, "Threads").
+// otherwise (see docs/performance.md, "Threads").
 void configure_threads();
 
 }  // namespace gradflow::cli

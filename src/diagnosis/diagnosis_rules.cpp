@@ -400,7 +400,7 @@ std::optional<Finding> not_recorded_rule(const DiagnosisInput& in, const Diagnos
                 "processes (torch.multiprocessing workers share its memory), or was changed without a backward "
                 "(load_state_dict)";
     f.remedy = "create a Monitor in each process that trains, each with its own out= folder, and save or build each "
-               "one's report (README: \"Workers of torch.multiprocessing\")";
+               "one's report (docs/distributed.md: \"Workers of torch.multiprocessing\")";
   } else {
     f.message = "no training step was recorded" + here + ": no backward reached the parameters the Monitor was given";
     f.remedy = "attach the Monitor to the model that trains (not a copy: a deepcopy or an unpickled model is not "

@@ -421,7 +421,7 @@ TEST_F(RealCppModels, ResidualNetwork) {
 }
 
 // An MLP classifier as a C++ user writes one (fc1 -> act -> fc2 -> act -> fc3), with a hidden
-// activation tapped as the README shows, or nothing declared at all.
+// activation tapped as docs/cpp-guide.md shows, or nothing declared at all.
 struct ClassifierImpl : torch::nn::Module {
   ClassifierImpl(bool sigmoid, Monitor** tap_into)
       : fc1(register_module("fc1", torch::nn::Linear(16, 32))),
