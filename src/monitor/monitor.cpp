@@ -93,20 +93,6 @@ struct OutputGradHook : torch::autograd::FunctionPreHook {
   detail::ProfileSlot slot;
 };
 
-// A parameter's gradient once its accumulator has added it to .grad: after every hook the
-// program put on the tensor, so the one the optimizer will read.
-struct AccumulatedGradHook : torch::autograd::FunctionPostHook {
-  AccumulatedGradHook(std::weak_ptr<Monitor::State> s, int param) : state(std::move(s)), param(param) {}
-  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
-                                            const torch::autograd::variable_list& inputs) override {
-    if (inputs.empty() || !inputs[0].defined()) return outputs;
-    if (auto st = state.lock(); st && !st->forked_copy()) st->recorder.lock()->on_param_grad(param);
-    return outputs;
-  }
-  std::weak_ptr<Monitor::State> state;  // a parameter that outlives its Monitor keeps nothing alive
-  int param;
-};
-
 // The watched loss's node: the first to run in the step's backward, so the graph task running it
 // is the step's (backwards nested in it, a checkpointed segment's, end before it does).
 struct BackwardStartHook : torch::autograd::FunctionPreHook {
@@ -249,7 +235,12 @@ void Monitor::attach(const std::vector<std::pair<std::string, at::Tensor>>& name
         "as submodules, not in a plain list, and leave at least one trainable");
   if (state_->opts.parameters) {
     std::weak_ptr<State> weak = state_;
-    rec->hook_params([weak](int i) { return std::make_unique<AccumulatedGradHook>(weak, i); });
+    // A parameter that outlives its Monitor keeps nothing alive.
+    rec->hook_params([weak](int i, detail::AccumulatedAt at) {
+      return std::function<void()>([weak, i, at] {
+        if (auto st = weak.lock(); st && !st->forked_copy()) st->recorder.lock()->on_param_grad(i, at);
+      });
+    });
   }
   if (auto* dp = state_->opts.data_parallel) {
     std::weak_ptr<State> weak = state_;

@@ -11,6 +11,7 @@
 #include <torch/csrc/autograd/functions/accumulate_grad.h>
 #include <torch/csrc/autograd/graph_task.h>
 
+#include "compat/post_accumulate.h"
 #include "gradflow/data_parallel.h"
 #include "gradflow/error.h"
 #include "gradflow/option.h"
@@ -91,6 +92,17 @@ void StepRecorder::set_params(const std::vector<std::pair<std::string, at::Tenso
 
 namespace {
 
+// Calls `then` once the accumulator has added a gradient (not for an undefined one).
+struct AfterAccumulation : torch::autograd::FunctionPostHook {
+  explicit AfterAccumulation(std::function<void()> then) : then(std::move(then)) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list& inputs) override {
+    if (!inputs.empty() && inputs[0].defined()) then();
+    return outputs;
+  }
+  std::function<void()> then;
+};
+
 // Ours go first among the accumulator's post hooks, so that DistributedDataParallel's (which may
 // start reducing .grad in place) has not run yet; the program's hooks keep their order.
 std::uintptr_t add_first_post_hook(torch::autograd::Node& node, std::unique_ptr<torch::autograd::FunctionPostHook> hook) {
@@ -148,15 +160,24 @@ void StepRecorder::hook_param(int i) {
   if (p.tensor.numel() == 0) return;
   // Held here so that the accumulator, and our hook on it, outlive each step's graph.
   p.accumulator = torch::autograd::impl::grad_accumulator(p.tensor);
-  p.hook = add_first_post_hook(*p.accumulator, make_param_hook_(i));
+  p.hook = add_first_post_hook(*p.accumulator,
+                               std::make_unique<AfterAccumulation>(make_param_hook_(i, AccumulatedAt::after_accumulator)));
+  if (compat::has_post_accumulate_hooks)
+    p.first_hook = compat::run_first(*p.accumulator, p.tensor, make_param_hook_(i, AccumulatedAt::before_program_hooks));
   trace_.set_shape(p.series, shape_of(p.tensor));
 }
 
-void StepRecorder::unhook_params() {
-  for (auto& p : params_) {
-    if (p.accumulator) p.accumulator->del_post_hook(p.hook);
-    p.accumulator.reset();
+void StepRecorder::unhook_param(HookedParam& p) {
+  if (p.accumulator) {
+    p.accumulator->del_post_hook(p.hook);
+    compat::stop_running_first(*p.accumulator, p.tensor, p.first_hook);
   }
+  p.accumulator.reset();
+  p.recorded_first = false;
+}
+
+void StepRecorder::unhook_params() {
+  for (auto& p : params_) unhook_param(p);
   make_param_hook_ = nullptr;
 }
 
@@ -165,8 +186,7 @@ void StepRecorder::rehook_moved_params() {
   for (int i = 0; i < static_cast<int>(params_.size()); ++i) {
     HookedParam& p = params_[i];
     if (p.accumulator && torch::autograd::impl::try_get_grad_accumulator(p.tensor) == p.accumulator) continue;
-    if (p.accumulator) p.accumulator->del_post_hook(p.hook);
-    p.accumulator.reset();
+    unhook_param(p);
     hook_param(i);
   }
 }
@@ -187,10 +207,11 @@ int StepRecorder::record_index(int series) {
   return index;
 }
 
-void StepRecorder::record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge, int call) {
+void StepRecorder::record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge, int call, bool now) {
   StatsPlan plan = plan_stats(opts_, grad, weight);
   // The worker replaces what a record holds, and a call's norm is wanted here: both are computed here instead.
-  if ((merge || call >= 0) && plan.grad == StatsPath::worker) plan.grad = StatsPath::fused;
+  if ((merge || call >= 0 || now) && plan.grad == StatsPath::worker) plan.grad = StatsPath::fused;
+  if (now && plan.weight == StatsPath::worker) plan.weight = StatsPath::fused;
   const int index = record_index(series);
   Record& r = cur_.records[index];
   if (merge || call >= 0) {
@@ -249,10 +270,13 @@ void StepRecorder::record_weight(int index, StatsPath path, const at::Tensor& we
     cur_.records[index].weight_norm = std::sqrt(fused_sum_of_squares(weight.detach()));
 }
 
-void StepRecorder::on_param_grad(int param) {
+void StepRecorder::on_param_grad(int param, AccumulatedAt at) {
   if (!attached) return;
-  if (segments_.wants_outputs()) read_segment_outputs();
   HookedParam& p = params_[param];
+  // The accumulation the hook ahead of the program's recorded already.
+  if (at == AccumulatedAt::after_accumulator && std::exchange(p.recorded_first, false)) return;
+  p.recorded_first = at == AccumulatedAt::before_program_hooks;
+  if (segments_.wants_outputs()) read_segment_outputs();
   // A second gradient for a parameter: the next step, or the closure's next evaluation.
   if ((opts_.auto_step || in_optimizer_) && p.seen > 0) end_step();
   stamp_evaluation();
@@ -273,7 +297,8 @@ void StepRecorder::on_param_grad(int param) {
   // .grad() now holds what every backward of the step added since the last zeroing, after the
   // program's own hooks: the gradient the optimizer will apply. A later backward replaces it.
   if (p.seen > 1) collect_worker();
-  record(p.series, grad, opts_.weight_norms && p.seen == 1 ? p.tensor : at::Tensor());
+  record(p.series, grad, opts_.weight_norms && p.seen == 1 ? p.tensor : at::Tensor(), false, -1,
+         at == AccumulatedAt::before_program_hooks);
 }
 
 void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad, ProfileSlot slot) {

@@ -31,7 +31,17 @@ struct HookedParam {
   int series = -1;
   NodeRef accumulator;  // holds our hook on it
   std::uintptr_t hook = 0;
+  std::uintptr_t first_hook = 0;  // ours ahead of the program's post-accumulate hooks (LibTorch 2)
+  bool recorded_first = false;    // that one recorded the accumulation in progress
   int seen = 0;  // hook firings in the current step
+};
+
+// When a parameter's hook reports its accumulated gradient.
+enum class AccumulatedAt {
+  // ahead of the program's post-accumulate hooks, which may step an optimizer and free .grad
+  before_program_hooks,
+  // after the accumulator ran, every hook of the program's on it included
+  after_accumulator,
 };
 
 // Where one gradient of a layer output sits in its record's profile (Record::profile).
@@ -60,8 +70,9 @@ class StepRecorder {
   // Attachment: the parameters to hook, and the lookup the graph walk needs.
   void set_params(const std::vector<std::pair<std::string, at::Tensor>>& named);
   std::vector<HookedParam>& params() { return params_; }
-  // Puts `make_hook(i)` first among the post hooks of parameter i's gradient accumulator.
-  using ParamHookFactory = std::function<std::unique_ptr<torch::autograd::FunctionPostHook>(int)>;
+  // Puts `make_hook(i, after_accumulator)` first among the post hooks of parameter i's gradient
+  // accumulator and `make_hook(i, before_program_hooks)` ahead of its post-accumulate hooks.
+  using ParamHookFactory = std::function<std::function<void()>(int, AccumulatedAt)>;
   void hook_params(ParamHookFactory make_hook);
   void unhook_params();
   // Hooks again each parameter whose accumulator LibTorch replaced since it was hooked: a
@@ -70,11 +81,12 @@ class StepRecorder {
   void rehook_moved_params();
   // Hooks parameter i's accumulator (not one without elements yet: a lazy module's).
   void hook_param(int i);
+  void unhook_param(HookedParam& p);
   const ParamLookup& lookup() const { return lookup_; }
   bool attached = false;
 
   // A backward has added its gradient to the parameter's .grad().
-  void on_param_grad(int param);
+  void on_param_grad(int param, AccumulatedAt at);
   // A layer output's or a tap's hook fired; `hooked_at` is the step it was registered in.
   void on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad, ProfileSlot slot = {});
 
@@ -187,7 +199,9 @@ class StepRecorder {
   // Computes the gradient's statistics into the record of `series`; with `merge`, they are
   // merged into what the record already holds (a second gradient of the same series in a step).
   // `call` >= 0: the gradient of that call of a layer output, whose norm enters the profile.
-  void record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge = false, int call = -1);
+  // `now`: computed before returning (the program's hooks run next and may change the tensors).
+  void record(int series, const at::Tensor& grad, const at::Tensor& weight, bool merge = false, int call = -1,
+              bool now = false);
   // A layer output's gradient merged into its record, or one call's: its sums and its call's norm
   // from the one pass.
   void record_call(int index, const at::Tensor& grad, StatsPath path, bool merge, int call);

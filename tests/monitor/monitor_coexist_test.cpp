@@ -2,6 +2,8 @@
 // and ones installed the way Python installs its own) run as often and act as they would
 // without gradflow, in either order of registration, and gradflow still records every parameter,
 // with the gradient the optimizer applies.
+#include <optional>
+
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/script.h>
@@ -179,6 +181,71 @@ TEST(CoexistStructure, ATapAndTheProgramsHookOnTheSameTensorBothRun) {
   ASSERT_NE(r, nullptr);
   // dL/dh is all ones; the program's hook, registered first, halves it before the tap sees it.
   EXPECT_DOUBLE_EQ(r->grad.max_abs, 0.5);
+}
+
+// A program's hook for after a parameter's accumulation (what Python's
+// register_post_accumulate_grad_hook puts in the tensor's one slot) that steps the parameter and
+// frees its gradient, as an optimizer stepped inside backward does.
+#if TORCH_VERSION_MAJOR >= 2
+struct StepInBackward : torch::autograd::PostAccumulateGradHook {
+  explicit StepInBackward(std::vector<double>* seen) : seen(seen) {}
+  void operator()(const torch::autograd::Variable& p) override {
+    seen->push_back(p.grad().norm().item<double>());
+    torch::NoGradGuard no_grad;
+    p.sub_(0.1 * p.grad());
+    p.mutable_grad() = at::Tensor();
+  }
+  std::vector<double>* seen;
+};
+
+std::vector<double> train_stepping_in_backward(torch::nn::Linear layer, bool attach, bool hook_after_attach,
+                                               std::vector<double>* recorded) {
+  std::vector<double> seen;
+  auto install = [&] {
+    torch::autograd::impl::set_post_acc_grad_hooks(layer->weight, std::make_unique<StepInBackward>(&seen));
+  };
+  if (!hook_after_attach) install();
+  std::optional<Monitor> mon;
+  if (attach) mon.emplace(*layer);
+  if (hook_after_attach) install();
+  torch::manual_seed(3);
+  for (int step = 0; step < 3; ++step) {
+    auto loss = layer->forward(torch::randn({8, 4})).square().mean();
+    if (mon) mon->watch(loss);
+    loss.backward();
+    if (!mon) continue;
+    const Trace& t = mon->trace();
+    const Record* r = t.steps().back().find(t.find("weight"));
+    recorded->push_back(r ? r->grad.norm() : -1);
+  }
+  if (mon) {
+    mon->detach();
+    // Detached, the slot holds the program's own hook again.
+    EXPECT_NE(dynamic_cast<StepInBackward*>(torch::autograd::impl::post_acc_grad_hooks(layer->weight).get()), nullptr);
+  }
+  return seen;
+}
+#endif
+
+TEST(CoexistStructure, AProgramsPostAccumulateHookThatFreesTheGradientSeesWhatGradflowRecords) {
+#if TORCH_VERSION_MAJOR >= 2
+  for (bool after : {false, true}) {
+    torch::manual_seed(1);
+    torch::nn::Linear bare(4, 2);
+    torch::manual_seed(1);
+    torch::nn::Linear watched(4, 2);
+    std::vector<double> unused, recorded;
+    const auto bare_seen = train_stepping_in_backward(bare, false, after, &unused);
+    const auto seen = train_stepping_in_backward(watched, true, after, &recorded);
+    ASSERT_EQ(bare_seen.size(), 3u);
+    EXPECT_EQ(seen, bare_seen) << (after ? "hook after attach" : "hook before attach");
+    EXPECT_TRUE(torch::equal(watched->weight, bare->weight));
+    ASSERT_EQ(recorded.size(), 3u);
+    for (int step = 0; step < 3; ++step) EXPECT_NEAR(recorded[step], seen[step], 1e-9 * seen[step]) << "step " << step;
+  }
+#else
+  GTEST_SKIP() << "LibTorch " << TORCH_VERSION << " has no post-accumulate-grad hooks (2.1+)";
+#endif
 }
 
 }  // namespace

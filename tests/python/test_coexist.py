@@ -95,6 +95,79 @@ class HooksCoexistTest(unittest.TestCase):
                     self.assertEqual(checked, 6 * STEPS)
 
 
+def train_in_backward(order, detach_at=STEPS):
+    """The optimizer step inside backward, as PyTorch's tutorial for it writes it: one optimizer per
+    parameter, stepped by the parameter's post-accumulate-grad hook (torch 2.1+), which then frees
+    the gradient. The hooks are registered before or after the Monitor, or with no Monitor; returns
+    the parameters, the norms each hook saw and what the Monitor recorded, one dict per step
+    before `detach_at`, where the Monitor is detached."""
+    model = make_model()
+    optimizers = {p: torch.optim.Adam([p], lr=0.01) for p in model.parameters()}
+    names = {p: name for name, p in model.named_parameters()}
+    seen = []
+
+    def step_in_backward(p):
+        seen[-1][names[p]] = p.grad.double().norm().item()
+        optimizers[p].step()
+        optimizers[p].zero_grad()
+
+    def install():
+        for p in model.parameters():
+            p.register_post_accumulate_grad_hook(step_in_backward)
+
+    monitor = None
+    if order != "after":
+        install()
+    if order != "none":
+        monitor = gradflow.Monitor(model)
+    if order == "after":
+        install()
+    g = torch.Generator().manual_seed(5)
+    recorded = []
+    for step in range(STEPS):
+        if monitor and step == detach_at:
+            monitor.detach()
+            monitor = None
+        x, y = torch.randn(32, 6, generator=g), torch.randn(32, 3, generator=g)
+        seen.append({})
+        loss = nn.functional.mse_loss(model(x), y)
+        if monitor:
+            monitor.watch(loss)
+        loss.backward()
+        if monitor:
+            frame = monitor.trace_frame()
+            last = frame["step"] == frame["step"].max()
+            recorded.append({str(n): float(v) for n, v, k, keep in zip(frame["name"], frame["grad_norm"], frame["kind"], last)
+                             if keep and k == "parameter"})
+    return [p.detach().clone() for p in model.parameters()], seen, recorded
+
+
+@unittest.skipUnless(hasattr(torch.Tensor, "register_post_accumulate_grad_hook"),
+                     f"torch {torch.__version__} has no Tensor.register_post_accumulate_grad_hook (2.1+)")
+class StepInBackwardTest(unittest.TestCase):
+    def test_an_optimizer_stepped_by_post_accumulate_grad_hooks_trains_as_without_gradflow(self):
+        bare, bare_seen, _ = train_in_backward("none")
+        self.assertEqual([len(s) for s in bare_seen], [6] * STEPS)
+        for order in ("before", "after"):
+            with self.subTest(order=order):
+                watched, seen, recorded = train_in_backward(order)
+                for a, b in zip(watched, bare):
+                    self.assertTrue(torch.equal(a, b))
+                self.assertEqual(seen, bare_seen)
+                # What each step's hooks found in p.grad is what gradflow recorded for that step.
+                self.assertEqual(len(recorded), STEPS)
+                for step, (got, want) in enumerate(zip(recorded, seen)):
+                    self.assertEqual(sorted(got), sorted(want), f"step {step}")
+                    for name, norm in want.items():
+                        self.assertLessEqual(abs(got[name] - norm), 1e-9 * norm, f"step {step} {name}")
+        # Detached, gradflow leaves the program's hooks in place and in order.
+        watched, seen, recorded = train_in_backward("before", detach_at=2)
+        for a, b in zip(watched, bare):
+            self.assertTrue(torch.equal(a, b))
+        self.assertEqual(seen, bare_seen)
+        self.assertEqual(len(recorded), 2)
+
+
 PROGRAM = textwrap.dedent("""
     import sys, math, torch, torch.nn as nn, gradflow
     out, steps, raise_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
