@@ -13,7 +13,16 @@ set(GRADFLOW_OLDEST_WHEEL_TORCH 2.7)
 
 function(gradflow_wheel_torch_root out)
   set(root "")
+  # torch.utils.cmake_prefix_path, or a site-packages folder that holds torch/, or Torch_DIR
+  # pointing into a wheel: each way of naming LibTorch gets the wheel's files.
+  set(prefixes "")
   foreach(prefix IN LISTS CMAKE_PREFIX_PATH)
+    list(APPEND prefixes "${prefix}" "${prefix}/torch/share/cmake")
+  endforeach()
+  if(Torch_DIR)
+    list(APPEND prefixes "${Torch_DIR}/..")
+  endif()
+  foreach(prefix IN LISTS prefixes)
     get_filename_component(candidate "${prefix}/../.." ABSOLUTE)
     if(EXISTS "${prefix}/Torch/TorchConfig.cmake" AND EXISTS "${candidate}/lib/libtorch_python.so"
        AND EXISTS "${candidate}/__init__.py")

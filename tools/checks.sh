@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Everything CI checks, after tools/quickstart.sh has built into $1: the test suite, the installed
-# package with a consumer project and the example, the README's and docs' snippets and links, a
-# report rendered in headless Chromium, the ASan+UBSan build and bounded fuzzing.
+# Everything CI checks, after tools/quickstart.sh has built into $1 against PyTorch 2.x: the test
+# suite, the installed package with a consumer project and the example, pip install and the Python
+# suite against it, the README's and docs' snippets and links, a report rendered in headless
+# Chromium, the library and its C++ tests built against Debian's LibTorch 1.13 under ASan+UBSan
+# with a consumer project on that build, and bounded fuzzing.
 set -euo pipefail
 build="${1:-build}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 jobs="${GRADFLOW_JOBS:-2}"
-fuzz_seconds="${GRADFLOW_FUZZ_SECONDS:-60}"
+venv="${GRADFLOW_VENV:-/opt/gradflow-venv}"
+python="$venv/bin/python"
+build_abs="$(cd "$build" && pwd)"
+torch_cmake="$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+fuzz_seconds="${GRADFLOW_FUZZ_SECONDS:-30}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 stage() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
@@ -42,12 +48,29 @@ cmake --build "$work/data_parallel" -j "$jobs" >/dev/null
 test -s "$work/data-parallel-report/report.html"
 grep -q '"world_size": 2' "$work/data-parallel-report/run.json"
 "$prefix/bin/gradflow" models >/dev/null
-# Python: the example loop against the installed package, with the system interpreter whose
-# python3-torch is this LibTorch.
-pypath="$prefix/lib/python3.$(/usr/bin/python3 -c 'import sys; print(sys.version_info.minor)')/dist-packages"
+# Python: the example loop against the installed package, with the interpreter whose torch the
+# module was built against.
+pypath="$prefix/lib/python3.$("$python" -c 'import sys; print(sys.version_info.minor)')/dist-packages"
 test -f "$pypath/gradflow/__init__.py"
-(cd "$work" && PYTHONPATH="$pypath" /usr/bin/python3 "$root/examples/python/train.py" "$work/python-report")
+(cd "$work" && PYTHONPATH="$pypath" "$python" "$root/examples/python/train.py" "$work/python-report")
 test -s "$work/python-report/report.html"
+
+stage "pip install . into the PyTorch environment; the Python suite against what it installed"
+# pip's own build (isolated, build requirements from PyPI as a user gets them) reuses the build
+# folder and its settings, so it compiles nothing the suite has not already compiled; a user's
+# first pip install runs the same CMake from scratch.
+CMAKE_GENERATOR="$(sed -n 's/^CMAKE_GENERATOR:INTERNAL=//p' "$build_abs/CMakeCache.txt")" \
+  CMAKE_BUILD_PARALLEL_LEVEL="$jobs" PIP_CONSTRAINT="$root/constraints.txt" \
+  "$python" -m pip install -q --disable-pip-version-check --no-deps --config-settings=build-dir="$build_abs" \
+  --config-settings=cmake.define.GRADFLOW_BUILD_TESTS=ON --config-settings=cmake.define.GRADFLOW_BUILD_BENCHMARKS=ON "$root"
+trap '"$python" -m pip uninstall -q -y gradflow >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+(cd "$work" && "$python" -c 'import gradflow, torch; print(f"gradflow {gradflow.__file__} on torch {torch.__version__}")')
+"$venv/bin/gradflow" models >/dev/null
+# The module pip installed was linked from the objects the suite above tested (the same folder);
+# against the installed copy, the suites that exercise the import, the hooks and a real model.
+( cd tests/python && GRADFLOW_CLI="$venv/bin/gradflow" GRADFLOW_REFERENCE_RUN="$build_abs/tests/gradflow_reference_run" \
+    PYTHONDONTWRITEBYTECODE=1 "$python" -m unittest -q test_coexist.MessagesTest test_coexist.HooksCoexistTest \
+    test_coexist.StepInBackwardTest test_monitor.MonitorTest test_real_models.ResNet18 2>&1 | tail -n 3 )
 
 stage "README and docs show the code they quote; their links resolve"
 python3 - <<'PY'
@@ -120,15 +143,22 @@ python3 tools/check_report.py "$work/default/report.html" "$work/default/screens
 "$build/tools/gradflow" flow mlp:depth=3,width=16,act=tanh --out "$work/flow" >/dev/null
 python3 tools/check_report.py "$work/flow/flow.html" "$work/flow/screenshot.png"
 
-stage "AddressSanitizer + UndefinedBehaviorSanitizer"
+stage "LibTorch 1.13.1 (Debian 12), the oldest supported: the library and its C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+# No CMAKE_PREFIX_PATH: find_package(Torch) finds Debian's libtorch-dev.
 cmake -S . -B "$build-asan" -DCMAKE_BUILD_TYPE=Debug -DGRADFLOW_SANITIZE=ON -DGRADFLOW_BUILD_BENCHMARKS=OFF >/dev/null
-cmake --build "$build-asan" -j "$jobs" --target gradflow_core_tests gradflow_tests gradflow_cli gradflow_cli_tests
+grep -q '^Torch_DIR:PATH=/usr/' "$build-asan/CMakeCache.txt" || { echo "checks: $build-asan did not find Debian's LibTorch" >&2; exit 1; }
+cmake --build "$build-asan" -j "$jobs" --target gradflow_core_tests gradflow_tests
 # LibTorch itself is not instrumented: its containers would raise false container-overflow reports.
 export ASAN_OPTIONS=detect_leaks=1:detect_container_overflow=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 "$build-asan/tests/gradflow_core_tests" --gtest_brief=1
 "$build-asan/tests/gradflow_tests" --gtest_brief=1 --gtest_filter='-TrainTest.TrainedGatedCellsCarryGradientAcrossTimeAndLearn:FlowRunTest.FullBatchDescentRisesToTheEdgeOfStabilityAndStaysThere'
-"$build-asan/tests/gradflow_cli_tests" --gtest_brief=1
+# A user's project on 1.13: find_package(gradflow) of this build, installed (with the same sanitizers).
+cmake --install "$build-asan" --prefix "$work/prefix-1.13" --component Unspecified >/dev/null
+cmake -S tests/consumer -B "$work/consumer-1.13" -DCMAKE_PREFIX_PATH="$work/prefix-1.13" -DCMAKE_BUILD_TYPE=Debug \
+  -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined" >/dev/null
+cmake --build "$work/consumer-1.13" -j "$jobs" >/dev/null
+"$work/consumer-1.13/consumer"
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 stage "libFuzzer: spec parser, JSON readers and the stream reader, ${fuzz_seconds}s each"

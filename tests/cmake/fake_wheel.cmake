@@ -14,18 +14,23 @@ list(GET parts 1 minor)
 list(GET parts 2 patch)
 file(WRITE "${torch}/include/torch/headeronly/version.h"
      "#define TORCH_VERSION_MAJOR ${major}\n#define TORCH_VERSION_MINOR ${minor}\n#define TORCH_VERSION_PATCH ${patch}\n")
-execute_process(COMMAND "${CMAKE_COMMAND}" -S "${GRADFLOW_SOURCE}/tests/cmake/torch_finder" -B "${WORK}/build"
-                        "-DGRADFLOW_SOURCE=${GRADFLOW_SOURCE}" "-DCMAKE_PREFIX_PATH=${torch}/share/cmake"
-                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-set(all "${out}${err}")
-# CMake wraps a long message over several lines: read it as one.
-string(REGEX REPLACE "\n +" " " joined "${all}")
-if(REFUSED AND rc EQUAL 0)
-  message(FATAL_ERROR "torch ${VERSION} was accepted:\n${all}")
-elseif(NOT REFUSED AND NOT rc EQUAL 0)
-  message(FATAL_ERROR "torch ${VERSION} was refused:\n${all}")
-endif()
-if(NOT joined MATCHES "${EXPECT}")
-  message(FATAL_ERROR "output does not match '${EXPECT}':\n${all}")
-endif()
+# Each way a user names a wheel's LibTorch: torch.utils.cmake_prefix_path, the site-packages folder, Torch_DIR.
+foreach(way "-DCMAKE_PREFIX_PATH=${torch}/share/cmake" "-DCMAKE_PREFIX_PATH=${WORK}/site"
+            "-DTorch_DIR=${torch}/share/cmake/Torch")
+  file(REMOVE_RECURSE "${WORK}/build")
+  execute_process(COMMAND "${CMAKE_COMMAND}" -S "${GRADFLOW_SOURCE}/tests/cmake/torch_finder" -B "${WORK}/build"
+                          "-DGRADFLOW_SOURCE=${GRADFLOW_SOURCE}" "${way}"
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  set(all "${out}${err}")
+  # CMake wraps a long message over several lines: read it as one.
+  string(REGEX REPLACE "\n +" " " joined "${all}")
+  if(REFUSED AND rc EQUAL 0)
+    message(FATAL_ERROR "torch ${VERSION} (${way}) was accepted:\n${all}")
+  elseif(NOT REFUSED AND NOT rc EQUAL 0)
+    message(FATAL_ERROR "torch ${VERSION} (${way}) was refused:\n${all}")
+  endif()
+  if(NOT joined MATCHES "${EXPECT}")
+    message(FATAL_ERROR "${way}: output does not match '${EXPECT}':\n${all}")
+  endif()
+endforeach()
 file(REMOVE_RECURSE "${WORK}")

@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <gradflow/gradflow.h>
 
@@ -29,6 +30,7 @@ int main() {
     std::fprintf(stderr, "consumer: recorded %g, param.grad() %g\n", recorded, actual);
     return 1;
   }
-  std::printf("consumer: find_package(gradflow) works; 0.weight gradient norm %.6g\n", recorded);
+  std::printf("consumer: find_package(gradflow) works on LibTorch %s; 0.weight gradient norm %.6g\n", TORCH_VERSION,
+              recorded);
   return 0;
 }
