@@ -190,7 +190,7 @@ TEST(CoexistStructure, ATapAndTheProgramsHookOnTheSameTensorBothRun) {
 struct StepInBackward : torch::autograd::PostAccumulateGradHook {
   explicit StepInBackward(std::vector<double>* seen) : seen(seen) {}
   void operator()(const torch::autograd::Variable& p) override {
-    seen->push_back(p.grad().norm().item<double>());
+    seen->push_back(p.grad().to(torch::kDouble).norm().item<double>());
     torch::NoGradGuard no_grad;
     p.sub_(0.1 * p.grad());
     p.mutable_grad() = at::Tensor();
