@@ -55,7 +55,7 @@ test -f "$pypath/gradflow/__init__.py"
 (cd "$work" && PYTHONPATH="$pypath" "$python" "$root/examples/python/train.py" "$work/python-report")
 test -s "$work/python-report/report.html"
 
-stage "pip install . into the PyTorch environment; the Python suite against what it installed"
+stage "pip install . into the PyTorch environment; Python tests against what it installed"
 # pip's own build (isolated, build requirements from PyPI as a user gets them) reuses the build
 # folder and its settings, so it compiles nothing the suite has not already compiled; a user's
 # first pip install runs the same CMake from scratch.
