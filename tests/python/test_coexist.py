@@ -32,6 +32,25 @@ HOOKS = {
 }
 
 
+def attach_in_order(model, order, install):
+    """Calls the program's `install()` before or after attaching a Monitor ("before", "after"), or
+    with no Monitor ("none"); returns the Monitor or None."""
+    if order != "after":
+        install()
+    monitor = gradflow.Monitor(model) if order != "none" else None
+    if order == "after":
+        install()
+    return monitor
+
+
+def last_step_parameter_norms(monitor):
+    """{parameter name: recorded gradient norm} of the Monitor's latest step."""
+    frame = monitor.trace_frame()
+    last = frame["step"] == frame["step"].max()
+    return {str(n): float(v) for n, v, k, keep in zip(frame["name"], frame["grad_norm"], frame["kind"], last)
+            if keep and k == "parameter"}
+
+
 def train(hook, order, module_hooks=False):
     """Trains with the program's `hook` on the first layer's parameters, registered before or after
     the Monitor (or with no Monitor); returns the parameters, the hooks' call counts and the number of
@@ -51,13 +70,7 @@ def train(hook, order, module_hooks=False):
             model[2].register_forward_hook(lambda m, i, o: calls.__setitem__("forward", calls["forward"] + 1))
             model[2].register_full_backward_hook(lambda m, gi, go: calls.__setitem__("backward", calls["backward"] + 1))
 
-    monitor = None
-    if order != "after":
-        install()
-    if order != "none":
-        monitor = gradflow.Monitor(model)
-    if order == "after":
-        install()
+    monitor = attach_in_order(model, order, install)
     g = torch.Generator().manual_seed(5)
     checked = 0
     for _ in range(STEPS):
@@ -67,10 +80,7 @@ def train(hook, order, module_hooks=False):
             monitor.watch(loss)
         loss.backward()
         if monitor:
-            frame = monitor.trace_frame()
-            last = frame["step"] == frame["step"].max()
-            recorded = {str(n): float(v) for n, v, k, keep in zip(frame["name"], frame["grad_norm"], frame["kind"], last)
-                        if keep and k == "parameter"}
+            recorded = last_step_parameter_norms(monitor)
             for name, p in model.named_parameters():
                 expected = p.grad.double().norm().item()
                 assert name in recorded, f"{name} not recorded"
@@ -115,13 +125,7 @@ def train_in_backward(order, detach_at=STEPS):
         for p in model.parameters():
             p.register_post_accumulate_grad_hook(step_in_backward)
 
-    monitor = None
-    if order != "after":
-        install()
-    if order != "none":
-        monitor = gradflow.Monitor(model)
-    if order == "after":
-        install()
+    monitor = attach_in_order(model, order, install)
     g = torch.Generator().manual_seed(5)
     recorded = []
     for step in range(STEPS):
@@ -135,10 +139,7 @@ def train_in_backward(order, detach_at=STEPS):
             monitor.watch(loss)
         loss.backward()
         if monitor:
-            frame = monitor.trace_frame()
-            last = frame["step"] == frame["step"].max()
-            recorded.append({str(n): float(v) for n, v, k, keep in zip(frame["name"], frame["grad_norm"], frame["kind"], last)
-                             if keep and k == "parameter"})
+            recorded.append(last_step_parameter_norms(monitor))
     return [p.detach().clone() for p in model.parameters()], seen, recorded
 
 
