@@ -3,7 +3,10 @@ a torchvision ResNet-18 and a 4-layer Transformer language model, one thread, ev
 every 10th step recorded. The loop clips the gradient and the Monitor is given the optimizer, so
 each recorded step holds both the gradient backward produced and the one the optimizer applied.
 
-    PYTHONPATH=build/python /usr/bin/python3 benchmarks/real_models_bench.py [--rounds N] [--json FILE]
+    PYTHONPATH=build/python python3 benchmarks/real_models_bench.py [--rounds N] [--compile] [--json FILE]
+
+--compile: each model runs through torch.compile (inductor; compiled once, before the first
+round), with every Monitor attached to the module it compiled: the overhead on a compiled step.
 
 Every step: each round times one bare step and one recorded step (under a fresh Monitor, after
 its first step), in a shuffled order, so that the machine's drifts hit both alike; the overhead is
@@ -46,19 +49,21 @@ class TransformerLM(nn.Module):
         return self.head(self.encoder(h, mask=self.mask))
 
 
-def resnet18():
+def resnet18(run):
     import torchvision
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10)
+    net = run(model)
     x, y = torch.randn(8, 3, 224, 224), torch.randint(0, 10, (8,))  # ImageNet's input size
-    return model, lambda: nn.functional.cross_entropy(model(x), y)
+    return model, lambda: nn.functional.cross_entropy(net(x), y)
 
 
-def transformer_lm():
+def transformer_lm(run):
     torch.manual_seed(0)
     model = TransformerLM()
+    net = run(model)
     tokens = torch.randint(0, VOCAB, (16, SEQ + 1))
-    return model, lambda: nn.functional.cross_entropy(model(tokens[:, :-1]).reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+    return model, lambda: nn.functional.cross_entropy(net(tokens[:, :-1]).reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
 
 
 MODELS = {"resnet18": resnet18, "transformer-lm": transformer_lm}
@@ -119,15 +124,16 @@ def median_ratio(rounds, rng, units):
     return {u: statistics.median(r) for u, r in ratios.items()}, statistics.median(bare)
 
 
-def measure(name, rounds, rng):
-    model, loss_fn = MODELS[name]()
+def measure(name, rounds, rng, compiled):
+    model, loss_fn = MODELS[name](torch.compile if compiled else (lambda m: m))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    timed_step(model, loss_fn, opt, 1)
+    for every in (1, None):  # with and without a Monitor: under --compile, the graphs for both are compiled here
+        timed_step(model, loss_fn, opt, every)
     steps, bare = median_ratio(rounds, rng, {u: (lambda e=e: timed_step(model, loss_fn, opt, e)) for u, e in UNITS.items()})
     blocks, _ = median_ratio(max(3, rounds // 3), rng,
                              {"bare": lambda: timed_block(model, loss_fn, opt, None),
                               "every 10th": lambda: timed_block(model, loss_fn, opt, BLOCK)})
-    return {"model": name, "bare_ms": 1000 * bare, "every step": steps["recorded"] - 1,
+    return {"model": name, "compiled": compiled, "bare_ms": 1000 * bare, "every step": steps["recorded"] - 1,
             "every 10th": blocks["every 10th"] - 1,
             # What one recorded step in ten adds, from the step measurement (the nine others run
             # only the hooks' dispatch: gradflow_kernels_bench, 0.5 µs a tensor).
@@ -138,13 +144,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--compile", action="store_true", help="torch.compile each model (inductor) before timing")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     torch.set_num_threads(1)
     rng = random.Random(1)
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, 1 thread; median over {a.rounds} "
-          f"interleaved rounds; clipped loop, optimizer attached")
-    run_models("real_models_bench", a.models, MODELS, lambda name: measure(name, a.rounds, rng),
+          f"interleaved rounds; clipped loop, optimizer attached{'; torch.compile (inductor)' if a.compile else ''}")
+    run_models("real_models_bench", a.models, MODELS, lambda name: measure(name, a.rounds, rng, a.compile),
                lambda name, r: f"{name:15} bare {r['bare_ms']:8.1f} ms/step   every step {100 * r['every step']:+6.2f}%   "
                                f"every 10th {100 * r['every 10th']:+6.2f}% "
                                f"(one recorded step in ten: {100 * r['every 10th, from the recorded step']:+5.2f}%)",

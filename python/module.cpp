@@ -95,13 +95,15 @@ std::set<PyMonitor*>& live_monitors() {
 class PyMonitor {
  public:
   // `group`: None, or a torch.distributed process group (the same c10d object underneath).
-  PyMonitor(const py::object& given, const MonitorOptions& options, const py::object& group,
+  // `module`: the model inside its wrappers (DDP's, torch.compile's), whose names are recorded;
+  // None: `given`, or a DistributedDataParallel's module.
+  PyMonitor(const py::object& given, const py::object& module, const MonitorOptions& options, const py::object& group,
             std::int64_t batch_per_rank) {
     MonitorOptions o = options;
     const auto dist = torch_distributed();
     const py::object ddp = ddp_of(given);
     // DistributedDataParallel: the model's own names (no `module.`), its engine followed.
-    const py::object model = ddp.is_none() ? given : py::object(ddp.attr("module"));
+    const py::object model = !module.is_none() ? module : ddp.is_none() ? given : py::object(ddp.attr("module"));
     if (!ddp.is_none() && !group.is_none())
       throw UsageError("gradflow.Monitor takes a DistributedDataParallel model or process_group=, not both: DDP "
                        "averages the gradients itself");
@@ -348,7 +350,7 @@ void bind_monitor(py::module_& m) {
   // gradflow.Monitor (gradflow/__init__.py) derives from it and adds what Python must do itself:
   // the optimizer's step, the loss scaler, DistributedDataParallel's communication hook.
   py::class_<PyMonitor>(m, "_Monitor", "Records the gradient flow of a torch.nn.Module's training")
-      .def(py::init([](const py::object& model, std::int64_t every, bool parameters, bool activations, bool weight_norms,
+      .def(py::init([](const py::object& model, const py::object& module, std::int64_t every, bool parameters, bool activations, bool weight_norms,
                        bool update_norms, bool auto_step, double saturation_threshold,
                        const py::object& process_group, std::int64_t batch_per_rank, const std::optional<std::string>& out,
                        bool force, const std::optional<py::dict>& traits, const py::object& grad_scaler,
@@ -374,7 +376,7 @@ void bind_monitor(py::module_& m) {
              o.saturation_threshold = saturation_threshold;
              o.out = out.value_or("");
              o.force = force;
-             auto m = std::make_unique<PyMonitor>(model, o, process_group, batch_per_rank);
+             auto m = std::make_unique<PyMonitor>(model, module, o, process_group, batch_per_rank);
              if (traits) m->traits = traits_from_dict(*traits);
              if (!grad_scaler.is_none() && !py::hasattr(grad_scaler, "get_scale"))
                throw UsageError("grad_scaler= takes a torch.cuda.amp.GradScaler (an object with get_scale()), got " +
@@ -382,8 +384,9 @@ void bind_monitor(py::module_& m) {
              m->scaler = grad_scaler;
              return m;
            }),
-           py::arg("model"), py::kw_only(), py::arg("every") = 1, py::arg("parameters") = true,
-           py::arg("activations") = true, py::arg("weight_norms") = true, py::arg("update_norms") = false,
+           py::arg("model"), py::kw_only(), py::arg("module") = py::none(), py::arg("every") = 1,
+           py::arg("parameters") = true, py::arg("activations") = true, py::arg("weight_norms") = true,
+           py::arg("update_norms") = false,
            py::arg("auto_step") = true, py::arg("saturation_threshold") = 0.1,
            py::arg("process_group") = py::none(), py::arg("batch_per_rank") = 0, py::arg("out") = py::none(),
            py::arg("force") = false, py::arg("traits") = py::none(), py::arg("grad_scaler") = py::none(),

@@ -57,7 +57,7 @@ class Monitor(_Monitor):
     """
 
     def __init__(self, model, *, optimizer=None, activations=True, **options):
-        inner = getattr(model, "module", model) if _hooks.is_ddp(model) else model
+        ddp, inner = _hooks.unwrap(model)
         # A live module's outputs are found by forward hooks (what each call returns); a
         # TorchScript module's by the C++ Monitor, which names what each submodule call returns.
         hook_outputs = activations and isinstance(inner, torch.nn.Module) and not isinstance(inner, torch.jit.ScriptModule)
@@ -65,7 +65,8 @@ class Monitor(_Monitor):
         # the program said (traits=): remedies are chosen from both.
         if isinstance(inner, torch.nn.Module):
             options["traits"] = {**_hooks.model_traits(inner), **(options.get("traits") or {})}
-        super().__init__(model, activations=activations and not hook_outputs, **options)
+        super().__init__(model if ddp is None else ddp, module=inner, activations=activations and not hook_outputs,
+                         **options)
         self._output_hooks = _hooks.hook_module_outputs(self, inner) if hook_outputs else []
         if hook_outputs:
             self._names_layer_outputs()

@@ -2,7 +2,9 @@
 DistributedDataParallel's allreduce (its figures ride in the last gradient bucket)."""
 import collections
 import functools
+import sys
 import types
+import warnings
 import weakref
 
 import torch
@@ -127,6 +129,36 @@ def is_ddp(model):
     return isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
 
+def _is_compiled(model):
+    """torch.compile's wrapper of a module (its parameters are the module's, named `_orig_mod.`)."""
+    frame = sys.modules.get("torch._dynamo.eval_frame")  # nothing is compiled before torch loads it
+    return frame is not None and isinstance(model, frame.OptimizedModule)
+
+
+def unwrap(model):
+    """(the DistributedDataParallel wrapper or None, the module inside every wrapper): the model as
+    eager code names its parameters and calls its modules, whichever order torch.compile and DDP
+    wrap it in."""
+    ddp = None
+    while True:
+        if _is_compiled(model):
+            model = model._orig_mod
+        elif ddp is None and is_ddp(model):
+            ddp, model = model, model.module
+        else:
+            return ddp, model
+
+
+# Inside a graph torch.compile traces, module hooks are traced too: gradflow's must not call into
+# its C++ part there (each call would break the graph). torch 1.x has no torch.compiler.
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
+# torch warns at each call of a compiled module while any global module hook exists, that the
+# hook also fires for the compiled wrapper; gradflow's hook ignores every module it does not
+# watch, and it never watches the wrapper.
+_COMPILED_WRAPPER_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks on modules"
+
+
 class _Watched:
     """Which modules name their outputs to a Monitor, and how: kept outside the modules, behind
     one forward hook on torch's global list, so that pickling, torch.save, copy.deepcopy and
@@ -138,6 +170,7 @@ class _Watched:
         self._dispatch = {}  # id(module) -> the one function its hook calls (they, in turn)
         self._alive = {}     # id(module) -> a weak reference whose callback forgets it
         self._handle = None
+        self._quiet = None   # the warnings filter entry, while the hook is the process's only global one
         # The Monitor whose reentrant checkpoint segment is being recomputed (a weak reference),
         # while it wants every call's output (Monitor.set_recomputation_listener in C++).
         self.recomputing = None
@@ -150,7 +183,24 @@ class _Watched:
         self._update(key)
         if self._handle is None:
             self._handle = torch.nn.modules.module.register_module_forward_hook(self._on_output)
+        self._quiet_compiled_wrapper_warning()
         return key, hook
+
+    def _quiet_compiled_wrapper_warning(self):
+        # Added again at each Monitor where a catch_warnings block has dropped it since; not added
+        # where the program hooks modules globally too: torch's warning is then about its hook.
+        if self._quiet in warnings.filters or _program_hooks_modules_globally(self._handle.id):
+            return
+        warnings.filterwarnings("ignore", message=_COMPILED_WRAPPER_WARNING, category=UserWarning)
+        self._quiet = warnings.filters[0]
+
+    def _unhook_globally(self):
+        self._handle.remove()
+        self._handle = None
+        # (An "ignore" entry leaves nothing in the warning registries to invalidate.)
+        if self._quiet in warnings.filters:
+            warnings.filters.remove(self._quiet)
+        self._quiet = None
 
     def remove(self, entry):
         key, hook = entry
@@ -175,10 +225,11 @@ class _Watched:
         self._dispatch.pop(key, None)
         self._alive.pop(key, None)
         if not self._hooks and self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+            self._unhook_globally()
 
     def _on_output(self, module, inputs, output):
+        if _compiling():
+            return None
         # Called for every module's every call in the process: the unwatched pay one lookup.
         hook = self._dispatch.get(id(module))
         if self.recomputing is not None:
@@ -186,6 +237,12 @@ class _Watched:
         if hook is not None:
             hook(module, inputs, output)
         return None
+
+
+def _program_hooks_modules_globally(ours):
+    """Whether a global module hook other than the one whose handle id is `ours` exists."""
+    tables = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_backward_pre_hooks", "_global_backward_hooks")
+    return any(key != ours for name in tables for key in getattr(torch.nn.modules.module, name, {}))
 
 
 def _segment_output(ref, output):

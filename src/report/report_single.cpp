@@ -198,8 +198,9 @@ std::string unrecorded_outputs_note(const Trace& t) {
   return "No layer-output series for " + detail::join(std::vector<std::string>(missing.begin(), missing.end())) +
          ": the module was not called in any recorded forward (its parent uses its parameters directly, as "
          "nn.MultiheadAttention uses out_proj's, or the program computes with the weights through functional calls "
-         "of its own), or its output was not on the path of the watched loss. Its parameters are in the parameter "
-         "views.";
+         "of its own), or its forward ran inside a torch.compile graph, where a forward hook sees no output (a step "
+         "run eagerly records it), or its output was not on the path of the watched loss. Its parameters are in the "
+         "parameter views.";
 }
 
 // Which gradient the figures are, in words, and what the optimizer applied instead.
