@@ -203,6 +203,23 @@ std::string unrecorded_outputs_note(const Trace& t) {
          "parameter views.";
 }
 
+// Steps that closed without an optimizer step while others closed with one: auto_step made each
+// backward a step, and the program ran several backwards per optimizer step.
+std::string accumulation_sentence(const Trace& t) {
+  std::int64_t with = 0, without = 0;
+  for (const auto& st : t.steps()) {
+    if (st.partial || st.skipped) continue;
+    ++(st.optimizer_step >= 0 ? with : without);
+  }
+  if (with == 0 || without == 0) return "";
+  return fmt::format("{} of the {} recorded steps closed without an optimizer step: the Monitor made each backward a "
+                     "step (auto_step), so where backwards accumulate into one optimizer step (gradient accumulation over "
+                     "micro-batches) a step's produced gradient is .grad as its backward left it (the micro-batches so "
+                     "far) while its loss and layer outputs are that backward's alone. For one recorded step per "
+                     "optimizer step, attach with auto_step=False and call step() after the optimizer's step.",
+                     without, with + without);
+}
+
 // Which gradient the figures are, in words, and what the optimizer applied instead.
 std::vector<std::string> gradient_sentences(const RunRecord& r) {
   std::vector<std::string> out{"Gradient figures: " + detail::join(gradient_labels(r.trace), "; ") + "."};
@@ -222,6 +239,7 @@ std::vector<std::string> gradient_sentences(const RunRecord& r) {
                               "applied): shown, but no finding is drawn from {} unless the skips persist.",
                               r.summary.skipped_steps, r.summary.skipped_steps == 1 ? "" : "s",
                               r.summary.skipped_steps == 1 ? "it" : "them"));
+  if (std::string accumulation = accumulation_sentence(r.trace); !accumulation.empty()) out.push_back(std::move(accumulation));
   return out;
 }
 

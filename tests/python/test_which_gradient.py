@@ -376,6 +376,40 @@ class PublicPatternsTest(unittest.TestCase):
                 steps = json.load(f)["steps"]
         self.assertEqual([st["step_loss"] for st in steps if "step_loss" in st], returned)
 
+    def test_gradient_accumulation_is_named_in_the_report_unless_steps_are_closed_by_hand(self):
+        """nanoGPT's loop: two micro-batches a step, each loss divided by two, then clip and step."""
+        def run(auto_step):
+            model = make_model()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            monitor = gradflow.Monitor(model, optimizer=opt, auto_step=auto_step)
+            accumulated = []
+            data = batches(2 * STEPS)
+            for step in range(STEPS):
+                for x, y in data[2 * step:2 * step + 2]:
+                    loss = nn.functional.mse_loss(model(x), y) / 2
+                    monitor.watch(loss)
+                    loss.backward()
+                accumulated.append(grads(model))
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if not auto_step:
+                    monitor.step()
+            with tempfile.TemporaryDirectory() as d:
+                gradflow.save_report(monitor, d)
+                with open(os.path.join(d, "report.md")) as f:
+                    return monitor, accumulated, f.read()
+
+        monitor, accumulated, report = run(auto_step=True)
+        self.assertIn("{} of the {} recorded steps closed without an optimizer step".format(STEPS, 2 * STEPS), report)
+        monitor, accumulated, report = run(auto_step=False)
+        self.assertNotIn("closed without an optimizer step", report)
+        produced = rows(monitor, "produced")
+        self.assertEqual(sorted({step for step, _ in produced}), list(range(STEPS)))
+        for step in range(STEPS):
+            for name, g in accumulated[step].items():
+                self.assertLess(rel(produced[(step, name)]["grad_norm"], g.norm().item()), 1e-9, (step, name))
+
 
 # ---- DistributedDataParallel on two Gloo ranks ----
 
