@@ -68,7 +68,7 @@ def wrap_optimizer_step(monitor, optimizer):
 def _loss_value(result):
     """What optimizer.step returned, as a number (a closure's loss), or None."""
     if isinstance(result, torch.Tensor) and result.numel() == 1:
-        return float(result)
+        return float(result.detach())  # (a closure's loss still requires grad: torch 2 warns at its float())
     if isinstance(result, (int, float)):
         return float(result)
     return None
