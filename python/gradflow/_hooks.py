@@ -187,9 +187,10 @@ class _Watched:
         return key, hook
 
     def _quiet_compiled_wrapper_warning(self):
-        # Added again at each Monitor where a catch_warnings block has dropped it since; not added
-        # where the program hooks modules globally too: torch's warning is then about its hook.
-        if self._quiet in warnings.filters or _program_hooks_modules_globally(self._handle.id):
+        # Put in front again at each Monitor: a catch_warnings block may have dropped it since, or a
+        # simplefilter gone ahead of it. Not where the program hooks modules globally too: torch's
+        # warning is then about its hook.
+        if _program_hooks_modules_globally(self._handle.id):
             return
         warnings.filterwarnings("ignore", message=_COMPILED_WRAPPER_WARNING, category=UserWarning)
         self._quiet = warnings.filters[0]
