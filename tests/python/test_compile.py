@@ -3,7 +3,6 @@ and applied gradient as the un-monitored compiled run's .grad holds them, trains
 and adds no graph break, also under DistributedDataParallel in either wrapping order; layer
 outputs inside a compiled graph are not seen by forward hooks, the report says so, and a step
 run eagerly records them."""
-import json
 import math
 import os
 import subprocess
@@ -17,7 +16,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import gradflow
-from ranks import run_ranks
+from ranks import rank_results, write_rank_result
 
 STEPS = 4
 CLIP = 0.5
@@ -254,8 +253,7 @@ def ddp_rank_main(rank, world, port, out):
             "identical": all(torch.equal(a, b) for a, b in zip(model.parameters(), bare.parameters())),
             "breaks": breaks, "bare_breaks": bare_breaks, "worst": worst, "local_ranks": local_ranks,
             "names": sorted(produced[("produced", 0)]), "eager_names": sorted(n for n, _ in model.named_parameters())}
-    with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
-        json.dump(results, fh)
+    write_rank_result(out, rank, results)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -263,13 +261,7 @@ def ddp_rank_main(rank, world, port, out):
 @unittest.skipUnless(HAS_COMPILE, "torch %s has no torch.compile" % torch.__version__)
 class DistributedCompileTest(unittest.TestCase):
     def test_the_averaged_gradient_under_ddp_and_compile_in_every_order(self):
-        with tempfile.TemporaryDirectory() as d:
-            codes, errs = run_ranks(__file__, 2, [d], timeout=240)
-            self.assertEqual(codes, [0, 0], errs)
-            results = []
-            for r in range(2):
-                with open(os.path.join(d, f"rank{r}.json")) as fh:
-                    results.append(json.load(fh))
+        results = rank_results(self, __file__, 2, timeout=240)
         for r, res in enumerate(results):
             for wrapping in DDP_WRAPPINGS:
                 with self.subTest(rank=r, wrapping=wrapping):

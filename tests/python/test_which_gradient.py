@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import gradflow
-from ranks import free_port, run_ranks
+from ranks import free_port, rank_results, write_rank_result
 
 STEPS = 8
 
@@ -506,21 +506,14 @@ def ddp_rank_main(rank, world, port, out):
     result["nonfinite_ranks"] = sorted({(st["step"], r) for st in trace["steps"] for rec in st["records"]
                                         for r, loc in enumerate(rec.get("ranks", [])) if loc["nonfinite"] > 0})
     result["findings"] = [[x.kind, x.where, x.message] for x in findings if x.kind in ("non_finite", "rank_non_finite")]
-    with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
-        json.dump(result, fh)
+    write_rank_result(out, rank, result)
     dist.barrier()
     dist.destroy_process_group()
 
 
 class DistributedDataParallelTest(unittest.TestCase):
     def test_averaged_and_local_gradients_ride_in_ddps_allreduce(self):
-        with tempfile.TemporaryDirectory() as d:
-            codes, errs = run_ranks(__file__, 2, [d], timeout=240)
-            self.assertEqual(codes, [0, 0], errs)
-            results = []
-            for r in range(2):
-                with open(os.path.join(d, f"rank{r}.json")) as fh:
-                    results.append(json.load(fh))
+        results = rank_results(self, __file__, 2, timeout=240)
         for r, res in enumerate(results):
             self.assertTrue(res["identical"], f"rank {r}: DDP training changed when gradflow was attached")
             self.assertEqual(res["calls"], res["bare_calls"], f"rank {r}: collectives per step")
