@@ -57,6 +57,12 @@ function(gradflow_import_wheel_torch root)
     message(FATAL_ERROR "torch ${version} at ${root} is older than ${GRADFLOW_OLDEST_WHEEL_TORCH}, the oldest PyTorch wheel "
                         "gradflow builds with: pip install 'torch>=${GRADFLOW_OLDEST_WHEEL_TORCH}'")
   endif()
+  # The wheel's c10d headers include Gloo's, and the wheel ships none of them.
+  find_path(GRADFLOW_GLOO_INCLUDE_DIR gloo/algorithm.h)
+  if(NOT GRADFLOW_GLOO_INCLUDE_DIR)
+    message(FATAL_ERROR "the torch wheel's distributed headers include Gloo's, which the wheel does not ship: install "
+                        "them (Debian: apt install libgloo-dev) and configure again")
+  endif()
   file(READ "${root}/share/cmake/Torch/TorchConfig.cmake" config)
   set(standard 17)
   if(config MATCHES "cxx_std_20")
@@ -74,7 +80,7 @@ function(gradflow_import_wheel_torch root)
   # --no-as-needed: the CPU and CUDA kernels register themselves when their library loads, and
   # nothing of ours names a symbol of libtorch_cuda.
   set_target_properties(gradflow_wheel_torch PROPERTIES
-    INTERFACE_INCLUDE_DIRECTORIES "${root}/include;${root}/include/torch/csrc/api/include"
+    INTERFACE_INCLUDE_DIRECTORIES "${root}/include;${root}/include/torch/csrc/api/include;${GRADFLOW_GLOO_INCLUDE_DIR}"
     INTERFACE_COMPILE_DEFINITIONS "USE_DISTRIBUTED;USE_C10D_GLOO;FMT_HEADER_ONLY"
     INTERFACE_COMPILE_FEATURES "cxx_std_${standard}"
     INTERFACE_LINK_LIBRARIES "-Wl,--no-as-needed;${libs};-Wl,--as-needed")

@@ -22,15 +22,15 @@ case "$mode" in
     ;;
 esac
 
-# The main job needs the library and the CLI only; the tests also build the suite, the benchmarks,
-# the Python module, the sanitizer and fuzzer builds, the LibTorch 1.13 build, and render a report
-# in a browser.
-packages=(cmake g++ make ccache python3-venv libfmt-dev libcli11-dev nlohmann-json3-dev)
+# The main job needs the library and the CLI only (and Gloo's headers: the wheel's c10d headers
+# include them, the wheel ships none); the tests also build the suite, the benchmarks, the Python
+# module, the sanitizer and fuzzer builds, the LibTorch 1.13 build, and render a report in a browser.
+packages=(cmake g++ make ccache python3-venv libfmt-dev libcli11-dev nlohmann-json3-dev libgloo-dev)
 python_packages=(torch)
 everything=OFF
 if [ "$mode" = test ]; then
   packages+=(python3-dev libgtest-dev libbenchmark-dev clang libclang-rt-14-dev chromium
-             libtorch-dev libgloo-dev libopenblas0-pthread libopenblas-dev)
+             libtorch-dev libopenblas0-pthread libopenblas-dev)
   python_packages+=(torchvision numpy pybind11 scikit-build-core)
   everything=ON
 fi
