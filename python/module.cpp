@@ -83,6 +83,30 @@ ModelTraits traits_from_dict(const py::dict& d) {
   return t;
 }
 
+// A Python function of one tensor, callable from any thread (the autograd engine's holds no GIL),
+// and released under the GIL.
+std::function<at::Tensor(const at::Tensor&)> tensor_function(const py::object& f) {
+  std::shared_ptr<py::object> fn(new py::object(f), [](py::object* o) {
+    py::gil_scoped_acquire gil;
+    delete o;
+  });
+  return [fn](const at::Tensor& t) {
+    py::gil_scoped_acquire gil;
+    return (*fn)(t).cast<at::Tensor>();
+  };
+}
+
+// gradflow._hooks.sharding()'s description of the model's sharded parameters.
+Sharding sharding_from(const py::object& d) {
+  Sharding s;
+  s.rank = d["rank"].cast<int>();
+  s.world_size = d["world_size"].cast<int>();
+  s.counted = d["counted"].cast<std::unordered_map<std::string, std::vector<bool>>>();
+  s.local_part = tensor_function(d["local_part"]);
+  s.gather_rows = tensor_function(d["gather_rows"]);
+  return s;
+}
+
 class PyMonitor;
 // Live Monitors, so that the last whole step reaches their streams when the interpreter exits
 // (also after an uncaught exception).
@@ -98,7 +122,7 @@ class PyMonitor {
   // `module`: the model inside its wrappers (DDP's, torch.compile's), whose names are recorded;
   // None: `given`, or a DistributedDataParallel's module.
   PyMonitor(const py::object& given, const py::object& module, const MonitorOptions& options, const py::object& group,
-            std::int64_t batch_per_rank) {
+            std::int64_t batch_per_rank, const py::object& sharding) {
     MonitorOptions o = options;
     const auto dist = torch_distributed();
     const py::object ddp = ddp_of(given);
@@ -122,6 +146,7 @@ class PyMonitor {
       params_.emplace_back(pair[0].cast<std::string>(), pair[1].cast<at::Tensor>());
     }
     monitor_ = std::make_unique<Monitor>(o);
+    if (!sharding.is_none()) monitor_->shard(sharding_from(sharding));
     if (py::hasattr(model, "buffers")) {
       std::vector<at::Tensor> buffers;
       for (const auto& b : model.attr("buffers")()) buffers.push_back(b.cast<at::Tensor>());
@@ -354,7 +379,7 @@ void bind_monitor(py::module_& m) {
                        bool update_norms, bool auto_step, double saturation_threshold,
                        const py::object& process_group, std::int64_t batch_per_rank, const std::optional<std::string>& out,
                        bool force, const std::optional<py::dict>& traits, const py::object& grad_scaler,
-                       std::int64_t sharpness_every, const py::object& sharpness_loss) {
+                       std::int64_t sharpness_every, const py::object& sharpness_loss, const py::object& sharding) {
              MonitorOptions o;
              o.sharpness_every = sharpness_every;
              if (!sharpness_loss.is_none()) {
@@ -376,7 +401,7 @@ void bind_monitor(py::module_& m) {
              o.saturation_threshold = saturation_threshold;
              o.out = out.value_or("");
              o.force = force;
-             auto m = std::make_unique<PyMonitor>(model, module, o, process_group, batch_per_rank);
+             auto m = std::make_unique<PyMonitor>(model, module, o, process_group, batch_per_rank, sharding);
              if (traits) m->traits = traits_from_dict(*traits);
              if (!grad_scaler.is_none() && !py::hasattr(grad_scaler, "get_scale"))
                throw UsageError("grad_scaler= takes a torch.cuda.amp.GradScaler (an object with get_scale()), got " +
@@ -390,7 +415,7 @@ void bind_monitor(py::module_& m) {
            py::arg("auto_step") = true, py::arg("saturation_threshold") = 0.1,
            py::arg("process_group") = py::none(), py::arg("batch_per_rank") = 0, py::arg("out") = py::none(),
            py::arg("force") = false, py::arg("traits") = py::none(), py::arg("grad_scaler") = py::none(),
-           py::arg("sharpness_every") = 0, py::arg("sharpness_loss") = py::none())
+           py::arg("sharpness_every") = 0, py::arg("sharpness_loss") = py::none(), py::arg("sharding") = py::none())
       .def("set_learning_rate", [](PyMonitor& p, double lr, double momentum) { p.monitor().set_learning_rate(lr, momentum); },
            py::arg("lr"), py::arg("momentum") = 0.0,
            "The optimizer's step size and heavy-ball momentum (SGD) for the step in progress: the sharpness is drawn "
@@ -476,6 +501,8 @@ void bind_monitor(py::module_& m) {
         return py::cast(block);
       })
       .def("_receive_figures_block", [](PyMonitor& p, const at::Tensor& summed) { p.monitor().receive_figures_block(summed); })
+      .def("_sharded_gradient", [](PyMonitor& p, const std::string& name) { p.monitor().sharded_gradient(name); })
+      .def("_expect_optimizer_steps", [](PyMonitor& p) { p.monitor().expect_optimizer_steps(); })
       .def("average_gradients", [](PyMonitor& p) { p.group().average_gradients(p.parameters()); },
            "Average the parameters' gradients over the process group (one collective per bucket); "
            "the Monitor then records the averaged gradient")

@@ -15,6 +15,7 @@
 #include "gradflow/activation.h"
 #include "gradflow/model_traits.h"
 #include "gradflow/node_ref.h"
+#include "gradflow/sharding.h"
 #include "gradflow/sharpness.h"
 #include "gradflow/trace.h"
 
@@ -306,6 +307,19 @@ class Monitor {
   at::Tensor figures_block(const at::Tensor& bucket);
   /// The summed block, after the allreduce.
   void receive_figures_block(const at::Tensor& summed);
+
+  /// Parameters held in parts across ranks (see Sharding); call before attach(). Their
+  /// accumulators are not hooked: sharded_gradient() says when a gradient arrived (FSDP2 assigns
+  /// it outside autograd). Each recorded step's parts are combined by one collective: after the
+  /// optimizer step when the program tells the Monitor of its steps (expect_optimizer_steps()),
+  /// else at the end of the step's backward. A step closed elsewhere (flush(), save_report) before
+  /// that keeps no figures of them: every rank must reach the collective, and only the program's
+  /// own steps reach it on every rank.
+  void shard(Sharding sharding);
+  /// The sharded parameter `name` has its gradient in .grad (its post-accumulate hook).
+  void sharded_gradient(const std::string& name);
+  /// The program tells the Monitor of each optimizer step (begin_optimizer_step), from now on.
+  void expect_optimizer_steps();
 
   /// Closes the step in progress if it is whole (auto-step mode, its backward completed), so
   /// that it reaches the trace and the stream now rather than at the next forward. save_report

@@ -47,6 +47,11 @@ struct SeriesInfo {
   /// decides whether its forward statistics are read as dead units or as saturation; none
   /// otherwise.
   Activation activation = Activation::none;
+  /// Parameters held in parts across ranks (torch.distributed's DTensor: FSDP2, tensor
+  /// parallelism): how many ranks' parts make the whole tensor (a replicated part counts once);
+  /// 0 otherwise. The records' figures are then of the whole gradient, combined from every
+  /// rank's part, and Record::ranks holds each rank's part (local, replicas included).
+  int shards = 0;
 };
 
 /// Forward-pass statistics of a tapped activation, for dead and saturated units.
@@ -174,6 +179,8 @@ class Trace {
   void mark_found_by_walk(int series);
   /// The activation declared for a tap (SeriesInfo::activation).
   void set_activation(int series, Activation activation);
+  /// The number of ranks' parts a parameter is held in (SeriesInfo::shards).
+  void set_shards(int series, int shards);
 
   const std::vector<SeriesInfo>& series() const { return series_; }
   const std::vector<StepRecord>& steps() const { return steps_; }

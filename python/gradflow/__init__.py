@@ -65,8 +65,10 @@ class Monitor(_Monitor):
         # the program said (traits=): remedies are chosen from both.
         if isinstance(inner, torch.nn.Module):
             options["traits"] = {**_hooks.model_traits(inner), **(options.get("traits") or {})}
+        # DTensor parameters (FSDP2, tensor parallelism): each rank's part, combined into the whole.
+        sharding = _hooks.sharding(inner) if isinstance(inner, torch.nn.Module) else None
         super().__init__(model if ddp is None else ddp, module=inner, activations=activations and not hook_outputs,
-                         **options)
+                         sharding=sharding, **options)
         self._output_hooks = _hooks.hook_module_outputs(self, inner) if hook_outputs else []
         if hook_outputs:
             self._names_layer_outputs()
@@ -74,6 +76,8 @@ class Monitor(_Monitor):
         # A Monitor dropped without detach() leaves no entry behind.
         weakref.finalize(self, _hooks.unhook_module_outputs, self._output_hooks)
         self._detach_steps = []
+        if sharding is not None:
+            self._detach_steps.append(_hooks.hook_sharded_gradients(self, inner, sharding))
         if self._ddp is not None:
             _hooks.follow_ddp(self, self._ddp)
         if optimizer is not None:
@@ -83,6 +87,7 @@ class Monitor(_Monitor):
         """Tell the Monitor of each optimizer.step(): the gradient it applies is recorded beside the
         one backward produced, and each evaluation of a closure is a record of its own."""
         self._detach_steps.append(_hooks.wrap_optimizer_step(self, optimizer))
+        self._expect_optimizer_steps()
 
     def detach(self):
         """Remove every hook, and let the optimizer's step go on as without gradflow; recorded data stays."""

@@ -120,6 +120,96 @@ def follow_ddp(monitor, ddp):
             "monitor.average_gradients()") from None
 
 
+@functools.lru_cache(maxsize=None)
+def _dtensor_type():
+    """torch.distributed's DTensor class, or None where this torch has none."""
+    if not torch.distributed.is_available():
+        return None
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return None
+    return DTensor
+
+
+def sharding(model):
+    """The model's parameters held in parts across ranks (DTensor: FSDP2's fully_shard,
+    distribute_module, parallelize_module) as the Monitor reads them: which rank's part counts
+    toward each (a replicated part counts once), how to read a part, and the one collective that
+    brings every rank's sums to every rank; None when it has none."""
+    dtensor = _dtensor_type()
+    parts = {n: p for n, p in model.named_parameters() if dtensor is not None and isinstance(p, dtensor) and p.requires_grad}
+    if not parts:
+        return None
+    dist = torch.distributed
+    world = dist.get_world_size()
+    counted = {name: _counted_parts(name, p, world) for name, p in parts.items()}
+    group = dist.group.WORLD
+    return {"rank": dist.get_rank(), "world_size": world, "counted": counted, "local_part": _local_part,
+            "gather_rows": functools.partial(_gather_rows, group, world)}
+
+
+def _counted_parts(name, p, world):
+    """For each rank, whether its part of DTensor `p` counts toward the whole: it does unless it is
+    a copy, on a mesh dimension `p` is not sharded along, of the part held at coordinate 0 there."""
+    ranks = p.device_mesh.mesh
+    if ranks.numel() != world:
+        raise UsageError(f"parameter '{name}' is held on a mesh of {ranks.numel()} of the {world} ranks: gradflow combines "
+                         "the parts of sharded parameters over every rank of the default process group; shard them over "
+                         "a mesh of all ranks")
+    counted = []
+    for rank in range(world):
+        coord = (ranks == rank).nonzero()[0].tolist()
+        counted.append(all(c == 0 for c, placement in zip(coord, p.placements) if not placement.is_shard()))
+    return counted
+
+
+def _is_dtensor(t):
+    dtensor = _dtensor_type() if type(t) is not torch.Tensor else None
+    return dtensor is not None and isinstance(t, dtensor)
+
+
+def _local_part(t):
+    """This rank's part of a DTensor, as a plain tensor. A gradient still partial (each rank holds
+    a summand, not a part) is summed over the ranks first."""
+    with torch.no_grad():
+        if any(placement.is_partial() for placement in t.placements):
+            from torch.distributed.tensor import Replicate
+            t = t.redistribute(t.device_mesh, [Replicate() if pl.is_partial() else pl for pl in t.placements])
+        return t.to_local()
+
+
+def _gather_rows(group, world, row):
+    """Every rank's row (the same length on each), as a world × length tensor: one all_gather."""
+    if torch.distributed.get_backend(group) == "nccl":
+        row = row.to(torch.device("cuda", torch.cuda.current_device()))
+    rows = row.new_empty(world * row.numel())
+    torch.distributed.all_gather_into_tensor(rows, row.contiguous(), group=group)
+    return rows.view(world, -1)
+
+
+def hook_sharded_gradients(monitor, model, sharding):
+    """Tells the Monitor when each sharded parameter has its gradient: its post-accumulate hook,
+    which autograd calls for a DTensor leaf and FSDP2 after its reduce-scatter. Returns a function
+    that removes the hooks."""
+    ref = weakref.ref(monitor)
+    handles = []
+    for name, p in model.named_parameters():
+        if name in sharding["counted"]:
+            def arrived(_, name=name):
+                m = ref()
+                if m is not None:
+                    m._sharded_gradient(name)
+            handles.append(p.register_post_accumulate_grad_hook(arrived))
+
+    def detach():
+        for handle in handles:
+            handle.remove()
+        handles.clear()
+
+    return detach
+
+
 _ROOT = "(root)"  # the module path of the model's own parameters, as the Monitor names it
 _ParametrizationList = torch.nn.utils.parametrize.ParametrizationList
 _Packed = torch.nn.utils.rnn.PackedSequence
@@ -395,7 +485,9 @@ def _packed(output):
 
 def _name_output(m, output, name, time_dim):
     t = _first_tensor(output)
-    if t is not None and t.grad_fn is not None:
+    # A DTensor output's gradient may arrive as partial sums, which only a collective would make
+    # whole: not recorded (tensor parallelism's default, use_local_output=True, returns plain tensors).
+    if t is not None and t.grad_fn is not None and not _is_dtensor(t):
         m._layer_output(t, name, time_dim(t) if time_dim is not None and not _packed(output) else -1)
 
 

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "util/text.h"
 
@@ -310,6 +311,28 @@ int skipped_steps(const Trace& t) {
 }
 }  // namespace
 
+namespace {
+// For a parameter held in parts across ranks: " (in the parts of ranks 1 and 3, of 4)", the
+// ranks whose part of it held the first non-finite value; empty otherwise.
+std::string ranks_holding(const Trace& t, const NonFiniteMark& mark) {
+  const int series = t.find(mark.series);
+  if (series < 0 || t.series()[static_cast<std::size_t>(series)].shards == 0) return "";
+  for (const auto& st : t.steps()) {
+    if (st.step != mark.step) continue;
+    for (const auto& r : st.records) {
+      if (r.series != series) continue;
+      std::vector<std::string> bad;
+      for (std::size_t k = 0; k < r.ranks.size(); ++k)
+        if (r.ranks[k].nonfinite > 0) bad.push_back(std::to_string(k));
+      if (bad.empty()) return "";
+      return fmt::format(" (in the part{} held by rank{} {}, of {} ranks)", bad.size() > 1 ? "s" : "",
+                         bad.size() > 1 ? "s" : "", fmt::join(bad, ", "), r.ranks.size());
+    }
+  }
+  return "";
+}
+}  // namespace
+
 std::optional<Finding> non_finite_rule(const DiagnosisInput& in, const DiagnosisOptions&) {
   const auto bad = std::find_if(in.loss.begin(), in.loss.end(), [](double v) { return !std::isfinite(v); });
   const auto& grad = in.trace.first_nonfinite();
@@ -319,7 +342,7 @@ std::optional<Finding> non_finite_rule(const DiagnosisInput& in, const Diagnosis
   f.severity = Severity::error;
   if (grad) {
     f.where = fmt::format("{} at step {}", grad->series, grad->step);
-    f.message = "first non-finite gradient in " + f.where;
+    f.message = "first non-finite gradient in " + f.where + ranks_holding(in.trace, *grad);
     f.evidence.emplace_back("step", static_cast<double>(grad->step));
     if (const int skipped = skipped_steps(in.trace); skipped > 0) {
       f.message += fmt::format("; the loss scaler skipped {} of {} recorded steps: the gradient stays non-finite at every "

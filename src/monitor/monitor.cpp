@@ -415,6 +415,24 @@ at::Tensor Monitor::figures_block(const at::Tensor& bucket) { return state_->rec
 
 void Monitor::receive_figures_block(const at::Tensor& summed) { state_->recorder.lock()->receive_figures_block(summed); }
 
+void Monitor::shard(Sharding sharding) {
+  if (!sharding.local_part || !sharding.gather_rows)
+    throw UsageError("a Sharding needs local_part and gather_rows: how to read a part, and how to bring every rank's row");
+  auto rec = state_->recorder.lock();
+  if (rec->attached) throw UsageError("shard() comes before attach(): the sharded parameters are hooked otherwise");
+  rec->set_sharding(std::move(sharding));
+}
+
+void Monitor::sharded_gradient(const std::string& name) {
+  if (state_->forked_copy()) return;
+  auto rec = state_->recorder.lock();
+  const int param = rec->sharded_param(name);
+  if (param < 0) throw UsageError("'" + name + "' is not a sharded parameter of this Monitor");
+  rec->on_param_grad(param, detail::AccumulatedAt::after_accumulator);
+}
+
+void Monitor::expect_optimizer_steps() { state_->recorder.lock()->expects_optimizer_steps = true; }
+
 void Monitor::flush() {
   if (!state_->forked_copy()) state_->recorder.lock()->close_whole_step();
 }

@@ -39,6 +39,17 @@ std::string module_of(const std::string& param_name) {
 
 std::vector<std::int64_t> shape_of(const at::Tensor& t) { return {t.sizes().begin(), t.sizes().end()}; }
 
+// Which ranks' parts of parameter `name` count toward it; empty when it is not sharded.
+std::vector<bool> counted_parts(const Sharding& sharding, const std::string& name) {
+  const auto it = sharding.counted.find(name);
+  if (it == sharding.counted.end()) return {};
+  if (static_cast<int>(it->second.size()) != sharding.world_size ||
+      std::find(it->second.begin(), it->second.end(), true) == it->second.end())
+    throw UsageError(fmt::format("sharded parameter '{}' names {} ranks' parts, none counted or not one per rank of {}: "
+                                 "give each rank's whether it counts", name, it->second.size(), sharding.world_size));
+  return it->second;
+}
+
 }  // namespace
 
 StepRecorder::StepRecorder(MonitorOptions options, std::function<void()> schedule_backward_end)
@@ -79,6 +90,8 @@ void StepRecorder::set_params(const std::vector<std::pair<std::string, at::Tenso
     p.tensor = t;
     p.name = name;
     p.series = trace_.intern(name, SeriesKind::parameter, mod, shape_of(t));
+    if (sharding_) p.counted = counted_parts(*sharding_, name);
+    if (p.sharded()) trace_.set_shards(p.series, static_cast<int>(std::count(p.counted.begin(), p.counted.end(), true)));
     lookup_.index.emplace(t.unsafeGetTensorImpl(), static_cast<int>(params_.size()));
     lookup_.module.push_back(mit->second);
     params_.push_back(std::move(p));
@@ -157,7 +170,9 @@ void StepRecorder::hook_param(int i) {
   HookedParam& p = params_[i];
   // A lazy module's parameter has no elements until its first forward: an accumulator made now
   // would expect gradients of no elements, and backward would fail. It is hooked once it has some.
-  if (p.tensor.numel() == 0) return;
+  // A sharded parameter's gradient is assigned outside autograd (FSDP2): its hook is the
+  // program's post-accumulate one (Monitor::sharded_gradient).
+  if (p.tensor.numel() == 0 || p.sharded()) return;
   // Held here so that the accumulator, and our hook on it, outlive each step's graph.
   p.accumulator = torch::autograd::impl::grad_accumulator(p.tensor);
   p.hook = add_first_post_hook(*p.accumulator,
@@ -292,11 +307,16 @@ void StepRecorder::on_param_grad(int param, AccumulatedAt at) {
   schedule_backward_end();
   if (opts_.update_norms && p.seen == 1) {
     torch::NoGradGuard no_grad;
-    before_[param] = p.tensor.detach().clone();
+    before_[param] = local(p, p.tensor.detach()).clone();
   }
   // .grad() now holds what every backward of the step added since the last zeroing, after the
   // program's own hooks: the gradient the optimizer will apply. A later backward replaces it.
   if (p.seen > 1) collect_worker();
+  if (p.sharded()) {
+    record_part(param, ResultField::grad, local(p, grad));
+    if (opts_.weight_norms && p.seen == 1) record_part(param, ResultField::weight, local(p, p.tensor.detach()));
+    return;
+  }
   record(p.series, grad, opts_.weight_norms && p.seen == 1 ? p.tensor : at::Tensor(), false, -1,
          at == AccumulatedAt::before_program_hooks);
 }
@@ -485,6 +505,13 @@ void StepRecorder::leave_segment(int segment, std::int64_t step) {
 }
 
 StepRecord StepRecorder::closed_view(StepRecord step) const {
+  // A sharded parameter's record holds nothing until every rank's part is in: no figure at all
+  // rather than one rank's part taken for the whole.
+  std::unordered_set<int> waiting;
+  for (const auto& [key, part] : parts_) waiting.insert(params_[key.first].series);
+  step.records.erase(std::remove_if(step.records.begin(), step.records.end(),
+                                    [&](const Record& r) { return waiting.count(r.series) > 0; }),
+                     step.records.end());
   for (auto& r : step.records) {
     // A call whose gradient never arrived (its backward ran before watch(), or was not the
     // step's) is no entry: the profile lists the calls whose gradient the step recorded.
@@ -598,11 +625,14 @@ void StepRecorder::end_optimizer_step(std::optional<double> returned_loss) {
 void StepRecorder::record_applied() {
   collect_worker();
   torch::NoGradGuard no_grad;
-  for (const auto& p : params_) {
+  for (int i = 0; i < static_cast<int>(params_.size()); ++i) {
+    const HookedParam& p = params_[i];
     const int index = find_record(p.series);
     const at::Tensor& g = p.tensor.grad();
     if (index < 0 || !g.defined()) continue;
-    if (fused_applicable(g)) {
+    if (p.sharded()) {
+      record_part(i, ResultField::applied, local(p, g));
+    } else if (fused_applicable(g)) {
       cur_.records[index].applied = fused_stats(g);
     } else {
       cur_.records[index].applied = TensorStats{};
@@ -686,9 +716,11 @@ void StepRecorder::record_updates() {
   torch::NoGradGuard no_grad;
   for (std::size_t i = 0; i < params_.size(); ++i) {
     if (!before_[i].defined()) continue;
-    const at::Tensor delta = params_[i].tensor.detach() - before_[i];
+    const at::Tensor delta = local(params_[i], params_[i].tensor.detach()) - before_[i];
     const int index = record_index(params_[i].series);
-    if (fused_applicable(delta))
+    if (params_[i].sharded())
+      record_part(static_cast<int>(i), ResultField::update, delta);
+    else if (fused_applicable(delta))
       cur_.records[index].update_norm = std::sqrt(fused_sum_of_squares(delta));
     else
       deferred_.add(index, ResultField::update, delta.numel(), aten_sum_of_squares(delta));
@@ -696,8 +728,9 @@ void StepRecorder::record_updates() {
   }
 }
 
-void StepRecorder::end_step() {
+void StepRecorder::end_step(bool collective) {
   record_updates();
+  if (collective) exchange_parts();
   gather();
   if (has_content()) {
     trace_.add_step(closed_view(cur_));
@@ -718,6 +751,7 @@ void StepRecorder::abandon_step() {
 
 void StepRecorder::reset_step() {
   for (const auto& r : cur_.records) record_of_[r.series] = -1;
+  parts_.clear();  // a step closed on one rank only (flush) keeps none of them
   // The next step records about as many tensors: keep the storage.
   std::vector<Record> storage = std::move(cur_.records);
   storage.clear();
@@ -750,7 +784,7 @@ double StepRecorder::parameter_checksum() const {
     if (p.tensor.is_meta()) continue;  // no values yet (deferred initialisation)
     // Summed in double without a double copy of the parameter: the attach-time snapshot of a
     // large model must not need memory the training does not.
-    const at::Tensor v = p.tensor.detach();
+    const at::Tensor v = local(p, p.tensor.detach());
     sums.push_back(v.sum(at::kDouble) + v.square().sum(at::kDouble));
   }
   return sums.empty() ? 0.0 : torch::stack(sums).sum().item<double>();
@@ -829,6 +863,8 @@ void StepRecorder::on_backward_end() {
   end_scheduled_ = false;
   outer_backward_ = nullptr;
   collect_worker();
+  // Without the program's optimizer steps, the step's parts are whole once backward is over.
+  if (!expects_optimizer_steps) exchange_parts();
   backward_done_ = backward_seen_;
   if (follow_world_ > 0 && backward_seen_) {
     // DistributedDataParallel copies the averaged gradient into .grad in its own end-of-backward
@@ -855,7 +891,7 @@ void StepRecorder::stream_open_step() {
 }
 
 void StepRecorder::close_whole_step() {
-  if (opts_.auto_step && backward_seen_ && backward_done_ && !awaits_optimizer_step()) end_step();
+  if (opts_.auto_step && backward_seen_ && backward_done_ && !awaits_optimizer_step()) end_step(false);
 }
 
 bool StepRecorder::awaits_optimizer_step() const { return optimizer_steps_ > 0 && cur_.optimizer_step < 0; }
@@ -874,6 +910,78 @@ bool StepRecorder::next_forward_recorded() const {
   // step: answer for that one, so that models can skip their taps cheaply and correctly.
   if (opts_.auto_step && backward_seen_) return ((step_ + 1) % opts_.every) == 0;
   return recording_;
+}
+
+int StepRecorder::sharded_param(const std::string& name) const {
+  for (int i = 0; i < static_cast<int>(params_.size()); ++i)
+    if (params_[i].sharded() && params_[i].name == name) return i;
+  return -1;
+}
+
+at::Tensor StepRecorder::local(const HookedParam& p, const at::Tensor& t) const {
+  return p.sharded() ? sharding_->local_part(t) : t;
+}
+
+void StepRecorder::record_part(int param, ResultField field, const at::Tensor& part) {
+  torch::NoGradGuard no_grad;
+  record_index(params_[param].series);
+  parts_[{param, static_cast<int>(field)}] = Part{part.numel(), aten_stats(part)};
+}
+
+void StepRecorder::exchange_parts() {
+  if (!sharding_ || parts_.empty()) return;
+  // Each part: [parameter, field, numel, its aten_stats]; every rank lists the same keys.
+  constexpr int kHeader = 3;
+  std::vector<at::Tensor> row;
+  for (const auto& [key, part] : parts_) {
+    const at::Tensor header = at::tensor({static_cast<double>(key.first), static_cast<double>(key.second),
+                                          static_cast<double>(part.numel)}, at::kDouble);
+    row.push_back(header.to(part.stats.device()));
+    row.push_back(part.stats.reshape({-1}));
+  }
+  const at::Tensor rows = sharding_->gather_rows(at::cat(row));
+  combine_parts(rows.to(at::kCPU).contiguous());
+  static_assert(kHeader + kAtenStatsSize == 8, "a part's entry is 8 figures");
+}
+
+void StepRecorder::combine_parts(const at::Tensor& rows) {
+  constexpr std::int64_t kEntry = 3 + kAtenStatsSize;
+  const std::int64_t world = sharding_->world_size;
+  const std::int64_t n = static_cast<std::int64_t>(parts_.size()) * kEntry;
+  if (rows.dim() != 2 || rows.size(0) != world || rows.size(1) != n)
+    throw Error(fmt::format("the ranks' rows of sharded figures came back as {} values, expected {} ranks x {}: every "
+                            "rank must record the same sharded parameters at the same steps (one Monitor per rank, "
+                            "the same options)", rows.numel(), world, n));
+  const double* v = rows.data_ptr<double>();
+  std::int64_t at = 0;
+  for (const auto& [key, part] : parts_) {
+    const HookedParam& p = params_[key.first];
+    std::vector<TensorStats> each(static_cast<std::size_t>(world));
+    TensorStats whole;
+    for (std::int64_t r = 0; r < world; ++r) {
+      const double* e = v + r * n + at;
+      if (e[0] != key.first || e[1] != key.second)
+        throw Error(fmt::format("rank {} recorded another sharded figure than rank {} at step {} ('{}'): every rank "
+                                "must record the same sharded parameters at the same steps", r, sharding_->rank, step_, p.name));
+      each[r] = stats_from_aten(e + 3, static_cast<std::int64_t>(e[2]));
+      if (p.counted[static_cast<std::size_t>(r)]) whole.merge(each[r]);
+    }
+    at += kEntry;
+    Record& rec = cur_.records[record_index(p.series)];
+    switch (static_cast<ResultField>(key.second)) {
+      case ResultField::grad:
+        rec.grad = scaled(whole, unscale_factor());
+        rec.ranks.clear();
+        for (const auto& s : each) rec.ranks.push_back(scaled(s, unscale_factor()));
+        break;
+      case ResultField::applied: rec.applied = whole; break;
+      case ResultField::weight: rec.weight_norm = std::sqrt(whole.sum_sq); break;
+      case ResultField::update: rec.update_norm = std::sqrt(whole.sum_sq); break;
+      default: break;
+    }
+  }
+  parts_.clear();
+  changed_ = true;
 }
 
 }  // namespace gradflow::detail

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <memory>
 #include <string>
@@ -17,6 +18,7 @@
 #include "compat/node.h"
 #include "monitor/deferred_results.h"
 #include "gradflow/monitor.h"
+#include "gradflow/sharding.h"
 #include "gradflow/trace_stream.h"
 #include "monitor/graph_walk.h"
 #include "monitor/segment_links.h"
@@ -34,6 +36,10 @@ struct HookedParam {
   std::uintptr_t first_hook = 0;  // ours ahead of the program's post-accumulate hooks (LibTorch 2)
   bool recorded_first = false;    // that one recorded the accumulation in progress
   int seen = 0;  // hook firings in the current step
+  // A parameter held in parts across ranks: whether each rank's part counts (Sharding::counted);
+  // empty for a whole parameter.
+  std::vector<bool> counted;
+  bool sharded() const { return !counted.empty(); }
 };
 
 // When a parameter's hook reports its accumulated gradient.
@@ -139,8 +145,18 @@ class StepRecorder {
   // Keeps `node` alive until the open step closes; returns it.
   NodeRef keep_for_step(NodeRef node);
 
-  // Closes the open step: what it recorded enters the trace.
-  void end_step();
+  // Closes the open step: what it recorded enters the trace. `collective`: every rank closes
+  // it here (the program's own step, forward or optimizer step), so the sharded parameters'
+  // parts can be combined; flush() closes it on one rank only.
+  void end_step(bool collective = true);
+
+  // Parameters held in parts across ranks: set before set_params().
+  void set_sharding(Sharding sharding) { sharding_ = std::move(sharding); }
+  // The index of the sharded parameter `name`, -1 when there is none.
+  int sharded_param(const std::string& name) const;
+  // The program tells of its optimizer steps: the parts are combined after each, not at the
+  // end of backward.
+  bool expects_optimizer_steps = false;
   // Drops the open step unrecorded.
   void abandon_step();
   // Data-parallel: this rank's figures of the open step as a block of `bucket`'s type, to ride in
@@ -255,8 +271,25 @@ class StepRecorder {
   // No step recorded, and the parameters differ from what they were at attach.
   bool updated_elsewhere() const;
   void reset_step();
+  // A sharded parameter's tensor as this rank holds it; any other tensor as it is.
+  at::Tensor local(const HookedParam& p, const at::Tensor& t) const;
+  // The sums of this rank's part of sharded parameter `param`'s `field` (grad, applied, weight,
+  // update), to combine with the other ranks' at the next exchange; a later one replaces it.
+  void record_part(int param, ResultField field, const at::Tensor& part);
+  // One collective: every rank's parts come to every rank and become the records' figures.
+  void exchange_parts();
+  // The figures combined from every rank's row of `rows` into the open step's records.
+  void combine_parts(const at::Tensor& rows);
 
   MonitorOptions opts_;
+  std::optional<Sharding> sharding_;
+  // The parts recorded since the last exchange, by (parameter, field): the same keys, in the
+  // same order, on every rank.
+  struct Part {
+    std::int64_t numel;
+    at::Tensor stats;  // aten_stats of this rank's part
+  };
+  std::map<std::pair<int, int>, Part> parts_;
   std::function<void()> schedule_backward_end_;
   bool end_scheduled_ = false;
   std::unique_ptr<TraceStream> stream_;

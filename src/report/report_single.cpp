@@ -179,10 +179,23 @@ std::string walked_outputs_note(const Trace& t) {
                      walked, outputs.size());
 }
 
+// Parameters held in parts across ranks: what their figures are, and whose the layer outputs are.
+std::string sharded_note(const Trace& t) {
+  const auto params = t.series_of_kind(SeriesKind::parameter);
+  const auto sharded = std::count_if(params.begin(), params.end(), [&](int s) { return t.series()[s].shards > 0; });
+  if (sharded == 0) return "";
+  return fmt::format("{} of the {} parameters are held in parts across ranks (DTensor: FSDP2, tensor parallelism): "
+                     "their figures are of the whole gradient, combined from every rank's part (a part replicated on "
+                     "several ranks counted once), and each rank's part is in the trace as its local figures. The "
+                     "layer outputs are rank 0's own, as its forward hooks saw them: its share of the batch or of "
+                     "the features.",
+                     sharded, params.size());
+}
+
 // The notes on the layer outputs: how they were found, and which modules have none.
 std::vector<std::string> outputs_notes(const Trace& t) {
   std::vector<std::string> notes;
-  for (std::string note : {walked_outputs_note(t), unrecorded_outputs_note(t)})
+  for (std::string note : {sharded_note(t), walked_outputs_note(t), unrecorded_outputs_note(t)})
     if (!note.empty()) notes.push_back(std::move(note));
   return notes;
 }

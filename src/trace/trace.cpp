@@ -53,6 +53,8 @@ void Trace::set_shape(int series, std::vector<std::int64_t> shape) {
   series_.at(static_cast<std::size_t>(series)).shape = std::move(shape);
 }
 
+void Trace::set_shards(int series, int shards) { series_.at(static_cast<std::size_t>(series)).shards = shards; }
+
 void Trace::mark_found_by_walk(int series) { series_.at(static_cast<std::size_t>(series)).found_by_walk = true; }
 
 void Trace::set_activation(int series, Activation activation) {

@@ -144,9 +144,8 @@ const Json* find_profile(const Json& obj, ProfileAxis* axis) {
 }
 
 int world_size_from(std::int64_t n, const std::string& where) {
-  constexpr std::int64_t kMaxWorldSize = 1 << 16;
-  if (n < 1 || n > kMaxWorldSize)
-    throw Error(fmt::format("{}: 'world_size' is {}, not a number of processes (1 .. {})", where, n, kMaxWorldSize));
+  if (n < 1 || n > kMaxRanks)
+    throw Error(fmt::format("{}: 'world_size' is {}, not a number of processes (1 .. {})", where, n, kMaxRanks));
   return static_cast<int>(n);
 }
 
@@ -155,6 +154,7 @@ Json series_json(const SeriesInfo& s) {
   if (!s.inputs.empty()) j["inputs"] = s.inputs;
   if (s.found_by_walk) j["found_by"] = kFoundByWalk;
   if (s.activation != Activation::none) j["activation"] = to_string(s.activation);
+  if (s.shards > 0) j["shards"] = s.shards;
   return j;
 }
 
@@ -268,6 +268,11 @@ void add_series_from(Trace& t, const Json& s, const std::string& where) {
   // Inputs name earlier series (a module's inputs ran before it): each exists by now.
   if (auto it = s.find("inputs"); it != s.end()) add_inputs_from(t, id, *it, where);
   if (auto it = s.find("found_by"); it != s.end() && *it == kFoundByWalk) t.mark_found_by_walk(id);
+  if (auto it = s.find("shards"); it != s.end()) {
+    if (!it->is_number_integer() || *it < 1 || *it > kMaxRanks)
+      throw Error(fmt::format("{}: series '{}' has 'shards' {}, not a number of ranks (1 .. {})", where, name, it->dump(), kMaxRanks));
+    t.set_shards(id, it->get<int>());
+  }
   if (auto it = s.find("activation"); it != s.end()) {
     if (!it->is_string()) throw Error(where + ": series '" + name + "' has an activation that is not a name");
     t.set_activation(id, activation_from_string(it->get<std::string>()));

@@ -21,6 +21,8 @@ const Json* find_profile(const Json& obj, ProfileAxis* axis);
 
 // A recorded world size, checked: the rank figures and rules hold one entry per rank, so a number
 // no process group has (a corrupt file) is refused rather than allocated.
+// The most ranks a trace names (world_size, a sharded parameter's parts).
+constexpr std::int64_t kMaxRanks = 1 << 16;
 int world_size_from(std::int64_t n, const std::string& where);
 // Throws Json::exception or gradflow::Error when `js` is not a step of a trace with `n_series` series.
 StepRecord step_from(const Json& js, int n_series, const std::string& where);
