@@ -92,7 +92,8 @@ std::function<at::Tensor(const at::Tensor&)> tensor_function(const py::object& f
   });
   return [fn](const at::Tensor& t) {
     py::gil_scoped_acquire gil;
-    return (*fn)(t).cast<at::Tensor>();
+    const py::object out = (*fn)(t);
+    return out.is_none() ? at::Tensor() : out.cast<at::Tensor>();
   };
 }
 
@@ -103,6 +104,7 @@ Sharding sharding_from(const py::object& d) {
   s.world_size = d["world_size"].cast<int>();
   s.counted = d["counted"].cast<std::unordered_map<std::string, std::vector<bool>>>();
   s.local_part = tensor_function(d["local_part"]);
+  s.output_part = tensor_function(d["output_part"]);
   s.gather_rows = tensor_function(d["gather_rows"]);
   return s;
 }

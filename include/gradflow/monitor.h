@@ -361,6 +361,9 @@ class Monitor {
   /// torch.multiprocessing's fork start method): the Monitor belongs to the process that created
   /// it, so here its hooks record nothing, its stream writes nothing, and it says so once on stderr.
   bool forked_copy() const;
+  /// How many Monitors this thread created before this one: the same on every rank of a program
+  /// that creates its Monitors in the same order, so that each names its own findings to the others.
+  std::int64_t creation_index() const;
 
   /// Implementation state, shared with the hooks it installs (opaque to users).
   struct State;

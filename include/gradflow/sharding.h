@@ -25,6 +25,9 @@ struct Sharding {
   /// The part of a sharded tensor (the parameter, its gradient) this process holds, as a plain
   /// tensor.
   std::function<at::Tensor(const at::Tensor&)> local_part;
+  /// The same for a sharded layer output's gradient, without a collective: undefined where this
+  /// rank holds no part of it but a summand (a partial sum).
+  std::function<at::Tensor(const at::Tensor&)> output_part;
   /// One collective over the ranks: from this rank's 1-D double row (as long on every rank),
   /// every rank's row, as a world_size × length tensor.
   std::function<at::Tensor(const at::Tensor&)> gather_rows;

@@ -120,16 +120,11 @@ def follow_ddp(monitor, ddp):
             "monitor.average_gradients()") from None
 
 
-@functools.lru_cache(maxsize=None)
 def _dtensor_type():
-    """torch.distributed's DTensor class, or None where this torch has none."""
-    if not torch.distributed.is_available():
-        return None
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:
-        return None
-    return DTensor
+    """torch.distributed's DTensor class, or None while no program of this process has loaded it
+    (no tensor can be one then; importing it here would change the program's warning filters)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
 
 
 def sharding(model):
@@ -146,7 +141,7 @@ def sharding(model):
     counted = {name: _counted_parts(name, p, world) for name, p in parts.items()}
     group = dist.group.WORLD
     return {"rank": dist.get_rank(), "world_size": world, "counted": counted, "local_part": _local_part,
-            "gather_rows": functools.partial(_gather_rows, group, world)}
+            "output_part": _output_part, "gather_rows": functools.partial(_gather_rows, group, world)}
 
 
 def _counted_parts(name, p, world):
@@ -164,11 +159,6 @@ def _counted_parts(name, p, world):
     return counted
 
 
-def _is_dtensor(t):
-    dtensor = _dtensor_type() if type(t) is not torch.Tensor else None
-    return dtensor is not None and isinstance(t, dtensor)
-
-
 def _local_part(t):
     """This rank's part of a DTensor, as a plain tensor. A gradient still partial (each rank holds
     a summand, not a part) is summed over the ranks first."""
@@ -176,6 +166,18 @@ def _local_part(t):
         if any(placement.is_partial() for placement in t.placements):
             from torch.distributed.tensor import Replicate
             t = t.redistribute(t.device_mesh, [Replicate() if pl.is_partial() else pl for pl in t.placements])
+        return t.to_local()
+
+
+def _output_part(t):
+    """This rank's part of a layer output's gradient (its share of the features or the batch);
+    None where it holds a summand of it, which only a collective would make whole."""
+    dtensor = _dtensor_type()
+    if dtensor is None or not isinstance(t, dtensor):
+        return t
+    if any(placement.is_partial() for placement in t.placements):
+        return None
+    with torch.no_grad():
         return t.to_local()
 
 
@@ -485,9 +487,7 @@ def _packed(output):
 
 def _name_output(m, output, name, time_dim):
     t = _first_tensor(output)
-    # A DTensor output's gradient may arrive as partial sums, which only a collective would make
-    # whole: not recorded (tensor parallelism's default, use_local_output=True, returns plain tensors).
-    if t is not None and t.grad_fn is not None and not _is_dtensor(t):
+    if t is not None and t.grad_fn is not None:
         m._layer_output(t, name, time_dim(t) if time_dim is not None and not _packed(output) else -1)
 
 

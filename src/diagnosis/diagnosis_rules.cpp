@@ -314,6 +314,35 @@ int skipped_steps(const Trace& t) {
 namespace {
 // For a parameter held in parts across ranks: " (in the parts of ranks 1 and 3, of 4)", the
 // ranks whose part of it held the first non-finite value; empty otherwise.
+// The step the mark names, or null.
+const StepRecord* step_of(const Trace& t, const NonFiniteMark& mark) {
+  for (const auto& st : t.steps())
+    if (st.step == mark.step) return &st;
+  return nullptr;
+}
+
+// The records of `step` whose gradient has a non-finite element, by name, in recorded order.
+std::vector<std::string> nonfinite_names(const Trace& t, const StepRecord& step) {
+  std::vector<std::string> names;
+  for (const auto& r : step.records)
+    if (r.grad.nonfinite > 0) names.push_back(t.series().at(static_cast<std::size_t>(r.series)).name);
+  return names;
+}
+
+// "first non-finite gradient in X at step S", or where several tensors turned non-finite in the
+// same step (the order within a step is the order their gradients were recorded in, not the one
+// backward computed them in) "first non-finite gradients at step S, in 3 of 40 recorded tensors (X, Y, Z)".
+std::string first_nonfinite_text(const Trace& t, const NonFiniteMark& mark) {
+  const StepRecord* step = step_of(t, mark);
+  const auto names = step ? nonfinite_names(t, *step) : std::vector<std::string>{};
+  if (names.size() <= 1) return fmt::format("first non-finite gradient in {} at step {}", mark.series, mark.step);
+  const std::size_t shown = std::min<std::size_t>(names.size(), 3);
+  return fmt::format("first non-finite gradients at step {}, in {} of {} recorded tensors ({}{})", mark.step,
+                     names.size(), step->records.size(),
+                     fmt::join(names.begin(), names.begin() + static_cast<std::ptrdiff_t>(shown), ", "),
+                     names.size() > shown ? ", ..." : "");
+}
+
 std::string ranks_holding(const Trace& t, const NonFiniteMark& mark) {
   const int series = t.find(mark.series);
   if (series < 0 || t.series()[static_cast<std::size_t>(series)].shards == 0) return "";
@@ -333,6 +362,23 @@ std::string ranks_holding(const Trace& t, const NonFiniteMark& mark) {
 }
 }  // namespace
 
+namespace {
+constexpr const char* kUninitialisedRemedy =
+    "the initialisation and the input, not the step size: the first recorded step produced it, before any update the "
+    "Monitor saw (weights never initialised, as after to_empty() without reset_parameters(); a non-finite input; an "
+    "operation whose derivative is infinite where it is evaluated, such as sqrt at 0)";
+
+// Whether the first non-finite gradient or loss came at step 0, before any optimizer step, and
+// no loss scaler was probing its scale (whose skipped steps are non-finite by design).
+bool before_any_update(const DiagnosisInput& in, const std::optional<NonFiniteMark>& grad,
+                       std::vector<double>::const_iterator bad_loss) {
+  if (in.trace.steps().empty() || in.trace.steps().front().step != 0 || skipped_steps(in.trace) > 0) return false;
+  const bool grad_at_0 = grad && grad->step == 0;
+  const bool loss_at_0 = bad_loss != in.loss.end() && loss_step(in, static_cast<std::size_t>(bad_loss - in.loss.begin())) == 0;
+  return grad_at_0 || loss_at_0;
+}
+}  // namespace
+
 std::optional<Finding> non_finite_rule(const DiagnosisInput& in, const DiagnosisOptions&) {
   const auto bad = std::find_if(in.loss.begin(), in.loss.end(), [](double v) { return !std::isfinite(v); });
   const auto& grad = in.trace.first_nonfinite();
@@ -342,7 +388,7 @@ std::optional<Finding> non_finite_rule(const DiagnosisInput& in, const Diagnosis
   f.severity = Severity::error;
   if (grad) {
     f.where = fmt::format("{} at step {}", grad->series, grad->step);
-    f.message = "first non-finite gradient in " + f.where + ranks_holding(in.trace, *grad);
+    f.message = first_nonfinite_text(in.trace, *grad) + ranks_holding(in.trace, *grad);
     f.evidence.emplace_back("step", static_cast<double>(grad->step));
     if (const int skipped = skipped_steps(in.trace); skipped > 0) {
       f.message += fmt::format("; the loss scaler skipped {} of {} recorded steps: the gradient stays non-finite at every "
@@ -357,7 +403,9 @@ std::optional<Finding> non_finite_rule(const DiagnosisInput& in, const Diagnosis
     f.message += std::string(f.message.empty() ? "" : "; ") + fmt::format("loss became non-finite at step {}", step);
     f.evidence.emplace_back("loss_step", static_cast<double>(step));
   }
-  f.remedy = in.traits.clipped() ? "a smaller learning rate" : "gradient clipping and a smaller learning rate";
+  f.remedy = before_any_update(in, grad, bad) ? kUninitialisedRemedy
+             : in.traits.clipped()            ? "a smaller learning rate"
+                                              : "gradient clipping and a smaller learning rate";
   return f;
 }
 

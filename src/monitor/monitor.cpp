@@ -66,6 +66,13 @@ struct Monitor::State : std::enable_shared_from_this<Monitor::State> {
   bool listening = false;
   const std::uint64_t generation = detail::fork_generation();
   const std::int64_t owner = detail::process_id();
+  // Monitors this thread created before this one (a rank is a process, or in tests a thread).
+  const std::int64_t creation_index = next_creation_index();
+
+  static std::int64_t next_creation_index() {
+    thread_local std::int64_t next = 0;
+    return next++;
+  }
   std::atomic<bool> warned{false};
 };
 
@@ -416,8 +423,9 @@ at::Tensor Monitor::figures_block(const at::Tensor& bucket) { return state_->rec
 void Monitor::receive_figures_block(const at::Tensor& summed) { state_->recorder.lock()->receive_figures_block(summed); }
 
 void Monitor::shard(Sharding sharding) {
-  if (!sharding.local_part || !sharding.gather_rows)
-    throw UsageError("a Sharding needs local_part and gather_rows: how to read a part, and how to bring every rank's row");
+  if (!sharding.local_part || !sharding.output_part || !sharding.gather_rows)
+    throw UsageError("a Sharding needs local_part, output_part and gather_rows: how to read a part, and how to bring "
+                     "every rank's row");
   auto rec = state_->recorder.lock();
   if (rec->attached) throw UsageError("shard() comes before attach(): the sharded parameters are hooked otherwise");
   rec->set_sharding(std::move(sharding));
@@ -438,6 +446,8 @@ void Monitor::flush() {
 }
 
 bool Monitor::forked_copy() const { return state_->forked_copy(); }
+
+std::int64_t Monitor::creation_index() const { return state_->creation_index; }
 
 int Monitor::rank() const { return state_->rank(); }
 const ModelTraits& Monitor::model_traits() const { return state_->shown; }

@@ -69,9 +69,10 @@ std::vector<Finding> shared_findings(Monitor& monitor, const SaveOptions& o, con
 }
 
 // The same on every rank that runs the same loop, whatever folder each names; a later report of
-// the run, or another model's, gets another.
+// the run, or another Monitor's (of the same steps and label), gets another.
 std::string findings_key(const Monitor& monitor, const SaveOptions& o) {
-  return "gradflow/findings/" + o.label + "/" + std::to_string(monitor.completed_steps());
+  return "gradflow/findings/" + std::to_string(monitor.creation_index()) + "/" + o.label + "/" +
+         std::to_string(monitor.completed_steps());
 }
 
 void write_run(const RunRecord& r, const std::string& dir) {

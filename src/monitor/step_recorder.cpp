@@ -321,8 +321,11 @@ void StepRecorder::on_param_grad(int param, AccumulatedAt at) {
          at == AccumulatedAt::before_program_hooks);
 }
 
-void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& grad, ProfileSlot slot) {
-  if (!attached || hooked_at != step_ || !recording_ || !grad.defined()) return;
+void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& given, ProfileSlot slot) {
+  if (!attached || hooked_at != step_ || !recording_ || !given.defined()) return;
+  // A tensor subclass (a DTensor layer output's gradient) is read through this rank's part of it.
+  const at::Tensor grad = sharding_ && given.key_set().has(c10::DispatchKey::Python) ? sharding_->output_part(given) : given;
+  if (!grad.defined()) return;
   if (segments_.wants_outputs()) read_segment_outputs();
   stamp_loss_scale();
   cur_active_ = true;
@@ -863,18 +866,19 @@ void StepRecorder::on_backward_end() {
   end_scheduled_ = false;
   outer_backward_ = nullptr;
   collect_worker();
+  backward_done_ = backward_seen_;
+  // DistributedDataParallel copies the averaged gradient into .grad, and FSDP2 reduces its last
+  // groups' gradients, in end-of-backward callbacks of their own that may be queued after ours:
+  // run once more after them (the engine runs callbacks queued by callbacks).
+  if ((follow_world_ > 0 || sharding_) && backward_seen_ && !engine_done_) {
+    engine_done_ = true;
+    schedule_backward_end();
+    return;
+  }
+  engine_done_ = false;
   // Without the program's optimizer steps, the step's parts are whole once backward is over.
   if (!expects_optimizer_steps) exchange_parts();
-  backward_done_ = backward_seen_;
   if (follow_world_ > 0 && backward_seen_) {
-    // DistributedDataParallel copies the averaged gradient into .grad in its own end-of-backward
-    // callback, queued after ours: run once more after it (the engine runs callbacks queued by callbacks).
-    if (!engine_done_) {
-      engine_done_ = true;
-      schedule_backward_end();
-      return;
-    }
-    engine_done_ = false;
     on_gradients_averaged();
     return;
   }

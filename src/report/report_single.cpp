@@ -187,8 +187,8 @@ std::string sharded_note(const Trace& t) {
   return fmt::format("{} of the {} parameters are held in parts across ranks (DTensor: FSDP2, tensor parallelism): "
                      "their figures are of the whole gradient, combined from every rank's part (a part replicated on "
                      "several ranks counted once), and each rank's part is in the trace as its local figures. The "
-                     "layer outputs are rank 0's own, as its forward hooks saw them: its share of the batch or of "
-                     "the features.",
+                     "loss is rank 0's own, and the layer outputs are what rank 0's forward hooks saw: its share of "
+                     "the batch or of the features.",
                      sharded, params.size());
 }
 

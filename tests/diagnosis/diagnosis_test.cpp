@@ -196,6 +196,55 @@ TEST(Diagnosis, NonFiniteGradientOrLoss) {
   EXPECT_NE(get(g, FindingKind::non_finite)->where.find("fc1.weight at step 1"), std::string::npos);
 }
 
+// A parameter held in parts across ranks: the finding names the ranks whose part held the first
+// non-finite value; a whole parameter's names none.
+TEST(Diagnosis, NonFiniteGradientOfAShardedParameterNamesTheRanksHoldingIt) {
+  for (const bool sharded : {true, false}) {
+    TraceBuilder b(0, 2);
+    if (sharded) b.t.set_shards(b.w[1], 4);
+    b.step(0, {}, {1, 1});
+    StepRecord st;
+    st.step = 1;
+    Record r = TraceBuilder::rec(b.w[1], 1.0, 2);
+    for (std::int64_t nonfinite : {0, 1, 0, 1}) {
+      TensorStats part;
+      part.numel = 8;
+      part.nonfinite = nonfinite;
+      r.ranks.push_back(part);
+    }
+    st.records.push_back(r);
+    b.t.add_step(st);
+    const auto f = diagnose(b.t, {}, {}, ModelTraits{});
+    ASSERT_TRUE(has(f, FindingKind::non_finite));
+    const std::string& message = get(f, FindingKind::non_finite)->message;
+    const std::string named = "in fc1.weight at step 1 (in the parts held by ranks 1, 3, of 4 ranks)";
+    EXPECT_EQ(message.find(named) != std::string::npos, sharded) << message;
+    EXPECT_EQ(message.find("rank") != std::string::npos, sharded) << message;
+  }
+}
+
+// Several tensors non-finite in the first such step: all are counted and named, none called the
+// first (the records' order is not backward's). At step 0, before any update, the remedy is the
+// initialisation, not the step size; later, the step size.
+TEST(Diagnosis, NonFiniteAtTheFirstStepNamesEveryTensorAndPointsAtTheInitialisation) {
+  for (const std::int64_t first : {0, 1}) {
+    TraceBuilder b(0, 4);
+    if (first == 1) b.step(0, {}, {1, 1, 1, 1});
+    StepRecord st;
+    st.step = first;
+    for (std::size_t i = 0; i < b.w.size(); ++i) st.records.push_back(TraceBuilder::rec(b.w[i], 1.0, i == 0 ? 0 : 5));
+    b.t.add_step(st);
+    const auto f = diagnose(b.t, {}, {}, ModelTraits{});
+    ASSERT_TRUE(has(f, FindingKind::non_finite));
+    const Finding* nf = get(f, FindingKind::non_finite);
+    EXPECT_NE(nf->message.find(fmt::format("first non-finite gradients at step {}, in 3 of 4 recorded tensors "
+                                           "(fc1.weight, fc2.weight, fc3.weight)", first)),
+              std::string::npos)
+        << nf->message;
+    EXPECT_EQ(nf->remedy.find("initialisation") != std::string::npos, first == 0) << nf->remedy;
+  }
+}
+
 // Gradients exactly 0 (a zero count equal to the element count), not merely small.
 TEST(Diagnosis, EveryGradientExactlyZeroForSeveralStepsIsNoGradient) {
   const auto zero_step = [](TraceBuilder& b, std::int64_t s, bool one_alive) {

@@ -109,7 +109,7 @@ class CollectiveCounter:
             setattr(module, name, original)
 
 
-def train(scheme, rank, mesh, monitored, counter, nan=False):
+def train(scheme, rank, mesh, monitored, counter, nan=False, attach_optimizer=True):
     """One run; returns (model, monitor, collectives per step, produced and applied gradients of
     each step as whole tensors, read the way the program reads them)."""
     model = parallelize(make_model(), scheme, mesh)
@@ -121,7 +121,8 @@ def train(scheme, rank, mesh, monitored, counter, nan=False):
             if rank == 1 and step[0] == NAN_STEP:
                 p.grad.to_local().view(-1)[0] = math.nan
         first.register_post_accumulate_grad_hook(poison)
-    monitor = gradflow.Monitor(model, optimizer=opt, every=1 if nan else EVERY, update_norms=True) if monitored else None
+    monitor = gradflow.Monitor(model, optimizer=opt if attach_optimizer else None, every=1 if nan else EVERY,
+                               update_norms=attach_optimizer) if monitored else None
     calls, produced, applied = [], [], []
     step = [0]
     for i, (x, y) in enumerate(batches()):
@@ -155,22 +156,58 @@ def clip(model):
         g.mul_(coef)
 
 
+LAYERS = ("0", "2", "4")
+
+
 def reference():
-    """The one-process run: the same model, the whole batch, the same clipping and optimizer."""
+    """The one-process run: the same model, the whole batch, the same clipping and optimizer; and
+    the gradient that reaches each Linear's output."""
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    produced, applied, weights, updates = [], [], [], []
+    produced, applied, weights, updates, outputs = [], [], [], [], []
+    kept = {}
+    def keep(name):
+        def hook(module, inputs, out):
+            out.register_hook(lambda g: kept.__setitem__(name, g.double().clone()))
+        return hook
+
+    for name in LAYERS:
+        model.get_submodule(name).register_forward_hook(keep(name))
     for x, y in batches():
         before = {n: p.detach().double().clone() for n, p in model.named_parameters()}
         weights.append(before)
         nn.functional.mse_loss(model(x), y).backward()
+        outputs.append(dict(kept))
         produced.append({n: p.grad.double().clone() for n, p in model.named_parameters()})
         clip(model)
         applied.append({n: p.grad.double().clone() for n, p in model.named_parameters()})
         opt.step()
         opt.zero_grad()
         updates.append({n: p.detach().double() - before[n] for n, p in model.named_parameters()})
-    return model, produced, applied, weights, updates
+    return model, produced, applied, weights, updates, outputs
+
+
+def local_output_norms(scheme, rank, outputs):
+    """The norm of each layer output's gradient as rank `rank`'s forward hooks see it: under FSDP
+    its own half of the batch, of its own loss (the mean over half the rows: twice the one-process
+    gradient there); under tensor parallelism its share of layer 0's features (column-wise), the
+    whole of the others."""
+    norms = {}
+    for name, g in outputs.items():
+        if scheme == "fsdp":
+            g = 2 * shard_of(g, scheme, rank)
+        elif name == "0":
+            half = g.shape[1] // WORLD
+            g = g[:, rank * half:(rank + 1) * half]
+        norms[name] = g.norm().item()
+    return norms
+
+
+def recorded_outputs(monitor):
+    """{(step, layer): norm} of the trace's layer-output rows."""
+    frame = monitor.trace_frame()
+    return {(int(frame["step"][i]), str(frame["name"][i])): float(frame["grad_norm"][i])
+            for i in range(len(frame["step"])) if str(frame["kind"][i]) == "activation"}
 
 
 def figures(g):
@@ -223,12 +260,15 @@ def scheme_result(scheme, rank, mesh, truth):
         model, monitor, calls, produced, applied = train(scheme, rank, mesh, True, counter)
     finally:
         counter.restore()
-    ref_model, ref_produced, ref_applied, ref_weights, ref_updates = truth
+    ref_model, ref_produced, ref_applied, ref_weights, ref_updates, ref_outputs = truth
     rows = recorded_rows(monitor)
     recorded = list(range(0, STEPS, EVERY))
     sharded = {n for n, p in model.named_parameters() if isinstance(p, DTensor)}
     parts = {n: sorted(r for (label, s, name, r) in rows if label == "local" and s == 0 and name == n) for n in sharded}
     shards = {info["name"]: info.get("shards", 0) for info in monitor_series(monitor)}
+    outputs = recorded_outputs(monitor)
+    output_difference = max(rel(outputs.get((s, name), math.inf), norm) for s in recorded
+                            for name, norm in local_output_norms(scheme, rank, ref_outputs[s]).items())
     return {
         "identical": all(torch.equal(full(a).detach(), full(b).detach())
                          for a, b in zip(model.parameters(), bare.parameters())),
@@ -243,6 +283,8 @@ def scheme_result(scheme, rank, mesh, truth):
         "sharded": sorted(sharded),
         "parts": parts,
         "shards": {n: shards.get(n, 0) for n, _ in model.named_parameters()},
+        "outputs_vs_one_process": output_difference,
+        "output_series": sorted({name for _, name in outputs}),
     }
 
 
@@ -251,6 +293,26 @@ def monitor_series(monitor):
         monitor.save_json(os.path.join(folder, "trace.json"))
         with open(os.path.join(folder, "trace.json")) as fh:
             return json.load(fh)["series"]
+
+
+def without_optimizer_result(rank, mesh, truth):
+    """The Monitor not told of the optimizer: the parts are combined at the end of each recorded
+    step's backward; the report is written by rank 0 alone."""
+    counter = CollectiveCounter()
+    try:
+        _, _, bare_calls, _, _ = train("fsdp", rank, mesh, False, counter)
+        model, monitor, calls, produced, _ = train("fsdp", rank, mesh, True, counter, attach_optimizer=False)
+    finally:
+        counter.restore()
+    rows = recorded_rows(monitor)
+    recorded = list(range(0, STEPS, EVERY))
+    findings = None
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as folder:
+            findings = [f.kind for f in gradflow.save_report(monitor, folder)]
+    return {"extra_collectives": [c - b for c, b in zip(calls, bare_calls)],
+            "produced_vs_one_process": worst_difference(rows, "produced", truth[1], recorded),
+            "applied_rows": sum(1 for key in rows if key[0] == "applied"), "findings": findings}
 
 
 def nan_result(rank, mesh):
@@ -262,9 +324,11 @@ def nan_result(rank, mesh):
     rows = recorded_rows(monitor)
     with tempfile.TemporaryDirectory() as folder:
         findings = gradflow.save_report(monitor, folder)
+        report = open(os.path.join(folder, "report.md")).read() if rank == 0 else ""
     non_finite = [f.message for f in findings if f.kind == "non_finite"]
     local = {r: rows[("local", NAN_STEP, "0.weight", r)]["nonfinite"] for r in range(WORLD)}
     return {"messages": non_finite, "local_nonfinite": local,
+            "report_says_sharded": "6 of the 6 parameters are held in parts across ranks" in report,
             "whole_nonfinite": rows[("produced", NAN_STEP, "0.weight", -1)]["nonfinite"],
             "before": rows[("produced", NAN_STEP - 1, "0.weight", -1)]["nonfinite"]}
 
@@ -275,6 +339,7 @@ def rank_main(rank, world, port, out):
     mesh = init_device_mesh("cpu", (world,))
     truth = reference()
     results = {scheme: scheme_result(scheme, rank, mesh, truth) for scheme in ("fsdp", "tensor_parallel")}
+    results["without_optimizer"] = without_optimizer_result(rank, mesh, truth)
     results["nan"] = nan_result(rank, mesh)
     write_rank_result(out, rank, results)
     dist.barrier()
@@ -288,9 +353,8 @@ class ShardedParametersTest(unittest.TestCase):
         cls.results = rank_results(unittest.TestCase(), __file__, WORLD, timeout=240)
 
     def each(self, scheme):
-        for rank, res in enumerate(self.results):
-            with self.subTest(rank=rank, scheme=scheme):
-                yield res[scheme]
+        """Each rank's result of `scheme` (both ranks record the whole figures)."""
+        return [res[scheme] for res in self.results]
 
     def test_fully_shard_on_cpu_records_the_whole_gradient_of_every_parameter(self):
         for got in self.each("fsdp"):
@@ -313,6 +377,12 @@ class ShardedParametersTest(unittest.TestCase):
             self.assertEqual(got["shards"]["4.weight"], 0)  # whole on every rank
             self.assertEqual(got["parts"]["2.bias"], [0, 1])
 
+    def test_layer_outputs_are_each_ranks_own(self):
+        for scheme in ("fsdp", "tensor_parallel"):
+            for got in self.each(scheme):
+                self.assertEqual(got["output_series"], list(LAYERS))
+                self.assertLess(got["outputs_vs_one_process"], TOLERANCE)
+
     def test_one_collective_per_recorded_step_and_none_on_the_others(self):
         for scheme in ("fsdp", "tensor_parallel"):
             for got in self.each(scheme):
@@ -325,6 +395,13 @@ class ShardedParametersTest(unittest.TestCase):
                 self.assertTrue(got["identical"], "training changed when gradflow was attached")
                 self.assertLess(got["matches_one_process"], 1e-5)
 
+    def test_without_the_optimizer_the_parts_are_combined_at_the_end_of_backward(self):
+        for got in self.each("without_optimizer"):
+            self.assertEqual(got["extra_collectives"], [1 if s % EVERY == 0 else 0 for s in range(STEPS)])
+            self.assertLess(got["produced_vs_one_process"], TOLERANCE)
+            self.assertEqual(got["applied_rows"], 0)
+        self.assertEqual(self.results[0]["without_optimizer"]["findings"], [])  # rank 0's report, alone: no hang
+
     def test_a_nan_in_one_ranks_part_is_named_with_its_rank_and_step(self):
         for rank, res in enumerate(self.results):
             got = res["nan"]
@@ -333,6 +410,7 @@ class ShardedParametersTest(unittest.TestCase):
             self.assertEqual(got["local_nonfinite"], {"0": 0, "1": 1})
             self.assertEqual(len(got["messages"]), 1, got["messages"])
             self.assertIn(f"0.weight at step {NAN_STEP} (in the part held by rank 1, of 2 ranks)", got["messages"][0])
+        self.assertTrue(self.results[0]["nan"]["report_says_sharded"])  # rank 0 wrote the report
 
 
 if __name__ == "__main__":

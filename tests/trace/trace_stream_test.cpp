@@ -189,6 +189,58 @@ TEST(TraceStream, TheLabelsOfEveryRecordComeBack) {
   EXPECT_NE(csv.find("3,evaluation,step,evaluation,2,,\n"), std::string::npos);
 }
 
+// A sharded parameter's part count (SeriesInfo::shards) and each rank's part (Record::ranks) come
+// back from the stream and the JSON; a part count that is no number of ranks is refused.
+TEST(TraceStream, ShardedParametersAndTheirPartsComeBack) {
+  TempDir d;
+  Trace t;
+  const int sharded = t.intern("0.weight", SeriesKind::parameter, "0", {3, 4});
+  const int whole = t.intern("1.weight", SeriesKind::parameter, "1", {4, 4});
+  t.set_shards(sharded, 2);
+  StepRecord st;
+  for (int series : {sharded, whole}) {
+    Record r;
+    r.series = series;
+    r.grad.numel = 12;
+    r.grad.sum_sq = 3.0;
+    if (series == sharded)
+      for (double part : {2.0, 1.0}) {
+        TensorStats s;
+        s.numel = 6;
+        s.sum_sq = part;
+        r.ranks.push_back(s);
+      }
+    st.records.push_back(r);
+  }
+  {
+    TraceStream stream(d.path, t, false);
+    t.add_step(st);
+    stream.append(t, t.steps().back());
+  }
+  const Trace back = read_trace_stream(d.path).trace;
+  for (const Trace& got : {back, trace_from_json(trace_to_json(back))}) {
+    EXPECT_EQ(got.series()[sharded].shards, 2);
+    EXPECT_EQ(got.series()[whole].shards, 0);
+    const Record* r = got.steps().at(0).find(sharded);
+    ASSERT_EQ(r->ranks.size(), 2u);
+    EXPECT_DOUBLE_EQ(r->ranks[0].sum_sq, 2.0);  // (kept as a norm)
+    EXPECT_DOUBLE_EQ(r->ranks[1].sum_sq, 1.0);
+  }
+  for (const char* bad : {"0", "-3", "1.5", "\"two\"", "70000"}) {
+    std::string json = trace_to_json(back);
+    const std::string key = "\"shards\":2";
+    const auto at = json.find(key);
+    ASSERT_NE(at, std::string::npos) << json;
+    json.replace(at, key.size(), std::string("\"shards\":") + bad);
+    try {
+      trace_from_json(json);
+      ADD_FAILURE() << "accepted shards " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("'0.weight' has 'shards'"), std::string::npos) << e.what();
+    }
+  }
+}
+
 // A module's calls and time steps (Record::profile) and which module feeds which
 // (SeriesInfo::inputs) come back from the stream and the JSON, also an input found after its
 // series was written; so does how a layer output was found, a tap's declared activation, and
