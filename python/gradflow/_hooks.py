@@ -170,15 +170,23 @@ def _local_part(t):
 
 
 def _output_part(t):
-    """This rank's part of a layer output's gradient (its share of the features or the batch);
-    None where it holds a summand of it, which only a collective would make whole."""
+    """This rank's share of a DTensor layer output's gradient, where it arrives sharded; None where
+    it arrives whole on every rank or as summands (a plan's output converted after the module
+    returned it): then no rank's part is the gradient of what that rank's next layer consumed."""
     dtensor = _dtensor_type()
     if dtensor is None or not isinstance(t, dtensor):
-        return t
-    if any(placement.is_partial() for placement in t.placements):
+        return _waited(t)
+    if not all(placement.is_shard() for placement in t.placements):
         return None
     with torch.no_grad():
-        return t.to_local()
+        return _waited(t.to_local())
+
+
+def _waited(t):
+    """A collective's pending result (functional collectives' AsyncCollectiveTensor) as the tensor it
+    becomes; any other tensor as it is."""
+    pending = getattr(sys.modules.get("torch.distributed._functional_collectives"), "AsyncCollectiveTensor", None)
+    return t.wait() if pending is not None and isinstance(t, pending) else t
 
 
 def _gather_rows(group, world, row):

@@ -39,6 +39,10 @@ std::string module_of(const std::string& param_name) {
 
 std::vector<std::int64_t> shape_of(const at::Tensor& t) { return {t.sizes().begin(), t.sizes().end()}; }
 
+// A sharded parameter's part in the ranks' rows: [parameter, field, numel] then its aten_stats.
+constexpr std::int64_t kPartHeader = 3;
+constexpr std::int64_t kPartEntry = kPartHeader + kAtenStatsSize;
+
 // Which ranks' parts of parameter `name` count toward it; empty when it is not sharded.
 std::vector<bool> counted_parts(const Sharding& sharding, const std::string& name) {
   const auto it = sharding.counted.find(name);
@@ -934,8 +938,7 @@ void StepRecorder::record_part(int param, ResultField field, const at::Tensor& p
 
 void StepRecorder::exchange_parts() {
   if (!sharding_ || parts_.empty()) return;
-  // Each part: [parameter, field, numel, its aten_stats]; every rank lists the same keys.
-  constexpr int kHeader = 3;
+  // Every rank lists the same keys, in the same order (the map's).
   std::vector<at::Tensor> row;
   for (const auto& [key, part] : parts_) {
     const at::Tensor header = at::tensor({static_cast<double>(key.first), static_cast<double>(key.second),
@@ -945,13 +948,11 @@ void StepRecorder::exchange_parts() {
   }
   const at::Tensor rows = sharding_->gather_rows(at::cat(row));
   combine_parts(rows.to(at::kCPU).contiguous());
-  static_assert(kHeader + kAtenStatsSize == 8, "a part's entry is 8 figures");
 }
 
 void StepRecorder::combine_parts(const at::Tensor& rows) {
-  constexpr std::int64_t kEntry = 3 + kAtenStatsSize;
   const std::int64_t world = sharding_->world_size;
-  const std::int64_t n = static_cast<std::int64_t>(parts_.size()) * kEntry;
+  const std::int64_t n = static_cast<std::int64_t>(parts_.size()) * kPartEntry;
   if (rows.dim() != 2 || rows.size(0) != world || rows.size(1) != n)
     throw Error(fmt::format("the ranks' rows of sharded figures came back as {} values, expected {} ranks x {}: every "
                             "rank must record the same sharded parameters at the same steps (one Monitor per rank, "
@@ -967,10 +968,10 @@ void StepRecorder::combine_parts(const at::Tensor& rows) {
       if (e[0] != key.first || e[1] != key.second)
         throw Error(fmt::format("rank {} recorded another sharded figure than rank {} at step {} ('{}'): every rank "
                                 "must record the same sharded parameters at the same steps", r, sharding_->rank, step_, p.name));
-      each[r] = stats_from_aten(e + 3, static_cast<std::int64_t>(e[2]));
+      each[r] = stats_from_aten(e + kPartHeader, static_cast<std::int64_t>(e[2]));
       if (p.counted[static_cast<std::size_t>(r)]) whole.merge(each[r]);
     }
-    at += kEntry;
+    at += kPartEntry;
     Record& rec = cur_.records[record_index(p.series)];
     switch (static_cast<ResultField>(key.second)) {
       case ResultField::grad:

@@ -202,16 +202,21 @@ std::vector<std::string> outputs_notes(const Trace& t) {
 
 std::string unrecorded_outputs_note(const Trace& t) {
   std::set<std::string> recorded, missing;
-  for (int s : t.series_of_kind(SeriesKind::activation)) recorded.insert(t.series()[s].layer);
+  // A series named in a forward whose gradient never arrived has no record: it is missing too.
+  for (const auto& st : t.steps())
+    for (const auto& r : st.records)
+      if (t.series()[r.series].kind == SeriesKind::activation) recorded.insert(t.series()[r.series].layer);
   // Layer outputs not named at all (a built-in recurrent model's taps instead): nothing to miss.
-  if (recorded.empty() && !t.layer_outputs) return "";
+  if (t.series_of_kind(SeriesKind::activation).empty() && !t.layer_outputs) return "";
   for (int s : t.series_of_kind(SeriesKind::parameter))
     if (!recorded.count(t.series()[s].layer)) missing.insert(t.series()[s].layer);
   if (missing.empty()) return "";
   return "No layer-output series for " + detail::join(std::vector<std::string>(missing.begin(), missing.end())) +
          ": the module was not called in any recorded forward (its parent uses its parameters directly, as "
          "nn.MultiheadAttention uses out_proj's, or the program computes with the weights through functional calls "
-         "of its own), or its forward ran inside a torch.compile graph, where a forward hook sees no output (a step "
+         "of its own), or its output was a DTensor whose gradient reached it whole or in summands on every rank (a "
+         "tensor-parallel plan converts it after the module returns it: no rank's part is its own share), or its "
+         "forward ran inside a torch.compile graph, where a forward hook sees no output (a step "
          "run eagerly records it), or its output was not on the path of the watched loss. Its parameters are in the "
          "parameter views.";
 }

@@ -12,9 +12,16 @@
 
 namespace gradflow::detail {
 
+namespace {
+// A dense CPU tensor whose memory holds its elements: not a tensor subclass (a DTensor, a
+// collective's pending result), whose data only its own operations know how to read.
+bool host_readable(const at::Tensor& t) {
+  return t.device().is_cpu() && !t.is_sparse() && !t.key_set().has(c10::DispatchKey::Python);
+}
+}  // namespace
+
 bool fused_applicable(const at::Tensor& t) {
-  return t.device().is_cpu() && !t.is_sparse() &&
-         (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
+  return host_readable(t) && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
 }
 
 TensorStats fused_stats(const at::Tensor& t) {
@@ -212,7 +219,7 @@ ActivationStats host_pass(const at::Tensor& h, double threshold) {
 }  // namespace
 
 std::optional<ActivationStats> host_activation_stats(const at::Tensor& h_in, Activation act, double threshold) {
-  if (act == Activation::gelu || act == Activation::none || !h_in.device().is_cpu() || h_in.numel() == 0 ||
+  if (act == Activation::gelu || act == Activation::none || !host_readable(h_in) || h_in.numel() == 0 ||
       (h_in.scalar_type() != at::kFloat && h_in.scalar_type() != at::kDouble))
     return std::nullopt;
   const at::Tensor h = h_in.is_contiguous() ? h_in : h_in.detach().contiguous();
