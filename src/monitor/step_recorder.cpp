@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
@@ -43,6 +44,10 @@ std::vector<std::int64_t> shape_of(const at::Tensor& t) { return {t.sizes().begi
 constexpr std::int64_t kPartHeader = 3;
 constexpr std::int64_t kPartEntry = kPartHeader + kAtenStatsSize;
 
+// A tensor subclass (a DTensor, a collective's pending result, a quantized weight): its memory is
+// not its values.
+bool is_subclass(const at::Tensor& t) { return t.key_set().has(c10::DispatchKey::Python); }
+
 // Which ranks' parts of parameter `name` count toward it; empty when it is not sharded.
 std::vector<bool> counted_parts(const Sharding& sharding, const std::string& name) {
   const auto it = sharding.counted.find(name);
@@ -83,10 +88,15 @@ void StepRecorder::set_params(const std::vector<std::pair<std::string, at::Tenso
   lookup_ = ParamLookup{};
   layer_outputs_.clear();
   std::unordered_map<std::string, int> module_ids;
+  std::vector<std::string> unreadable;
   for (const auto& [name, t] : named) {
     if (!t.defined() || !t.requires_grad()) continue;
     // A module registered twice lists its parameters twice: hook each tensor once.
     if (lookup_.index.count(t.unsafeGetTensorImpl())) continue;
+    if (is_subclass(t) && !(sharding_ && sharding_->counted.count(name))) {
+      unreadable.push_back(name);
+      continue;
+    }
     const std::string mod = module_of(name);
     auto [mit, fresh] = module_ids.emplace(mod, static_cast<int>(modules_.size()));
     if (fresh) modules_.push_back(mod);
@@ -100,6 +110,11 @@ void StepRecorder::set_params(const std::vector<std::pair<std::string, at::Tenso
     lookup_.module.push_back(mit->second);
     params_.push_back(std::move(p));
   }
+  if (!unreadable.empty())
+    std::fprintf(stderr,
+                 "gradflow: %zu parameter(s) are tensor subclasses (%s%s), whose values only their own operations "
+                 "read: gradflow records neither them nor any gradient that arrives as a tensor subclass\n",
+                 unreadable.size(), unreadable.front().c_str(), unreadable.size() > 1 ? ", ..." : "");
   nest_modules(lookup_, modules_);
   std::vector<std::string> names;
   for (const auto& p : params_) names.push_back(p.name);
@@ -305,7 +320,8 @@ void StepRecorder::on_param_grad(int param, AccumulatedAt at) {
   backward_seen_ = true;
   cur_.backwards = std::max(cur_.backwards, p.seen);
   const at::Tensor& grad = p.tensor.grad();
-  if (!recording_ || !grad.defined()) return;
+  // (A plain parameter's gradient computed through a tensor subclass is one too: not read.)
+  if (!recording_ || !grad.defined() || (!p.sharded() && is_subclass(grad))) return;
   // The end of backward makes the step whole (flush() may close it), streams it, and reads a
   // followed engine's averaged gradient.
   schedule_backward_end();
@@ -327,8 +343,9 @@ void StepRecorder::on_param_grad(int param, AccumulatedAt at) {
 
 void StepRecorder::on_tensor_grad(int series, std::int64_t hooked_at, const at::Tensor& given, ProfileSlot slot) {
   if (!attached || hooked_at != step_ || !recording_ || !given.defined()) return;
-  // A tensor subclass (a DTensor layer output's gradient) is read through this rank's part of it.
-  const at::Tensor grad = sharding_ && given.key_set().has(c10::DispatchKey::Python) ? sharding_->output_part(given) : given;
+  // A tensor subclass's gradient: a DTensor's is read through this rank's part of it, any other's
+  // is not read (its values are its own operations' to compute).
+  const at::Tensor grad = !is_subclass(given) ? given : sharding_ ? sharding_->output_part(given) : at::Tensor();
   if (!grad.defined()) return;
   if (segments_.wants_outputs()) read_segment_outputs();
   stamp_loss_scale();
@@ -636,7 +653,7 @@ void StepRecorder::record_applied() {
     const HookedParam& p = params_[i];
     const int index = find_record(p.series);
     const at::Tensor& g = p.tensor.grad();
-    if (index < 0 || !g.defined()) continue;
+    if (index < 0 || !g.defined() || (!p.sharded() && is_subclass(g))) continue;
     if (p.sharded()) {
       record_part(i, ResultField::applied, local(p, g));
     } else if (fused_applicable(g)) {
@@ -699,6 +716,7 @@ int StepRecorder::tap_series(const at::Tensor& t, const std::string& name, const
   if (options.activation != Activation::none) {
     trace_.set_activation(series, options.activation);
     const at::Tensor& a = options.activation_output.defined() ? options.activation_output : t;
+    if (is_subclass(a) || (options.preactivation.defined() && is_subclass(options.preactivation))) return series;
     const int index = record_index(series);
     if (auto host = host_activation_stats(a, options.activation, opts_.saturation_threshold))
       cur_.records[index].forward = *host;

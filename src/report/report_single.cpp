@@ -216,6 +216,7 @@ std::string unrecorded_outputs_note(const Trace& t) {
          "nn.MultiheadAttention uses out_proj's, or the program computes with the weights through functional calls "
          "of its own), or its output was a DTensor whose gradient reached it whole or in summands on every rank (a "
          "tensor-parallel plan converts it after the module returns it: no rank's part is its own share), or its "
+         "gradient arrived as a tensor subclass, which gradflow does not read, or its "
          "forward ran inside a torch.compile graph, where a forward hook sees no output (a step "
          "run eagerly records it), or its output was not on the path of the watched loss. Its parameters are in the "
          "parameter views.";

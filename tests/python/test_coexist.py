@@ -246,6 +246,48 @@ class SurviveTest(unittest.TestCase):
                 self.assertFalse(json.load(f)["interrupted"])
 
 
+SUBCLASS_PROGRAM = """
+import sys, tempfile, torch, gradflow
+from torch.testing._internal.two_tensor import TwoTensor
+
+def train(monitored):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    w = model[0].weight.detach()
+    model[0].weight = torch.nn.Parameter(TwoTensor(w.clone(), w.clone()))  # each op runs on both halves
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = gradflow.Monitor(model, optimizer=opt) if monitored else None
+    for _ in range(4):
+        loss = torch.nn.functional.mse_loss(model(torch.randn(5, 4)), torch.randn(5, 3))
+        if monitor:
+            monitor.watch(loss)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    findings = None
+    if monitor:
+        with tempfile.TemporaryDirectory() as d:
+            findings = [f.kind for f in gradflow.save_report(monitor, d)]
+    return [p.detach().clone() for p in model.parameters()], findings
+
+bare, _ = train(False)
+got, findings = train(True)
+print(all(torch.equal(a.a if hasattr(a, "a") else a, b.a if hasattr(b, "a") else b) for a, b in zip(bare, got)), findings)
+"""
+
+
+class TensorSubclassTest(unittest.TestCase):
+    """Parameters that are tensor subclasses (a quantized weight, a TwoTensor) keep their values
+    behind their own operations: gradflow must not read their memory, nor that of a gradient that
+    arrives as one; the program trains as without it."""
+
+    def test_a_model_with_subclass_parameters_trains_unchanged_and_says_what_is_not_recorded(self):
+        r = subprocess.run([sys.executable, "-c", SUBCLASS_PROGRAM], capture_output=True, text=True, timeout=240)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split(None, 1), ["True", "[]\n"])
+        self.assertIn("gradflow: 1 parameter(s) are tensor subclasses (0.weight)", r.stderr)
+
+
 class MessagesTest(unittest.TestCase):
     def message(self, call):
         with self.assertRaises(gradflow.UsageError) as e:
