@@ -17,6 +17,7 @@
 #include "gradflow/report.h"
 #include "gradflow/run_record.h"
 #include "gradflow/save_report.h"
+#include "gradflow/sharding.h"
 #include "gradflow/summary.h"
 #include "gradflow/tensor_stats.h"
 #include "gradflow/threads.h"
