@@ -48,6 +48,19 @@ constexpr std::int64_t kPartEntry = kPartHeader + kAtenStatsSize;
 // not its values.
 bool is_subclass(const at::Tensor& t) { return t.key_set().has(c10::DispatchKey::Python); }
 
+// A part's aten_stats figures: from the fused host pass on a CPU part (one read, no temporaries),
+// as ATen ops on the part's device otherwise. A weight or an update needs its sum of squares only.
+at::Tensor part_stats(const at::Tensor& part, ResultField field) {
+  if (!fused_applicable(part)) return aten_stats(part);
+  TensorStats s;
+  if (field == ResultField::weight || field == ResultField::update)
+    s.sum_sq = fused_sum_of_squares(part);
+  else
+    s = fused_stats(part);
+  return at::tensor({s.sum, s.sum_sq, s.max_abs, static_cast<double>(s.zeros), static_cast<double>(s.nonfinite)},
+                    at::kDouble);
+}
+
 // Which ranks' parts of parameter `name` count toward it; empty when it is not sharded.
 std::vector<bool> counted_parts(const Sharding& sharding, const std::string& name) {
   const auto it = sharding.counted.find(name);
@@ -951,18 +964,22 @@ at::Tensor StepRecorder::local(const HookedParam& p, const at::Tensor& t) const 
 void StepRecorder::record_part(int param, ResultField field, const at::Tensor& part) {
   torch::NoGradGuard no_grad;
   record_index(params_[param].series);
-  parts_[{param, static_cast<int>(field)}] = Part{part.numel(), aten_stats(part)};
+  parts_[{param, static_cast<int>(field)}] = Part{part.numel(), part_stats(part, field)};
 }
 
 void StepRecorder::exchange_parts() {
   if (!sharding_ || parts_.empty()) return;
-  // Every rank lists the same keys, in the same order (the map's).
+  // Every rank lists the same keys, in the same order (the map's). The row lives where the parts'
+  // figures do: on the host, or on their device, gathered there without a host round trip.
+  c10::Device device(c10::kCPU);
+  for (const auto& [key, part] : parts_)
+    if (!part.stats.device().is_cpu()) device = part.stats.device();
   std::vector<at::Tensor> row;
   for (const auto& [key, part] : parts_) {
     const at::Tensor header = at::tensor({static_cast<double>(key.first), static_cast<double>(key.second),
                                           static_cast<double>(part.numel)}, at::kDouble);
-    row.push_back(header.to(part.stats.device()));
-    row.push_back(part.stats.reshape({-1}));
+    row.push_back(header.to(device));
+    row.push_back(part.stats.reshape({-1}).to(device));
   }
   const at::Tensor rows = sharding_->gather_rows(at::cat(row));
   combine_parts(rows.to(at::kCPU).contiguous());
