@@ -42,8 +42,10 @@ struct Attenuation {
 struct AppliedSummary {
   int steps = 0;          ///< steps with both gradients
   int changed_steps = 0;  ///< steps where they differ (clipping, unscaling, averaging between them)
-  /// applied ‖g‖ / produced ‖g‖ over the changed steps (1 when none changed).
+  /// applied ‖g‖ / produced ‖g‖ over the changed steps (1 when none changed); `finite_factors`:
+  /// how many changed steps had both norms finite, which alone give a factor.
   double smallest_factor = 1, median_factor = 1, largest_factor = 1;
+  int finite_factors = 0;
 };
 
 /// The summary block of run.json (docs/run-schema.md documents each field).

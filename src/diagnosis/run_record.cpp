@@ -238,7 +238,8 @@ Json summary_json(const RunSummary& s) {
                     {"changed_steps", s.applied->changed_steps},
                     {"smallest_factor", num(s.applied->smallest_factor)},
                     {"median_factor", num(s.applied->median_factor)},
-                    {"largest_factor", num(s.applied->largest_factor)}};
+                    {"largest_factor", num(s.applied->largest_factor)},
+                    {"finite_factors", s.applied->finite_factors}};
   if (s.skipped_steps > 0) j["skipped_steps"] = s.skipped_steps;
   j["detail"] = {{"depth", attenuation_json(s.depth)},
                  {"depth_final", attenuation_json(s.depth_final)},
@@ -283,6 +284,7 @@ RunSummary summary_from(const Json& j) {
     a.smallest_factor = get_num_or(*it, "smallest_factor", 1.0);
     a.median_factor = get_num_or(*it, "median_factor", 1.0);
     a.largest_factor = get_num_or(*it, "largest_factor", 1.0);
+    a.finite_factors = it->value("finite_factors", a.changed_steps);  // (files before it: every factor finite)
     s.applied = a;
   }
   s.skipped_steps = j.value("skipped_steps", 0);

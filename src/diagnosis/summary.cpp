@@ -218,6 +218,7 @@ std::optional<AppliedSummary> summarize_applied(const Trace& trace) {
     ++a->changed_steps;
     if (std::isfinite(c->factor())) factors.push_back(c->factor());
   }
+  if (a) a->finite_factors = static_cast<int>(factors.size());
   if (a && !factors.empty()) {
     const auto [lo, hi] = std::minmax_element(factors.begin(), factors.end());
     a->smallest_factor = *lo;

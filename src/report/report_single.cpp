@@ -239,6 +239,18 @@ std::string accumulation_sentence(const Trace& t) {
                      without, with + without);
 }
 
+// How much the optimizer's step changed the gradient's norm, over the changed steps whose norms
+// are finite (a non-finite gradient has no factor).
+std::string applied_factor_clause(const AppliedSummary& a) {
+  if (a.changed_steps == 0) return "";
+  if (a.finite_factors == 0) return ": on none of them were both norms finite";
+  const std::string some = a.finite_factors < a.changed_steps
+                               ? fmt::format(" on the {} with both norms finite", a.finite_factors)
+                               : std::string();
+  return fmt::format(": the applied norm was {:.3g}× to {:.3g}× the produced one{} (median {:.3g}×)", a.smallest_factor,
+                     a.largest_factor, some, a.median_factor);
+}
+
 // Which gradient the figures are, in words, and what the optimizer applied instead.
 std::vector<std::string> gradient_sentences(const RunRecord& r) {
   std::vector<std::string> out{"Gradient figures: " + detail::join(gradient_labels(r.trace), "; ") + "."};
@@ -248,11 +260,7 @@ std::vector<std::string> gradient_sentences(const RunRecord& r) {
     out.push_back(fmt::format("The optimizer step changed the gradient on {} of {} steps (clipping, unscaling or averaging "
                               "between backward and the step){}; the charts show the gradient backward produced, and the "
                               "global norm chart the one applied by the optimizer beside it.",
-                              a->changed_steps, a->steps,
-                              a->changed_steps == 0 ? std::string()
-                                                    : fmt::format(": the applied norm was {:.3g}× to {:.3g}× the produced "
-                                                                  "one (median {:.3g}×)",
-                                                                  a->smallest_factor, a->largest_factor, a->median_factor)));
+                              a->changed_steps, a->steps, applied_factor_clause(*a)));
   if (r.summary.skipped_steps > 0)
     out.push_back(fmt::format("The loss scaler skipped {} recorded step{} (a non-finite scaled gradient; nothing was "
                               "applied): shown, but no finding is drawn from {} unless the skips persist.",

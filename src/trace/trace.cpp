@@ -116,9 +116,10 @@ Trace Trace::steps_where(const std::function<bool(const StepRecord&)>& keep) con
 }
 
 double AppliedChange::factor() const {
+  // (Two non-finite norms are equal, and still no factor.)
+  if (!std::isfinite(produced_norm) || !std::isfinite(applied_norm)) return std::numeric_limits<double>::quiet_NaN();
   if (applied_norm == produced_norm) return 1.0;
-  if (!(produced_norm > 0) || !std::isfinite(produced_norm) || !std::isfinite(applied_norm))
-    return std::numeric_limits<double>::quiet_NaN();
+  if (!(produced_norm > 0)) return std::numeric_limits<double>::quiet_NaN();
   return applied_norm / produced_norm;
 }
 

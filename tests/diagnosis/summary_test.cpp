@@ -72,5 +72,32 @@ TEST(Summary, NonFiniteLossesAreLeftOutOfTheEnds) {
   EXPECT_EQ(s.recorded_steps, 0);
 }
 
+// A step whose gradient is non-finite has no applied/produced factor: two infinite norms are not
+// "1x"; the summary counts the changed steps that had one.
+TEST(Summary, TheAppliedFactorLeavesOutNonFiniteSteps) {
+  Trace t;
+  const int w = t.intern("fc.weight", SeriesKind::parameter, "fc", {2, 2});
+  for (const std::int64_t nonfinite : {0, 3}) {
+    StepRecord st;
+    st.step = static_cast<std::int64_t>(t.steps().size());
+    Record r;
+    r.series = w;
+    r.grad.numel = 4;
+    r.grad.sum_sq = 4.0;
+    r.grad.nonfinite = nonfinite;
+    TensorStats clipped = r.grad;
+    clipped.sum_sq = 1.0;
+    r.applied = clipped;
+    st.records.push_back(r);
+    t.add_step(st);
+  }
+  const RunSummary s = summarize(t, {}, 1e-45);
+  ASSERT_TRUE(s.applied.has_value());
+  EXPECT_EQ(s.applied->changed_steps, 2);
+  EXPECT_EQ(s.applied->finite_factors, 1);
+  EXPECT_DOUBLE_EQ(s.applied->median_factor, 0.5);
+  EXPECT_DOUBLE_EQ(s.applied->largest_factor, 0.5);
+}
+
 }  // namespace
 }  // namespace gradflow
