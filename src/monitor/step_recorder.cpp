@@ -911,8 +911,9 @@ void StepRecorder::on_backward_end() {
     return;
   }
   engine_done_ = false;
-  // Without the program's optimizer steps, the step's parts are whole once backward is over.
-  if (!expects_optimizer_steps) exchange_parts();
+  // Without the program's optimizer steps, the step's parts are whole once backward is over; an
+  // update is known only when the next step begins, where they all go in one collective.
+  if (!expects_optimizer_steps && !opts_.update_norms) exchange_parts();
   if (follow_world_ > 0 && backward_seen_) {
     on_gradients_averaged();
     return;

@@ -109,7 +109,7 @@ class CollectiveCounter:
             setattr(module, name, original)
 
 
-def train(scheme, rank, mesh, monitored, counter, nan=False, attach_optimizer=True):
+def train(scheme, rank, mesh, monitored, counter, nan=False, attach_optimizer=True, update_norms=None):
     """One run; returns (model, monitor, collectives per step, produced and applied gradients of
     each step as whole tensors, read the way the program reads them)."""
     model = parallelize(make_model(), scheme, mesh)
@@ -122,7 +122,7 @@ def train(scheme, rank, mesh, monitored, counter, nan=False, attach_optimizer=Tr
                 p.grad.to_local().view(-1)[0] = math.nan
         first.register_post_accumulate_grad_hook(poison)
     monitor = gradflow.Monitor(model, optimizer=opt if attach_optimizer else None, every=1 if nan else EVERY,
-                               update_norms=attach_optimizer) if monitored else None
+                               update_norms=attach_optimizer if update_norms is None else update_norms) if monitored else None
     calls, produced, applied = [], [], []
     step = [0]
     for i, (x, y) in enumerate(batches()):
@@ -305,20 +305,28 @@ def monitor_series(monitor):
 
 def without_optimizer_result(rank, mesh, truth):
     """The Monitor not told of the optimizer: the parts are combined at the end of each recorded
-    step's backward; the report is written by rank 0 alone."""
+    step's backward, or with update norms when the next step begins; the report is written by
+    rank 0 alone."""
     counter = CollectiveCounter()
     try:
         _, _, bare_calls, _, _ = train("fsdp", rank, mesh, False, counter)
         model, monitor, calls, produced, _ = train("fsdp", rank, mesh, True, counter, attach_optimizer=False)
+        _, with_updates, update_calls, _, _ = train("fsdp", rank, mesh, True, counter, attach_optimizer=False,
+                                                    update_norms=True)
     finally:
         counter.restore()
+    update_rows = recorded_rows(with_updates)
     rows = recorded_rows(monitor)
     recorded = list(range(0, STEPS, EVERY))
     findings = None
     if rank == 0:
         with tempfile.TemporaryDirectory() as folder:
             findings = [f.kind for f in gradflow.save_report(monitor, folder)]
+    recorded_then_closed = list(range(0, STEPS - 1, EVERY))  # (the last step stays open)
     return {"extra_collectives": [c - b for c, b in zip(calls, bare_calls)],
+            "extra_collectives_with_updates": [c - b for c, b in zip(update_calls, bare_calls)],
+            "updates_vs_one_process": max(rel(update_rows[("produced", s, n, -1)]["update_norm"], u.norm().item())
+                                          for s in recorded_then_closed for n, u in truth[4][s].items()),
             "produced_vs_one_process": worst_difference(rows, "produced", truth[1], recorded),
             "applied_rows": sum(1 for key in rows if key[0] == "applied"), "findings": findings}
 
@@ -409,6 +417,9 @@ class ShardedParametersTest(unittest.TestCase):
             self.assertEqual(got["extra_collectives"], [1 if s % EVERY == 0 else 0 for s in range(STEPS)])
             self.assertLess(got["produced_vs_one_process"], TOLERANCE)
             self.assertEqual(got["applied_rows"], 0)
+            # With update norms each recorded step's parts go together when the next step begins.
+            self.assertEqual(got["extra_collectives_with_updates"], [1 if (s - 1) % EVERY == 0 else 0 for s in range(STEPS)])
+            self.assertLess(got["updates_vs_one_process"], TOLERANCE)
         self.assertEqual(self.results[0]["without_optimizer"]["findings"], [])  # rank 0's report, alone: no hang
 
     def test_a_nan_in_one_ranks_part_is_named_with_its_rank_and_step(self):
