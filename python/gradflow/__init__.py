@@ -76,12 +76,21 @@ class Monitor(_Monitor):
         # A Monitor dropped without detach() leaves no entry behind.
         weakref.finalize(self, _hooks.unhook_module_outputs, self._output_hooks)
         self._detach_steps = []
+        # What it attached to, for the first watch() to tell whether the model still holds it.
+        self._attached = _hooks.attached_parameters(inner)
         if sharding is not None:
             self._detach_steps.append(_hooks.hook_sharded_gradients(self, inner, sharding))
         if self._ddp is not None:
             _hooks.follow_ddp(self, self._ddp)
         if optimizer is not None:
             self.attach_optimizer(optimizer)
+
+    def watch(self, loss):
+        """Record the loss (before scaling) and hook the layer outputs below it; call before loss.backward()"""
+        if self._attached is not None:
+            _hooks.say_if_parameters_replaced(self._attached)
+            self._attached = None
+        super().watch(loss)
 
     def attach_optimizer(self, optimizer):
         """Tell the Monitor of each optimizer.step(): the gradient it applies is recorded beside the

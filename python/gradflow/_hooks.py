@@ -220,6 +220,29 @@ def hook_sharded_gradients(monitor, model, sharding):
     return detach
 
 
+def attached_parameters(model):
+    """(the model, the trainable parameters the Monitor attaches to), held until the first watch(),
+    or None for a model that is no torch.nn.Module (a TorchScript module's are the C++ Monitor's)."""
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return None
+    return weakref.ref(model), [p for p in model.parameters() if p.requires_grad]
+
+
+def say_if_parameters_replaced(attached):
+    """One line on stderr when the model no longer holds the parameters the Monitor attached to
+    (fully_shard, to_empty(), load_state_dict(assign=True) after it): their gradients never arrive."""
+    model_ref, params = attached
+    model = model_ref()
+    if model is None or not params:
+        return
+    now = {id(p) for p in model.parameters()}
+    gone = sum(1 for p in params if id(p) not in now)
+    if gone:
+        sys.stderr.write(f"gradflow: {gone} of the {len(params)} parameters this Monitor attached to are no longer the "
+                         "model's (replaced after it: fully_shard, to_empty(), load_state_dict(assign=True)); their "
+                         "gradients are not recorded: create the Monitor after the model's parameters are final\n")
+
+
 _ROOT = "(root)"  # the module path of the model's own parameters, as the Monitor names it
 _ParametrizationList = torch.nn.utils.parametrize.ParametrizationList
 _Packed = torch.nn.utils.rnn.PackedSequence

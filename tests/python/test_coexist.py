@@ -288,6 +288,33 @@ class TensorSubclassTest(unittest.TestCase):
         self.assertIn("gradflow: 1 parameter(s) are tensor subclasses (0.weight)", r.stderr)
 
 
+class ReplacedParametersTest(unittest.TestCase):
+    """Parameters replaced after the Monitor attached (load_state_dict(assign=True), fully_shard,
+    to_empty) never send it a gradient: the first watch() says so, once; kept ones say nothing."""
+
+    def run_steps(self, replace):
+        import contextlib
+        import io
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        monitor = gradflow.Monitor(model)
+        if replace:
+            model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            for _ in range(2):
+                loss = model(torch.randn(3, 4)).pow(2).mean()
+                monitor.watch(loss)
+                loss.backward()
+        monitor.detach()
+        return err.getvalue()
+
+    def test_the_first_watch_says_when_the_parameters_were_replaced(self):
+        said = self.run_steps(replace=True)
+        self.assertEqual(said.count("gradflow: 4 of the 4 parameters this Monitor attached to are no longer the model's"), 1, said)
+        self.assertEqual(self.run_steps(replace=False), "")
+
+
 class MessagesTest(unittest.TestCase):
     def message(self, call):
         with self.assertRaises(gradflow.UsageError) as e:
