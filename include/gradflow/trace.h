@@ -217,6 +217,9 @@ class Trace {
   /// The Monitor named layer outputs (MonitorOptions::activations): a module with parameters
   /// and no layer-output series was then not called in a recorded forward.
   bool layer_outputs = false;
+  /// The Monitor hooked the parameters' gradients (MonitorOptions::parameters): closed steps
+  /// without a single parameter record then mean that none reached it.
+  bool parameter_gradients = false;
 
  private:
   std::vector<SeriesInfo> series_;

@@ -455,8 +455,37 @@ std::optional<Finding> no_gradient_rule(const DiagnosisInput& in, const Diagnosi
   return f;
 }
 
+namespace {
+// Closed steps were recorded, the Monitor hooked the parameters, and not one parameter gradient
+// reached it: the parameters it attached to were replaced or frozen, or their gradients were
+// of a kind it does not read. Nullopt when some did, or nothing tells.
+std::optional<Finding> no_parameter_gradient(const Trace& t) {
+  if (!t.parameter_gradients || t.series_of_kind(SeriesKind::parameter).empty()) return std::nullopt;
+  std::int64_t closed = 0;
+  for (const auto& st : t.steps()) {
+    if (st.partial) continue;
+    ++closed;
+    for (const auto& r : st.records)
+      if (t.series()[r.series].kind == SeriesKind::parameter) return std::nullopt;
+  }
+  if (closed == 0) return std::nullopt;
+  Finding f;
+  f.kind = FindingKind::not_recorded;
+  f.severity = Severity::warning;
+  f.where = "every parameter";
+  f.evidence = {{"recorded_steps", static_cast<double>(closed)}, {"parameter_records", 0.0}};
+  f.message = fmt::format("{} step{} recorded, but not one parameter gradient: the parameters the Monitor attached to "
+                          "were replaced after it (fully_shard, to_empty(), load_state_dict(assign=True)) or frozen, or "
+                          "their gradients arrived as tensor subclasses gradflow does not read",
+                          closed, closed == 1 ? " was" : "s were");
+  f.remedy = "create the Monitor once the model's parameters are final (after fully_shard, to_empty() or "
+             "load_state_dict(assign=True)), on the model that trains";
+  return f;
+}
+}  // namespace
+
 std::optional<Finding> not_recorded_rule(const DiagnosisInput& in, const DiagnosisOptions& /*o*/) {
-  if (!in.trace.steps().empty()) return std::nullopt;
+  if (!in.trace.steps().empty()) return no_parameter_gradient(in.trace);
   const std::int64_t pid = in.trace.process_id;
   Finding f;
   f.kind = FindingKind::not_recorded;

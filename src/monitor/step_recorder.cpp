@@ -88,6 +88,7 @@ StepRecorder::StepRecorder(MonitorOptions options, std::function<void()> schedul
   trace_.saturation_threshold = opts_.saturation_threshold;
   trace_.process_id = process_id();
   trace_.layer_outputs = opts_.activations;
+  trace_.parameter_gradients = opts_.parameters;
   if (opts_.data_parallel) {
     trace_.world_size = opts_.data_parallel->world_size();
     rank_ = opts_.data_parallel->rank();

@@ -209,6 +209,7 @@ Json trace_to_json_value(const Trace& trace) {
   if (trace.process_id > 0) j["process_id"] = trace.process_id;
   if (trace.updated_elsewhere) j["updated_elsewhere"] = true;
   if (trace.layer_outputs) j["layer_outputs"] = true;
+  if (trace.parameter_gradients) j["parameter_gradients"] = true;
   if (const auto& nf = trace.first_nonfinite())
     j["first_nonfinite"] = {{"step", nf->step}, {"series", nf->series}};
   else
@@ -251,6 +252,7 @@ Trace trace_from_json_unchecked(const Json& j, const std::string& where) {
   if (auto it = j.find("process_id"); it != j.end() && it->is_number_integer()) t.process_id = it->get<std::int64_t>();
   if (auto it = j.find("updated_elsewhere"); it != j.end() && it->is_boolean()) t.updated_elsewhere = it->get<bool>();
   if (auto it = j.find("layer_outputs"); it != j.end() && it->is_boolean()) t.layer_outputs = it->get<bool>();
+  if (auto it = j.find("parameter_gradients"); it != j.end() && it->is_boolean()) t.parameter_gradients = it->get<bool>();
   for (const auto& s : get_array(j, "series", where)) add_series_from(t, s, where);
   for (const auto& js : get_array(j, "steps", where)) t.add_step(step_from(js, static_cast<int>(t.series().size()), where));
   return t;

@@ -39,6 +39,7 @@ detail::Json header_json(const Trace& t) {
                     {"batch_per_rank", t.batch_per_rank}};
   if (t.process_id > 0) j["process_id"] = t.process_id;
   if (t.layer_outputs) j["layer_outputs"] = true;
+  if (t.parameter_gradients) j["parameter_gradients"] = true;
   return j;
 }
 
@@ -377,6 +378,7 @@ void read_header(const detail::Json& j, Trace& t, const std::string& where) {
   t.batch_per_rank = detail::get_int(j, "batch_per_rank", where);
   if (auto pid = j.find("process_id"); pid != j.end() && pid->is_number_integer()) t.process_id = pid->get<std::int64_t>();
   if (auto lo = j.find("layer_outputs"); lo != j.end() && lo->is_boolean()) t.layer_outputs = lo->get<bool>();
+  if (auto pg = j.find("parameter_gradients"); pg != j.end() && pg->is_boolean()) t.parameter_gradients = pg->get<bool>();
 }
 
 // One line after the header; throws gradflow::Error when it is not a line of a stream.

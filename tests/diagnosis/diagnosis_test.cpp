@@ -245,6 +245,29 @@ TEST(Diagnosis, NonFiniteAtTheFirstStepNamesEveryTensorAndPointsAtTheInitialisat
   }
 }
 
+// Steps recorded, the parameters hooked, and not one parameter gradient: not_recorded says so;
+// one parameter record, or a Monitor that did not hook parameters, silences it.
+TEST(Diagnosis, StepsWithoutASingleParameterGradientAreNotRecorded) {
+  for (const int variant : {0, 1, 2}) {
+    TraceBuilder b(2, 1);
+    b.t.parameter_gradients = variant != 2;
+    for (std::int64_t s = 0; s < 3; ++s) {
+      StepRecord st;
+      st.step = s;
+      for (int h : b.h) st.records.push_back(TraceBuilder::rec(h, 1.0));
+      if (variant == 1 && s == 2) st.records.push_back(TraceBuilder::rec(b.w[0], 1.0));
+      b.t.add_step(st);
+    }
+    const auto f = diagnose(b.t, {}, {}, ModelTraits{});
+    const Finding* nr = get(f, FindingKind::not_recorded);
+    ASSERT_EQ(nr != nullptr, variant == 0) << variant;
+    if (nr) {
+      EXPECT_EQ(nr->where, "every parameter");
+      EXPECT_NE(nr->message.find("3 steps were recorded, but not one parameter gradient"), std::string::npos) << nr->message;
+    }
+  }
+}
+
 // Gradients exactly 0 (a zero count equal to the element count), not merely small.
 TEST(Diagnosis, EveryGradientExactlyZeroForSeveralStepsIsNoGradient) {
   const auto zero_step = [](TraceBuilder& b, std::int64_t s, bool one_alive) {

@@ -284,7 +284,8 @@ class TensorSubclassTest(unittest.TestCase):
     def test_a_model_with_subclass_parameters_trains_unchanged_and_says_what_is_not_recorded(self):
         r = subprocess.run([sys.executable, "-c", SUBCLASS_PROGRAM], capture_output=True, text=True, timeout=240)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertEqual(r.stdout.split(None, 1), ["True", "[]\n"])
+        # Not one parameter gradient was readable here (each is a TwoTensor): the report says so.
+        self.assertEqual(r.stdout.split(None, 1), ["True", "['not_recorded']\n"])
         self.assertIn("gradflow: 1 parameter(s) are tensor subclasses (0.weight)", r.stderr)
 
 
@@ -308,6 +309,20 @@ class ReplacedParametersTest(unittest.TestCase):
                 loss.backward()
         monitor.detach()
         return err.getvalue()
+
+    def test_the_report_says_no_parameter_gradient_was_recorded(self):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        monitor = gradflow.Monitor(model)
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+        for _ in range(3):
+            loss = model(torch.randn(3, 4)).pow(2).mean()
+            monitor.watch(loss)
+            loss.backward()
+        with tempfile.TemporaryDirectory() as d:
+            findings = gradflow.save_report(monitor, d)
+        self.assertEqual([(f.kind, f.where) for f in findings], [("not_recorded", "every parameter")])
+        self.assertIn("3 steps were recorded, but not one parameter gradient", findings[0].message)
 
     def test_the_first_watch_says_when_the_parameters_were_replaced(self):
         said = self.run_steps(replace=True)

@@ -255,6 +255,7 @@ TEST(TraceStream, ProfilesAndTheModelsGraphComeBack) {
   t.mark_found_by_walk(head);
   t.set_activation(cell, Activation::tanh);
   t.layer_outputs = true;
+  t.parameter_gradients = true;
   auto step = [&](std::int64_t s, ProfileAxis axis, std::vector<double> profile) {
     StepRecord st;
     st.step = s;
@@ -285,6 +286,7 @@ TEST(TraceStream, ProfilesAndTheModelsGraphComeBack) {
     EXPECT_EQ(got.series()[cell].activation, Activation::tanh);
     EXPECT_EQ(got.series()[head].activation, Activation::none);
     EXPECT_TRUE(got.layer_outputs);
+    EXPECT_TRUE(got.parameter_gradients);
     ASSERT_EQ(got.steps().size(), 2u);
     const Record* calls = got.steps()[0].find(cell);
     EXPECT_EQ(calls->profile_axis, ProfileAxis::calls);
