@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.distributed.fsdp import fully_shard
 
 import gradflow
-from real_models_bench import TransformerLM, VOCAB, SEQ
+from real_models_bench import SEQ, VOCAB, TransformerLM, step
 
 BLOCK = 10
 BATCH = 8  # per rank
@@ -38,13 +38,7 @@ def block(model, opt, data, monitor_every):
     start = time.perf_counter()
     monitor = gradflow.Monitor(model, optimizer=opt, every=monitor_every) if monitor_every else None
     for x, y in data:
-        loss = nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        if monitor:
-            monitor.watch(loss)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
+        step(model, lambda: nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()), opt, monitor)
     if monitor:
         monitor.detach()
     dist.barrier()
