@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "gradflow/error.h"
+#include "models/parametrise.h"
 #include "models/transformer.h"
 
 namespace gradflow::models {
@@ -44,10 +45,11 @@ void tap_hidden(Monitor* mon, const torch::Tensor& h, int index, Activation act,
 }
 
 // One hidden block of a feed-forward net: z = layer(h), normalised, activated, with an identity
-// skip when asked; its output is tapped as h.index.
+// skip when asked; its output is tapped as h.index. `layer_output` receives layer(h).
 torch::Tensor hidden_block(torch::nn::AnyModule& layer, torch::nn::AnyModule* norm, Activation act, bool skip,
-                           const torch::Tensor& h, int index, Monitor* mon) {
+                           const torch::Tensor& h, int index, Monitor* mon, torch::Tensor& layer_output) {
   torch::Tensor z = layer.forward(h);
+  layer_output = z;
   if (norm) z = norm->forward(z);
   torch::Tensor a = apply_act(z, act);
   torch::Tensor next = skip ? h + a : a;
@@ -75,6 +77,7 @@ class MlpNet : public Network {
       const auto fi = i == 0 ? in : width, fo = i + 1 == depth ? out : width;
       auto fc = register_module("fc" + std::to_string(i), torch::nn::Linear(fi, fo));
       init_layer(fc->weight, fc->bias, init, act_);
+      if (i + 1 == depth) parametrise_readout(fc->weight, s);
       fcs_.push_back(fc);
       layers_.emplace_back(fc);
       if (i + 1 < depth && norm == Norm::batch)
@@ -86,10 +89,12 @@ class MlpNet : public Network {
     to(dtype_of(s));
   }
   torch::Tensor forward(const torch::Tensor& x, Monitor* mon) override {
-    torch::Tensor h = x;
-    for (std::size_t i = 0; i + 1 < fcs_.size(); ++i)
-      h = hidden_block(layers_[i], norms_.empty() ? nullptr : &norms_[i], act_, residual_ && i > 0, h, static_cast<int>(i) + 1, mon);
-    return fcs_.back()->forward(h);
+    torch::Tensor h = x, z;
+    for (std::size_t i = 0; i + 1 < fcs_.size(); ++i) {
+      h = hidden_block(layers_[i], norms_.empty() ? nullptr : &norms_[i], act_, residual_ && i > 0, h, static_cast<int>(i) + 1, mon, z);
+      captured("fc" + std::to_string(i), z);
+    }
+    return captured("fc" + std::to_string(fcs_.size() - 1), fcs_.back()->forward(h));
   }
   std::vector<LayerInfo> layers() const override {
     std::vector<LayerInfo> v;
@@ -125,13 +130,16 @@ class CnnNet : public Network {
     }
     head_ = register_module("head", torch::nn::Linear(c, out));
     init_layer(head_->weight, head_->bias, init, Activation::identity);
+    parametrise_readout(head_->weight, s);
     to(dtype_of(s));
   }
   torch::Tensor forward(const torch::Tensor& x, Monitor* mon) override {
-    torch::Tensor h = x;
-    for (std::size_t i = 0; i < convs_.size(); ++i)
-      h = hidden_block(layers_[i], norms_.empty() ? nullptr : &norms_[i], act_, residual_ && i > 0, h, static_cast<int>(i) + 1, mon);
-    return head_->forward(h.mean({2, 3}));
+    torch::Tensor h = x, z;
+    for (std::size_t i = 0; i < convs_.size(); ++i) {
+      h = hidden_block(layers_[i], norms_.empty() ? nullptr : &norms_[i], act_, residual_ && i > 0, h, static_cast<int>(i) + 1, mon, z);
+      captured("conv" + std::to_string(i), z);
+    }
+    return captured("head", head_->forward(h.mean({2, 3})));
   }
   std::vector<LayerInfo> layers() const override {
     std::vector<LayerInfo> v;

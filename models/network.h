@@ -25,11 +25,27 @@ struct LayerInfo {
 /// `h.1` ... `h.{depth-1}` for feed-forward nets (`h.1` ... `h.{depth}`, the blocks' outputs,
 /// for the Transformer), `time.1` ... `time.T` (and `cell.t` for the
 /// LSTM's cell state) for recurrent ones.
+/// Each weight layer's output as forward() computed it, named as in layers().
+using LayerOutputs = std::vector<std::pair<std::string, torch::Tensor>>;
+
 class Network : public torch::nn::Module {
  public:
   virtual torch::Tensor forward(const torch::Tensor& x, Monitor* monitor) = 0;
   virtual std::vector<LayerInfo> layers() const = 0;
   virtual bool recurrent() const { return false; }
+  /// From now on forward() appends each weight layer's output to `sink` (nullptr: stop); the
+  /// coordinate check reads them. Feed-forward families only.
+  void capture_layer_outputs(LayerOutputs* sink) { sink_ = sink; }
+
+ protected:
+  const torch::Tensor& captured(const std::string& name, const torch::Tensor& output) {
+    if (sink_) sink_->emplace_back(name, output);
+    return output;
+  }
+  LayerOutputs* sink() const { return sink_; }
+
+ private:
+  LayerOutputs* sink_ = nullptr;
 };
 
 /// Builds the network a spec describes for inputs of `input_dim` features (channels for the

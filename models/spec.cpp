@@ -123,6 +123,9 @@ void check_together(const ResolvedSpec& r) {
   if (r.family == "transformer" && r.get_int("width") % r.get_int("heads") != 0)
     throw UsageError("heads=" + r.get("heads") + " does not divide width=" + r.get("width") +
                      ": choose a width that is a multiple of the number of heads");
+  if (r.family == "transformer" && r.get_int("base_width") % r.get_int("heads") != 0)
+    throw UsageError("heads=" + r.get("heads") + " does not divide base_width=" + r.get("base_width") +
+                     ": choose a base width that is a multiple of the number of heads");
 }
 
 }  // namespace
@@ -171,6 +174,8 @@ const std::vector<FamilyDef>& families() {
         remedy(choice("init", "default", kInits, "weight initialisation (default: LibTorch's)")),
         remedy(choice("norm", "none", {"none", "batch", "layer"}, "normalisation before each activation")),
         remedy(choice("residual", "0", {"0", "1"}, "identity skip around each hidden block")),
+        choice("param", "sp", {"sp", "mup"}, "parametrisation: sp, or mup (Tensor Programs V, Table 3: read-out variance, learning rates per weight kind)"),
+        integer("base_width", "64", 2, 65536, "the width at which mup equals sp"),
         choice("dtype", "float32", kDtypes, "parameter and data type"),
     };
     v.push_back(mlp);
@@ -182,6 +187,8 @@ const std::vector<FamilyDef>& families() {
         remedy(choice("init", "default", kInits, "weight initialisation")),
         remedy(choice("norm", "none", {"none", "batch", "layer"}, "normalisation after each conv (layer = GroupNorm with 1 group)")),
         remedy(choice("residual", "0", {"0", "1"}, "identity skip around each conv block")),
+        choice("param", "sp", {"sp", "mup"}, "parametrisation: sp, or mup (Tensor Programs V, Table 3: read-out variance, learning rates per weight kind)"),
+        integer("base_width", "64", 2, 65536, "the channels at which mup equals sp"),
         choice("dtype", "float32", kDtypes, "parameter and data type"),
     };
     v.push_back(cnn);
@@ -208,6 +215,8 @@ const std::vector<FamilyDef>& families() {
         remedy(choice("ln", "post", {"post", "pre"},
                       "LayerNorm after each residual addition (post) or at the start of each branch (pre)")),
         remedy(integer("warmup", "0", 0, 1000000, "linear learning-rate warm-up over this many steps (0: none)")),
+        choice("param", "sp", {"sp", "mup"}, "parametrisation: sp, or mup (Tensor Programs V, Table 3: read-out variance, learning rates per weight kind, attention logits 1/d_head)"),
+        integer("base_width", "64", 2, 65536, "the width at which mup equals sp"),
         choice("dtype", "float32", kDtypes, "parameter and data type"),
     };
     v.push_back(tf);
@@ -236,6 +245,20 @@ const std::vector<Preset>& presets() {
       {"pre_ln", "transformer:depth=6,width=64,heads=4,ln=pre", "Transformer with pre-LN (LayerNorm inside the residual branch)"},
   };
   return p;
+}
+
+const char* width_option(const std::string& family) {
+  if (family == "cnn") return "channels";
+  if (family == "rnn") return "hidden";
+  return "width";
+}
+
+ResolvedSpec ResolvedSpec::with_width(std::int64_t width) const {
+  ResolvedSpec r = *this;
+  r.values[width_option(family)] = std::to_string(width);
+  r.preset.clear();
+  check_together(r);
+  return r;
 }
 
 const std::string& ResolvedSpec::get(const std::string& key) const {

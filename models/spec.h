@@ -76,7 +76,13 @@ struct ResolvedSpec {
   ModelTraits traits() const;
   /// Whether the option is one of the family's remedies (OptionDef::remedy).
   bool is_remedy(const std::string& key) const;
+  /// The same spec at another width (width_option()); throws UsageError where the family's
+  /// options refuse it (a Transformer width the heads do not divide).
+  ResolvedSpec with_width(std::int64_t width) const;
 };
+
+/// The option that is a family's width: "width", "channels" for the conv net, "hidden" for recurrent nets.
+const char* width_option(const std::string& family);
 
 /// Expands presets (`plain`, `plain:depth=10`), checks every key and value, fills defaults.
 /// Throws gradflow::UsageError naming the bad part and listing the valid ones.

@@ -14,6 +14,7 @@
 #include "gradflow/error.h"
 #include "gradflow/monitor.h"
 #include "models/network.h"
+#include "models/parametrise.h"
 #include "models/task.h"
 
 namespace gradflow::models {
@@ -28,35 +29,6 @@ std::string default_task(const std::string& family) {
   return "teacher";
 }
 
-struct OptimizerChoice {
-  std::string name;
-  double lr = 0;
-};
-
-OptimizerChoice choose_optimizer(const ResolvedSpec& spec, const TrainOptions& o) {
-  const bool sequences = sequence_family(spec.family);
-  OptimizerChoice c;
-  c.name = !o.optimizer.empty() ? o.optimizer : (sequences ? "adam" : "sgd");
-  c.lr = o.lr ? *o.lr : (c.name == "adam" ? 3e-3 : 0.05);
-  return c;
-}
-
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerChoice& c, const std::vector<torch::Tensor>& params,
-                                                        double momentum) {
-  if (c.name == "adam") return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(c.lr));
-  return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(c.lr).momentum(momentum));
-}
-
-std::unique_ptr<Task> make_task_for(const ResolvedSpec& spec, const TrainOptions& o) {
-  TaskOptions to;
-  to.name = o.task.empty() ? default_task(spec.family) : o.task;
-  to.seq_len = o.seq_len;
-  to.inputs = o.inputs;
-  to.classes = o.classes;
-  to.noise = o.noise;
-  to.dtype = spec.get("dtype") == "float64" ? torch::kDouble : torch::kFloat;
-  return make_task(to, spec.family);
-}
 
 // The record's identity and configuration, before any step.
 RunRecord describe_run(const ResolvedSpec& spec, const TrainOptions& o, const Task& task, const Network& net,
@@ -180,11 +152,12 @@ Batch aside_batch(Task& task, std::int64_t n) {
   return b;
 }
 
-// Linear warm-up: step s (from 0) trains at lr · min(1, (s + 1) / steps).
-void set_warmup_lr(torch::optim::Optimizer& opt, double lr, std::int64_t warmup_steps, std::int64_t step) {
+// Linear warm-up: step s (from 0) trains each group at its lr · min(1, (s + 1) / steps).
+void set_warmup_lr(torch::optim::Optimizer& opt, const std::vector<ParameterGroup>& groups, double lr, std::int64_t warmup_steps,
+                   std::int64_t step) {
   if (warmup_steps <= 0 || step > warmup_steps) return;
   const double now = lr * std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(warmup_steps));
-  for (auto& group : opt.param_groups()) group.options().set_lr(now);
+  for (std::size_t g = 0; g < groups.size(); ++g) opt.param_groups()[g].options().set_lr(now * groups[g].lr_multiplier);
 }
 
 MonitorOptions monitor_options(const ResolvedSpec& spec, const TrainOptions& o) {
@@ -198,6 +171,41 @@ MonitorOptions monitor_options(const ResolvedSpec& spec, const TrainOptions& o) 
 }
 
 }  // namespace
+
+OptimizerChoice choose_optimizer(const ResolvedSpec& spec, const TrainOptions& o) {
+  const bool sequences = sequence_family(spec.family);
+  OptimizerChoice c;
+  c.name = !o.optimizer.empty() ? o.optimizer : (sequences ? "adam" : "sgd");
+  c.lr = o.lr ? *o.lr : (c.name == "adam" ? 3e-3 : 0.05);
+  return c;
+}
+
+OptimizerKind optimizer_kind(const OptimizerChoice& c) { return c.name == "adam" ? OptimizerKind::adam : OptimizerKind::sgd; }
+
+// One parameter group per learning rate the spec's parametrisation gives.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerChoice& c, const std::vector<ParameterGroup>& groups,
+                                                        double momentum) {
+  std::vector<torch::optim::OptimizerParamGroup> pg;
+  for (const auto& g : groups) {
+    if (c.name == "adam")
+      pg.emplace_back(g.params, std::make_unique<torch::optim::AdamOptions>(c.lr * g.lr_multiplier));
+    else
+      pg.emplace_back(g.params, std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(c.lr * g.lr_multiplier).momentum(momentum)));
+  }
+  if (c.name == "adam") return std::make_unique<torch::optim::Adam>(std::move(pg), torch::optim::AdamOptions(c.lr));
+  return std::make_unique<torch::optim::SGD>(std::move(pg), torch::optim::SGDOptions(c.lr).momentum(momentum));
+}
+
+std::unique_ptr<Task> make_task_for(const ResolvedSpec& spec, const TrainOptions& o) {
+  TaskOptions to;
+  to.name = o.task.empty() ? default_task(spec.family) : o.task;
+  to.seq_len = o.seq_len;
+  to.inputs = o.inputs;
+  to.classes = o.classes;
+  to.noise = o.noise;
+  to.dtype = spec.get("dtype") == "float64" ? torch::kDouble : torch::kFloat;
+  return make_task(to, spec.family);
+}
 
 void validate(const TrainOptions& o) {
   if (o.steps < 1 || o.steps > 10000000)
@@ -242,7 +250,8 @@ RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
   RunRecord r = describe_run(spec, o, *task, *net, choice, ranks);
   if (dp) dp->broadcast_parameters(*net);
   const auto params = net->parameters();
-  auto opt = make_optimizer(choice, params, o.momentum);
+  const auto groups = parameter_groups(spec, *net, optimizer_kind(choice), task->input_dim(), task->output_dim());
+  auto opt = make_optimizer(choice, groups, o.momentum);
 
   MonitorOptions mo = monitor_options(spec, o);
   Batch fixed;
@@ -260,7 +269,7 @@ RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
         break;
       }
       const Batch b = shard_of(task->sample(o.batch), dp);
-      set_warmup_lr(*opt, choice.lr, r.traits.warmup_steps, step);
+      set_warmup_lr(*opt, groups, choice.lr, r.traits.warmup_steps, step);
       opt->zero_grad();
       torch::Tensor out = net->forward(b.x, &mon);
       torch::Tensor loss = task->loss(out, b);

@@ -4,14 +4,19 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 
+#include "gradflow/parametrisation.h"
 #include "gradflow/run_record.h"
 #include "models/spec.h"
 
 namespace gradflow {
 class DataParallel;
+}
+namespace torch::optim {
+class Optimizer;
 }
 
 namespace gradflow::models {
@@ -47,6 +52,23 @@ struct TrainOptions {
   /// clipping and the optimizer step. A lost rank stops the run (RunRecord::stop_reason).
   DataParallel* data_parallel = nullptr;
 };
+
+class Task;
+struct ParameterGroup;
+
+/// The optimizer the options name for a spec, and its learning rate (the family's defaults where
+/// the options give none).
+struct OptimizerChoice {
+  std::string name;  ///< sgd | adam
+  double lr = 0;
+};
+OptimizerChoice choose_optimizer(const ResolvedSpec& spec, const TrainOptions& options);
+OptimizerKind optimizer_kind(const OptimizerChoice& choice);
+/// The optimizer over `groups` (parameter_groups(): one per learning rate of the spec's parametrisation).
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerChoice& choice, const std::vector<ParameterGroup>& groups,
+                                                        double momentum);
+/// The spec's task (the options' or the family's default), in the spec's dtype.
+std::unique_ptr<Task> make_task_for(const ResolvedSpec& spec, const TrainOptions& options);
 
 /// Checks the options (throws gradflow::UsageError naming the bad one and its valid range).
 void validate(const TrainOptions& options);

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "gradflow/run_record.h"
+#include "models/parametrise.h"
 
 namespace gradflow::models {
 
@@ -21,8 +22,8 @@ torch::nn::Linear xavier_linear(std::int64_t in, std::int64_t out) {
 
 class BlockImpl : public torch::nn::Module {
  public:
-  BlockImpl(std::int64_t width, std::int64_t heads, bool pre)
-      : heads_(heads), pre_(pre),
+  BlockImpl(std::int64_t width, std::int64_t heads, bool pre, double attention_scale)
+      : heads_(heads), pre_(pre), scale_(attention_scale),
         qkv(register_module("qkv", xavier_linear(width, 3 * width))),
         proj(register_module("proj", xavier_linear(width, width))),
         fc1(register_module("fc1", xavier_linear(width, 4 * width))),
@@ -30,7 +31,10 @@ class BlockImpl : public torch::nn::Module {
         ln1(register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({width})))),
         ln2(register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({width})))) {}
 
-  torch::Tensor forward(const torch::Tensor& x) {
+  // `sink`: where each linear layer's output goes, named under `prefix` (LayerOutputs).
+  torch::Tensor forward(const torch::Tensor& x, LayerOutputs* sink = nullptr, const std::string& prefix = "") {
+    sink_ = sink;
+    prefix_ = prefix;
     if (pre_) {
       const torch::Tensor h = x + attention(ln1->forward(x));
       return h + mlp(ln2->forward(h));
@@ -43,15 +47,22 @@ class BlockImpl : public torch::nn::Module {
   torch::Tensor attention(const torch::Tensor& x) {
     const auto B = x.size(0), T = x.size(1), D = x.size(2), head = D / heads_;
     // [B, T, 3, heads, head] -> three [B, heads, T, head]
-    const auto parts = qkv->forward(x).view({B, T, 3, heads_, head}).permute({2, 0, 3, 1, 4}).unbind(0);
-    const auto scores = torch::matmul(parts[0], parts[1].transpose(-1, -2)) / std::sqrt(static_cast<double>(head));
+    const auto parts = captured("qkv", qkv->forward(x)).view({B, T, 3, heads_, head}).permute({2, 0, 3, 1, 4}).unbind(0);
+    const auto scores = torch::matmul(parts[0], parts[1].transpose(-1, -2)) * scale_;
     const auto mixed = torch::matmul(torch::softmax(scores, -1), parts[2]);
-    return proj->forward(mixed.transpose(1, 2).reshape({B, T, D}));
+    return captured("proj", proj->forward(mixed.transpose(1, 2).reshape({B, T, D})));
   }
-  torch::Tensor mlp(const torch::Tensor& x) { return fc2->forward(torch::relu(fc1->forward(x))); }
+  torch::Tensor mlp(const torch::Tensor& x) { return captured("fc2", fc2->forward(torch::relu(captured("fc1", fc1->forward(x))))); }
+  const torch::Tensor& captured(const char* name, const torch::Tensor& t) {
+    if (sink_) sink_->emplace_back(prefix_ + name, t);
+    return t;
+  }
 
   std::int64_t heads_;
   bool pre_;
+  double scale_;
+  LayerOutputs* sink_ = nullptr;
+  std::string prefix_;
 
  public:
   torch::nn::Linear qkv, proj, fc1, fc2;
@@ -81,16 +92,17 @@ class TransformerNet : public Network {
       embed_->weight.normal_(0.0, 1.0);
     }
     for (std::int64_t b = 0; b < s.get_int("depth"); ++b)
-      blocks_.push_back(register_module("block" + std::to_string(b), Block(width_, s.get_int("heads"), pre_)));
+      blocks_.push_back(register_module("block" + std::to_string(b), Block(width_, s.get_int("heads"), pre_, attention_scale_of(s))));
     if (pre_) final_norm_ = register_module("ln_final", torch::nn::LayerNorm(torch::nn::LayerNormOptions({width_})));
     head_ = register_module("head", xavier_linear(width_, out));
+    parametrise_readout(head_->weight, s);
     to(s.get("dtype") == "float64" ? torch::kDouble : torch::kFloat);
   }
 
   torch::Tensor forward(const torch::Tensor& x, Monitor* mon) override {
-    torch::Tensor h = embed_->forward(x) + positions_for(x);
+    torch::Tensor h = captured("embed", embed_->forward(x)) + positions_for(x);
     for (std::size_t b = 0; b < blocks_.size(); ++b) {
-      h = blocks_[b]->forward(h);
+      h = blocks_[b]->forward(h, sink(), "block" + std::to_string(b) + ".");
       if (mon && mon->recording()) {
         TapOptions o;
         o.group = "h";
@@ -98,7 +110,7 @@ class TransformerNet : public Network {
       }
     }
     if (pre_) h = final_norm_->forward(h);
-    return head_->forward(h);
+    return captured("head", head_->forward(h));
   }
 
   std::vector<LayerInfo> layers() const override {

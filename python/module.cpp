@@ -1,6 +1,7 @@
 // The `gradflow` Python module: the C++ Monitor on a live torch.nn.Module. Tensors cross as the
 // same at::Tensor (torch's own pybind11 caster); hooks, statistics and the trace stay in C++.
 #include <chrono>
+#include <filesystem>
 #include <cstring>
 #include <optional>
 #include <set>
@@ -19,6 +20,8 @@
 #include <torch/csrc/jit/python/module_python.h>
 #include <torch/extension.h>
 
+#include "gradflow/coord_check.h"
+#include "gradflow/coord_figures.h"
 #include "gradflow/data_parallel.h"
 #include "gradflow/diagnosis.h"
 #include "gradflow/error.h"
@@ -530,6 +533,75 @@ void bind_monitor(py::module_& m) {
            py::arg("path"));
 }
 
+
+// The coordinate check's pieces that Python's gradflow.coord_check() drives: the figures, the
+// weight kinds, and the analysis and report of the table it fills.
+py::dict analysis_dict(const CoordCheck& c, const WidthAnalysis& a) {
+  py::list verdicts;
+  for (const auto& v : a.verdicts) {
+    py::dict d;
+    d["layer"] = v.layer;
+    d["kind"] = to_string(v.kind);
+    d["stable"] = v.stable;
+    if (!v.stable) {
+      d["quantity"] = to_string(v.quantity);
+      d["slope"] = v.slope;
+      d["step"] = v.step;
+      d["departs_at"] = v.departs_at;
+    }
+    verdicts.append(d);
+  }
+  py::dict slopes;
+  for (int q = 0; q < kCoordQuantities; ++q)
+    for (std::int64_t t = 0; t < c.steps; ++t)
+      for (std::size_t l = 0; l < c.layers.size(); ++l) {
+        const auto& s = a.slopes[static_cast<std::size_t>(q)][static_cast<std::size_t>(t)][l];
+        slopes[py::make_tuple(c.layers[l].name, to_string(static_cast<CoordQuantity>(q)), t)] = s ? py::cast(*s) : py::none();
+      }
+  py::dict out;
+  out["label"] = c.label;
+  out["verdicts"] = verdicts;
+  out["slopes"] = slopes;
+  out["findings"] = a.findings;
+  return out;
+}
+
+void bind_width(py::module_& m) {
+  m.def("_coordinate_sizes", &coordinate_sizes, py::arg("tensors"),
+        "mean |x| of each tensor in double, computed on its device and fetched once (NaN for None)");
+  m.def(
+      "_weight_kinds",
+      [](const std::vector<std::pair<std::vector<std::int64_t>, bool>>& a, const std::vector<std::pair<std::vector<std::int64_t>, bool>>& b) {
+        auto shapes = [](const auto& v) {
+          std::vector<ParameterShape> out;
+          for (const auto& [sizes, embedding] : v) out.push_back({sizes, embedding});
+          return out;
+        };
+        std::vector<std::string> names;
+        for (auto k : weight_kinds(shapes(a), shapes(b))) names.emplace_back(to_string(k));
+        return names;
+      },
+      py::arg("at_a"), py::arg("at_b"), "Each parameter's kind from its (sizes, is_embedding) at two widths");
+  m.def(
+      "_analyse_coord_checks",
+      [](const std::string& json, double tolerance) {
+        py::list out;
+        for (const auto& c : coord_checks_from_json(json, "coord_check")) out.append(analysis_dict(c, analyse_widths(c, {tolerance})));
+        return out;
+      },
+      py::arg("json"), py::arg("tolerance"));
+  m.def(
+      "_write_coord_report",
+      [](const std::string& json, const std::string& dir, double tolerance, bool force) {
+        const auto checks = coord_checks_from_json(json, "coord_check");
+        if (!force && std::filesystem::exists(dir + "/coord_check.json"))
+          throw UsageError("'" + dir + "' already holds coord_check.json: choose another out= or pass force=True to replace it");
+        std::filesystem::create_directories(dir);
+        write_coord_report(checks, dir, {tolerance});
+      },
+      py::arg("json"), py::arg("dir"), py::arg("tolerance"), py::arg("force"));
+}
+
 }  // namespace
 
 }  // namespace gradflow::python
@@ -541,6 +613,7 @@ PYBIND11_MODULE(_gradflow, m) {
   bind_errors(m);
   bind_finding(m);
   bind_monitor(m);
+  bind_width(m);
   m.def(
       "save_report",
       [](PyMonitor& p, const std::string& dir, const std::string& label, bool force, const std::optional<py::dict>& traits) {

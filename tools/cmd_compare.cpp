@@ -14,6 +14,7 @@
 #include "gradflow/atomic_file.h"
 #include "gradflow/report.h"
 #include "models/flow_run.h"
+#include "width_sweep.h"
 
 namespace gradflow::cli {
 
@@ -73,7 +74,7 @@ Sweep parse_sweep(const std::string& text) {
   const auto eq = text.find('=');
   const std::string key = text.substr(0, eq);
   if (eq == std::string::npos || (key != "depth" && key != "seq-len"))
-    throw UsageError("--sweep '" + text + "': write depth=5,10,20 or seq-len=25,50,100");
+    throw UsageError("--sweep '" + text + "': write depth=5,10,20, seq-len=25,50,100 or width=64,128,256");
   s.axis = key == "depth" ? SweepAxis::depth : SweepAxis::seq_len;
   for (const auto& item : detail::split(text.substr(eq + 1))) {
     char* end = nullptr;
@@ -240,6 +241,8 @@ int write_comparison(const CompareOptions& o, const Trained& t, const std::vecto
 }  // namespace
 
 int run_compare(const CompareOptions& o) {
+  if (is_width_sweep(o.sweep)) return run_width_sweep(o);
+  if (o.seeds != 1) throw UsageError("--seeds averages a width sweep's figures: give it with --sweep width=...");
   const auto fail_on = parse_fail_on(o.fail_on);
   models::validate(o.flags.train);
   const Sweep sweep = parse_sweep(o.sweep);
@@ -272,7 +275,8 @@ void setup_compare(CLI::App& app) {
   auto* sub = app.add_subcommand("compare", "Train several architectures on the same task and seed; write a comparison report");
   sub->add_option("specs", o->specs, "Model specs or presets (default: the suite)");
   sub->add_option("--suite", o->suite, "Built-in suite: default, quick, mlp, rnn, transformer")->capture_default_str();
-  sub->add_option("--sweep", o->sweep, "Sweep depth=5,10,20,50 or seq-len=25,50,100,200 (attenuation at initialization)");
+  sub->add_option("--sweep", o->sweep, "Sweep depth=5,10,20,50 or seq-len=25,50,100,200 (attenuation at initialization), or width=64,128,...,2048 (the coordinate check: SP against µP)");
+  sub->add_option("--seeds", o->seeds, "With --sweep width: average each figure over this many initialisations")->capture_default_str();
   sub->add_option("--out", o->out, "Output folder")->capture_default_str();
   sub->add_option("--fail-on", o->fail_on, "Exit 1 if any run has a finding of these kinds");
   sub->add_flag("--quiet", o->quiet, "Print only the final tables");
@@ -281,6 +285,7 @@ void setup_compare(CLI::App& app) {
   add_rank_flags(*sub, o->placement);
   sub->final_callback([o, sub] {
     o->steps_given = sub->count("--steps") > 0;
+    o->seq_len_given = sub->count("--seq-len") > 0;
     throw CLI::RuntimeError(run_compare(*o));
   });
 }

@@ -11,11 +11,13 @@ namespace gradflow::cli {
 struct CompareOptions {
   std::vector<std::string> specs;
   std::string suite = "default";
-  std::string sweep;  // "depth=5,10,20" or "seq-len=25,50"
+  std::string sweep;  // "depth=5,10,20", "seq-len=25,50" or "width=64,128,256"
   std::string out = "gradflow-out/compare";
   std::string fail_on;
   std::string flow;   // a spec: add a gradient-flow section for it
   bool steps_given = false;
+  bool seq_len_given = false;
+  std::int64_t seeds = 1;  // --sweep width: figures averaged over this many initialisations
   bool quiet = false;
   TrainFlags flags;
   RankFlags placement;

@@ -29,6 +29,7 @@ enum class FindingKind {
   edge_of_stability,  ///< the sharpness reached the step size's stability bound (2 + 2·momentum)/lr
   not_recorded,       ///< no step was recorded (the model trained in another process, or no backward reached it)
   dead_layer,         ///< a layer's gradient exactly 0 for several recorded steps while other layers receive one
+  width_unstable,     ///< coordinate check: a layer's output or its change grows (or its change shrinks) with width
 };
 /// How bad it is.
 enum class Severity { info, warning, error };

@@ -31,6 +31,7 @@ from ._gradflow import (  # noqa: F401
     save_report,
 )
 from . import _hooks
+from ._coord import CoordCheckResult, coord_check  # noqa: F401
 
 
 class Monitor(_Monitor):

@@ -24,6 +24,7 @@ constexpr detail::Named<FindingKind> kKinds[] = {
     {FindingKind::edge_of_stability, "edge_of_stability"},
     {FindingKind::not_recorded, "not_recorded"},
     {FindingKind::dead_layer, "dead_layer"},
+    {FindingKind::width_unstable, "width_unstable"},
 };
 }  // namespace
 

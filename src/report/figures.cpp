@@ -1,5 +1,7 @@
 #include "report/figures.h"
 
+#include <cmath>
+
 #include <fmt/format.h>
 
 namespace gradflow::detail {
@@ -23,6 +25,10 @@ std::string loss_text(const std::optional<double>& v) { return v ? fmt::format("
 std::string loss_span(const RunSummary& s, Markup markup) {
   if (s.recorded_steps == 0) return "not recorded";
   return loss_text(s.loss_first) + (markup == Markup::html ? " &rarr; " : " -> ") + loss_text(s.loss_last);
+}
+
+std::string slope_text(const std::optional<double>& slope) {
+  return slope && std::isfinite(*slope) ? fmt::format("{:+.2f}", *slope) : "n/a";
 }
 
 }  // namespace gradflow::detail

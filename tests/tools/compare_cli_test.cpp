@@ -224,3 +224,54 @@ TEST(CompareSweep, SequenceLengthSweepFitsAGainPerStep) {
 
 }  // namespace
 }  // namespace gradflow::test
+
+namespace gradflow::test {
+namespace {
+
+double fitted_slope(const std::vector<double>& widths, const nlohmann::json& figures) {
+  double mx = 0, my = 0;
+  const double n = static_cast<double>(widths.size());
+  for (std::size_t i = 0; i < widths.size(); ++i) mx += std::log(widths[i]) / n, my += std::log(figures[i].get<double>()) / n;
+  double sxy = 0, sxx = 0;
+  for (std::size_t i = 0; i < widths.size(); ++i) {
+    sxy += (std::log(widths[i]) - mx) * (std::log(figures[i].get<double>()) - my);
+    sxx += (std::log(widths[i]) - mx) * (std::log(widths[i]) - mx);
+  }
+  return sxy / sxx;
+}
+
+// Tensor Programs V's coordinate check: with Adam, SP's hidden layers and read-out change with
+// width after one step; µP's do not.
+TEST(CompareSweep, WidthSweepTellsSpFromMup) {
+  const std::string dir = temp_dir("sweepW");
+  const std::string base = "mlp:depth=3,act=relu,init=he_normal,base_width=32,param=";
+  const auto r = run_cli({"compare", base + "sp", base + "mup", "--sweep", "width=32,64,128,256", "--quiet", "--out", dir + "/w"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(slurp(dir + "/w/coord_check.json"));
+  ASSERT_EQ(j["checks"].size(), 2u);
+  const std::vector<double> widths = {32, 64, 128, 256};
+  const auto& sp = j["checks"][0];
+  const auto& mup = j["checks"][1];
+  EXPECT_EQ(sp["optimizer"], "adam lr 0.003");
+  ASSERT_EQ(sp["layers"][1]["kind"], "hidden");
+  ASSERT_EQ(sp["layers"][2]["kind"], "readout");
+  for (int layer : {1, 2}) {
+    SCOPED_TRACE(layer);
+    EXPECT_GT(fitted_slope(widths, sp["figures"]["change"][1][layer]), 0.5);
+    EXPECT_LT(std::abs(fitted_slope(widths, mup["figures"]["change"][1][layer])), 0.25);
+  }
+  const std::string md = slurp(dir + "/w/report.md");
+  const auto second = md.find("param=mup");
+  ASSERT_NE(second, std::string::npos);
+  EXPECT_NE(md.find("width_unstable**: fc1 (hidden)"), std::string::npos) << md;
+  EXPECT_NE(md.find("width_unstable**: fc2 (readout)"), std::string::npos) << md;
+  EXPECT_EQ(md.find("width_unstable", second), std::string::npos) << "µP is width-stable:\n" << md;
+  EXPECT_NE(slurp(dir + "/w/report.html").find("<svg"), std::string::npos);
+  const auto failing = run_cli({"compare", base + "sp", "--sweep", "width=32,64,128", "--fail-on", "width_unstable", "--quiet", "--out", dir + "/f"});
+  EXPECT_EQ(failing.exit_code, 1) << failing.err;
+  EXPECT_NE(failing.err.find("--fail-on width_unstable"), std::string::npos) << failing.err;
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace gradflow::test

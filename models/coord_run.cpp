@@ -1,0 +1,149 @@
+#include "models/coord_run.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+
+#include <torch/torch.h>
+
+#include <fmt/format.h>
+
+#include "gradflow/coord_figures.h"
+#include "gradflow/error.h"
+#include "models/network.h"
+#include "models/parametrise.h"
+#include "models/task.h"
+#include "util/text.h"
+
+namespace gradflow::models {
+
+namespace {
+
+// Each recorded layer's weight among the network's parameters.
+std::vector<torch::Tensor> layer_weights(Network& net, const std::vector<std::string>& layers) {
+  const auto named = net.named_parameters();
+  std::vector<torch::Tensor> out;
+  for (const auto& l : layers) {
+    const auto* w = named.find(l + ".weight");
+    out.push_back(w ? *w : torch::Tensor());
+  }
+  return out;
+}
+
+// The spec as the sweep ran it: every option but the swept width.
+std::string label_without_width(const ResolvedSpec& spec) {
+  const std::string canonical = spec.canonical(), key = std::string(width_option(spec.family)) + "=";
+  const auto colon = canonical.find(':');
+  std::string out = canonical.substr(0, colon + 1);
+  bool first = true;
+  for (const auto& item : detail::split(canonical.substr(colon + 1))) {
+    if (item.rfind(key, 0) == 0) continue;
+    out += (first ? "" : ",") + item;
+    first = false;
+  }
+  return out;
+}
+
+struct WidthRun {
+  std::vector<std::string> layers;
+  std::vector<WeightKind> kinds;
+  // figures[step][quantity][layer]
+  std::vector<std::array<std::vector<double>, kCoordQuantities>> figures;
+};
+
+WidthRun train_one_width(const ResolvedSpec& spec, const CoordRunOptions& o, const Batch& batch, Task& task, std::uint64_t seed) {
+  torch::manual_seed(seed);
+  auto net = make_network(spec, task.input_dim(), task.output_dim());
+  net->train();
+  const OptimizerChoice choice = choose_optimizer(spec, o.train);
+  const auto groups = parameter_groups(spec, *net, optimizer_kind(choice), task.input_dim(), task.output_dim());
+  auto opt = make_optimizer(choice, groups, o.train.momentum);
+  const auto kinds = parameter_kinds(spec, task.input_dim(), task.output_dim());
+  const auto names = net->named_parameters().keys();
+
+  WidthRun run;
+  LayerOutputs outputs;
+  std::vector<torch::Tensor> initial;
+  net->capture_layer_outputs(&outputs);
+  for (std::int64_t t = 0; t < o.train.steps; ++t) {
+    outputs.clear();
+    opt->zero_grad();
+    const torch::Tensor loss = task.loss(net->forward(batch.x, nullptr), batch);
+    if (t == 0) {
+      for (const auto& [name, h] : outputs) {
+        run.layers.push_back(name);
+        initial.push_back(h.detach().clone());
+        const auto index = static_cast<std::size_t>(std::find(names.begin(), names.end(), name + ".weight") - names.begin());
+        run.kinds.push_back(index < kinds.size() ? kinds[index] : WeightKind::fixed);
+      }
+    }
+    if (outputs.size() != run.layers.size()) throw Error("the network's layer outputs changed between steps");
+    for (auto& [name, h] : outputs) h.retain_grad();
+    loss.backward();
+    const auto weights = layer_weights(*net, run.layers);
+    std::vector<torch::Tensor> before;
+    for (const auto& w : weights) before.push_back(w.defined() ? w.detach().clone() : torch::Tensor());
+    opt->step();
+    std::vector<torch::Tensor> all;
+    for (std::size_t l = 0; l < outputs.size(); ++l) {
+      const torch::Tensor& h = outputs[l].second;
+      all.push_back(h.detach());
+      all.push_back(t == 0 ? torch::Tensor() : h.detach() - initial[l]);
+      all.push_back(h.grad());
+      all.push_back(weights[l].defined() ? weights[l].grad() : torch::Tensor());
+      all.push_back(weights[l].defined() ? weights[l].detach() - before[l] : torch::Tensor());
+    }
+    const std::vector<double> v = coordinate_sizes(all);
+    std::array<std::vector<double>, kCoordQuantities> step;
+    for (std::size_t l = 0; l < outputs.size(); ++l)
+      for (std::size_t q = 0; q < kCoordQuantities; ++q) step[q].push_back(v[l * kCoordQuantities + q]);
+    run.figures.push_back(std::move(step));
+  }
+  net->capture_layer_outputs(nullptr);
+  return run;
+}
+
+}  // namespace
+
+void validate(const CoordRunOptions& o) {
+  if (o.seeds < 1 || o.seeds > 1000) throw UsageError("--seeds must be from 1 to 1000 (got " + std::to_string(o.seeds) + ")");
+  if (o.widths.size() < 2) throw UsageError("a width sweep needs at least two widths to fit a slope, e.g. width=64,128,256,512");
+  validate(o.train);
+}
+
+CoordCheck run_coord_check(const ResolvedSpec& spec, const CoordRunOptions& o) {
+  if (spec.family == "rnn") throw UsageError("--sweep width applies to mlp, cnn and transformer models; '" + spec.label() + "' is recurrent");
+  validate(o);
+  CoordCheck c;
+  c.label = label_without_width(spec);
+  const OptimizerChoice choice = choose_optimizer(spec, o.train);
+  c.optimizer = fmt::format("{} lr {:g}", choice.name, choice.lr);
+  c.optimizer_kind = optimizer_kind(choice);
+  c.widths = o.widths;
+  c.steps = o.train.steps;
+  c.seeds = o.seeds;
+  // One task and one batch for every width: drawn before any network, from the same seed.
+  torch::manual_seed(o.train.seed);
+  auto task = make_task_for(spec, o.train);
+  const Batch batch = task->sample(o.train.batch);
+  for (std::size_t w = 0; w < o.widths.size(); ++w) {
+    for (std::int64_t s = 0; s < o.seeds; ++s) {
+      const WidthRun run = train_one_width(spec.with_width(o.widths[w]), o, batch, *task, o.train.seed + 1 + static_cast<std::uint64_t>(s));
+      if (w == 0 && s == 0) {
+        for (std::size_t l = 0; l < run.layers.size(); ++l) c.layers.push_back({run.layers[l], run.kinds[l]});
+        c.allocate();
+      }
+      for (std::int64_t t = 0; t < c.steps; ++t)
+        for (std::size_t q = 0; q < kCoordQuantities; ++q)
+          for (std::size_t l = 0; l < c.layers.size(); ++l) {
+            double& cell = c.at(static_cast<CoordQuantity>(q), t, l, w);
+            const double v = run.figures[static_cast<std::size_t>(t)][q][l] / static_cast<double>(o.seeds);
+            cell = s == 0 ? v : cell + v;
+          }
+    }
+    if (o.progress) o.progress(w + 1, o.widths.size());
+  }
+  return c;
+}
+
+}  // namespace gradflow::models

@@ -1,0 +1,171 @@
+#include "gradflow/coord_check.h"
+
+#include <cmath>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include "gradflow/error.h"
+#include "util/enum_names.h"
+#include "util/line_fit.h"
+
+namespace gradflow {
+
+namespace {
+
+constexpr detail::Named<CoordQuantity> kQuantities[] = {{CoordQuantity::activation, "activation"},
+                                                        {CoordQuantity::change, "change"},
+                                                        {CoordQuantity::output_gradient, "output_gradient"},
+                                                        {CoordQuantity::weight_gradient, "weight_gradient"},
+                                                        {CoordQuantity::update, "update"}};
+constexpr detail::Named<CoordQuantity> kHeadings[] = {{CoordQuantity::activation, "mean |h_t|"},
+                                                      {CoordQuantity::change, "mean |h_t − h_0|"},
+                                                      {CoordQuantity::output_gradient, "mean |dL/dh_t|"},
+                                                      {CoordQuantity::weight_gradient, "mean |dL/dW_t|"},
+                                                      {CoordQuantity::update, "mean |W_t+1 − W_t|"}};
+
+std::size_t index(CoordQuantity q) { return static_cast<std::size_t>(q); }
+
+// The slope over widths [from, end).
+std::optional<double> fit_slope(const CoordCheck& c, CoordQuantity q, std::int64_t step, std::size_t layer, std::size_t from = 0) {
+  std::vector<double> x, y;
+  for (std::size_t w = from; w < c.widths.size(); ++w) {
+    const double v = c.at(q, step, layer, w);
+    if (!(std::isfinite(v) && v > 0)) continue;
+    x.push_back(std::log(static_cast<double>(c.widths[w])));
+    y.push_back(std::log(v));
+  }
+  return detail::least_squares_slope(x, y);
+}
+
+// The output may vanish with width (µP's read-out does at initialisation, by design): only its
+// growth is judged. Its change must neither grow nor vanish: that is what the update does to it.
+bool beyond(CoordQuantity q, double slope, double tolerance) {
+  return q == CoordQuantity::activation ? slope > tolerance : std::abs(slope) > tolerance;
+}
+
+constexpr CoordQuantity kJudged[] = {CoordQuantity::activation, CoordQuantity::change};
+
+// A scaling persists at the wide end; a finite-width correction (a share of the change that
+// falls with width, beside one that does not) flattens there. With four widths or more, a
+// departure counts only if the slope over the wider half, from the middle width up, is beyond
+// the tolerance too.
+bool persists(const CoordCheck& c, CoordQuantity q, std::int64_t step, std::size_t layer, double tolerance) {
+  if (c.widths.size() < 4) return true;
+  const auto upper = fit_slope(c, q, step, layer, (c.widths.size() - 1) / 2);
+  return upper && beyond(q, *upper, tolerance);
+}
+
+WidthVerdict judge(const CoordCheck& c, const WidthAnalysis& a, std::size_t layer, double tolerance) {
+  WidthVerdict v;
+  v.layer = c.layers[layer].name;
+  v.kind = c.layers[layer].kind;
+  for (std::int64_t t = 0; t < c.steps; ++t)
+    for (CoordQuantity q : kJudged) {
+      const auto& s = a.slopes[index(q)][static_cast<std::size_t>(t)][layer];
+      if (!s || !beyond(q, *s, tolerance) || !persists(c, q, t, layer, tolerance)) continue;
+      if (v.stable) v.departs_at = t;
+      if (v.stable || std::abs(*s) > std::abs(v.slope)) {
+        v.quantity = q;
+        v.slope = *s;
+        v.step = t;
+      }
+      v.stable = false;
+    }
+  return v;
+}
+
+std::string remedy(WeightKind kind, const std::optional<OptimizerKind>& opt) {
+  const bool sgd = opt == OptimizerKind::sgd, adam = opt == OptimizerKind::adam;
+  switch (kind) {
+    case WeightKind::readout:
+      return "µP's read-out (Tensor Programs V, Table 3): initial variance 1/fan_in² (or zero) instead of 1/fan_in, and "
+             "learning rate η/fan_in under SGD and Adam alike";
+    case WeightKind::hidden:
+      if (adam) return "µP's hidden weights under Adam (Tensor Programs V, Table 3): learning rate η/fan_in, initial variance 1/fan_in";
+      if (sgd)
+        return "under SGD µP keeps the hidden weights' learning rate η and variance 1/fan_in (Tensor Programs V, Table 3): "
+               "what grows here is the gradient the read-out sends back; give the read-out variance 1/fan_in² and "
+               "learning rate η/fan_in";
+      return "µP's hidden weights (Tensor Programs V, Table 3): variance 1/fan_in; learning rate η under SGD, η/fan_in under Adam";
+    case WeightKind::input:
+      if (sgd) return "µP's input weights, biases and norm gains under SGD (Tensor Programs V, Table 3): learning rate η·fan_out, variance 1/fan_in";
+      if (adam)
+        return "under Adam µP gives input weights, embeddings, biases and norm gains SP's learning rate η (Tensor Programs V, "
+               "Table 3): what grows here comes from the layers that feed it";
+      return "µP's input weights, biases and norm gains (Tensor Programs V, Table 3): variance 1/fan_in; learning rate η·fan_out "
+             "under SGD, η under Adam";
+    case WeightKind::fixed:
+      break;
+  }
+  return "this layer's shape does not change with width: its output follows its input; judge the layers before it";
+}
+
+// `first_unstable`: the first unstable layer before this one, whose change this layer's input may carry.
+Finding finding_for(const CoordCheck& c, const WidthVerdict& v, std::size_t layer, const WidthVerdict* first_unstable) {
+  Finding f;
+  f.kind = FindingKind::width_unstable;
+  f.severity = Severity::warning;
+  f.where = v.layer;
+  const double first = c.at(v.quantity, v.step, layer, 0), last = c.at(v.quantity, v.step, layer, c.widths.size() - 1);
+  const char* verb = v.slope > 0 ? "grows" : "shrinks";
+  f.message = fmt::format("{} ({}): {} {} as width^{:.2f} at step {} ({:.3g} at width {}, {:.3g} at width {})", v.layer, to_string(v.kind),
+                          coord_heading(v.quantity), verb, v.slope, v.step, first, c.widths.front(), last, c.widths.back());
+  if (v.departs_at != v.step) f.message += fmt::format("; first beyond the tolerance at step {}", v.departs_at);
+  f.evidence = {{"slope", v.slope}, {"step", static_cast<double>(v.step)}, {"departs_at", static_cast<double>(v.departs_at)},
+                {"smallest_width_figure", first}, {"largest_width_figure", last}};
+  f.remedy = remedy(v.kind, c.optimizer_kind);
+  if (first_unstable && first_unstable->departs_at <= v.departs_at)
+    f.remedy += fmt::format("; layers before it are unstable from {} (step {}) on, and its input may carry their change: mend "
+                            "the first of them before this one",
+                            first_unstable->layer, first_unstable->departs_at);
+  return f;
+}
+
+void check_shape(const CoordCheck& c) {
+  if (c.widths.size() < 2) throw UsageError("a width sweep needs at least two widths, e.g. 64,128,256");
+  for (std::size_t w = 1; w < c.widths.size(); ++w)
+    if (c.widths[w] <= c.widths[w - 1]) throw UsageError("the widths of a sweep must increase: " + std::to_string(c.widths[w]) + " follows " + std::to_string(c.widths[w - 1]));
+  if (c.values.size() != kCoordQuantities) throw Error("coordinate check '" + c.label + "' holds no figures (allocate() it)");
+}
+
+}  // namespace
+
+const char* to_string(CoordQuantity q) { return detail::name_of(kQuantities, q); }
+const char* coord_heading(CoordQuantity q) { return detail::name_of(kHeadings, q); }
+
+void CoordCheck::allocate() {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  values.assign(kCoordQuantities, std::vector<std::vector<std::vector<double>>>(
+                                      static_cast<std::size_t>(steps), std::vector<std::vector<double>>(layers.size(), std::vector<double>(widths.size(), nan))));
+}
+
+double& CoordCheck::at(CoordQuantity q, std::int64_t step, std::size_t layer, std::size_t width) {
+  return values.at(index(q)).at(static_cast<std::size_t>(step)).at(layer).at(width);
+}
+
+double CoordCheck::at(CoordQuantity q, std::int64_t step, std::size_t layer, std::size_t width) const {
+  return values.at(index(q)).at(static_cast<std::size_t>(step)).at(layer).at(width);
+}
+
+WidthAnalysis analyse_widths(const CoordCheck& c, const WidthOptions& o) {
+  check_shape(c);
+  WidthAnalysis a;
+  a.slopes.resize(kCoordQuantities);
+  for (int q = 0; q < kCoordQuantities; ++q) {
+    a.slopes[static_cast<std::size_t>(q)].resize(static_cast<std::size_t>(c.steps));
+    for (std::int64_t t = 0; t < c.steps; ++t)
+      for (std::size_t l = 0; l < c.layers.size(); ++l)
+        a.slopes[static_cast<std::size_t>(q)][static_cast<std::size_t>(t)].push_back(fit_slope(c, static_cast<CoordQuantity>(q), t, l));
+  }
+  std::optional<std::size_t> first;
+  for (std::size_t l = 0; l < c.layers.size(); ++l) {
+    a.verdicts.push_back(judge(c, a, l, o.slope_tolerance));
+    if (a.verdicts.back().stable) continue;
+    a.findings.push_back(finding_for(c, a.verdicts.back(), l, first ? &a.verdicts[*first] : nullptr));
+    if (!first) first = l;
+  }
+  return a;
+}
+
+}  // namespace gradflow

@@ -1,0 +1,105 @@
+#include <fmt/format.h>
+
+#include "gradflow/coord_check.h"
+#include "gradflow/error.h"
+#include "util/json_util.h"
+
+namespace gradflow {
+
+namespace {
+
+using detail::Json;
+
+Json check_to_json(const CoordCheck& c) {
+  Json layers = Json::array();
+  for (const auto& l : c.layers) layers.push_back({{"name", l.name}, {"kind", to_string(l.kind)}});
+  Json figures = Json::object();
+  for (int q = 0; q < kCoordQuantities; ++q) {
+    Json steps = Json::array();
+    for (const auto& step : c.values.at(static_cast<std::size_t>(q))) {
+      Json rows = Json::array();
+      for (const auto& row : step) {
+        Json cells = Json::array();
+        for (double v : row) cells.push_back(detail::num(v));
+        rows.push_back(std::move(cells));
+      }
+      steps.push_back(std::move(rows));
+    }
+    figures[to_string(static_cast<CoordQuantity>(q))] = std::move(steps);
+  }
+  return {{"label", c.label},
+          {"optimizer", c.optimizer},
+          {"optimizer_kind", c.optimizer_kind ? Json(to_string(*c.optimizer_kind)) : Json(nullptr)},
+          {"widths", c.widths},
+          {"steps", c.steps},
+          {"seeds", c.seeds},
+          {"layers", std::move(layers)},
+          {"figures", std::move(figures)}};
+}
+
+std::optional<OptimizerKind> optimizer_kind_from(const Json& j) {
+  const auto it = j.find("optimizer_kind");
+  if (it == j.end() || it->is_null()) return std::nullopt;
+  const std::string name = it->get<std::string>();
+  for (auto k : {OptimizerKind::sgd, OptimizerKind::adam})
+    if (name == to_string(k)) return k;
+  return std::nullopt;
+}
+
+void read_figures(const Json& figures, CoordCheck& c, const std::string& where) {
+  for (int q = 0; q < kCoordQuantities; ++q) {
+    const auto quantity = static_cast<CoordQuantity>(q);
+    const Json& steps = detail::get_array(figures, to_string(quantity), where);
+    if (steps.size() != static_cast<std::size_t>(c.steps)) throw Error(where + ": '" + to_string(quantity) + "' does not hold one entry per step");
+    for (std::int64_t t = 0; t < c.steps; ++t) {
+      const Json& rows = steps[static_cast<std::size_t>(t)];
+      if (!rows.is_array() || rows.size() != c.layers.size()) throw Error(where + ": '" + to_string(quantity) + "' does not hold one row per layer");
+      for (std::size_t l = 0; l < c.layers.size(); ++l) {
+        const Json& cells = rows[l];
+        if (!cells.is_array() || cells.size() != c.widths.size()) throw Error(where + ": '" + to_string(quantity) + "' does not hold one figure per width");
+        for (std::size_t w = 0; w < c.widths.size(); ++w)
+          c.at(quantity, t, l, w) = cells[w].is_null() ? std::numeric_limits<double>::quiet_NaN() : cells[w].get<double>();
+      }
+    }
+  }
+}
+
+CoordCheck check_from_json(const Json& j, const std::string& where) {
+  CoordCheck c;
+  c.label = detail::get_str(j, "label", where);
+  c.optimizer = j.value("optimizer", "");
+  c.optimizer_kind = optimizer_kind_from(j);
+  for (const auto& w : detail::get_array(j, "widths", where)) c.widths.push_back(w.get<std::int64_t>());
+  c.steps = detail::get_int(j, "steps", where);
+  if (c.steps < 1 || c.steps > 100000) throw Error(where + ": 'steps' must be from 1 to 100000");
+  c.seeds = j.value("seeds", std::int64_t{1});
+  if (c.seeds < 1) throw Error(where + ": 'seeds' must be at least 1");
+  for (const auto& l : detail::get_array(j, "layers", where))
+    c.layers.push_back({detail::get_str(l, "name", where), weight_kind_from_string(detail::get_str(l, "kind", where))});
+  c.allocate();
+  read_figures(j.at("figures"), c, where);
+  return c;
+}
+
+}  // namespace
+
+std::string coord_checks_to_json(const std::vector<CoordCheck>& checks) {
+  Json all = Json::array();
+  for (const auto& c : checks) all.push_back(check_to_json(c));
+  return Json{{"schema", kCoordSchema}, {"checks", std::move(all)}}.dump(1) + "\n";
+}
+
+std::vector<CoordCheck> coord_checks_from_json(const std::string& text, const std::string& where) {
+  try {
+    const Json j = detail::parse_json(text, where);
+    if (!j.is_object() || j.value("schema", "") != kCoordSchema)
+      throw Error(where + " is not a gradflow coordinate check (schema " + kCoordSchema + " expected)");
+    std::vector<CoordCheck> checks;
+    for (const auto& c : detail::get_array(j, "checks", where)) checks.push_back(check_from_json(c, where));
+    return checks;
+  } catch (const Json::exception& e) {
+    throw Error(where + " is corrupt (" + e.what() + "): give a coord_check.json written by gradflow");
+  }
+}
+
+}  // namespace gradflow

@@ -1,0 +1,152 @@
+#include <fmt/format.h>
+
+#include "gradflow/atomic_file.h"
+#include "gradflow/coord_check.h"
+#include "report/figures.h"
+#include "report/svg.h"
+
+namespace gradflow {
+
+namespace {
+
+using detail::html_escape;
+
+constexpr CoordQuantity kAll[] = {CoordQuantity::activation, CoordQuantity::change, CoordQuantity::output_gradient,
+                                  CoordQuantity::weight_gradient, CoordQuantity::update};
+
+// The step the literature's claim is about: after one update.
+std::int64_t first_update_step(const CoordCheck& c) { return c.steps > 1 ? 1 : 0; }
+
+std::string verdict_text(const WidthVerdict& v, double tolerance) {
+  if (v.stable) return fmt::format("width-stable (|slope| ≤ {:g})", tolerance);
+  return fmt::format("unstable: {} ~ width^{} at step {}, from step {}", coord_heading(v.quantity), detail::slope_text(v.slope), v.step,
+                     v.departs_at);
+}
+
+std::string slope_at(const WidthAnalysis& a, CoordQuantity q, std::int64_t step, std::size_t layer) {
+  return detail::slope_text(a.slopes[static_cast<std::size_t>(q)][static_cast<std::size_t>(step)][layer]);
+}
+
+std::string check_intro(const CoordCheck& c) {
+  std::string widths;
+  for (auto w : c.widths) widths += (widths.empty() ? "" : ", ") + std::to_string(w);
+  return fmt::format("{}; widths {}; steps 0 to {} on one batch; {}", c.optimizer.empty() ? "optimizer not named" : c.optimizer, widths,
+                     c.steps - 1, c.seeds == 1 ? std::string("one initialisation") : fmt::format("mean over {} initialisations", c.seeds));
+}
+
+std::string verdict_table_html(const CoordCheck& c, const WidthAnalysis& a, const WidthOptions& o) {
+  const std::int64_t t1 = first_update_step(c), last = c.steps - 1;
+  std::string out = fmt::format(
+      "<table><tr><th class=\"l\">layer</th><th class=\"l\">kind</th><th>slope of {0} at step {1}</th><th>slope of {2} at step {1}</th>"
+      "<th>slope of {0} at step {3}</th><th>slope of {4} at step {1}</th><th class=\"l\">verdict</th></tr>\n",
+      html_escape(coord_heading(CoordQuantity::activation)), t1, html_escape(coord_heading(CoordQuantity::change)), last,
+      html_escape(coord_heading(CoordQuantity::update)));
+  for (std::size_t l = 0; l < c.layers.size(); ++l) {
+    const auto& v = a.verdicts[l];
+    out += fmt::format("<tr class=\"{}\"><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l v\">{}</td></tr>\n",
+                       v.stable ? "good" : "bad", html_escape(v.layer), to_string(v.kind), slope_at(a, CoordQuantity::activation, t1, l),
+                       slope_at(a, CoordQuantity::change, t1, l), slope_at(a, CoordQuantity::activation, last, l),
+                       slope_at(a, CoordQuantity::update, t1, l), html_escape(verdict_text(v, o.slope_tolerance)));
+  }
+  return out + "</table>\n";
+}
+
+std::string findings_html(const WidthAnalysis& a) {
+  if (a.findings.empty()) return "<p>No finding: every layer's output and its change keep their size across these widths.</p>\n";
+  std::string out = "<ul>\n";
+  for (const auto& f : a.findings)
+    out += fmt::format("<li><b>{}</b>: {}.<br>Remedy: {}.</li>\n", to_string(f.kind), html_escape(f.message), html_escape(f.remedy));
+  return out + "</ul>\n";
+}
+
+detail::LineChart panel(const CoordCheck& c, CoordQuantity q, std::int64_t step) {
+  detail::LineChart chart;
+  chart.title = fmt::format("{} at step {}", coord_heading(q), step);
+  chart.x_label = "width";
+  chart.y_label = coord_heading(q);
+  chart.log_x = true;
+  chart.width = 340;
+  chart.height = 260;
+  for (std::size_t l = 0; l < c.layers.size(); ++l) {
+    detail::LineSeries s;
+    s.label = c.layers[l].name;
+    for (std::size_t w = 0; w < c.widths.size(); ++w) {
+      s.x.push_back(static_cast<double>(c.widths[w]));
+      s.y.push_back(c.at(q, step, l, w));
+      s.tips.push_back(fmt::format("{} at width {}: {:.4g}", c.layers[l].name, c.widths[w], c.at(q, step, l, w)));
+    }
+    chart.series.push_back(std::move(s));
+  }
+  return chart;
+}
+
+std::string charts_html(const CoordCheck& c) {
+  std::string out;
+  for (CoordQuantity q : kAll) {
+    out += fmt::format("<h4>{}</h4>\n<div class=\"panels\">", html_escape(coord_heading(q)));
+    for (std::int64_t t = 0; t < c.steps; ++t) {
+      if (q == CoordQuantity::change && t == 0) continue;  // zero by definition
+      out += "<figure class=\"chart\">" + detail::render(panel(c, q, t)) + "</figure>";
+    }
+    out += "</div>\n";
+  }
+  return out;
+}
+
+std::string check_html(const CoordCheck& c, const WidthOptions& o) {
+  const WidthAnalysis a = analyse_widths(c, o);
+  return fmt::format("<h2>{}</h2>\n<p>{}</p>\n", html_escape(c.label), html_escape(check_intro(c))) + verdict_table_html(c, a, o) +
+         findings_html(a) + charts_html(c);
+}
+
+constexpr const char* kStyle =
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;color:#222;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
+    "th{background:#f3f3f3}td.l,th.l{text-align:left}tr.good td.v{background:#e7f4ea}tr.bad td.v{background:#fbe9e7}"
+    ".panels{display:flex;flex-wrap:wrap;gap:.5em}.chart{margin:0}.chart svg{max-width:100%;height:auto}.plot{fill:#fafafa;stroke:#999}"
+    ".grid{stroke:#e3e3e3}.tick{font-size:11px;fill:#444}.axis{font-size:12px;fill:#222}.title{font-size:13px;font-weight:600;fill:#222}"
+    ".legend{font-size:11px;fill:#222}.empty{font-size:13px;fill:#888}code{background:#f3f3f3;padding:0 .2em}";
+
+}  // namespace
+
+std::string coord_report_html(const std::vector<CoordCheck>& checks, const WidthOptions& o) {
+  std::string out = std::string("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>gradflow: coordinate check across widths</title><style>") +
+                    kStyle + "</style></head><body>\n<h1>Coordinate check across widths</h1>\n";
+  out += fmt::format(
+      "<p>Each model is trained for a few steps at every width on the same batch, seed and optimizer; each figure is the mean |x| "
+      "over one tensor's coordinates, and each slope the least-squares slope of its logarithm against log(width). Under the "
+      "maximal-update parametrisation (&micro;P, Tensor Programs V) every layer's output and its change since initialisation keep "
+      "their size as the model widens; under the standard parametrisation with Adam they grow after the first update. A layer is "
+      "width-stable when neither its output grows nor its change grows or shrinks faster than width<sup>{0:g}</sup> at any step. "
+      "Gradients and the weights' own updates are shown with their slopes: under &micro;P a hidden weight's update per coordinate "
+      "shrinks as 1/width by design, so that its effect on the output does not.</p>\n",
+      o.slope_tolerance);
+  for (const auto& c : checks) out += check_html(c, o);
+  return out + "</body></html>\n";
+}
+
+std::string coord_report_markdown(const std::vector<CoordCheck>& checks, const WidthOptions& o) {
+  std::string out = "# Coordinate check across widths\n";
+  for (const auto& c : checks) {
+    const WidthAnalysis a = analyse_widths(c, o);
+    const std::int64_t t1 = first_update_step(c), last = c.steps - 1;
+    out += fmt::format("\n## {}\n\n{}\n\n| layer | kind | {} step {} | {} step {} | {} step {} | verdict |\n|---|---|---:|---:|---:|---|\n", c.label,
+                       check_intro(c), coord_heading(CoordQuantity::activation), t1, coord_heading(CoordQuantity::change), t1,
+                       coord_heading(CoordQuantity::activation), last);
+    for (std::size_t l = 0; l < c.layers.size(); ++l)
+      out += fmt::format("| {} | {} | {} | {} | {} | {} |\n", a.verdicts[l].layer, to_string(a.verdicts[l].kind),
+                         slope_at(a, CoordQuantity::activation, t1, l), slope_at(a, CoordQuantity::change, t1, l),
+                         slope_at(a, CoordQuantity::activation, last, l), verdict_text(a.verdicts[l], o.slope_tolerance));
+    for (const auto& f : a.findings) out += fmt::format("\n- **{}**: {}. Remedy: {}.", to_string(f.kind), f.message, f.remedy);
+    out += a.findings.empty() ? "\nNo finding: every layer is width-stable.\n" : "\n";
+  }
+  return out;
+}
+
+void write_coord_report(const std::vector<CoordCheck>& checks, const std::string& out_dir, const WidthOptions& o) {
+  write_file_atomic(out_dir + "/coord_check.json", coord_checks_to_json(checks));
+  write_file_atomic(out_dir + "/report.html", coord_report_html(checks, o));
+  write_file_atomic(out_dir + "/report.md", coord_report_markdown(checks, o));
+}
+
+}  // namespace gradflow
