@@ -542,6 +542,7 @@ py::dict analysis_dict(const CoordCheck& c, const WidthAnalysis& a) {
     py::dict d;
     d["layer"] = v.layer;
     d["kind"] = to_string(v.kind);
+    d["measured"] = v.measured;
     d["stable"] = v.stable;
     if (!v.stable) {
       d["quantity"] = to_string(v.quantity);

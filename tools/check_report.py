@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Renders a gradflow report.html in headless Chromium and checks what a person would see.
 
-usage: check_report.py REPORT_HTML SCREENSHOT_PNG [MAX_BYTES MAX_RENDER_SECONDS]
+usage: check_report.py [--min-coloured PERCENT] REPORT_HTML SCREENSHOT_PNG [MAX_BYTES MAX_RENDER_SECONDS]
 
 Fails (exit 1) if the file references anything outside itself, if Chromium cannot render it, or
-if the screenshot is blank; with the limits, also if the file is larger than MAX_BYTES or takes
+if the screenshot is blank (under 1% coloured pixels, or PERCENT: a page of line charts on white
+colours less than one of heatmaps); with the limits, also if the file is larger than MAX_BYTES or takes
 more than MAX_RENDER_SECONDS longer to render than a blank page (Chromium's own start-up is timed
 on the blank page and left out). Uses only the standard library (zlib) to read the PNG.
 """
@@ -73,6 +74,10 @@ def screenshot(browser, html, png, work):
 
 
 def main():
+    min_coloured = 1.0
+    if len(sys.argv) > 2 and sys.argv[1] == "--min-coloured":
+        min_coloured = float(sys.argv[2])
+        del sys.argv[1:3]
     html, png = sys.argv[1], sys.argv[2]
     text = open(html, encoding="utf-8").read()
     external = re.findall(r"(?:https?:|//[a-z]|<script|<link|<img|src=|url\((?!#))", text)
@@ -105,7 +110,7 @@ def main():
                 dark += 1
     total = (width // 4) * height
     print(f"check_report: {width}x{height} screenshot, {100 * coloured / total:.1f}% coloured, {100 * dark / total:.1f}% dark pixels")
-    if coloured < 0.01 * total or dark < 0.001 * total:
+    if coloured < min_coloured / 100 * total or dark < 0.001 * total:
         raise SystemExit("the rendered report looks blank: no charts or text were drawn")
 
 

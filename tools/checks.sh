@@ -142,6 +142,11 @@ python3 tools/check_report.py "$work/report/report.html" "$work/report/screensho
 python3 tools/check_report.py "$work/default/report.html" "$work/default/screenshot.png" 1572864 2
 "$build/tools/gradflow" flow mlp:depth=3,width=16,act=tanh --out "$work/flow" >/dev/null
 python3 tools/check_report.py "$work/flow/flow.html" "$work/flow/screenshot.png"
+# The coordinate check across widths: the CLI's, and a GPT-style model factory's from Python.
+"$build/tools/gradflow" compare --sweep width=32,64,128,256 --quiet --out "$work/width" >/dev/null
+python3 tools/check_report.py --min-coloured 0.4 "$work/width/report.html" "$work/width/screenshot.png"
+(cd "$work" && "$python" "$root/examples/python/coord_check.py" "$work/coord" >/dev/null)
+python3 tools/check_report.py --min-coloured 0.4 "$work/coord/report.html" "$work/coord/screenshot.png"
 
 stage "LibTorch 1.13.1 (Debian 12), the oldest supported: the library and its C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 # No CMAKE_PREFIX_PATH: find_package(Torch) finds Debian's libtorch-dev.

@@ -79,6 +79,9 @@ struct WidthOptions {
 struct WidthVerdict {
   std::string layer;
   WeightKind kind = WeightKind::hidden;
+  /// Whether any judged figure had a slope: a module whose weight its parent applies directly
+  /// (nn.MultiheadAttention's out_proj) returns no output of its own, and is neither stable nor not.
+  bool measured = false;
   bool stable = true;
   /// Where unstable: the judged quantity and step with the largest |slope| beyond the tolerance,
   /// and the first step where any judged slope was beyond it.

@@ -14,7 +14,9 @@ class CoordCheckResult:
     """What gradflow.coord_check() measured and concluded.
 
     rows      one dict per (width, step, layer, quantity): its figure, mean |x| over the coordinates
-    verdicts  one dict per layer: layer, kind, stable; where unstable: quantity, slope, step, departs_at
+    verdicts  one dict per layer: layer, kind, measured, stable; where unstable: quantity, slope, step,
+              departs_at (measured is False for a module that returned no output of its own at two
+              widths: nn.MultiheadAttention applies its out_proj's weight itself)
     slopes    {(layer, quantity, step): log-log slope against width, or None}
     findings  gradflow.Finding objects of kind width_unstable, with the remedy for each layer's kind
     out       the folder the report was written to (None without out=)
@@ -44,21 +46,29 @@ class CoordCheckResult:
     def unstable_layers(self):
         return [v["layer"] for v in self.verdicts if not v["stable"]]
 
+    def unmeasured_layers(self):
+        return [v["layer"] for v in self.verdicts if not v["measured"]]
+
     def __repr__(self):
         unstable = self.unstable_layers()
         return (f"CoordCheckResult({self.label!r}, widths={self.widths}, "
                 f"{'unstable: ' + ', '.join(unstable) if unstable else 'every layer width-stable'})")
 
 
+def _own_weight(module):
+    """A module's weight: its first trainable parameter of two or more dimensions (nn.MultiheadAttention's
+    in_proj_weight), else its first trainable parameter (a norm's gain); None without one."""
+    own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+    return next((p for p in own if p.dim() >= 2), own[0] if own else None)
+
+
 def _layer_modules(model):
-    """The modules with a weight of their own, in registration order."""
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(getattr(m, "weight", None), torch.nn.Parameter) and m.weight.requires_grad]
+    """(name, module, weight) of each module with a trainable parameter of its own, in registration order."""
+    return [(name, m, w) for name, m in model.named_modules() for w in [_own_weight(m)] if w is not None]
 
 
 def _shapes(model):
-    return [(list(p.shape), isinstance(m, torch.nn.Embedding) and p is m.weight)
-            for _, m in _layer_modules(model) for p in [m.weight]]
+    return [(list(w.shape), isinstance(m, torch.nn.Embedding) and w is m.weight) for _, m, w in _layer_modules(model)]
 
 
 def _first_tensor(output):
@@ -128,8 +138,8 @@ def _train_one_width(make_model, width, data, optimizer_factory, loss_fn, steps,
     model = make_model(width)
     optimizer = optimizer_factory(model)
     modules = _layer_modules(model)
-    names = [n for n, _ in modules]
-    capture = _Capture(modules)
+    names = [n for n, _, _ in modules]
+    capture = _Capture([(n, m) for n, m, _ in modules])
     initial = {}
     figures = []  # [step][layer][quantity]
     try:
@@ -141,18 +151,18 @@ def _train_one_width(make_model, width, data, optimizer_factory, loss_fn, steps,
             if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
                 raise _gradflow.UsageError("gradflow.coord_check: the loss must be a scalar tensor")
             loss.backward()
-            before = [m.weight.detach().clone() for _, m in modules]
+            before = [w.detach().clone() for _, _, w in modules]
             optimizer.step()
             tensors = []
-            for (name, m), w0 in zip(modules, before):
+            for (name, m, w), w0 in zip(modules, before):
                 h = capture.outputs.get(name)
                 if t == 0 and h is not None:
                     initial[name] = h.detach().clone()
                 tensors += [None if h is None else h.detach(),
                             None if (h is None or t == 0 or name not in initial) else h.detach() - initial[name],
                             None if h is None else h.grad,
-                            m.weight.grad,
-                            m.weight.detach() - w0]
+                            w.grad,
+                            w.detach() - w0]
             sizes = _gradflow._coordinate_sizes([_EMPTY if x is None else x for x in tensors])
             n = len(QUANTITIES)
             figures.append([sizes[i * n:(i + 1) * n] for i in range(len(modules))])
@@ -183,9 +193,10 @@ def coord_check(make_model, widths, data, optimizer_factory, *, steps=4, loss_fn
 
     Each width's model is built after torch.manual_seed(seed) and trained for `steps` steps on the
     same batch (seeds=N: N models per width, from seed, seed + 1, ..., each figure their mean);
-    every module with a weight of its own records, per step, mean |x| of its output h_t, of h_t - h_0,
-    of dL/dh_t, of its weight's gradient and of its weight's update (a module called twice in a
-    forward: its first call). Each weight's kind (input, hidden, readout, fixed) is read
+    every module with a trainable parameter of its own records, per step, mean |x| of its output h_t, of h_t - h_0,
+    of dL/dh_t, of its weight's gradient and of its weight's update (its weight: its first own
+    parameter of two or more dimensions, else its first; a module called twice in a forward: its
+    first call). Each weight's kind (input, hidden, readout, fixed) is read
     from its shapes at the first two widths. Returns a CoordCheckResult; with out=, writes
     coord_check.json, report.html and report.md there.
     """
@@ -205,7 +216,7 @@ def coord_check(make_model, widths, data, optimizer_factory, *, steps=4, loss_fn
             raise _gradflow.UsageError(f"gradflow.coord_check: the model at width {w} has other weighted modules than at width "
                                        f"{widths[0]}: make_model must build the same layers at every width")
     if not names:
-        raise _gradflow.UsageError("gradflow.coord_check: the model has no module with a trainable weight of its own")
+        raise _gradflow.UsageError("gradflow.coord_check: the model has no module with a trainable parameter of its own")
     kinds = _gradflow._weight_kinds(runs[0][1], runs[1][1])
     optimizer = runs[0][3]
     check = {

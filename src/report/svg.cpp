@@ -225,6 +225,16 @@ const char* dash_of(const LineSeries& s, std::size_t si) {
 std::string x_ticks(const Frame& f, const LineChart& c) {
   std::string out;
   if (!c.x_names.empty()) return category_ticks(f, c.x_names);
+  if (!c.x_ticks.empty()) {
+    for (double v : c.x_ticks) {
+      if (!f.ax.valid(v)) continue;
+      const double x = f.X(v);
+      out += fmt::format("<line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{}\" y2=\"{}\" class=\"grid\"/>"
+                         "<text x=\"{:.1f}\" y=\"{}\" class=\"tick\" text-anchor=\"middle\">{}</text>\n",
+                         x, x, f.top, f.top + f.ph, x, f.top + f.ph + 16, num_label(v));
+    }
+    return out;
+  }
   if (f.ax.log) {
     for (int k = static_cast<int>(std::ceil(f.ax.lo)); k <= static_cast<int>(std::floor(f.ax.hi)); ++k) {
       const double x = f.X(std::pow(10.0, k));
@@ -243,6 +253,7 @@ std::string x_ticks(const Frame& f, const LineChart& c) {
 }
 
 // One series: its path (broken at invalid points), its markers with hover titles, its legend entry.
+// `legend`: the entry's text; empty: no entry beside the plot.
 std::string series_svg(const Frame& f, const LineSeries& s, std::size_t si, const std::string& legend) {
   const std::string& col = palette(s.colour >= 0 ? static_cast<std::size_t>(s.colour) : si);
   std::string path, marks, out;
@@ -266,6 +277,7 @@ std::string series_svg(const Frame& f, const LineSeries& s, std::size_t si, cons
     out += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"{}><title>{}</title></path>\n", path, col,
                        dash, html_escape(s.label));
   out += marks + "\n";
+  if (legend.empty()) return out;
   const int ly = f.top + 8 + static_cast<int>(si) * 16;
   out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"3\"{}/>"
                      "<text x=\"{}\" y=\"{}\" class=\"legend\">{}</text>\n",
@@ -279,7 +291,8 @@ std::string render(const LineChart& c) {
   Frame f;
   f.W = c.width;
   // Room for the legend: one line a series, beside the plot, never over it.
-  f.H = std::max(c.height, f.top + 8 + 16 * static_cast<int>(c.series.size()) + f.bottom);
+  if (c.legend) f.H = std::max(c.height, f.top + 8 + 16 * static_cast<int>(c.series.size()) + f.bottom);
+  else f.H = c.height, f.right = 20;
   // Room under the plot, and left of it, for turned category names (about 5 px a character
   // across and 4 down at -35 degrees).
   std::size_t longest = 0;
@@ -307,11 +320,26 @@ std::string render(const LineChart& c) {
   std::vector<std::string> labels;
   for (const auto& s : c.series) labels.push_back(s.label);
   const std::vector<std::string> legends = distinct_short_names(labels, kMaxLegendChars);
-  for (std::size_t si = 0; si < c.series.size(); ++si) out += series_svg(f, c.series[si], si, legends[si]);
+  for (std::size_t si = 0; si < c.series.size(); ++si) out += series_svg(f, c.series[si], si, c.legend ? legends[si] : "");
   out += "</svg>";
   if (!c.note.empty()) out += "<figcaption>" + html_escape(c.note) + "</figcaption>";
   out += "</figure>\n";
   return out;
+}
+
+std::string render_legend(const std::vector<LineSeries>& series) {
+  std::vector<std::string> labels;
+  for (const auto& s : series) labels.push_back(s.label);
+  const std::vector<std::string> names = distinct_short_names(labels, kMaxLegendChars);
+  std::string out = "<div class=\"legend-row\">";
+  for (std::size_t si = 0; si < series.size(); ++si) {
+    const auto& s = series[si];
+    const std::string& col = palette(s.colour >= 0 ? static_cast<std::size_t>(s.colour) : si);
+    out += fmt::format("<span><svg width=\"26\" height=\"10\" aria-hidden=\"true\"><line x1=\"1\" x2=\"25\" y1=\"5\" y2=\"5\" "
+                       "stroke=\"{}\" stroke-width=\"3\"{}/></svg> {}</span>",
+                       col, dash_of(s, si), html_escape(names[si]));
+  }
+  return out + "</div>\n";
 }
 
 std::string render(const Heatmap& m) {

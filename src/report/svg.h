@@ -49,12 +49,20 @@ struct LineChart {
   std::vector<std::string> x_names;
   /// The x axis counts something (steps, layers): ticks at whole numbers only.
   bool integer_x = false;
+  /// Where the x axis is marked, each labelled with its value (widths on a log axis); empty:
+  /// decades on a log axis, round numbers otherwise.
+  std::vector<double> x_ticks;
+  /// The legend beside the plot; false where several charts share one (render_legend).
+  bool legend = true;
   int width = 800;
   int height = 360;
   std::vector<LineSeries> series;
   std::string note;  // a line under the chart
 };
 std::string render(const LineChart& chart);
+/// The legend of `series` on its own, entries in a row, each with its line's colour and dash as
+/// render() draws it: for panels that share their series.
+std::string render_legend(const std::vector<LineSeries>& series);
 
 struct Heatmap {
   std::string title;

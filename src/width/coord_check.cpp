@@ -63,6 +63,7 @@ WidthVerdict judge(const CoordCheck& c, const WidthAnalysis& a, std::size_t laye
   for (std::int64_t t = 0; t < c.steps; ++t)
     for (CoordQuantity q : kJudged) {
       const auto& s = a.slopes[index(q)][static_cast<std::size_t>(t)][layer];
+      v.measured = v.measured || s.has_value();
       if (!s || !beyond(q, *s, tolerance) || !persists(c, q, t, layer, tolerance)) continue;
       if (v.stable) v.departs_at = t;
       if (v.stable || std::abs(*s) > std::abs(v.slope)) {

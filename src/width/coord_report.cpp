@@ -18,6 +18,7 @@ constexpr CoordQuantity kAll[] = {CoordQuantity::activation, CoordQuantity::chan
 std::int64_t first_update_step(const CoordCheck& c) { return c.steps > 1 ? 1 : 0; }
 
 std::string verdict_text(const WidthVerdict& v, double tolerance) {
+  if (!v.measured) return "not measured: no output of its own at two widths (its weight applied by its parent module)";
   if (v.stable) return fmt::format("width-stable (|slope| ≤ {:g})", tolerance);
   return fmt::format("unstable: {} ~ width^{} at step {}, from step {}", coord_heading(v.quantity), detail::slope_text(v.slope), v.step,
                      v.departs_at);
@@ -44,7 +45,7 @@ std::string verdict_table_html(const CoordCheck& c, const WidthAnalysis& a, cons
   for (std::size_t l = 0; l < c.layers.size(); ++l) {
     const auto& v = a.verdicts[l];
     out += fmt::format("<tr class=\"{}\"><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l v\">{}</td></tr>\n",
-                       v.stable ? "good" : "bad", html_escape(v.layer), to_string(v.kind), slope_at(a, CoordQuantity::activation, t1, l),
+                       !v.measured ? "" : v.stable ? "good" : "bad", html_escape(v.layer), to_string(v.kind), slope_at(a, CoordQuantity::activation, t1, l),
                        slope_at(a, CoordQuantity::change, t1, l), slope_at(a, CoordQuantity::activation, last, l),
                        slope_at(a, CoordQuantity::update, t1, l), html_escape(verdict_text(v, o.slope_tolerance)));
   }
@@ -65,8 +66,10 @@ detail::LineChart panel(const CoordCheck& c, CoordQuantity q, std::int64_t step)
   chart.x_label = "width";
   chart.y_label = coord_heading(q);
   chart.log_x = true;
-  chart.width = 340;
-  chart.height = 260;
+  chart.legend = false;
+  chart.width = 290;
+  chart.height = 240;
+  for (auto w : c.widths) chart.x_ticks.push_back(static_cast<double>(w));
   for (std::size_t l = 0; l < c.layers.size(); ++l) {
     detail::LineSeries s;
     s.label = c.layers[l].name;
@@ -81,12 +84,13 @@ detail::LineChart panel(const CoordCheck& c, CoordQuantity q, std::int64_t step)
 }
 
 std::string charts_html(const CoordCheck& c) {
-  std::string out;
+  // Every panel draws the layers in the same colours: one legend for them all.
+  std::string out = "<h3>Figures against width</h3>\n" + detail::render_legend(panel(c, CoordQuantity::activation, 0).series);
   for (CoordQuantity q : kAll) {
     out += fmt::format("<h4>{}</h4>\n<div class=\"panels\">", html_escape(coord_heading(q)));
     for (std::int64_t t = 0; t < c.steps; ++t) {
       if (q == CoordQuantity::change && t == 0) continue;  // zero by definition
-      out += "<figure class=\"chart\">" + detail::render(panel(c, q, t)) + "</figure>";
+      out += detail::render(panel(c, q, t));
     }
     out += "</div>\n";
   }
@@ -100,7 +104,8 @@ std::string check_html(const CoordCheck& c, const WidthOptions& o) {
 }
 
 constexpr const char* kStyle =
-    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;color:#222;padding:0 1em}"
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;color:#222;padding:0 1em}h2{overflow-wrap:anywhere}"
+    ".legend-row{display:flex;flex-wrap:wrap;gap:.3em 1.2em;font-size:.85em;margin:.5em 0}"
     "table{border-collapse:collapse;margin:1em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
     "th{background:#f3f3f3}td.l,th.l{text-align:left}tr.good td.v{background:#e7f4ea}tr.bad td.v{background:#fbe9e7}"
     ".panels{display:flex;flex-wrap:wrap;gap:.5em}.chart{margin:0}.chart svg{max-width:100%;height:auto}.plot{fill:#fafafa;stroke:#999}"

@@ -36,7 +36,7 @@ TEST(Spec, DefaultsAreFilledAndCanonicalListsEveryOption) {
   const auto r = resolve_spec("mlp:depth=5");
   EXPECT_EQ(r.get_int("depth"), 5);
   EXPECT_EQ(r.get("act"), "sigmoid");
-  EXPECT_EQ(r.canonical(), "mlp:depth=5,width=128,act=sigmoid,init=default,norm=none,residual=0,dtype=float32");
+  EXPECT_EQ(r.canonical(), "mlp:depth=5,width=128,act=sigmoid,init=default,norm=none,residual=0,param=sp,base_width=64,dtype=float32");
   EXPECT_EQ(resolve_spec(r.canonical()).canonical(), r.canonical());
 }
 

@@ -130,6 +130,33 @@ class FiguresTest(unittest.TestCase):
         self.assertEqual(kinds["lm_head"], "readout")
 
 
+class Attention(torch.nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.embed = torch.nn.Linear(16, width)
+        self.attn = torch.nn.MultiheadAttention(width, 2, batch_first=True)
+        self.head = torch.nn.Linear(width, 10)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.head(self.attn(h, h, h, need_weights=False)[0]).mean(1)
+
+
+class ModulesTest(unittest.TestCase):
+    def test_multihead_attention_is_a_layer_and_its_out_proj_is_named_unmeasured(self):
+        x, y = batch()
+        r = gradflow.coord_check(Attention, [16, 32, 64], (x.view(8, 4, 16), y[:8]), adam(), steps=2)
+        v = {d["layer"]: d for d in r.verdicts}
+        self.assertEqual(v["attn"]["kind"], "hidden")  # its in_proj_weight, [3 width, width]
+        self.assertTrue(v["attn"]["measured"])
+        self.assertFalse(v["attn.out_proj"]["measured"])  # MultiheadAttention applies its weight itself
+        self.assertTrue(v["attn.out_proj"]["stable"])
+        self.assertEqual(r.unmeasured_layers(), ["attn.out_proj"])
+        self.assertNotIn("attn.out_proj", r.unstable_layers())
+        att = [row for row in r.rows if row["layer"] == "attn" and row["quantity"] == "update"]
+        self.assertTrue(all(row["value"] > 0 for row in att))
+
+
 class VerdictTest(unittest.TestCase):
     WIDTHS = [32, 64, 128, 256, 512]
 

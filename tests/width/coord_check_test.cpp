@@ -76,6 +76,17 @@ TEST(CoordCheck, VerdictJudgesGrowthOfOutputsAndBothDirectionsOfChange) {
   EXPECT_DOUBLE_EQ(a.findings[0].evidence[4].second, c.at(CoordQuantity::change, 2, 1, 4));
 }
 
+TEST(CoordCheck, ALayerWithoutFiguresIsNotMeasuredRatherThanStable) {
+  CoordCheck c = make_check({{{0, 0.6, 0.6}, {0, 0.9, 0.9}}, {{0, 0, 0}, {0, 0, 0}}});
+  for (int q = 0; q < kCoordQuantities; ++q)
+    for (auto& step : c.values[static_cast<std::size_t>(q)]) step[0].assign(c.widths.size(), std::nan(""));
+  const WidthAnalysis a = analyse_widths(c);
+  EXPECT_FALSE(a.verdicts[0].measured);
+  EXPECT_TRUE(a.verdicts[1].measured);
+  ASSERT_TRUE(a.findings.empty());
+  EXPECT_NE(coord_report_markdown({c}).find("| fc1 | input | n/a | n/a | n/a | not measured"), std::string::npos) << coord_report_markdown({c});
+}
+
 TEST(CoordCheck, ToleranceIsAnOption) {
   const CoordCheck c = make_check({{{0, 0.2, 0.2}, {0, 0.2, 0.2}}});
   EXPECT_TRUE(analyse_widths(c).verdicts[0].stable);
@@ -132,7 +143,7 @@ TEST(CoordCheck, ReportShowsEveryLayerChartAndFinding) {
   EXPECT_NE(html.find("mean |h_t − h_0| at step 1"), std::string::npos);
   EXPECT_EQ(html.find("mean |h_t − h_0| at step 0"), std::string::npos) << "the change at step 0 is 0 by definition: no panel";
   std::size_t svgs = 0;
-  for (auto p = html.find("<svg"); p != std::string::npos; p = html.find("<svg", p + 1)) ++svgs;
+  for (auto p = html.find("<svg viewBox"); p != std::string::npos; p = html.find("<svg viewBox", p + 1)) ++svgs;
   EXPECT_EQ(svgs, static_cast<std::size_t>(kCoordQuantities * c.steps - 1));
   const std::string md = coord_report_markdown({c});
   EXPECT_NE(md.find("| fc2 | hidden | +0.60 | +0.90 | +0.60 | unstable"), std::string::npos) << md;
