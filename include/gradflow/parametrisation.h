@@ -52,12 +52,20 @@ struct WeightShape {
 
 /// Table 3 for one weight.
 struct WeightRule {
-  double init_variance = 1;  ///< variance of the weight's entries (before an activation's gain)
-  double lr_multiplier = 1;  ///< the weight's learning rate is this times the base rate η
+  double init_variance = 1;      ///< variance of the weight's entries (before an activation's gain)
+  double lr_multiplier = 1;      ///< the weight's learning rate is this times the base rate η
+  double output_multiplier = 1;  ///< the layer computes output_multiplier · W x (1 in Table 3)
 };
 
 /// The rule for a weight of `kind` trained by `optimizer` under `p`.
 WeightRule weight_rule(Parametrisation p, WeightKind kind, OptimizerKind optimizer, const WeightShape& shape);
+
+/// The same training in another form (Tensor Programs V's invariance): multiplying a weight's
+/// initial variance by c, its output multiplier by 1/√c, its SGD learning rate by c and its Adam
+/// learning rate by √c changes nothing the network computes. This is the form whose output
+/// multiplier is `multiplier` (the read-out at 1/fan_in with variance 1, as µP's forms with
+/// multipliers write it).
+WeightRule with_output_multiplier(const WeightRule& rule, double multiplier, OptimizerKind optimizer);
 
 /// The factor on the attention logits q·k: 1/√d_head in SP, and in µP 1/d_head times
 /// √base_d_head, so that both agree at the base width.

@@ -52,6 +52,16 @@ WeightRule weight_rule(Parametrisation p, WeightKind kind, OptimizerKind optimiz
   return r;
 }
 
+WeightRule with_output_multiplier(const WeightRule& rule, double multiplier, OptimizerKind optimizer) {
+  if (!(multiplier > 0) || !std::isfinite(multiplier)) throw Error("an output multiplier must be a positive number");
+  const double c = (rule.output_multiplier / multiplier) * (rule.output_multiplier / multiplier);
+  WeightRule r;
+  r.init_variance = rule.init_variance * c;
+  r.output_multiplier = multiplier;
+  r.lr_multiplier = rule.lr_multiplier * (optimizer == OptimizerKind::sgd ? c : std::sqrt(c));
+  return r;
+}
+
 double attention_scale(Parametrisation p, double d_head, double base_d_head) {
   return p == Parametrisation::sp ? 1.0 / std::sqrt(d_head) : std::sqrt(base_d_head) / d_head;
 }

@@ -36,6 +36,34 @@ TEST(Parametrisation, MupIsTable3ForEveryKindAndOptimizer) {
     }
 }
 
+// Table 3 moved by the invariance to every weight at variance 1 (the unit-scaled form): output
+// multipliers 1/√fan_in (input, hidden) and 1/fan_in (read-out); SGD rates fan_out·fan_in,
+// fan_in, fan_in; Adam rates √fan_in, 1/√fan_in, 1 (input, hidden, read-out).
+TEST(Parametrisation, OutputMultiplierFormsFollowTheInvariance) {
+  const double in = 256, out = 1024;
+  const WeightShape s{in, out};
+  struct Want {
+    WeightKind kind;
+    double multiplier, sgd, adam;
+  };
+  for (const Want& w : {Want{WeightKind::input, 1 / std::sqrt(in), out * in, std::sqrt(in)},
+                        Want{WeightKind::hidden, 1 / std::sqrt(in), in, 1 / std::sqrt(in)},
+                        Want{WeightKind::readout, 1 / in, in, 1}}) {
+    SCOPED_TRACE(to_string(w.kind));
+    for (auto opt : {OptimizerKind::sgd, OptimizerKind::adam}) {
+      const WeightRule table3 = weight_rule(Parametrisation::mup, w.kind, opt, s);
+      const WeightRule unit = with_output_multiplier(table3, w.multiplier, opt);
+      EXPECT_DOUBLE_EQ(unit.init_variance, 1.0);
+      EXPECT_DOUBLE_EQ(unit.output_multiplier, w.multiplier);
+      EXPECT_DOUBLE_EQ(unit.lr_multiplier, opt == OptimizerKind::sgd ? w.sgd : w.adam);
+      const WeightRule back = with_output_multiplier(unit, 1.0, opt);
+      EXPECT_DOUBLE_EQ(back.init_variance, table3.init_variance);
+      EXPECT_DOUBLE_EQ(back.lr_multiplier, table3.lr_multiplier);
+    }
+  }
+  EXPECT_THROW(with_output_multiplier(WeightRule{}, 0.0, OptimizerKind::sgd), Error);
+}
+
 TEST(Parametrisation, SpKeepsOneLearningRateAndVarianceOneOverFanIn) {
   for (auto kind : {WeightKind::fixed, WeightKind::input, WeightKind::hidden, WeightKind::readout})
     for (auto opt : {OptimizerKind::sgd, OptimizerKind::adam}) {
