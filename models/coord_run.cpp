@@ -44,9 +44,20 @@ std::string label_without_width(const ResolvedSpec& spec) {
   return out;
 }
 
+// "lr 0.003", or "lr 9.38e-05 to 0.003 over 3 groups" where the parametrisation gives several.
+std::string rates_text(const torch::optim::Optimizer& opt) {
+  std::vector<double> lrs;
+  for (const auto& g : opt.param_groups()) lrs.push_back(g.options().get_lr());
+  std::sort(lrs.begin(), lrs.end());
+  lrs.erase(std::unique(lrs.begin(), lrs.end()), lrs.end());
+  if (lrs.size() == 1) return fmt::format("lr {:g}", lrs[0]);
+  return fmt::format("lr {:g} to {:g} over {} groups", lrs.front(), lrs.back(), opt.param_groups().size());
+}
+
 struct WidthRun {
   std::vector<std::string> layers;
   std::vector<WeightKind> kinds;
+  std::string rates;
   // figures[step][quantity][layer]
   std::vector<std::array<std::vector<double>, kCoordQuantities>> figures;
 };
@@ -62,6 +73,7 @@ WidthRun train_one_width(const ResolvedSpec& spec, const CoordRunOptions& o, con
   const auto names = net->named_parameters().keys();
 
   WidthRun run;
+  run.rates = rates_text(*opt);
   LayerOutputs outputs;
   std::vector<torch::Tensor> initial;
   net->capture_layer_outputs(&outputs);
@@ -117,7 +129,6 @@ CoordCheck run_coord_check(const ResolvedSpec& spec, const CoordRunOptions& o) {
   CoordCheck c;
   c.label = label_without_width(spec);
   const OptimizerChoice choice = choose_optimizer(spec, o.train);
-  c.optimizer = fmt::format("{} lr {:g}", choice.name, choice.lr);
   c.optimizer_kind = optimizer_kind(choice);
   c.widths = o.widths;
   c.steps = o.train.steps;
@@ -126,9 +137,11 @@ CoordCheck run_coord_check(const ResolvedSpec& spec, const CoordRunOptions& o) {
   torch::manual_seed(o.train.seed);
   auto task = make_task_for(spec, o.train);
   const Batch batch = task->sample(o.train.batch);
+  std::string first_rates, last_rates;
   for (std::size_t w = 0; w < o.widths.size(); ++w) {
     for (std::int64_t s = 0; s < o.seeds; ++s) {
       const WidthRun run = train_one_width(spec.with_width(o.widths[w]), o, batch, *task, o.train.seed + 1 + static_cast<std::uint64_t>(s));
+      (w == 0 ? first_rates : last_rates) = run.rates;
       if (w == 0 && s == 0) {
         for (std::size_t l = 0; l < run.layers.size(); ++l) c.layers.push_back({run.layers[l], run.kinds[l]});
         c.allocate();
@@ -143,6 +156,9 @@ CoordCheck run_coord_check(const ResolvedSpec& spec, const CoordRunOptions& o) {
     }
     if (o.progress) o.progress(w + 1, o.widths.size());
   }
+  c.optimizer = first_rates == last_rates ? fmt::format("{} {}", choice.name, first_rates)
+                                          : fmt::format("{} {} at width {}, {} at width {}", choice.name, first_rates, c.widths.front(),
+                                                        last_rates, c.widths.back());
   return c;
 }
 

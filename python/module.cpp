@@ -549,6 +549,7 @@ py::dict analysis_dict(const CoordCheck& c, const WidthAnalysis& a) {
       d["slope"] = v.slope;
       d["step"] = v.step;
       d["departs_at"] = v.departs_at;
+      d["departs_quantity"] = to_string(v.departs_quantity);
     }
     verdicts.append(d);
   }

@@ -42,6 +42,7 @@ const char* coord_heading(CoordQuantity q);
 struct CoordLayer {
   std::string name;                     ///< module path
   WeightKind kind = WeightKind::hidden;  ///< of its weight, from its shapes at two widths
+  std::string tied_to;                  ///< the earlier layer whose weight is this one's (GPT's read-out and embedding), if any
 };
 
 /// Every figure of one model swept across widths. Step t is the t-th forward and backward from
@@ -84,11 +85,13 @@ struct WidthVerdict {
   bool measured = false;
   bool stable = true;
   /// Where unstable: the judged quantity and step with the largest |slope| beyond the tolerance,
-  /// and the first step where any judged slope was beyond it.
+  /// and the first step where a judged slope was beyond it, with that quantity and slope.
   CoordQuantity quantity = CoordQuantity::activation;
   double slope = 0;
   std::int64_t step = 0;
   std::int64_t departs_at = 0;
+  CoordQuantity departs_quantity = CoordQuantity::activation;
+  double departs_slope = 0;
 };
 
 /// The analysis of one coordinate check.

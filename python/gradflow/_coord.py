@@ -15,7 +15,7 @@ class CoordCheckResult:
 
     rows      one dict per (width, step, layer, quantity): its figure, mean |x| over the coordinates
     verdicts  one dict per layer: layer, kind, measured, stable; where unstable: quantity, slope, step,
-              departs_at (measured is False for a module that returned no output of its own at two
+              departs_at, departs_quantity (measured is False for a module that returned no output of its own at two
               widths: nn.MultiheadAttention applies its out_proj's weight itself)
     slopes    {(layer, quantity, step): log-log slope against width, or None}
     findings  gradflow.Finding objects of kind width_unstable, with the remedy for each layer's kind
@@ -106,31 +106,67 @@ def _optimizer_kind(optimizer):
     return None
 
 
-def _describe(optimizer):
+def _rates(optimizer):
     lrs = sorted({g["lr"] for g in optimizer.param_groups})
-    lr = f"lr {lrs[0]:g}" if len(lrs) == 1 else f"lr {lrs[0]:g} to {lrs[-1]:g} over {len(optimizer.param_groups)} groups"
-    return f"{type(optimizer).__name__} {lr}"
+    return f"lr {lrs[0]:g}" if len(lrs) == 1 else f"lr {lrs[0]:g} to {lrs[-1]:g} over {len(optimizer.param_groups)} groups"
+
+
+def _describe(first, last, widths):
+    """The optimizer as the first width's run made it, and the last width's rates where they differ (µP's)."""
+    a, b = _rates(first), _rates(last)
+    if a == b:
+        return f"{type(first).__name__} {a}"
+    return f"{type(first).__name__} {a} at width {widths[0]}, {b} at width {widths[-1]}"
+
+
+def _size(t):
+    """mean |t| in double, where t is (no transfer): a 0-dim tensor; None for no tensor."""
+    if t is None:
+        return None
+    t = t.detach()
+    return (t.to_dense() if t.is_sparse else t).abs().mean(dtype=torch.float64)
 
 
 class _Capture:
-    """Each layer's output of the current forward (its first call), kept for its gradient."""
+    """Each layer's figures in the current step, taken from its first call's output as the module
+    returns it (a program may change that output in place afterwards: nanoGPT-mup scales its last
+    norm's output) and from the gradient with respect to that value (a hook registered before any
+    in-place change receives it)."""
 
     def __init__(self, modules):
-        self.outputs = {}
+        self.step, self.initial, self.sizes, self.grads = 0, {}, {}, {}
         self.handles = [m.register_forward_hook(self._hook(name)) for name, m in modules]
+
+    def begin(self, step):
+        self.step, self.sizes, self.grads = step, {}, {}
 
     def _hook(self, name):
         def hook(module, inputs, output):
             t = _first_tensor(output)
-            if name in self.outputs or t is None or not t.requires_grad:
+            if name in self.sizes or t is None or not t.requires_grad:
                 return
-            t.retain_grad()
-            self.outputs[name] = t
+            h = t.detach()
+            if self.step == 0:
+                self.initial[name] = h.clone()
+            h0 = self.initial.get(name)
+            change = None if self.step == 0 or h0 is None or h0.shape != h.shape else _size(h - h0)
+            self.sizes[name] = (_size(h), change)
+            t.register_hook(lambda g: self.grads.__setitem__(name, _size(g)))
         return hook
 
     def remove(self):
         for h in self.handles:
             h.remove()
+
+
+def _tied_to(modules):
+    """For each layer, the earlier layer whose weight is the same Parameter ("" for none)."""
+    first = {}
+    out = []
+    for name, _, w in modules:
+        out.append(first.get(id(w), ""))
+        first.setdefault(id(w), name)
+    return out
 
 
 def _train_one_width(make_model, width, data, optimizer_factory, loss_fn, steps, seed):
@@ -140,35 +176,29 @@ def _train_one_width(make_model, width, data, optimizer_factory, loss_fn, steps,
     modules = _layer_modules(model)
     names = [n for n, _, _ in modules]
     capture = _Capture([(n, m) for n, m, _ in modules])
-    initial = {}
     figures = []  # [step][layer][quantity]
     try:
         model.train()
         for t in range(steps):
-            capture.outputs = {}
+            capture.begin(t)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model, data)
             if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
                 raise _gradflow.UsageError("gradflow.coord_check: the loss must be a scalar tensor")
             loss.backward()
+            weight_grads = [_size(w.grad) for _, _, w in modules]
             before = [w.detach().clone() for _, _, w in modules]
             optimizer.step()
             tensors = []
-            for (name, m, w), w0 in zip(modules, before):
-                h = capture.outputs.get(name)
-                if t == 0 and h is not None:
-                    initial[name] = h.detach().clone()
-                tensors += [None if h is None else h.detach(),
-                            None if (h is None or t == 0 or name not in initial) else h.detach() - initial[name],
-                            None if h is None else h.grad,
-                            w.grad,
-                            w.detach() - w0]
+            for (name, _, w), w0, gw in zip(modules, before, weight_grads):
+                act, change = capture.sizes.get(name, (None, None))
+                tensors += [act, change, capture.grads.get(name), gw, w.detach() - w0]
             sizes = _gradflow._coordinate_sizes([_EMPTY if x is None else x for x in tensors])
             n = len(QUANTITIES)
             figures.append([sizes[i * n:(i + 1) * n] for i in range(len(modules))])
     finally:
         capture.remove()
-    return names, _shapes(model), figures, optimizer
+    return names, _shapes(model), figures, optimizer, _tied_to(modules)
 
 
 def _mean_over_seeds(runs):
@@ -176,7 +206,7 @@ def _mean_over_seeds(runs):
     first = runs[0]
     figures = [[[sum(run[2][t][l][q] for run in runs) / len(runs) for q in range(len(QUANTITIES))]
                 for l in range(len(first[0]))] for t in range(len(first[2]))]
-    return first[0], first[1], figures, first[3]
+    return (first[0], first[1], figures) + tuple(first[3:])
 
 
 def coord_check(make_model, widths, data, optimizer_factory, *, steps=4, loss_fn=None, seed=0, seeds=1, label=None, out=None,
@@ -192,12 +222,13 @@ def coord_check(make_model, widths, data, optimizer_factory, *, steps=4, loss_fn
                                                targets, MSE otherwise (a scalar output is the loss)
 
     Each width's model is built after torch.manual_seed(seed) and trained for `steps` steps on the
-    same batch (seeds=N: N models per width, from seed, seed + 1, ..., each figure their mean);
-    every module with a trainable parameter of its own records, per step, mean |x| of its output h_t, of h_t - h_0,
-    of dL/dh_t, of its weight's gradient and of its weight's update (its weight: its first own
-    parameter of two or more dimensions, else its first; a module called twice in a forward: its
-    first call). Each weight's kind (input, hidden, readout, fixed) is read
-    from its shapes at the first two widths. Returns a CoordCheckResult; with out=, writes
+    same batch (seeds=N: N models per width, from seed, seed + 1, ..., each figure their mean).
+    Every module with a trainable parameter of its own records, per step, mean |x| of its output
+    h_t (as the module returned it), of h_t - h_0, of dL/dh_t, of its weight's gradient and of its
+    weight's update (its weight: its first own parameter of two or more dimensions, else its
+    first; a module called twice in a forward: its first call). Each weight's kind (input, hidden,
+    readout, fixed) is read from its shapes at the first two widths; a weight shared with an
+    earlier layer (a tied read-out) is named. Returns a CoordCheckResult; with out=, writes
     coord_check.json, report.html and report.md there.
     """
     widths = [int(w) for w in widths]
@@ -219,14 +250,15 @@ def coord_check(make_model, widths, data, optimizer_factory, *, steps=4, loss_fn
         raise _gradflow.UsageError("gradflow.coord_check: the model has no module with a trainable parameter of its own")
     kinds = _gradflow._weight_kinds(runs[0][1], runs[1][1])
     optimizer = runs[0][3]
+    tied = runs[0][4]
     check = {
         "label": label or getattr(make_model, "__name__", "model"),
-        "optimizer": _describe(optimizer),
+        "optimizer": _describe(optimizer, runs[-1][3], widths),
         "optimizer_kind": _optimizer_kind(optimizer),
         "widths": widths,
         "steps": int(steps),
         "seeds": int(seeds),
-        "layers": [{"name": n, "kind": k} for n, k in zip(names, kinds)],
+        "layers": [dict({"name": n, "kind": k}, **({"tied_to": t} if t else {})) for n, k, t in zip(names, kinds, tied)],
         "figures": {q: [[[None if math.isnan(runs[w][2][t][l][qi]) else runs[w][2][t][l][qi] for w in range(len(widths))]
                          for l in range(len(names))] for t in range(int(steps))]
                     for qi, q in enumerate(QUANTITIES)},

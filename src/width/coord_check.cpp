@@ -65,7 +65,7 @@ WidthVerdict judge(const CoordCheck& c, const WidthAnalysis& a, std::size_t laye
       const auto& s = a.slopes[index(q)][static_cast<std::size_t>(t)][layer];
       v.measured = v.measured || s.has_value();
       if (!s || !beyond(q, *s, tolerance) || !persists(c, q, t, layer, tolerance)) continue;
-      if (v.stable) v.departs_at = t;
+      if (v.stable) v.departs_at = t, v.departs_quantity = q, v.departs_slope = *s;
       if (v.stable || std::abs(*s) > std::abs(v.slope)) {
         v.quantity = q;
         v.slope = *s;
@@ -76,24 +76,29 @@ WidthVerdict judge(const CoordCheck& c, const WidthAnalysis& a, std::size_t laye
   return v;
 }
 
-std::string remedy(WeightKind kind, const std::optional<OptimizerKind>& opt) {
+// What Table 3 gives a layer of this kind, in words that do not presume which way it went.
+std::string remedy(const CoordLayer& layer, const std::optional<OptimizerKind>& opt) {
   const bool sgd = opt == OptimizerKind::sgd, adam = opt == OptimizerKind::adam;
-  switch (kind) {
+  switch (layer.kind) {
     case WeightKind::readout:
-      return "µP's read-out (Tensor Programs V, Table 3): initial variance 1/fan_in² (or zero) instead of 1/fan_in, and "
-             "learning rate η/fan_in under SGD and Adam alike";
+      if (!layer.tied_to.empty())
+        return "µP's read-out (Tensor Programs V, Table 3) trains at learning rate η/fan_in from variance 1/fan_in² or zero; this "
+               "one's weight is " + layer.tied_to + "'s: keep them tied and multiply the read-out's output by 1/fan_in (as µP "
+               "implementations of tied models do), or untie them";
+      return "µP's read-out (Tensor Programs V, Table 3): initial variance 1/fan_in² (or zero) and learning rate η/fan_in, under "
+             "SGD and Adam alike";
     case WeightKind::hidden:
-      if (adam) return "µP's hidden weights under Adam (Tensor Programs V, Table 3): learning rate η/fan_in, initial variance 1/fan_in";
+      if (adam) return "µP's hidden weights under Adam (Tensor Programs V, Table 3): learning rate η/fan_in (their variance stays SP's 1/fan_in)";
       if (sgd)
-        return "under SGD µP keeps the hidden weights' learning rate η and variance 1/fan_in (Tensor Programs V, Table 3): "
-               "what grows here is the gradient the read-out sends back; give the read-out variance 1/fan_in² and "
-               "learning rate η/fan_in";
+        return "under SGD µP keeps the hidden weights' learning rate η and variance 1/fan_in (Tensor Programs V, Table 3): this "
+               "layer's change follows the gradient the read-out sends back (µP: read-out variance 1/fan_in², learning rate "
+               "η/fan_in) and the change of the layers feeding it (µP: input weights at η·fan_out)";
       return "µP's hidden weights (Tensor Programs V, Table 3): variance 1/fan_in; learning rate η under SGD, η/fan_in under Adam";
     case WeightKind::input:
       if (sgd) return "µP's input weights, biases and norm gains under SGD (Tensor Programs V, Table 3): learning rate η·fan_out, variance 1/fan_in";
       if (adam)
         return "under Adam µP gives input weights, embeddings, biases and norm gains SP's learning rate η (Tensor Programs V, "
-               "Table 3): what grows here comes from the layers that feed it";
+               "Table 3): this layer's change comes from the layers that feed it";
       return "µP's input weights, biases and norm gains (Tensor Programs V, Table 3): variance 1/fan_in; learning rate η·fan_out "
              "under SGD, η under Adam";
     case WeightKind::fixed:
@@ -101,6 +106,9 @@ std::string remedy(WeightKind kind, const std::optional<OptimizerKind>& opt) {
   }
   return "this layer's shape does not change with width: its output follows its input; judge the layers before it";
 }
+
+// The fans in Table 3's rules count relative to the width where η was tuned.
+constexpr const char* kFansNote = " (fans relative to the base width at which η was tuned, where µP equals SP)";
 
 // `first_unstable`: the first unstable layer before this one, whose change this layer's input may carry.
 Finding finding_for(const CoordCheck& c, const WidthVerdict& v, std::size_t layer, const WidthVerdict* first_unstable) {
@@ -112,10 +120,13 @@ Finding finding_for(const CoordCheck& c, const WidthVerdict& v, std::size_t laye
   const char* verb = v.slope > 0 ? "grows" : "shrinks";
   f.message = fmt::format("{} ({}): {} {} as width^{:.2f} at step {} ({:.3g} at width {}, {:.3g} at width {})", v.layer, to_string(v.kind),
                           coord_heading(v.quantity), verb, v.slope, v.step, first, c.widths.front(), last, c.widths.back());
-  if (v.departs_at != v.step) f.message += fmt::format("; first beyond the tolerance at step {}", v.departs_at);
+  if (v.departs_at != v.step || v.departs_quantity != v.quantity)
+    f.message += fmt::format("; first beyond the tolerance at step {} ({} as width^{:.2f})", v.departs_at, coord_heading(v.departs_quantity),
+                             v.departs_slope);
   f.evidence = {{"slope", v.slope}, {"step", static_cast<double>(v.step)}, {"departs_at", static_cast<double>(v.departs_at)},
                 {"smallest_width_figure", first}, {"largest_width_figure", last}};
-  f.remedy = remedy(v.kind, c.optimizer_kind);
+  f.remedy = remedy(c.layers[layer], c.optimizer_kind);
+  if (v.kind != WeightKind::fixed) f.remedy += kFansNote;
   if (first_unstable && first_unstable->departs_at <= v.departs_at)
     f.remedy += fmt::format("; layers before it are unstable from {} (step {}) on, and its input may carry their change: mend "
                             "the first of them before this one",

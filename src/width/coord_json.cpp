@@ -12,7 +12,11 @@ using detail::Json;
 
 Json check_to_json(const CoordCheck& c) {
   Json layers = Json::array();
-  for (const auto& l : c.layers) layers.push_back({{"name", l.name}, {"kind", to_string(l.kind)}});
+  for (const auto& l : c.layers) {
+    Json layer = {{"name", l.name}, {"kind", to_string(l.kind)}};
+    if (!l.tied_to.empty()) layer["tied_to"] = l.tied_to;
+    layers.push_back(std::move(layer));
+  }
   Json figures = Json::object();
   for (int q = 0; q < kCoordQuantities; ++q) {
     Json steps = Json::array();
@@ -75,7 +79,7 @@ CoordCheck check_from_json(const Json& j, const std::string& where) {
   c.seeds = j.value("seeds", std::int64_t{1});
   if (c.seeds < 1) throw Error(where + ": 'seeds' must be at least 1");
   for (const auto& l : detail::get_array(j, "layers", where))
-    c.layers.push_back({detail::get_str(l, "name", where), weight_kind_from_string(detail::get_str(l, "kind", where))});
+    c.layers.push_back({detail::get_str(l, "name", where), weight_kind_from_string(detail::get_str(l, "kind", where)), l.value("tied_to", "")});
   c.allocate();
   read_figures(j.at("figures"), c, where);
   return c;

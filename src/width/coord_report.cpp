@@ -24,8 +24,25 @@ std::string verdict_text(const WidthVerdict& v, double tolerance) {
                      v.departs_at);
 }
 
-std::string slope_at(const WidthAnalysis& a, CoordQuantity q, std::int64_t step, std::size_t layer) {
-  return detail::slope_text(a.slopes[static_cast<std::size_t>(q)][static_cast<std::size_t>(step)][layer]);
+// The slope, or why there is none: a figure exactly 0 at every width (a layer that received no
+// gradient yet, a change at step 0) has no logarithm.
+std::string slope_at(const CoordCheck& c, const WidthAnalysis& a, CoordQuantity q, std::int64_t step, std::size_t layer) {
+  const auto& s = a.slopes[static_cast<std::size_t>(q)][static_cast<std::size_t>(step)][layer];
+  if (s) return detail::slope_text(s);
+  bool zero = true;
+  for (std::size_t w = 0; w < c.widths.size(); ++w) zero = zero && c.at(q, step, layer, w) == 0.0;
+  return zero ? "0 at every width" : detail::slope_text(s);
+}
+
+std::string kind_text(const CoordLayer& l) {
+  return l.tied_to.empty() ? to_string(l.kind) : std::string(to_string(l.kind)) + ", tied to " + l.tied_to;
+}
+
+// A markdown table cell: its own '|' would end the cell.
+std::string md_cell(const std::string& text) {
+  std::string out;
+  for (char ch : text) out += ch == '|' ? std::string("\\|") : std::string(1, ch);
+  return out;
 }
 
 std::string check_intro(const CoordCheck& c) {
@@ -45,9 +62,9 @@ std::string verdict_table_html(const CoordCheck& c, const WidthAnalysis& a, cons
   for (std::size_t l = 0; l < c.layers.size(); ++l) {
     const auto& v = a.verdicts[l];
     out += fmt::format("<tr class=\"{}\"><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l v\">{}</td></tr>\n",
-                       !v.measured ? "" : v.stable ? "good" : "bad", html_escape(v.layer), to_string(v.kind), slope_at(a, CoordQuantity::activation, t1, l),
-                       slope_at(a, CoordQuantity::change, t1, l), slope_at(a, CoordQuantity::activation, last, l),
-                       slope_at(a, CoordQuantity::update, t1, l), html_escape(verdict_text(v, o.slope_tolerance)));
+                       !v.measured ? "" : v.stable ? "good" : "bad", html_escape(v.layer), html_escape(kind_text(c.layers[l])), slope_at(c, a, CoordQuantity::activation, t1, l),
+                       slope_at(c, a, CoordQuantity::change, t1, l), slope_at(c, a, CoordQuantity::activation, last, l),
+                       slope_at(c, a, CoordQuantity::update, t1, l), html_escape(verdict_text(v, o.slope_tolerance)));
   }
   return out + "</table>\n";
 }
@@ -70,6 +87,13 @@ detail::LineChart panel(const CoordCheck& c, CoordQuantity q, std::int64_t step)
   chart.width = 290;
   chart.height = 240;
   for (auto w : c.widths) chart.x_ticks.push_back(static_cast<double>(w));
+  std::string zero;
+  for (std::size_t l = 0; l < c.layers.size(); ++l) {
+    bool all_zero = true;
+    for (std::size_t w = 0; w < c.widths.size(); ++w) all_zero = all_zero && c.at(q, step, l, w) == 0.0;
+    if (all_zero) zero += (zero.empty() ? "" : ", ") + c.layers[l].name;
+  }
+  if (!zero.empty()) chart.note = "0 at every width, so not drawn on the log axis: " + zero;
   for (std::size_t l = 0; l < c.layers.size(); ++l) {
     detail::LineSeries s;
     s.label = c.layers[l].name;
@@ -135,13 +159,14 @@ std::string coord_report_markdown(const std::vector<CoordCheck>& checks, const W
   for (const auto& c : checks) {
     const WidthAnalysis a = analyse_widths(c, o);
     const std::int64_t t1 = first_update_step(c), last = c.steps - 1;
-    out += fmt::format("\n## {}\n\n{}\n\n| layer | kind | {} step {} | {} step {} | {} step {} | verdict |\n|---|---|---:|---:|---:|---|\n", c.label,
-                       check_intro(c), coord_heading(CoordQuantity::activation), t1, coord_heading(CoordQuantity::change), t1,
-                       coord_heading(CoordQuantity::activation), last);
+    out += fmt::format("\n## {}\n\n{}\n\n| layer | kind | slope of {} at step {} | slope of {} at step {} | slope of {} at step {} | verdict |\n"
+                       "|---|---|---:|---:|---:|---|\n",
+                       c.label, check_intro(c), md_cell(coord_heading(CoordQuantity::activation)), t1, md_cell(coord_heading(CoordQuantity::change)),
+                       t1, md_cell(coord_heading(CoordQuantity::activation)), last);
     for (std::size_t l = 0; l < c.layers.size(); ++l)
-      out += fmt::format("| {} | {} | {} | {} | {} | {} |\n", a.verdicts[l].layer, to_string(a.verdicts[l].kind),
-                         slope_at(a, CoordQuantity::activation, t1, l), slope_at(a, CoordQuantity::change, t1, l),
-                         slope_at(a, CoordQuantity::activation, last, l), verdict_text(a.verdicts[l], o.slope_tolerance));
+      out += fmt::format("| {} | {} | {} | {} | {} | {} |\n", md_cell(a.verdicts[l].layer), md_cell(kind_text(c.layers[l])),
+                         slope_at(c, a, CoordQuantity::activation, t1, l), slope_at(c, a, CoordQuantity::change, t1, l),
+                         slope_at(c, a, CoordQuantity::activation, last, l), md_cell(verdict_text(a.verdicts[l], o.slope_tolerance)));
     for (const auto& f : a.findings) out += fmt::format("\n- **{}**: {}. Remedy: {}.", to_string(f.kind), f.message, f.remedy);
     out += a.findings.empty() ? "\nNo finding: every layer is width-stable.\n" : "\n";
   }

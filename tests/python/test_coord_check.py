@@ -157,6 +157,78 @@ class ModulesTest(unittest.TestCase):
         self.assertTrue(all(row["value"] > 0 for row in att))
 
 
+class ScaledInPlace(torch.nn.Module):
+    """nanoGPT-mup's pattern: the parent scales a module's output in place after it returned."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.body = torch.nn.Linear(16, width)
+        self.norm = torch.nn.LayerNorm(width)
+        self.head = torch.nn.Linear(width, 10)
+        self.alpha = 32 / width
+
+    def forward(self, x):
+        h = self.norm(torch.relu(self.body(x)))
+        h *= self.alpha
+        return self.head(h)
+
+
+class TiedLM(torch.nn.Module):
+    def __init__(self, width, vocab=12):
+        super().__init__()
+        self.wte = torch.nn.Embedding(vocab, width)
+        self.mix = torch.nn.Linear(width, width)
+        self.lm_head = torch.nn.Linear(width, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx):
+        return self.lm_head(torch.tanh(self.mix(self.wte(idx))))
+
+
+class ProgramPatternsTest(unittest.TestCase):
+    def test_an_output_changed_in_place_is_measured_as_the_module_returned_it(self):
+        x, y = batch()
+        r = gradflow.coord_check(ScaledInPlace, [32, 64], (x, y), adam(), steps=2)
+        got = {(row["width"], row["step"], row["quantity"]): row["value"] for row in r.rows if row["layer"] == "norm"}
+        for w in (32, 64):
+            torch.manual_seed(0)
+            m = ScaledInPlace(w)
+            opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+            h0 = None
+            for t in range(2):
+                opt.zero_grad(set_to_none=True)
+                h = m.norm(torch.relu(m.body(x)))
+                h.retain_grad()
+                out = m.head(h * m.alpha)  # the same function, without the in-place change
+                torch.nn.functional.cross_entropy(out, y).backward()
+                h0 = h.detach().clone() if h0 is None else h0
+                opt.step()
+                self.assertAlmostEqual(got[(w, t, "activation")] / mean_abs(h), 1.0, delta=1e-9)
+                self.assertAlmostEqual(got[(w, t, "output_gradient")] / mean_abs(h.grad), 1.0, delta=1e-9)
+                if t:
+                    self.assertAlmostEqual(got[(w, t, "change")] / mean_abs(h - h0), 1.0, delta=1e-6)
+
+    def test_a_tied_readout_is_named_with_the_embedding_it_shares(self):
+        g = torch.Generator().manual_seed(1)
+        idx = torch.randint(0, 12, (8, 6), generator=g)
+        r = gradflow.coord_check(TiedLM, [32, 64, 128, 256], (idx, torch.roll(idx, -1, 1)), adam(), steps=3)
+        layers = {layer["name"]: layer for layer in r.check["layers"]}
+        self.assertEqual(layers["wte"]["kind"], "input")
+        self.assertEqual(layers["lm_head"]["kind"], "readout")
+        self.assertEqual(layers["lm_head"]["tied_to"], "wte")
+        self.assertNotIn("tied_to", layers["wte"])
+        self.assertIn("lm_head", r.unstable_layers())  # SP: the remedy below is read
+        for f in r.findings:
+            if f.where == "lm_head":
+                self.assertIn("wte's", f.remedy)
+                self.assertIn("output", f.remedy)
+
+    def test_the_optimizer_line_shows_the_rates_at_both_ends(self):
+        r = gradflow.coord_check(mup_mlp, [32, 128], batch(), mup_adam(lr=0.02), steps=1)
+        self.assertEqual(r.check["optimizer"], "Adam lr 0.02 at width 32, lr 0.005 to 0.02 over 3 groups at width 128")
+        self.assertEqual(gradflow.coord_check(mlp, [32, 64], batch(), adam(), steps=1).check["optimizer"], "Adam lr 0.01")
+
+
 class VerdictTest(unittest.TestCase):
     WIDTHS = [32, 64, 128, 256, 512]
 

@@ -267,6 +267,11 @@ TEST(CompareSweep, WidthSweepTellsSpFromMup) {
   EXPECT_NE(md.find("width_unstable**: fc2 (readout)"), std::string::npos) << md;
   EXPECT_EQ(md.find("width_unstable", second), std::string::npos) << "µP is width-stable:\n" << md;
   EXPECT_NE(slurp(dir + "/w/report.html").find("<svg"), std::string::npos);
+  // 'gradflow report' rebuilds it from coord_check.json, byte for byte.
+  const auto rebuilt = run_cli({"report", dir + "/w", "--out", dir + "/r"});
+  ASSERT_EQ(rebuilt.exit_code, 0) << rebuilt.err;
+  EXPECT_EQ(slurp(dir + "/r/report.html"), slurp(dir + "/w/report.html"));
+  EXPECT_EQ(slurp(dir + "/r/coord_check.json"), slurp(dir + "/w/coord_check.json"));
   const auto failing = run_cli({"compare", base + "sp", "--sweep", "width=32,64,128", "--fail-on", "width_unstable", "--quiet", "--out", dir + "/f"});
   EXPECT_EQ(failing.exit_code, 1) << failing.err;
   EXPECT_NE(failing.err.find("--fail-on width_unstable"), std::string::npos) << failing.err;

@@ -60,6 +60,8 @@ std::vector<Case> cases() {
       {"width sweep not increasing", {"compare", "--sweep", "width=128,64", "--out", "@/o"}, 2, "increasing widths"},
       {"width sweep of a recurrent model", {"compare", "lstm", "--sweep", "width=32,64", "--out", "@/o"}, 2, "is recurrent"},
       {"width sweep past the heads", {"compare", "transformer:heads=4", "--sweep", "width=32,66", "--out", "@/o"}, 2, "does not divide width=66"},
+      {"report mixing a width sweep with runs", {"report", "@/width", "@/empty", "--out", "@/o"}, 2, "holds no coord_check.json"},
+      {"report of a corrupt coord_check.json", {"report", "@/badwidth", "--out", "@/o"}, 1, "badwidth/coord_check.json"},
       {"unknown parametrisation", {"run", "mlp:param=ntk", "--out", "@/o"}, 2, "choose one of"},
       {"report of a missing folder", {"report", "@/missing", "--out", "@/o"}, 2, "is not a folder"},
       {"report of a folder without runs", {"report", "@/empty", "--out", "@/o"}, 2, "holds neither run.json, summary.json nor trace.jsonl"},
@@ -89,6 +91,10 @@ std::string scratch() {
   fs::create_directories(d + "/done");
   std::ofstream(d + "/done/run.json") << "{}";
   fs::create_directories(d + "/empty");
+  fs::create_directories(d + "/width");
+  std::ofstream(d + "/width/coord_check.json") << R"({"schema": "gradflow.coord_check/1", "checks": []})";
+  fs::create_directories(d + "/badwidth");
+  std::ofstream(d + "/badwidth/coord_check.json") << R"({"schema": "gradflow.coord_check/1", "checks": [{"label": "x", "widths": [)";
   fs::create_directories(d + "/corrupt");
   std::ofstream(d + "/corrupt/run.json") << "{\"schema\": \"gradflow.run/1\", \"spec\": ";
   fs::create_directories(d + "/foreign");
