@@ -239,8 +239,11 @@ def coord_check(make_model, widths, data, optimizer_factory, *, steps=4, loss_fn
     if int(seeds) < 1:
         raise _gradflow.UsageError(f"gradflow.coord_check: seeds must be at least 1 (got {seeds})")
     loss_fn = loss_fn or _default_loss
-    runs = [_mean_over_seeds([_train_one_width(make_model, w, data, optimizer_factory, loss_fn, int(steps), seed + s)
-                              for s in range(int(seeds))]) for w in widths]
+    # The check seeds torch for each model; the program's own random sequence goes on afterwards
+    # as if it had not run.
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []):
+        runs = [_mean_over_seeds([_train_one_width(make_model, w, data, optimizer_factory, loss_fn, int(steps), seed + s)
+                                  for s in range(int(seeds))]) for w in widths]
     names = runs[0][0]
     for w, run in zip(widths, runs):
         if run[0] != names:

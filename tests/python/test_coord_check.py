@@ -223,6 +223,15 @@ class ProgramPatternsTest(unittest.TestCase):
                 self.assertIn("wte's", f.remedy)
                 self.assertIn("output", f.remedy)
 
+    def test_the_programs_random_sequence_goes_on_as_if_the_check_had_not_run(self):
+        torch.manual_seed(123)
+        torch.rand(3)
+        want = torch.rand(5)
+        torch.manual_seed(123)
+        torch.rand(3)
+        gradflow.coord_check(mlp, [16, 32], batch(), adam(), steps=1)
+        self.assertTrue(torch.equal(torch.rand(5), want))
+
     def test_the_optimizer_line_shows_the_rates_at_both_ends(self):
         r = gradflow.coord_check(mup_mlp, [32, 128], batch(), mup_adam(lr=0.02), steps=1)
         self.assertEqual(r.check["optimizer"], "Adam lr 0.02 at width 32, lr 0.005 to 0.02 over 3 groups at width 128")
