@@ -54,24 +54,55 @@ std::string rates_text(const torch::optim::Optimizer& opt) {
   return fmt::format("lr {:g} to {:g} over {} groups", lrs.front(), lrs.back(), opt.param_groups().size());
 }
 
+// One step's figures: [quantity][layer].
+using StepFigures = std::array<std::vector<double>, kCoordQuantities>;
+
 struct WidthRun {
   std::vector<std::string> layers;
   std::vector<WeightKind> kinds;
   std::string rates;
-  // figures[step][quantity][layer]
-  std::vector<std::array<std::vector<double>, kCoordQuantities>> figures;
+  std::vector<StepFigures> figures;  ///< one per step
 };
+
+// The first step names the layers, each with its weight's kind (of `kinds`, in parameter order).
+void name_layers(const LayerOutputs& outputs, const std::vector<std::string>& params, const std::vector<WeightKind>& kinds, WidthRun& run) {
+  for (const auto& [name, h] : outputs) {
+    run.layers.push_back(name);
+    const auto index = static_cast<std::size_t>(std::find(params.begin(), params.end(), name + ".weight") - params.begin());
+    run.kinds.push_back(index < kinds.size() ? kinds[index] : WeightKind::fixed);
+  }
+}
+
+// One step's figures of every layer, in one transfer: its output, the output's change since
+// `initial` (none at the first step), the output's gradient, the weight's gradient and update.
+StepFigures step_figures(const LayerOutputs& outputs, const std::vector<torch::Tensor>& initial, const std::vector<torch::Tensor>& weights,
+                         const std::vector<torch::Tensor>& before, bool first) {
+  std::vector<torch::Tensor> all;
+  for (std::size_t l = 0; l < outputs.size(); ++l) {
+    const torch::Tensor& h = outputs[l].second;
+    const bool weighted = weights[l].defined();
+    all.insert(all.end(), {h.detach(), first ? torch::Tensor() : h.detach() - initial[l], h.grad(),
+                           weighted ? weights[l].grad() : torch::Tensor(), weighted ? weights[l].detach() - before[l] : torch::Tensor()});
+  }
+  const std::vector<double> v = coordinate_sizes(all);
+  StepFigures step;
+  for (std::size_t l = 0; l < outputs.size(); ++l)
+    for (std::size_t q = 0; q < kCoordQuantities; ++q) step[q].push_back(v[l * kCoordQuantities + q]);
+  return step;
+}
+
+std::vector<torch::Tensor> copies(const std::vector<torch::Tensor>& tensors) {
+  std::vector<torch::Tensor> out;
+  for (const auto& t : tensors) out.push_back(t.defined() ? t.detach().clone() : torch::Tensor());
+  return out;
+}
 
 WidthRun train_one_width(const ResolvedSpec& spec, const CoordRunOptions& o, const Batch& batch, Task& task, std::uint64_t seed) {
   torch::manual_seed(seed);
   auto net = make_network(spec, task.input_dim(), task.output_dim());
   net->train();
   const OptimizerChoice choice = choose_optimizer(spec, o.train);
-  const auto groups = parameter_groups(spec, *net, optimizer_kind(choice), task.input_dim(), task.output_dim());
-  auto opt = make_optimizer(choice, groups, o.train.momentum);
-  const auto kinds = parameter_kinds(spec, task.input_dim(), task.output_dim());
-  const auto names = net->named_parameters().keys();
-
+  auto opt = make_optimizer(choice, parameter_groups(spec, *net, optimizer_kind(choice), task.input_dim(), task.output_dim()), o.train.momentum);
   WidthRun run;
   run.rates = rates_text(*opt);
   LayerOutputs outputs;
@@ -82,34 +113,16 @@ WidthRun train_one_width(const ResolvedSpec& spec, const CoordRunOptions& o, con
     opt->zero_grad();
     const torch::Tensor loss = task.loss(net->forward(batch.x, nullptr), batch);
     if (t == 0) {
-      for (const auto& [name, h] : outputs) {
-        run.layers.push_back(name);
-        initial.push_back(h.detach().clone());
-        const auto index = static_cast<std::size_t>(std::find(names.begin(), names.end(), name + ".weight") - names.begin());
-        run.kinds.push_back(index < kinds.size() ? kinds[index] : WeightKind::fixed);
-      }
+      name_layers(outputs, net->named_parameters().keys(), parameter_kinds(spec, task.input_dim(), task.output_dim()), run);
+      for (const auto& [name, h] : outputs) initial.push_back(h.detach().clone());
     }
     if (outputs.size() != run.layers.size()) throw Error("the network's layer outputs changed between steps");
     for (auto& [name, h] : outputs) h.retain_grad();
     loss.backward();
     const auto weights = layer_weights(*net, run.layers);
-    std::vector<torch::Tensor> before;
-    for (const auto& w : weights) before.push_back(w.defined() ? w.detach().clone() : torch::Tensor());
+    const auto before = copies(weights);
     opt->step();
-    std::vector<torch::Tensor> all;
-    for (std::size_t l = 0; l < outputs.size(); ++l) {
-      const torch::Tensor& h = outputs[l].second;
-      all.push_back(h.detach());
-      all.push_back(t == 0 ? torch::Tensor() : h.detach() - initial[l]);
-      all.push_back(h.grad());
-      all.push_back(weights[l].defined() ? weights[l].grad() : torch::Tensor());
-      all.push_back(weights[l].defined() ? weights[l].detach() - before[l] : torch::Tensor());
-    }
-    const std::vector<double> v = coordinate_sizes(all);
-    std::array<std::vector<double>, kCoordQuantities> step;
-    for (std::size_t l = 0; l < outputs.size(); ++l)
-      for (std::size_t q = 0; q < kCoordQuantities; ++q) step[q].push_back(v[l * kCoordQuantities + q]);
-    run.figures.push_back(std::move(step));
+    run.figures.push_back(step_figures(outputs, initial, weights, before, t == 0));
   }
   net->capture_layer_outputs(nullptr);
   return run;
