@@ -83,7 +83,7 @@ std::string remedy(const CoordLayer& layer, const std::optional<OptimizerKind>& 
     case WeightKind::readout:
       if (!layer.tied_to.empty())
         return "µP's read-out (Tensor Programs V, Table 3) trains at learning rate η/fan_in from variance 1/fan_in² or zero; this "
-               "one's weight is " + layer.tied_to + "'s: keep them tied and multiply the read-out's output by 1/fan_in (as µP "
+               "one's weight is shared with " + layer.tied_to + ": keep them tied and multiply the read-out's output by 1/fan_in (as µP "
                "implementations of tied models do), or untie them";
       return "µP's read-out (Tensor Programs V, Table 3): initial variance 1/fan_in² (or zero) and learning rate η/fan_in, under "
              "SGD and Adam alike";
@@ -110,6 +110,14 @@ std::string remedy(const CoordLayer& layer, const std::optional<OptimizerKind>& 
 // The fans in Table 3's rules count relative to the width where η was tuned.
 constexpr const char* kFansNote = " (fans relative to the base width at which η was tuned, where µP equals SP)";
 
+// An output that grows before any update grows from the initialisation: no learning rate mends it.
+std::string initial_growth_remedy(const CoordLayer& layer) {
+  const char* variance = layer.kind == WeightKind::readout ? "1/fan_in² (or zero)" : "proportional to 1/fan_in";
+  return fmt::format("its output grows with width at initialisation, before any update: initialise its weights at variance {} "
+                     "(a fixed standard deviation, such as 0.02, keeps SP's scale at one width only); then ",
+                     variance);
+}
+
 // `first_unstable`: the first unstable layer before this one, whose change this layer's input may carry.
 Finding finding_for(const CoordCheck& c, const WidthVerdict& v, std::size_t layer, const WidthVerdict* first_unstable) {
   Finding f;
@@ -120,17 +128,18 @@ Finding finding_for(const CoordCheck& c, const WidthVerdict& v, std::size_t laye
   const char* verb = v.slope > 0 ? "grows" : "shrinks";
   f.message = fmt::format("{} ({}): {} {} as width^{:.2f} at step {} ({:.3g} at width {}, {:.3g} at width {})", v.layer, to_string(v.kind),
                           coord_heading(v.quantity), verb, v.slope, v.step, first, c.widths.front(), last, c.widths.back());
-  if (v.departs_at != v.step || v.departs_quantity != v.quantity)
+  if (v.departs_at < v.step)
     f.message += fmt::format("; first beyond the tolerance at step {} ({} as width^{:.2f})", v.departs_at, coord_heading(v.departs_quantity),
                              v.departs_slope);
   f.evidence = {{"slope", v.slope}, {"step", static_cast<double>(v.step)}, {"departs_at", static_cast<double>(v.departs_at)},
                 {"smallest_width_figure", first}, {"largest_width_figure", last}};
-  f.remedy = remedy(c.layers[layer], c.optimizer_kind);
+  const bool from_initialisation = v.departs_at == 0 && v.departs_quantity == CoordQuantity::activation && v.kind != WeightKind::fixed;
+  f.remedy = (from_initialisation ? initial_growth_remedy(c.layers[layer]) : std::string()) + remedy(c.layers[layer], c.optimizer_kind);
   if (v.kind != WeightKind::fixed) f.remedy += kFansNote;
   if (first_unstable && first_unstable->departs_at <= v.departs_at)
-    f.remedy += fmt::format("; layers before it are unstable from {} (step {}) on, and its input may carry their change: mend "
-                            "the first of them before this one",
-                            first_unstable->layer, first_unstable->departs_at);
+    f.remedy += fmt::format("; layers before it are unstable from {} on ({} beyond the tolerance from step {}), and its input "
+                            "carries their outputs: mend the first of them before this one",
+                            first_unstable->layer, coord_heading(first_unstable->departs_quantity), first_unstable->departs_at);
   return f;
 }
 

@@ -17,9 +17,9 @@ constexpr CoordQuantity kAll[] = {CoordQuantity::activation, CoordQuantity::chan
 // The step the literature's claim is about: after one update.
 std::int64_t first_update_step(const CoordCheck& c) { return c.steps > 1 ? 1 : 0; }
 
-std::string verdict_text(const WidthVerdict& v, double tolerance) {
+std::string verdict_text(const WidthVerdict& v) {
   if (!v.measured) return "not measured: no output of its own at two widths (its weight applied by its parent module)";
-  if (v.stable) return fmt::format("width-stable (|slope| ≤ {:g})", tolerance);
+  if (v.stable) return "width-stable";
   return fmt::format("unstable: {} ~ width^{} at step {}, from step {}", coord_heading(v.quantity), detail::slope_text(v.slope), v.step,
                      v.departs_at);
 }
@@ -52,7 +52,7 @@ std::string check_intro(const CoordCheck& c) {
                      c.steps - 1, c.seeds == 1 ? std::string("one initialisation") : fmt::format("mean over {} initialisations", c.seeds));
 }
 
-std::string verdict_table_html(const CoordCheck& c, const WidthAnalysis& a, const WidthOptions& o) {
+std::string verdict_table_html(const CoordCheck& c, const WidthAnalysis& a) {
   const std::int64_t t1 = first_update_step(c), last = c.steps - 1;
   std::string out = fmt::format(
       "<table><tr><th class=\"l\">layer</th><th class=\"l\">kind</th><th>slope of {0} at step {1}</th><th>slope of {2} at step {1}</th>"
@@ -64,7 +64,7 @@ std::string verdict_table_html(const CoordCheck& c, const WidthAnalysis& a, cons
     out += fmt::format("<tr class=\"{}\"><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l v\">{}</td></tr>\n",
                        !v.measured ? "" : v.stable ? "good" : "bad", html_escape(v.layer), html_escape(kind_text(c.layers[l])), slope_at(c, a, CoordQuantity::activation, t1, l),
                        slope_at(c, a, CoordQuantity::change, t1, l), slope_at(c, a, CoordQuantity::activation, last, l),
-                       slope_at(c, a, CoordQuantity::update, t1, l), html_escape(verdict_text(v, o.slope_tolerance)));
+                       slope_at(c, a, CoordQuantity::update, t1, l), html_escape(verdict_text(v)));
   }
   return out + "</table>\n";
 }
@@ -123,7 +123,7 @@ std::string charts_html(const CoordCheck& c) {
 
 std::string check_html(const CoordCheck& c, const WidthOptions& o) {
   const WidthAnalysis a = analyse_widths(c, o);
-  return fmt::format("<h2>{}</h2>\n<p>{}</p>\n", html_escape(c.label), html_escape(check_intro(c))) + verdict_table_html(c, a, o) +
+  return fmt::format("<h2>{}</h2>\n<p>{}</p>\n", html_escape(c.label), html_escape(check_intro(c))) + verdict_table_html(c, a) +
          findings_html(a) + charts_html(c);
 }
 
@@ -146,7 +146,10 @@ std::string coord_report_html(const std::vector<CoordCheck>& checks, const Width
       "over one tensor's coordinates, and each slope the least-squares slope of its logarithm against log(width). Under the "
       "maximal-update parametrisation (&micro;P, Tensor Programs V) every layer's output and its change since initialisation keep "
       "their size as the model widens; under the standard parametrisation with Adam they grow after the first update. A layer is "
-      "width-stable when neither its output grows nor its change grows or shrinks faster than width<sup>{0:g}</sup> at any step. "
+      "width-stable when, at every step, its output grows no faster than width<sup>{0:g}</sup> and its change neither grows nor "
+      "shrinks faster than width<sup>&plusmn;{0:g}</sup>, judged over all widths and, with four or more, over the wider half too "
+      "(from the middle width up): a scaling persists at the wide end, a finite-width correction fades there; an output may shrink "
+      "(&micro;P's read-out does at initialisation). "
       "Gradients and the weights' own updates are shown with their slopes: under &micro;P a hidden weight's update per coordinate "
       "shrinks as 1/width by design, so that its effect on the output does not.</p>\n",
       o.slope_tolerance);
@@ -155,7 +158,12 @@ std::string coord_report_html(const std::vector<CoordCheck>& checks, const Width
 }
 
 std::string coord_report_markdown(const std::vector<CoordCheck>& checks, const WidthOptions& o) {
-  std::string out = "# Coordinate check across widths\n";
+  std::string out = fmt::format(
+      "# Coordinate check across widths\n\nEach figure is a mean |x| over one tensor's coordinates, each slope that of its logarithm "
+      "against log(width). A layer is width-stable when, at every step, its output grows no faster than width^{0:g} and its change "
+      "since initialisation neither grows nor shrinks faster than width^±{0:g}, judged over all widths and, with four or more, "
+      "over the wider half too.\n",
+      o.slope_tolerance);
   for (const auto& c : checks) {
     const WidthAnalysis a = analyse_widths(c, o);
     const std::int64_t t1 = first_update_step(c), last = c.steps - 1;
@@ -166,7 +174,7 @@ std::string coord_report_markdown(const std::vector<CoordCheck>& checks, const W
     for (std::size_t l = 0; l < c.layers.size(); ++l)
       out += fmt::format("| {} | {} | {} | {} | {} | {} |\n", md_cell(a.verdicts[l].layer), md_cell(kind_text(c.layers[l])),
                          slope_at(c, a, CoordQuantity::activation, t1, l), slope_at(c, a, CoordQuantity::change, t1, l),
-                         slope_at(c, a, CoordQuantity::activation, last, l), md_cell(verdict_text(a.verdicts[l], o.slope_tolerance)));
+                         slope_at(c, a, CoordQuantity::activation, last, l), md_cell(verdict_text(a.verdicts[l])));
     for (const auto& f : a.findings) out += fmt::format("\n- **{}**: {}. Remedy: {}.", to_string(f.kind), f.message, f.remedy);
     out += a.findings.empty() ? "\nNo finding: every layer is width-stable.\n" : "\n";
   }

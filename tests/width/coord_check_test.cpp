@@ -87,6 +87,24 @@ TEST(CoordCheck, ALayerWithoutFiguresIsNotMeasuredRatherThanStable) {
   EXPECT_NE(coord_report_markdown({c}).find("| fc1 | input | n/a | n/a | n/a | not measured"), std::string::npos) << coord_report_markdown({c});
 }
 
+// An output already growing at step 0 grows from the initialisation (nanoGPT's fixed std 0.02):
+// the remedy starts there, and the message names that first departure.
+TEST(CoordCheck, GrowthAtInitialisationIsRemediedByTheVariance) {
+  const CoordCheck c = make_check({{{0, 0, 0}, {0, 0, 0}}, {{0.5, 0.5, 0.5}, {0, 0.9, 0.9}}, {{0, 0, 0}, {0, 0.6, 0}}});
+  const WidthAnalysis a = analyse_widths(c);
+  ASSERT_EQ(a.findings.size(), 2u);
+  const Finding& hidden = a.findings[0];
+  EXPECT_EQ(a.verdicts[1].departs_at, 0);
+  EXPECT_NE(hidden.message.find("first beyond the tolerance at step 0 (mean |h_t| as width^0.50)"), std::string::npos) << hidden.message;
+  EXPECT_EQ(hidden.remedy.rfind("its output grows with width at initialisation", 0), 0u) << hidden.remedy;
+  EXPECT_NE(hidden.remedy.find("proportional to 1/fan_in"), std::string::npos);
+  // The read-out departs at step 1 by its change: its remedy is Table 3's, naming fc2 as the one to mend first.
+  const Finding& readout = a.findings[1];
+  EXPECT_EQ(readout.remedy.find("at initialisation"), std::string::npos) << readout.remedy;
+  EXPECT_NE(readout.remedy.find("unstable from fc2 on (mean |h_t| beyond the tolerance from step 0)"), std::string::npos) << readout.remedy;
+  EXPECT_EQ(readout.message.find("first beyond"), std::string::npos) << "it departed at the step of its steepest slope";
+}
+
 TEST(CoordCheck, ToleranceIsAnOption) {
   const CoordCheck c = make_check({{{0, 0.2, 0.2}, {0, 0.2, 0.2}}});
   EXPECT_TRUE(analyse_widths(c).verdicts[0].stable);
