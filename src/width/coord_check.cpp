@@ -133,7 +133,9 @@ Finding finding_for(const CoordCheck& c, const WidthVerdict& v, std::size_t laye
                              v.departs_slope);
   f.evidence = {{"slope", v.slope}, {"step", static_cast<double>(v.step)}, {"departs_at", static_cast<double>(v.departs_at)},
                 {"smallest_width_figure", first}, {"largest_width_figure", last}};
-  const bool from_initialisation = v.departs_at == 0 && v.departs_quantity == CoordQuantity::activation && v.kind != WeightKind::fixed;
+  // A tied read-out's initial scale is its embedding's: the tied form's multiplier is the remedy.
+  const bool from_initialisation = v.departs_at == 0 && v.departs_quantity == CoordQuantity::activation && v.kind != WeightKind::fixed &&
+                                   c.layers[layer].tied_to.empty();
   f.remedy = (from_initialisation ? initial_growth_remedy(c.layers[layer]) : std::string()) + remedy(c.layers[layer], c.optimizer_kind);
   if (v.kind != WeightKind::fixed) f.remedy += kFansNote;
   if (first_unstable && first_unstable->departs_at <= v.departs_at)
