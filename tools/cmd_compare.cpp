@@ -275,7 +275,7 @@ void setup_compare(CLI::App& app) {
   auto* sub = app.add_subcommand("compare", "Train several architectures on the same task and seed; write a comparison report");
   sub->add_option("specs", o->specs, "Model specs or presets (default: the suite)");
   sub->add_option("--suite", o->suite, "Built-in suite: default, quick, mlp, rnn, transformer")->capture_default_str();
-  sub->add_option("--sweep", o->sweep, "Sweep depth=5,10,20,50 or seq-len=25,50,100,200 (attenuation at initialization), or width=64,128,...,2048 (the coordinate check: SP against µP)");
+  sub->add_option("--sweep", o->sweep, "Sweep depth=5,10,20,50 or seq-len=25,50,100,200 (attenuation at initialization), or width=64,128,...,2048 (the coordinate check: SP against µP; width alone: 64 to 2048)");
   sub->add_option("--seeds", o->seeds, "With --sweep width: average each figure over this many initialisations")->capture_default_str();
   sub->add_option("--out", o->out, "Output folder")->capture_default_str();
   sub->add_option("--fail-on", o->fail_on, "Exit 1 if any run has a finding of these kinds");

@@ -16,15 +16,18 @@ namespace gradflow::cli {
 
 namespace {
 
-constexpr const char* kWidthKey = "width=";
+constexpr const char* kWidthKey = "width";
+// `--sweep width` alone: five octaves from the built-in models' base width.
+const std::vector<std::int64_t> kDefaultWidths = {64, 128, 256, 512, 1024, 2048};
 
 // SP against µP, an MLP and a small Transformer, as Tensor Programs V's coordinate checks.
 const std::vector<std::string> kDefaultSpecs = {"mlp:depth=4,act=relu,init=he_normal,param=sp", "mlp:depth=4,act=relu,init=he_normal,param=mup",
                                                 "transformer:depth=2,ln=pre,param=sp", "transformer:depth=2,ln=pre,param=mup"};
 
 std::vector<std::int64_t> parse_widths(const std::string& sweep) {
+  if (sweep == kWidthKey) return kDefaultWidths;
   std::vector<std::int64_t> widths;
-  for (const auto& item : detail::split(sweep.substr(std::string(kWidthKey).size()))) {
+  for (const auto& item : detail::split(sweep.substr(std::string(kWidthKey).size() + 1))) {
     char* end = nullptr;
     const long long v = std::strtoll(item.c_str(), &end, 10);
     if (item.empty() || *end != '\0' || v < 2 || v > 65536)
@@ -49,7 +52,7 @@ models::CoordRunOptions run_options(const CompareOptions& o, const std::vector<s
 
 }  // namespace
 
-bool is_width_sweep(const std::string& sweep) { return sweep.rfind(kWidthKey, 0) == 0; }
+bool is_width_sweep(const std::string& sweep) { return sweep == kWidthKey || sweep.rfind(std::string(kWidthKey) + "=", 0) == 0; }
 
 int run_width_sweep(const CompareOptions& o) {
   if (!o.flow.empty()) throw UsageError("--flow belongs to a comparison of architectures, not to --sweep width: run it without --sweep");

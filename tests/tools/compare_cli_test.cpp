@@ -272,6 +272,10 @@ TEST(CompareSweep, WidthSweepTellsSpFromMup) {
   ASSERT_EQ(rebuilt.exit_code, 0) << rebuilt.err;
   EXPECT_EQ(slurp(dir + "/r/report.html"), slurp(dir + "/w/report.html"));
   EXPECT_EQ(slurp(dir + "/r/coord_check.json"), slurp(dir + "/w/coord_check.json"));
+  // '--sweep width' alone: 64 to 2048.
+  const auto plain = run_cli({"compare", "mlp:depth=2", "--sweep", "width", "--steps", "1", "--quiet", "--out", dir + "/d"});
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_EQ(nlohmann::json::parse(slurp(dir + "/d/coord_check.json"))["checks"][0]["widths"], nlohmann::json({64, 128, 256, 512, 1024, 2048}));
   const auto failing = run_cli({"compare", base + "sp", "--sweep", "width=32,64,128", "--fail-on", "width_unstable", "--quiet", "--out", dir + "/f"});
   EXPECT_EQ(failing.exit_code, 1) << failing.err;
   EXPECT_NE(failing.err.find("--fail-on width_unstable"), std::string::npos) << failing.err;
