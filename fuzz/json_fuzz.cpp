@@ -1,9 +1,10 @@
-// Any bytes given as trace.json or run.json either load or throw gradflow::Error; what loads can
-// be written, read back and reported without a crash.
+// Any bytes given as trace.json, run.json or coord_check.json either load or throw
+// gradflow::Error; what loads can be written, read back and reported without a crash.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
+#include "gradflow/coord_check.h"
 #include "gradflow/error.h"
 #include "gradflow/report.h"
 #include "gradflow/run_record.h"
@@ -24,6 +25,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)gradflow::report_html(c);
     (void)gradflow::report_markdown(c);
     (void)gradflow::run_from_json(gradflow::run_to_json(r));
+  } catch (const gradflow::Error&) {
+  }
+  try {
+    const auto checks = gradflow::coord_checks_from_json(text, "fuzz");
+    for (const auto& c : checks) (void)gradflow::analyse_widths(c);
+    (void)gradflow::coord_report_html(checks);
+    (void)gradflow::coord_report_markdown(checks);
+    (void)gradflow::coord_checks_from_json(gradflow::coord_checks_to_json(checks), "fuzz");
   } catch (const gradflow::Error&) {
   }
   return 0;

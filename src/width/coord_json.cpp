@@ -50,21 +50,31 @@ std::optional<OptimizerKind> optimizer_kind_from(const Json& j) {
   return std::nullopt;
 }
 
-void read_figures(const Json& figures, CoordCheck& c, const std::string& where) {
+// Every figure array is [step][layer][width] of the check's sizes: checked before anything is
+// allocated, so that the file's own size bounds the memory it takes.
+void check_figure_shape(const Json& figures, const CoordCheck& c, const std::string& where) {
+  for (int q = 0; q < kCoordQuantities; ++q) {
+    const char* name = to_string(static_cast<CoordQuantity>(q));
+    const Json& steps = detail::get_array(figures, name, where);
+    if (steps.size() != static_cast<std::size_t>(c.steps)) throw Error(where + ": '" + name + "' does not hold one entry per step");
+    for (const Json& rows : steps) {
+      if (!rows.is_array() || rows.size() != c.layers.size()) throw Error(where + ": '" + name + "' does not hold one row per layer");
+      for (const Json& cells : rows)
+        if (!cells.is_array() || cells.size() != c.widths.size()) throw Error(where + ": '" + name + "' does not hold one figure per width");
+    }
+  }
+}
+
+void read_figures(const Json& figures, CoordCheck& c) {
   for (int q = 0; q < kCoordQuantities; ++q) {
     const auto quantity = static_cast<CoordQuantity>(q);
-    const Json& steps = detail::get_array(figures, to_string(quantity), where);
-    if (steps.size() != static_cast<std::size_t>(c.steps)) throw Error(where + ": '" + to_string(quantity) + "' does not hold one entry per step");
-    for (std::int64_t t = 0; t < c.steps; ++t) {
-      const Json& rows = steps[static_cast<std::size_t>(t)];
-      if (!rows.is_array() || rows.size() != c.layers.size()) throw Error(where + ": '" + to_string(quantity) + "' does not hold one row per layer");
-      for (std::size_t l = 0; l < c.layers.size(); ++l) {
-        const Json& cells = rows[l];
-        if (!cells.is_array() || cells.size() != c.widths.size()) throw Error(where + ": '" + to_string(quantity) + "' does not hold one figure per width");
-        for (std::size_t w = 0; w < c.widths.size(); ++w)
-          c.at(quantity, t, l, w) = cells[w].is_null() ? std::numeric_limits<double>::quiet_NaN() : cells[w].get<double>();
-      }
-    }
+    const Json& steps = figures.at(to_string(quantity));
+    for (std::int64_t t = 0; t < c.steps; ++t)
+      for (std::size_t l = 0; l < c.layers.size(); ++l)
+        for (std::size_t w = 0; w < c.widths.size(); ++w) {
+          const Json& cell = steps[static_cast<std::size_t>(t)][l][w];
+          c.at(quantity, t, l, w) = cell.is_null() ? std::numeric_limits<double>::quiet_NaN() : cell.get<double>();
+        }
   }
 }
 
@@ -80,8 +90,10 @@ CoordCheck check_from_json(const Json& j, const std::string& where) {
   if (c.seeds < 1) throw Error(where + ": 'seeds' must be at least 1");
   for (const auto& l : detail::get_array(j, "layers", where))
     c.layers.push_back({detail::get_str(l, "name", where), weight_kind_from_string(detail::get_str(l, "kind", where)), l.value("tied_to", "")});
+  const Json& figures = j.at("figures");
+  check_figure_shape(figures, c, where);
   c.allocate();
-  read_figures(j.at("figures"), c, where);
+  read_figures(figures, c);
   return c;
 }
 
