@@ -56,6 +56,13 @@ bool is_width_sweep(const std::string& sweep) { return sweep == kWidthKey || swe
 
 int run_width_sweep(const CompareOptions& o) {
   if (!o.flow.empty()) throw UsageError("--flow belongs to a comparison of architectures, not to --sweep width: run it without --sweep");
+  if (o.suite != "default") throw UsageError("--suite chooses a comparison's models; --sweep width takes specs: give them, e.g. mlp:param=mup");
+  if (o.placement.ranks != 1)
+    throw UsageError("--sweep width trains each width in one process: run it without --ranks");
+  const auto& t = o.flags.train;
+  if (t.clip_norm > 0 || t.clip_value > 0 || t.every != 1 || t.sharpness_every > 0)
+    throw UsageError("--clip-norm, --clip-value, --every and --sharpness-every belong to training runs: --sweep width records every "
+                     "step of plain updates; run it without them");
   const auto fail_on = parse_fail_on(o.fail_on);
   const auto widths = parse_widths(o.sweep);
   std::vector<models::ResolvedSpec> specs;
