@@ -97,12 +97,13 @@ std::vector<torch::Tensor> copies(const std::vector<torch::Tensor>& tensors) {
   return out;
 }
 
-WidthRun train_one_width(const ResolvedSpec& spec, const CoordRunOptions& o, const Batch& batch, Task& task, std::uint64_t seed) {
+WidthRun train_one_width(const ResolvedSpec& spec, const CoordRunOptions& o, const ParameterLayout& layout, const Batch& batch, Task& task,
+                         std::uint64_t seed) {
   torch::manual_seed(seed);
   auto net = make_network(spec, task.input_dim(), task.output_dim());
   net->train();
   const OptimizerChoice choice = choose_optimizer(spec, o.train);
-  auto opt = make_optimizer(choice, parameter_groups(spec, *net, optimizer_kind(choice), task.input_dim(), task.output_dim()), o.train.momentum);
+  auto opt = make_optimizer(choice, parameter_groups(spec, *net, optimizer_kind(choice), layout), o.train.momentum);
   WidthRun run;
   run.rates = rates_text(*opt);
   LayerOutputs outputs;
@@ -113,7 +114,7 @@ WidthRun train_one_width(const ResolvedSpec& spec, const CoordRunOptions& o, con
     opt->zero_grad();
     const torch::Tensor loss = task.loss(net->forward(batch.x, nullptr), batch);
     if (t == 0) {
-      name_layers(outputs, net->named_parameters().keys(), parameter_kinds(spec, task.input_dim(), task.output_dim()), run);
+      name_layers(outputs, net->named_parameters().keys(), layout.kinds, run);
       for (const auto& [name, h] : outputs) initial.push_back(h.detach().clone());
     }
     if (outputs.size() != run.layers.size()) throw Error("the network's layer outputs changed between steps");
@@ -150,10 +151,12 @@ CoordCheck run_coord_check(const ResolvedSpec& spec, const CoordRunOptions& o) {
   torch::manual_seed(o.train.seed);
   auto task = make_task_for(spec, o.train);
   const Batch batch = task->sample(o.train.batch);
+  const ParameterLayout layout = parameter_layout(spec, task->input_dim(), task->output_dim());
   std::string first_rates, last_rates;
   for (std::size_t w = 0; w < o.widths.size(); ++w) {
     for (std::int64_t s = 0; s < o.seeds; ++s) {
-      const WidthRun run = train_one_width(spec.with_width(o.widths[w]), o, batch, *task, o.train.seed + 1 + static_cast<std::uint64_t>(s));
+      const WidthRun run =
+          train_one_width(spec.with_width(o.widths[w]), o, layout, batch, *task, o.train.seed + 1 + static_cast<std::uint64_t>(s));
       (w == 0 ? first_rates : last_rates) = run.rates;
       if (w == 0 && s == 0) {
         for (std::size_t l = 0; l < run.layers.size(); ++l) c.layers.push_back({run.layers[l], run.kinds[l]});

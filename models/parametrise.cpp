@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "models/generator_guard.h"
 #include "models/network.h"
 
 namespace gradflow::models {
@@ -43,26 +44,25 @@ double attention_scale_of(const ResolvedSpec& spec) {
                          static_cast<double>(spec.get_int("base_width")) / heads);
 }
 
-std::vector<WeightKind> parameter_kinds(const ResolvedSpec& spec, std::int64_t in, std::int64_t out) {
+ParameterLayout parameter_layout(const ResolvedSpec& spec, std::int64_t in, std::int64_t out) {
+  CpuGeneratorGuard put_back;
   const std::int64_t base = spec.get_int("base_width");
-  auto a = make_network(spec.with_width(base), in, out);
-  auto b = make_network(spec.with_width(2 * base), in, out);
-  return weight_kinds(shapes_of(*a), shapes_of(*b));
+  ParameterLayout layout;
+  layout.base_shapes = shapes_of(*make_network(spec.with_width(base), in, out));
+  layout.kinds = weight_kinds(layout.base_shapes, shapes_of(*make_network(spec.with_width(2 * base), in, out)));
+  return layout;
 }
 
-std::vector<ParameterGroup> parameter_groups(const ResolvedSpec& spec, Network& net, OptimizerKind optimizer, std::int64_t in,
-                                             std::int64_t out) {
+std::vector<ParameterGroup> parameter_groups(const ResolvedSpec& spec, Network& net, OptimizerKind optimizer, const ParameterLayout& layout) {
   const Parametrisation p = parametrisation_of(spec);
   const auto params = net.parameters();
   if (p == Parametrisation::sp) return {{params, 1.0}};
-  const auto kinds = parameter_kinds(spec, in, out);
-  const auto base_shapes = shapes_of(*make_network(spec.with_width(spec.get_int("base_width")), in, out));
   std::map<double, std::size_t> slot;
   std::vector<ParameterGroup> groups;
   for (std::size_t i = 0; i < params.size(); ++i) {
     const auto [fan_in, fan_out] = fans({params[i].sizes().vec(), false});
-    const auto [base_in, base_out] = fans(base_shapes[i]);
-    const double m = weight_rule(p, kinds[i], optimizer, {fan_in, fan_out, base_in, base_out}).lr_multiplier;
+    const auto [base_in, base_out] = fans(layout.base_shapes.at(i));
+    const double m = weight_rule(p, layout.kinds.at(i), optimizer, {fan_in, fan_out, base_in, base_out}).lr_multiplier;
     auto [it, fresh] = slot.emplace(m, groups.size());
     if (fresh) groups.push_back({{}, m});
     groups[it->second].params.push_back(params[i]);

@@ -31,13 +31,19 @@ struct ParameterGroup {
   double lr_multiplier = 1;
 };
 
-/// Each of `net`'s parameters' kind (net->parameters() order), read from the same spec's
-/// networks at its base width and twice it.
-std::vector<WeightKind> parameter_kinds(const ResolvedSpec& spec, std::int64_t input_dim, std::int64_t output_dim);
+/// Each parameter's kind and its shape at the base width, in parameters() order, read from the
+/// spec's networks at its base width and twice it: the same at every width, so one per spec.
+/// Building them leaves LibTorch's random sequence where it was.
+struct ParameterLayout {
+  std::vector<WeightKind> kinds;
+  std::vector<ParameterShape> base_shapes;
+};
+ParameterLayout parameter_layout(const ResolvedSpec& spec, std::int64_t input_dim, std::int64_t output_dim);
 
 /// The optimizer's parameter groups: all of `net`'s parameters in one under SP; under µP one
-/// group per learning-rate multiplier that Table 3 gives `optimizer`.
+/// group per learning-rate multiplier that Table 3 gives `optimizer`, from the spec's `layout`
+/// (which SP does not read).
 std::vector<ParameterGroup> parameter_groups(const ResolvedSpec& spec, Network& net, OptimizerKind optimizer,
-                                             std::int64_t input_dim, std::int64_t output_dim);
+                                             const ParameterLayout& layout);
 
 }  // namespace gradflow::models

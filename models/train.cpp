@@ -3,16 +3,15 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
-#include <mutex>
 
 #include <fmt/format.h>
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include "gradflow/data_parallel.h"
 #include "gradflow/error.h"
 #include "gradflow/monitor.h"
+#include "models/generator_guard.h"
 #include "models/network.h"
 #include "models/parametrise.h"
 #include "models/task.h"
@@ -140,16 +139,8 @@ torch::Tensor clip(const std::vector<torch::Tensor>& params, const TrainOptions&
 // `n` examples of the task, drawn with LibTorch's CPU generator put back afterwards: the
 // training's batches are the same with or without them.
 Batch aside_batch(Task& task, std::int64_t n) {
-  auto gen = at::detail::getDefaultCPUGenerator();
-  at::Tensor state;
-  {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    state = gen.get_state();
-  }
-  Batch b = task.sample(n);
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(state);
-  return b;
+  CpuGeneratorGuard put_back;
+  return task.sample(n);
 }
 
 // Linear warm-up: step s (from 0) trains each group at its lr · min(1, (s + 1) / steps).
@@ -250,7 +241,10 @@ RunRecord train(const ResolvedSpec& spec, const TrainOptions& o) {
   RunRecord r = describe_run(spec, o, *task, *net, choice, ranks);
   if (dp) dp->broadcast_parameters(*net);
   const auto params = net->parameters();
-  const auto groups = parameter_groups(spec, *net, optimizer_kind(choice), task->input_dim(), task->output_dim());
+  // Only µP's rates depend on the weights' kinds.
+  const ParameterLayout layout = parametrisation_of(spec) == Parametrisation::mup ? parameter_layout(spec, task->input_dim(), task->output_dim())
+                                                                                  : ParameterLayout{};
+  const auto groups = parameter_groups(spec, *net, optimizer_kind(choice), layout);
   auto opt = make_optimizer(choice, groups, o.momentum);
 
   MonitorOptions mo = monitor_options(spec, o);

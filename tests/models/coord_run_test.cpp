@@ -126,7 +126,7 @@ TEST_F(CoordRunTest, OptimizerGroupsCarryTable3sRates) {
       {"fc2.weight", {0.25, 0.25}}, {"fc2.bias", {1, 1}}};
   for (auto opt : {OptimizerKind::sgd, OptimizerKind::adam}) {
     std::size_t seen = 0;
-    for (const auto& g : parameter_groups(spec, *net, opt, 6, 5))
+    for (const auto& g : parameter_groups(spec, *net, opt, parameter_layout(spec, 6, 5)))
       for (const auto& p : g.params)
         for (const auto& item : net->named_parameters())
           if (item.value().is_same(p)) {
@@ -136,9 +136,27 @@ TEST_F(CoordRunTest, OptimizerGroupsCarryTable3sRates) {
           }
     EXPECT_EQ(seen, want.size());
   }
-  const auto sp = parameter_groups(resolve_spec("mlp:depth=3").with_width(32), *net, OptimizerKind::adam, 6, 5);
+  const ResolvedSpec sp_spec = resolve_spec("mlp:depth=3").with_width(32);
+  const auto sp = parameter_groups(sp_spec, *net, OptimizerKind::adam, parameter_layout(sp_spec, 6, 5));
   ASSERT_EQ(sp.size(), 1u);
   EXPECT_EQ(sp[0].lr_multiplier, 1.0);
+}
+
+// µP equals SP at the base width: the same training, batch for batch, which also needs the
+// networks µP reads its weight kinds from to leave the random sequence alone.
+TEST_F(CoordRunTest, MupTrainsAsSpAtTheBaseWidth) {
+  TrainOptions o;
+  o.steps = 5;
+  o.batch = 16;
+  o.optimizer = "adam";
+  for (const char* family : {"mlp:depth=3,width=16", "transformer:depth=1,width=16,heads=2"}) {
+    SCOPED_TRACE(family);
+    const RunRecord sp = train(resolve_spec(std::string(family) + ",base_width=16,param=sp"), o);
+    const RunRecord mup = train(resolve_spec(std::string(family) + ",base_width=16,param=mup"), o);
+    EXPECT_EQ(sp.loss, mup.loss);
+    const RunRecord wider = train(resolve_spec(std::string(family) + ",base_width=8,param=mup"), o);
+    EXPECT_NE(sp.loss, wider.loss) << "away from the base width µP trains otherwise";
+  }
 }
 
 TEST_F(CoordRunTest, AttentionLogitsScaleAsOneOverDUnderMup) {
