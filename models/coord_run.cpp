@@ -6,7 +6,6 @@
 
 #include <torch/torch.h>
 
-#include <fmt/format.h>
 
 #include "gradflow/coord_figures.h"
 #include "gradflow/error.h"
@@ -44,14 +43,10 @@ std::string label_without_width(const ResolvedSpec& spec) {
   return out;
 }
 
-// "lr 0.003", or "lr 9.38e-05 to 0.003 over 3 groups" where the parametrisation gives several.
-std::string rates_text(const torch::optim::Optimizer& opt) {
+std::vector<double> group_rates(const torch::optim::Optimizer& opt) {
   std::vector<double> lrs;
   for (const auto& g : opt.param_groups()) lrs.push_back(g.options().get_lr());
-  std::sort(lrs.begin(), lrs.end());
-  lrs.erase(std::unique(lrs.begin(), lrs.end()), lrs.end());
-  if (lrs.size() == 1) return fmt::format("lr {:g}", lrs[0]);
-  return fmt::format("lr {:g} to {:g} over {} groups", lrs.front(), lrs.back(), opt.param_groups().size());
+  return lrs;
 }
 
 // One step's figures: [quantity][layer].
@@ -60,7 +55,7 @@ using StepFigures = std::array<std::vector<double>, kCoordQuantities>;
 struct WidthRun {
   std::vector<std::string> layers;
   std::vector<WeightKind> kinds;
-  std::string rates;
+  std::vector<double> rates;  ///< each optimizer group's learning rate
   std::vector<StepFigures> figures;  ///< one per step
 };
 
@@ -105,7 +100,7 @@ WidthRun train_one_width(const ResolvedSpec& spec, const CoordRunOptions& o, con
   const OptimizerChoice choice = choose_optimizer(spec, o.train);
   auto opt = make_optimizer(choice, parameter_groups(spec, *net, optimizer_kind(choice), layout), o.train.momentum);
   WidthRun run;
-  run.rates = rates_text(*opt);
+  run.rates = group_rates(*opt);
   LayerOutputs outputs;
   std::vector<torch::Tensor> initial;
   net->capture_layer_outputs(&outputs);
@@ -152,7 +147,7 @@ CoordCheck run_coord_check(const ResolvedSpec& spec, const CoordRunOptions& o) {
   auto task = make_task_for(spec, o.train);
   const Batch batch = task->sample(o.train.batch);
   const ParameterLayout layout = parameter_layout(spec, task->input_dim(), task->output_dim());
-  std::string first_rates, last_rates;
+  std::vector<double> first_rates, last_rates;
   for (std::size_t w = 0; w < o.widths.size(); ++w) {
     for (std::int64_t s = 0; s < o.seeds; ++s) {
       const WidthRun run =
@@ -172,9 +167,7 @@ CoordCheck run_coord_check(const ResolvedSpec& spec, const CoordRunOptions& o) {
     }
     if (o.progress) o.progress(w + 1, o.widths.size());
   }
-  c.optimizer = first_rates == last_rates ? fmt::format("{} {}", choice.name, first_rates)
-                                          : fmt::format("{} {} at width {}, {} at width {}", choice.name, first_rates, c.widths.front(),
-                                                        last_rates, c.widths.back());
+  c.optimizer = optimizer_text(choice.name, first_rates, c.widths.front(), last_rates, c.widths.back());
   return c;
 }
 

@@ -584,6 +584,8 @@ void bind_width(py::module_& m) {
         return names;
       },
       py::arg("at_a"), py::arg("at_b"), "Each parameter's kind from its (sizes, is_embedding) at two widths");
+  m.def("_optimizer_text", &optimizer_text, py::arg("name"), py::arg("first_rates"), py::arg("first_width"), py::arg("last_rates"),
+        py::arg("last_width"), "How a coordinate check names its optimizer, with the rates at both ends where they differ");
   m.def(
       "_analyse_coord_checks",
       [](const std::string& json, double tolerance) {

@@ -66,6 +66,13 @@ struct CoordCheck {
   double at(CoordQuantity q, std::int64_t step, std::size_t layer, std::size_t width) const;
 };
 
+/// How a check names its optimizer: "adam lr 0.003", or where the parameter groups' rates differ
+/// between the smallest and the largest width (µP's), both: "adam lr 0.003 at width 64, lr
+/// 9.38e-05 to 0.003 over 2 groups at width 2048". `first_rates`, `last_rates`: each group's
+/// learning rate at those widths.
+std::string optimizer_text(const std::string& name, const std::vector<double>& first_rates, std::int64_t first_width,
+                           const std::vector<double>& last_rates, std::int64_t last_width);
+
 /// When a layer counts as width-stable.
 struct WidthOptions {
   /// A layer is unstable where its output grows faster than width^slope_tolerance, or its change

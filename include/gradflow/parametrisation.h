@@ -11,6 +11,7 @@
 ///                            {1024, 1024, 64, 64});   // r.lr_multiplier == 1/16
 /// ```
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,8 @@ WeightKind weight_kind_from_string(const std::string& name);
 /// whose size does not follow the gradient's scale.
 enum class OptimizerKind { sgd, adam };
 const char* to_string(OptimizerKind k);
+/// The kind a name written by to_string() stands for; none for another name.
+std::optional<OptimizerKind> optimizer_kind_from_string(const std::string& name);
 
 /// A weight's fans and those of the same weight in the base model, where µP equals SP. With
 /// every base fan 1 the rules are Table 3's entries literally.

@@ -106,17 +106,10 @@ def _optimizer_kind(optimizer):
     return None
 
 
-def _rates(optimizer):
-    lrs = sorted({g["lr"] for g in optimizer.param_groups})
-    return f"lr {lrs[0]:g}" if len(lrs) == 1 else f"lr {lrs[0]:g} to {lrs[-1]:g} over {len(optimizer.param_groups)} groups"
-
-
 def _describe(first, last, widths):
-    """The optimizer as the first width's run made it, and the last width's rates where they differ (µP's)."""
-    a, b = _rates(first), _rates(last)
-    if a == b:
-        return f"{type(first).__name__} {a}"
-    return f"{type(first).__name__} {a} at width {widths[0]}, {b} at width {widths[-1]}"
+    """The optimizer as the first width's run made it, with the last width's rates where they differ (µP's)."""
+    return _gradflow._optimizer_text(type(first).__name__, [g["lr"] for g in first.param_groups], widths[0],
+                                     [g["lr"] for g in last.param_groups], widths[-1])
 
 
 def _size(t):

@@ -1,5 +1,6 @@
 #include "gradflow/coord_check.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -152,7 +153,24 @@ void check_shape(const CoordCheck& c) {
   if (c.values.size() != kCoordQuantities) throw Error("coordinate check '" + c.label + "' holds no figures (allocate() it)");
 }
 
+// "lr 0.003", or "lr 9.38e-05 to 0.003 over 2 groups".
+std::string rates_text(const std::vector<double>& rates) {
+  std::vector<double> lrs = rates;
+  std::sort(lrs.begin(), lrs.end());
+  lrs.erase(std::unique(lrs.begin(), lrs.end()), lrs.end());
+  if (lrs.empty()) return "no parameter group";
+  if (lrs.size() == 1) return fmt::format("lr {:g}", lrs[0]);
+  return fmt::format("lr {:g} to {:g} over {} groups", lrs.front(), lrs.back(), rates.size());
+}
+
 }  // namespace
+
+std::string optimizer_text(const std::string& name, const std::vector<double>& first_rates, std::int64_t first_width,
+                           const std::vector<double>& last_rates, std::int64_t last_width) {
+  const std::string first = rates_text(first_rates), last = rates_text(last_rates);
+  if (first == last) return name + " " + first;
+  return fmt::format("{} {} at width {}, {} at width {}", name, first, first_width, last, last_width);
+}
 
 const char* to_string(CoordQuantity q) { return detail::name_of(kQuantities, q); }
 const char* coord_heading(CoordQuantity q) { return detail::name_of(kHeadings, q); }

@@ -44,10 +44,7 @@ Json check_to_json(const CoordCheck& c) {
 std::optional<OptimizerKind> optimizer_kind_from(const Json& j) {
   const auto it = j.find("optimizer_kind");
   if (it == j.end() || it->is_null()) return std::nullopt;
-  const std::string name = it->get<std::string>();
-  for (auto k : {OptimizerKind::sgd, OptimizerKind::adam})
-    if (name == to_string(k)) return k;
-  return std::nullopt;
+  return optimizer_kind_from_string(it->get<std::string>());
 }
 
 // Every figure array is [step][layer][width] of the check's sizes: checked before anything is

@@ -32,6 +32,7 @@ double mup_lr(WeightKind kind, OptimizerKind optimizer, const WeightShape& s) {
 const char* to_string(Parametrisation p) { return detail::name_of(kParametrisations, p); }
 const char* to_string(WeightKind k) { return detail::name_of(kKinds, k); }
 const char* to_string(OptimizerKind k) { return detail::name_of(kOptimizers, k); }
+std::optional<OptimizerKind> optimizer_kind_from_string(const std::string& name) { return detail::value_of(kOptimizers, name); }
 
 Parametrisation parametrisation_from_string(const std::string& name) {
   if (auto p = detail::value_of(kParametrisations, name)) return *p;
